@@ -1,0 +1,287 @@
+"""Model architectures by name.
+
+Every architecture takes ``in_channels``, ``input_size``, ``num_classes`` and ``dropout`` so it
+fits both 28x28x1 (Fashion-MNIST) and 32x32x3 (CIFAR-10) data. Each model carries
+
+* ``input_shape``: the per-sample input shape (no batch dimension);
+* ``prunable_layers``: the Conv2d/Linear layers in forward order, each with the BatchNorm that
+  follows it (masked together with the filter, as in paper B), the module owning an ``out_mask``
+  buffer to mask too (ResNet block outputs, so shortcut additions into pruned channels are
+  masked), and the layer that consumes its outputs (used for structured compaction);
+* ``default_pruned``: the layers pruned when no preset or ``--layers`` is given (every prunable
+  layer except the classifier head and ResNet shortcuts).
+
+Where dropout sits (the ``dropout`` baseline): after every hidden activation of a fully connected
+stack (lenet300, lenet5's fc1/fc2, ffn's GELU) and on the flattened features just before the
+classifier head of the convolutional networks (vgg11_bn, resnet18).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from sparsebench.errors import SparsebenchError
+from sparsebench.registry import Registry
+
+ARCHS = Registry("architecture")
+
+
+@dataclass(frozen=True)
+class PrunableLayer:
+    """A Conv2d/Linear whose output units (filters/neurons) can be pruned."""
+
+    name: str
+    bn: str | None = None
+    out_mask: str | None = None
+    consumer: str | None = None
+
+
+def _chain(names: list[str], bns: dict[str, str] | None = None) -> list[PrunableLayer]:
+    """Prunable layers of a plain feed-forward chain: each layer feeds the next."""
+    bns = bns or {}
+    return [
+        PrunableLayer(n, bns.get(n), None, names[i + 1] if i + 1 < len(names) else None)
+        for i, n in enumerate(names)
+    ]
+
+
+def _dropout(p: float) -> nn.Module:
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+class LeNet300(nn.Module):
+    """LeNet-300-100: a 784-300-100-10 MLP (input flattened)."""
+
+    def __init__(self, in_channels: int = 1, input_size: int = 28, num_classes: int = 10,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.input_shape = (in_channels, input_size, input_size)
+        self.fc1 = nn.Linear(in_channels * input_size * input_size, 300)
+        self.fc2 = nn.Linear(300, 100)
+        self.fc3 = nn.Linear(100, num_classes)
+        self.drop1, self.drop2 = _dropout(dropout), _dropout(dropout)
+        self.prunable_layers = _chain(["fc1", "fc2", "fc3"])
+        self.default_pruned = ["fc1", "fc2"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(x, 1)
+        x = self.drop1(torch.relu(self.fc1(x)))
+        x = self.drop2(torch.relu(self.fc2(x)))
+        return self.fc3(x)
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 with ReLU and max-pooling: conv 6@5x5 (pad 2), conv 16@5x5, fc 120, 84, classes."""
+
+    def __init__(self, in_channels: int = 1, input_size: int = 28, num_classes: int = 10,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.input_shape = (in_channels, input_size, input_size)
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        side = (input_size // 2 - 4) // 2
+        if side < 1:
+            raise SparsebenchError(f"lenet5 needs an input size of at least 12, got {input_size}")
+        self.fc1 = nn.Linear(16 * side * side, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+        self.drop1, self.drop2 = _dropout(dropout), _dropout(dropout)
+        self.prunable_layers = _chain(["conv1", "conv2", "fc1", "fc2", "fc3"])
+        self.default_pruned = ["conv2", "fc1", "fc2"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        x = self.drop1(torch.relu(self.fc1(x)))
+        x = self.drop2(torch.relu(self.fc2(x)))
+        return self.fc3(x)
+
+
+VGG11_CFG: list[int | str] = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+
+
+class VGG11BN(nn.Module):
+    """VGG11 with BatchNorm in its CIFAR form: the paper's single ``Linear(512, classes)`` head.
+
+    A max-pool is skipped when the feature map is already 1x1 (28x28 inputs reach 1x1 after four
+    pools), so the head sees 512 features for both 28x28 and 32x32 inputs.
+    """
+
+    def __init__(self, in_channels: int = 3, input_size: int = 32, num_classes: int = 10,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.input_shape = (in_channels, input_size, input_size)
+        layers: list[nn.Module] = []
+        convs: list[str] = []
+        bns: dict[str, str] = {}
+        channels, side = in_channels, input_size
+        for item in VGG11_CFG:
+            if item == "M":
+                if side >= 2:
+                    layers.append(nn.MaxPool2d(2))
+                    side //= 2
+                continue
+            name = f"features.{len(layers)}"
+            convs.append(name)
+            bns[name] = f"features.{len(layers) + 1}"
+            layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.BatchNorm2d(int(item)),
+                       nn.ReLU(inplace=True)]
+            channels = int(item)
+        self.features = nn.Sequential(*layers)
+        self.drop = _dropout(dropout)
+        self.classifier = nn.Linear(channels * side * side, num_classes)
+        self.prunable_layers = _chain(convs + ["classifier"], bns)
+        self.default_pruned = convs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.drop(torch.flatten(self.features(x), 1)))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block with an ``out_mask`` over its output channels (after the addition)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+        self.register_buffer("out_mask", torch.ones(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        return torch.relu(out) * self.out_mask.view(1, -1, 1, 1)
+
+
+class ResNet18(nn.Module):
+    """ResNet18 in its CIFAR form: 3x3 stem, no max-pool, global average pool, one Linear head."""
+
+    def __init__(self, in_channels: int = 3, input_size: int = 32, num_classes: int = 10,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.input_shape = (in_channels, input_size, input_size)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        prunable = [PrunableLayer("conv1", "bn1")]
+        cin = 64
+        for i, (cout, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], start=1):
+            blocks = []
+            for b in range(2):
+                blocks.append(BasicBlock(cin, cout, stride if b == 0 else 1))
+                p = f"layer{i}.{b}"
+                prunable.append(PrunableLayer(f"{p}.conv1", f"{p}.bn1", None, f"{p}.conv2"))
+                prunable.append(PrunableLayer(f"{p}.conv2", f"{p}.bn2", p))
+                if len(blocks[-1].shortcut):
+                    prunable.append(PrunableLayer(f"{p}.shortcut.0", f"{p}.shortcut.1", p))
+                cin = cout
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        self.drop = _dropout(dropout)
+        self.fc = nn.Linear(512, num_classes)
+        prunable.append(PrunableLayer("fc"))
+        self.prunable_layers = prunable
+        self.default_pruned = [p.name for p in prunable
+                               if p.name not in ("conv1", "fc") and "shortcut" not in p.name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(self.drop(x))
+
+
+class FFN(nn.Module):
+    """Transformer feed-forward block 1024-4096-1024 with GELU, on vectors, plus a Linear head.
+
+    The input is flattened; when it does not have 1024 features (e.g. 28x28 images) a
+    ``Linear(in_features, 1024)`` embedding comes first. ``in_channels=1024, input_size=1`` gives
+    the pure block on 1024-vectors (the form used for kernel benchmarks).
+    """
+
+    def __init__(self, in_channels: int = 1024, input_size: int = 1, num_classes: int = 10,
+                 dropout: float = 0.0, d_model: int = 1024, d_hidden: int = 4096) -> None:
+        super().__init__()
+        features = in_channels * input_size * input_size
+        self.input_shape = (features,) if input_size == 1 else (in_channels, input_size, input_size)
+        self.embed = nn.Linear(features, d_model) if features != d_model else None
+        self.fc1 = nn.Linear(d_model, d_hidden)
+        self.fc2 = nn.Linear(d_hidden, d_model)
+        self.drop = _dropout(dropout)
+        self.head = nn.Linear(d_model, num_classes)
+        names = (["embed"] if self.embed is not None else []) + ["fc1", "fc2", "head"]
+        self.prunable_layers = _chain(names)
+        self.default_pruned = names[:-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(x, 1)
+        if self.embed is not None:
+            x = self.embed(x)
+        return self.head(self.fc2(self.drop(nn.functional.gelu(self.fc1(x)))))
+
+
+ARCHS.register("lenet300", LeNet300, "784-300-100-10 MLP")
+ARCHS.register("lenet5", LeNet5, "LeNet-5 (2 convs, 3 fc), ReLU, max-pool")
+ARCHS.register("vgg11_bn", VGG11BN, "VGG11-BN, CIFAR form, single Linear(512, classes) head")
+ARCHS.register("resnet18", ResNet18, "ResNet18, CIFAR form (3x3 stem, no max-pool)")
+ARCHS.register("ffn", FFN, "transformer FFN block 1024-4096-1024 with GELU, on vectors")
+
+
+def infer_prunable_layers(model: nn.Module) -> list[PrunableLayer]:
+    """Prunable layers of a foreign model: Conv2d/Linear in registration order, each paired with
+    a BatchNorm registered right after it. No consumers (no structured compaction)."""
+    mods = list(model.named_modules())
+    out = []
+    for i, (name, mod) in enumerate(mods):
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            bn = nxt[0] if nxt and isinstance(nxt[1], (nn.BatchNorm1d, nn.BatchNorm2d)) else None
+            out.append(PrunableLayer(name, bn))
+    return out
+
+
+def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
+    """The model's declared prunable layers, or ones inferred from its modules."""
+    declared = getattr(model, "prunable_layers", None)
+    return list(declared) if declared is not None else infer_prunable_layers(model)
+
+
+def _torchvision_factory(name: str) -> Callable[..., nn.Module]:
+    def build(in_channels: int = 3, input_size: int = 32, num_classes: int = 10,
+              dropout: float = 0.0) -> nn.Module:
+        try:
+            import torchvision  # noqa: F401  (optional extra; needs a matching torch build)
+            from torchvision import models
+        except Exception as exc:  # noqa: BLE001 - torchvision fails in many ways when mismatched
+            raise SparsebenchError(f"torchvision architecture {name!r} needs an importable "
+                                   f"torchvision ({type(exc).__name__}: {exc})".splitlines()[0])
+        model = models.get_model(name, num_classes=num_classes)
+        model.input_shape = (in_channels, input_size, input_size)
+        return model
+
+    return build
+
+
+def create_model(name: str, in_channels: int = 1, input_size: int = 28, num_classes: int = 10,
+                 dropout: float = 0.0, **kwargs: Any) -> nn.Module:
+    """Build an architecture by registry name (``torchvision.NAME`` where torchvision imports)."""
+    if name.startswith("torchvision."):
+        factory = _torchvision_factory(name.split(".", 1)[1])
+    else:
+        factory = ARCHS.get(name)
+    if not 0.0 <= dropout < 1.0:
+        raise SparsebenchError(f"dropout must be in [0, 1), got {dropout}")
+    return factory(in_channels=in_channels, input_size=input_size, num_classes=num_classes,
+                   dropout=dropout, **kwargs)
+
+
+def list_archs(pattern: str = "*") -> list[str]:
+    return ARCHS.names(pattern)

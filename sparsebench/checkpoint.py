@@ -1,0 +1,130 @@
+"""The self-describing sparsebench checkpoint.
+
+One ``.pt`` file holding a plain dict (loadable with ``torch.load(..., weights_only=True)``):
+
+==================  ==============================================================
+``format``          ``"sparsebench-checkpoint"``
+``version``         schema version (int)
+``arch``            architecture registry name; ``arch_kwargs`` its constructor args
+``input_shape``     per-sample input shape, e.g. ``[1, 28, 28]``
+``state_dict``      weights (pruned entries are exactly zero)
+``masks``           ``{param name: bool tensor}``: elementwise keep-masks of pruned params
+``unit_masks``      ``{layer name: bool tensor[out units]}``: filter-level keep-masks
+``method``          dense, dropout, prune-l, prune-s, prune-r, reentry, scratch
+``config``          the training configuration (granularity, schedule, optimizer, ...)
+``history``         ``{"epochs": [...], "events": [...]}``; ``summary`` the run's metrics
+``dataset``, ``seed``, ``versions``  provenance
+``resume``          optional optimizer/scheduler/RNG/pruner state for ``--resume``
+==================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsebench import __version__
+from sparsebench.archs import create_model
+from sparsebench.errors import SparsebenchError
+
+FORMAT = "sparsebench-checkpoint"
+VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+
+    return {"sparsebench": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], write: Any) -> None:
+    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it into place,
+    so an interrupted write leaves any previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write a checkpoint dict atomically."""
+    ckpt = {"format": FORMAT, "version": VERSION, **ckpt}
+    atomic_write_bytes(path, lambda fh: torch.save(ckpt, fh))
+
+
+def check_file(path: str | os.PathLike[str], what: str = "model") -> Path:
+    """A readable, non-empty regular file, else a one-line error."""
+    p = Path(path)
+    if not p.exists():
+        raise SparsebenchError(f"{what} file not found: {p}")
+    if p.is_dir():
+        raise SparsebenchError(f"{what} path is a directory, not a file: {p}")
+    if p.stat().st_size == 0:
+        raise SparsebenchError(f"{what} file is empty: {p}")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and validate a sparsebench checkpoint (``weights_only=True``)."""
+    p = check_file(path, "checkpoint")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise SparsebenchError(f"{p} is not a readable torch checkpoint (corrupt or truncated): "
+                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    except Exception as exc:  # weights_only refusal of foreign pickles
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise SparsebenchError(f"{p} needs full unpickling (code execution); it is not a "
+                                   f"sparsebench checkpoint")
+        raise SparsebenchError(f"{p} could not be loaded: {str(exc).splitlines()[0]}")
+    return validate_checkpoint(obj, p)
+
+
+def validate_checkpoint(obj: Any, origin: Any = "checkpoint") -> dict[str, Any]:
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise SparsebenchError(f"{origin} is not a sparsebench checkpoint "
+                               f"(no 'format: {FORMAT}' field)")
+    if obj.get("version") != VERSION:
+        raise SparsebenchError(f"{origin} has checkpoint schema version {obj.get('version')!r}; "
+                               f"this sparsebench reads version {VERSION}")
+    for key in ("arch", "arch_kwargs", "state_dict"):
+        if key not in obj:
+            raise SparsebenchError(f"{origin} is missing the {key!r} field")
+    return obj
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero every masked entry of the named parameters in place."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            if name in params:
+                params[name].mul_(mask.to(params[name].dtype))
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the architecture, load the weights, apply the masks; returns it in eval mode."""
+    model = create_model(ckpt["arch"], **ckpt["arch_kwargs"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise SparsebenchError(f"checkpoint weights do not fit architecture {ckpt['arch']!r}: "
+                               f"{str(exc).splitlines()[0]}")
+    apply_masks(model, ckpt.get("masks", {}))
+    return model.eval()
