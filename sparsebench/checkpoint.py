@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,8 @@ VERSION = 1
 def library_versions() -> dict[str, str]:
     import numpy
 
-    return {"sparsebench": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version()}
+    return {"sparsebench": __version__, "torch": str(torch.__version__),
+            "numpy": str(numpy.__version__), "python": platform.python_version()}
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], write: Any) -> None:
@@ -83,17 +82,24 @@ def check_file(path: str | os.PathLike[str], what: str = "model") -> Path:
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate a sparsebench checkpoint (``weights_only=True``)."""
     p = check_file(path, "checkpoint")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise SparsebenchError(f"{p} is not a readable torch checkpoint (corrupt or truncated): "
-                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    except Exception as exc:  # weights_only refusal of foreign pickles
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise SparsebenchError(f"{p} needs full unpickling (code execution); it is not a "
-                                   f"sparsebench checkpoint")
-        raise SparsebenchError(f"{p} could not be loaded: {str(exc).splitlines()[0]}")
+    obj = safe_torch_load(p)
     return validate_checkpoint(obj, p)
+
+
+def safe_torch_load(p: Path) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors: a refused global means the file
+    needs full unpickling (code execution); anything else means corrupt or not torch at all."""
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        text = str(exc)
+        if "Unsupported global" in text or "Unsupported class" in text:
+            name = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "a class"
+            raise SparsebenchError(f"{p} needs full unpickling (it references {name}, which "
+                                   f"could run code)")
+        first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
+        raise SparsebenchError(f"{p} is not a readable torch checkpoint (corrupt or truncated):"
+                               f" {first[:160]}")
 
 
 def validate_checkpoint(obj: Any, origin: Any = "checkpoint") -> dict[str, Any]:

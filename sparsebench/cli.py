@@ -1,0 +1,436 @@
+"""The ``sparsebench`` command line. Every user error is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from sparsebench import __version__
+from sparsebench.errors import SparsebenchError
+
+COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "lenet5_prune_l.pt"
+
+
+def command(name: str, help: str) -> Callable[[Callable], Callable]:
+    """Register ``fn(args) -> int`` as a subcommand; ``fn.configure(parser)`` adds its flags."""
+    def wrap(fn: Callable) -> Callable:
+        COMMANDS[name] = fn
+        fn.help = help
+        return fn
+    return wrap
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def progress_display() -> Iterator[Any]:
+    """A rich progress display on stderr (silent when stderr is not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+        TimeElapsedColumn, TimeRemainingColumn
+
+    err = console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+                  disable=not err.is_terminal) as progress:
+        yield progress
+
+
+def floats(text: str) -> list[float]:
+    from sparsebench.registry import split_list
+
+    try:
+        return split_list(text, float)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def ints(text: str) -> list[int]:
+    from sparsebench.registry import split_list
+
+    try:
+        return split_list(text, int)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# archs / presets
+
+
+def _archs(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from sparsebench.archs import ARCHS, create_model
+
+    table = Table("name", "params (28x28x1)", "params (32x32x3)", "description")
+    for name in ARCHS.names(args.pattern):
+        counts = [sum(p.numel() for p in create_model(name, c, s).parameters())
+                  for c, s in ((1, 28), (3, 32))]
+        table.add_row(name, f"{counts[0]:,}", f"{counts[1]:,}", ARCHS.help(name))
+    console().print(table)
+    return 0
+
+
+def _archs_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'lenet*'")
+
+
+command("archs", "list the architectures")(_archs).configure = _archs_flags
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from sparsebench.pruning import PRESETS
+
+    table = Table("name", "arch", "epochs", "fractions", "starts", "ends", "r", "score",
+                  "target", "optimizer", "notes")
+    for name in PRESETS.names():
+        p = PRESETS.get(name)
+        table.add_row(name, p.arch, str(p.epochs), ",".join(map(str, p.fractions)),
+                      ",".join(map(str, p.starts)), ",".join(map(str, p.ends)), str(p.period),
+                      p.score, p.target, p.optimizer, PRESETS.help(name))
+    console().print(table)
+    return 0
+
+
+command("presets", "list the paper's training presets")(_presets).configure = lambda p: None
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    from sparsebench.pruning import REENTRY_MODES, SCORES, TARGETS
+    from sparsebench.train import METHODS
+
+    g = p.add_argument_group("what to train")
+    g.add_argument("--arch", help="architecture name (see `sparsebench archs`)")
+    g.add_argument("--dataset", default="fashion-mnist",
+                   help="fashion-mnist (default), cifar10 or synthetic")
+    g.add_argument("--data-dir", help="dataset folder (fashion-mnist default: "
+                   "/usr/share/datasets/fashion-mnist; cifar10: cifar-10-batches-py)")
+    g.add_argument("--method", help=f"one of: {', '.join(METHODS)} (default dense, or the "
+                   "preset's target)")
+    g.add_argument("--preset", help="a paper configuration (see `sparsebench presets`)")
+    g.add_argument("--epochs", type=int, help="epochs (default 10; with a preset, rescales it)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", help="checkpoint path (default runs/ARCH-METHOD-sSEED.pt)")
+    g.add_argument("--resume", metavar="CKPT", help="continue an interrupted run")
+    g = p.add_argument_group("pruning")
+    g.add_argument("--granularity", choices=("filter", "weight"), default="filter")
+    g.add_argument("--layers", help="comma-separated layers to prune (default: the arch's "
+                   "default set; see `sparsebench info`)")
+    g.add_argument("--fractions", type=floats, help="final fraction removed per layer, in "
+                   "[0, 1) (one value or one per layer; default 0.5)")
+    g.add_argument("--start", type=ints, help="first event epoch per layer (default 1)")
+    g.add_argument("--end", type=ints, help="last event epoch per layer (default epochs-1)")
+    g.add_argument("--retrain-period", type=ints, help="epochs between events (r)")
+    g.add_argument("--score", choices=SCORES, help="unit score (default l2)")
+    g.add_argument("--target", choices=TARGETS, default="prune-l",
+                   help="target rule for reentry and scratch (default prune-l)")
+    g.add_argument("--reentry-batches", type=int, default=50, help="M: batches a re-entry "
+                   "target is perturbed (paper: 1, 50, 1105)")
+    g.add_argument("--reentry-mode", choices=REENTRY_MODES, default="zero")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", choices=("adam", "sgd"), help="default adam (lr 1e-3)")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--milestones", type=ints, help="epochs where lr is multiplied by 0.1")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--dropout", type=float, help="dropout probability (default 0.5 for "
+                   "--method dropout, else 0)")
+    g.add_argument("--augment", action="store_true", default=None,
+                   help="random crop (pad 4) + horizontal flip")
+    g.add_argument("--pad-to-32", action="store_true", help="zero-pad 28x28 images to 32x32")
+    g.add_argument("--limit-train", type=int, help="use only the first N training images")
+    g.add_argument("--limit-test", type=int, help="use only the first N test images")
+    g = p.add_argument_group("machine")
+    g.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    g.add_argument("--quiet", action="store_true", help="no per-epoch log lines")
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    """Turn train flags (and an optional preset) into a TrainConfig."""
+    from sparsebench.archs import ARCHS, create_model
+    from sparsebench.pruning import PRESETS, build_schedules
+    from sparsebench.pruning.schedule import default_schedule_epochs
+    from sparsebench.train import METHODS, TrainConfig
+
+    preset = PRESETS.get(args.preset) if args.preset else None
+    arch = args.arch or (preset.arch if preset else None)
+    if not arch:
+        raise SparsebenchError("--arch is required (or a --preset); choose from: "
+                               + ", ".join(ARCHS.names()))
+    if not arch.startswith("torchvision."):
+        ARCHS.check(arch)
+    if preset and preset.arch != arch:
+        raise SparsebenchError(f"preset {args.preset!r} is for {preset.arch}, not {arch}")
+    method = args.method or (preset.target if preset else "dense")
+    if method not in METHODS:
+        raise SparsebenchError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
+    if args.epochs is not None and args.epochs < 1:
+        raise SparsebenchError(f"--epochs must be at least 1, got {args.epochs}")
+    epochs = args.epochs or (preset.epochs if preset else 10)
+
+    dropout = args.dropout if args.dropout is not None else (0.5 if method == "dropout" else 0.0)
+    if method == "dropout" and dropout <= 0:
+        raise SparsebenchError("--method dropout needs --dropout > 0")
+    if not 0.0 <= dropout < 1.0:
+        raise SparsebenchError(f"--dropout must be in [0, 1), got {dropout}")
+
+    schedules: list[dict] = []
+    score = args.score or (preset.score if preset else "l2")
+    if method not in ("dense", "dropout"):
+        probe = create_model(arch, 1 if args.dataset == "fashion-mnist" else 3,
+                             32 if args.pad_to_32 or args.dataset == "cifar10" else 28)
+        if preset and not (args.layers or args.fractions or args.start or args.end
+                           or args.retrain_period):
+            scheds = preset.schedules(probe, epochs)
+        else:
+            layers = (args.layers.split(",") if args.layers
+                      else (preset.layers(probe) if preset else list(probe.default_pruned)))
+            start, end, period = default_schedule_epochs(epochs)
+            scheds = build_schedules(layers, args.fractions or [0.5], args.start or [start],
+                                     args.end or [end], args.retrain_period or [period])
+        late = [s.layer for s in scheds if s.event_epochs() and s.event_epochs()[0] > epochs]
+        if late:
+            raise SparsebenchError(f"no pruning event falls within {epochs} epochs for "
+                                   f"{', '.join(late)}: lower --start or raise --epochs")
+        schedules = [s.to_dict() for s in scheds]
+
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(args, name)
+        return value if value is not None else (getattr(preset, name) if preset else default)
+
+    optimizer = pick("optimizer", "adam")
+    lr_default = 0.1 if optimizer == "sgd" else 1e-3
+    milestones = (args.milestones if args.milestones is not None
+                  else preset.scaled_milestones(epochs) if preset else [])
+    return TrainConfig(
+        arch=arch, dataset=args.dataset, method=method, granularity=args.granularity,
+        score=score, target=args.target, schedules=schedules, preset=args.preset,
+        epochs=epochs, batch_size=pick("batch_size", 128), optimizer=optimizer,
+        lr=args.lr if args.lr is not None else (preset.lr if preset else lr_default),
+        momentum=pick("momentum", 0.9), weight_decay=pick("weight_decay", 0.0),
+        milestones=list(milestones), dropout=dropout, augment=bool(pick("augment", False)),
+        reentry_batches=args.reentry_batches, reentry_mode=args.reentry_mode, seed=args.seed,
+        pad_to_32=args.pad_to_32, limit_train=args.limit_train, limit_test=args.limit_test)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from sparsebench.checkpoint import load_checkpoint
+    from sparsebench.data import load_dataset
+    from sparsebench.train import TrainConfig, Trainer
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SparsebenchError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise SparsebenchError(f"device {device!r} is not available here; use cpu or auto")
+
+    resumed = None
+    if args.resume:
+        resumed = load_checkpoint(args.resume)
+        if "resume" not in resumed:
+            raise SparsebenchError(f"{args.resume} has no resume state: the run it holds "
+                                   "already finished")
+        cfg = TrainConfig(**resumed["config"])
+        if args.epochs:
+            cfg.epochs = args.epochs
+        out = args.out or args.resume
+    else:
+        cfg = resolve_config(args)
+        out = args.out or f"runs/{cfg.arch}-{cfg.method}-s{cfg.seed}.pt"
+
+    data = load_dataset(cfg.dataset, data_dir=args.data_dir, pad_to_32=cfg.pad_to_32,
+                        seed=cfg.seed, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+    out_console = console()
+    log = (lambda msg: None) if args.quiet else out_console.print
+    with progress_display() as progress:
+        trainer = Trainer(cfg, data, out=out, device=device, log=log, progress=progress)
+        if resumed is not None:
+            trainer.load_resume(resumed)
+            log(f"resumed {args.resume} at epoch {trainer.epoch}/{cfg.epochs}")
+        ckpt = trainer.run()
+    s = ckpt["summary"]
+    out_console.print(
+        f"done: {cfg.arch} {cfg.method} seed {cfg.seed} -> {out}\n"
+        f"  best test acc after last event {s['best_test_acc']:.2f}% (epoch {s['best_epoch']}), "
+        f"generalization gap {s['generalization_gap']:.2f}, mean stability "
+        f"{s['mean_stability']:.2f}, params removed {100 * s['params_removed_frac']:.1f}% "
+        f"({s['params_nonzero']:,}/{s['params_total']:,} nonzero), {s['wall_seconds']:.0f}s")
+    return 0
+
+
+command("train", "train a model with a pruning method (or dense / dropout)")(_train) \
+    .configure = _train_flags
+
+
+# --------------------------------------------------------------------------------------------
+# claims
+
+
+def _claims(args: argparse.Namespace) -> int:
+    import shlex
+
+    from sparsebench import claims
+    from sparsebench.archs import ARCHS
+    from sparsebench.registry import split_list
+    from sparsebench.train import METHODS
+
+    ARCHS.check(args.arch)
+    methods = split_list(args.methods)
+    for m in methods:
+        if m not in METHODS:
+            raise SparsebenchError(f"unknown method {m!r}; choose from: {', '.join(METHODS)}")
+    seeds = split_list(args.seeds, int)
+    if not seeds:
+        raise SparsebenchError("--seeds needs at least one seed")
+    train_args = ["--dataset", args.dataset, *shlex.split(args.train_args or "")]
+    runs = Path(args.runs)
+    out = console()
+    if not args.table_only:
+        total = len(methods) * len(seeds)
+        with progress_display() as progress:
+            task = progress.add_task(f"{args.arch}: {total} runs", total=total)
+            progress.advance(task, total - len([1 for m in methods for s in seeds
+                                                if not claims.is_finished(
+                                                    claims.run_path(runs, args.arch, m, s))]))
+            failures = claims.run_all(args.arch, methods, seeds, runs, train_args, args.jobs,
+                                      args.threads, lambda what: (progress.advance(task),
+                                                                  out.print(f"finished {what}")))
+        for f in failures:
+            out.print(f"[red]failed[/] {f}")
+    results = claims.collect(args.arch, methods, seeds, runs)
+    text = claims.markdown(args.arch, args.dataset, results,
+                           claims.command_line(sys.argv[1:] if args.argv is None else args.argv))
+    out.print(text)
+    if args.markdown:
+        claims.write_markdown(Path(args.markdown), text)
+        out.print(f"wrote {args.markdown}")
+    return 0
+
+
+def _claims_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default="lenet5")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--methods", default="dense,dropout,prune-l,prune-s,prune-r")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--runs", default="runs/claims", help="folder for the run checkpoints")
+    p.add_argument("--train-args", default="",
+                   help="extra `sparsebench train` flags, quoted, e.g. \"--epochs 8 "
+                        "--fractions 0.5,0.85,0.5 --start 1 --end 5 --retrain-period 1\"")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    p.add_argument("--markdown", help="write the table to this file")
+    p.add_argument("--table-only", action="store_true", help="do not train; tabulate only")
+    p.set_defaults(argv=None)
+
+
+command("claims", "reproduce the papers' claim at small scale: several seeds per method, "
+        "one table")(_claims).configure = _claims_flags
+
+
+# --------------------------------------------------------------------------------------------
+# info
+
+
+def _info(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from sparsebench.checkpoint import load_checkpoint, model_from_checkpoint
+    from sparsebench.sparsity import layer_rows
+
+    ckpt = load_checkpoint(args.model)
+    model = model_from_checkpoint(ckpt)
+    out = console()
+    cfg = ckpt.get("config", {})
+    out.print(f"[bold]{args.model}[/]: {ckpt['arch']} {ckpt.get('arch_kwargs')} | method "
+              f"{ckpt.get('method')} ({cfg.get('granularity', '-')}) | dataset "
+              f"{(ckpt.get('dataset') or {}).get('name')} | seed {ckpt.get('seed')} | "
+              f"input {ckpt.get('input_shape')}")
+    table = Table("layer", "type", "shape", "params", "nonzero", "sparsity", "units alive")
+    rows = layer_rows(model, ckpt.get("unit_masks", {}))
+    for r in rows:
+        table.add_row(r["name"], r["type"], "x".join(map(str, r["shape"])), f"{r['params']:,}",
+                      f"{r['nonzero']:,}", f"{100 * r['sparsity']:.1f}%", r["alive"])
+    total = sum(r["params"] for r in rows)
+    nonzero = sum(r["nonzero"] for r in rows)
+    table.add_row("total", "", "", f"{total:,}", f"{nonzero:,}",
+                  f"{100 * (1 - nonzero / max(1, total)):.1f}%", "", style="bold")
+    out.print(table)
+    s = ckpt.get("summary") or {}
+    if s:
+        out.print(f"best test acc after last event {s['best_test_acc']:.2f}% (epoch "
+                  f"{s['best_epoch']}), generalization gap {s['generalization_gap']:.2f}, "
+                  f"mean stability {s['mean_stability']:.2f} over {s['events']} events, "
+                  f"trained {s['wall_seconds']:.0f}s")
+    for e in (ckpt.get("history") or {}).get("events", []) if args.events else []:
+        out.print(f"  event @ epoch {e['epoch']}: pre {e['pre_acc']:.2f}% post "
+                  f"{e['post_acc']:.2f}% instability {e['instability']:.4f}")
+    return 0
+
+
+def _info_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
+                   help="a sparsebench checkpoint (default: the zoo's lenet5 prune-l)")
+    p.add_argument("--events", action="store_true", help="list every pruning event")
+
+
+command("info", "show a checkpoint's layers, sparsity and training metrics")(_info) \
+    .configure = _info_flags
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsebench",
+        description="Train with the pruning methods of Bartoldson et al. and measure what "
+                    "sparsity buys at CPU inference.")
+    parser.add_argument("--version", action="version", version=f"sparsebench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, fn in COMMANDS.items():
+        p = sub.add_parser(name, help=fn.help, description=fn.help)
+        fn.configure(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SparsebenchError as exc:
+        print(f"sparsebench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsebench: interrupted (completed work was saved)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
