@@ -21,7 +21,6 @@ One ``.pt`` file holding a plain dict (loadable with ``torch.load(..., weights_o
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench import __version__
 from sparsebench.archs import create_model
 from sparsebench.errors import SparsebenchError
+from sparsebench.provenance import library_versions  # noqa: F401  (re-exported)
 
 FORMAT = "sparsebench-checkpoint"
 VERSION = 1
-
-
-def library_versions() -> dict[str, str]:
-    import numpy
-
-    return {"sparsebench": __version__, "torch": str(torch.__version__),
-            "numpy": str(numpy.__version__), "python": platform.python_version()}
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], write: Any) -> None:

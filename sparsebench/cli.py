@@ -27,7 +27,10 @@ def command(name: str, help: str) -> Callable[[Callable], Callable]:
 def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    con = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not con.is_terminal:  # logs and CI: do not squeeze tables into 80 columns
+        con = Console(stderr=stderr, highlight=False, soft_wrap=True, width=240)
+    return con
 
 
 @contextmanager
@@ -282,6 +285,140 @@ def _train(args: argparse.Namespace) -> int:
 
 command("train", "train a model with a pruning method (or dense / dropout)")(_train) \
     .configure = _train_flags
+
+
+# --------------------------------------------------------------------------------------------
+# measure
+
+
+def _unique_names(paths: list[str]) -> dict[str, str]:
+    """path -> display name (the file stem, made unique)."""
+    names: dict[str, str] = {}
+    for path in paths:
+        stem, n = Path(path).stem, 2
+        name = stem
+        while name in names.values():
+            name, n = f"{stem}-{n}", n + 1
+        names[path] = name
+    return names
+
+
+def _auto_data(loaded: Any) -> str | None:
+    """The checkpoint's dataset when it is installed where the loader looks by default."""
+    from sparsebench.data import load_dataset
+
+    name = ((loaded.checkpoint or {}).get("dataset") or {}).get("name")
+    if name != "fashion-mnist":
+        return None
+    try:
+        load_dataset(name, limit_train=1, limit_test=1)
+    except SparsebenchError:
+        return None
+    return name
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from sparsebench.backends import BACKENDS
+    from sparsebench.loading import load_model, parse_input_shape
+    from sparsebench.measure.harness import MeasureConfig, model_info, plan, run_plan
+    from sparsebench.measure.report import print_report, row_cells
+    from sparsebench.measure.results import ResultsFile
+    from sparsebench.registry import split_list
+
+    paths = args.models or [str(DEFAULT_MODEL)]
+    input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    cfg = MeasureConfig(
+        models=paths, formats=split_list(args.formats), backends=split_list(args.backends)
+        or BACKENDS.names(), batches=split_list(args.batch, int),
+        threads=split_list(args.threads, int),
+        timing={"min_calls": args.min_calls, "min_seconds": args.min_time,
+                "warmup_calls": args.warmup},
+        data=None if args.data in ("auto", "none") else args.data, data_dir=args.data_dir,
+        data_limit=args.data_limit, per_layer=args.per_layer, arch=args.arch,
+        input_shape=list(input_shape) if input_shape else None, trust=args.trust,
+        index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout)
+    cfg.validate()
+    out = console()
+    names = _unique_names(paths)
+    loaded = {p: load_model(p, arch=args.arch, input_shape=input_shape, trust=args.trust)
+              for p in paths}
+    if args.data == "auto":
+        found = {_auto_data(m) for m in loaded.values()} - {None}
+        cfg.data = found.pop() if len(found) == 1 else None
+    results = ResultsFile(args.json, config={**cfg.__dict__})
+    for path, model in loaded.items():
+        results.set_model(names[path], model_info(model, cfg.formats, cfg.index_dtype))
+    del loaded
+    jobs = plan(cfg, names)
+    out.print(f"measuring {len(jobs)} executions of {len(paths)} model(s)"
+              + (f", accuracy on {cfg.data}" if cfg.data else "")
+              + (f" -> {args.json}" if args.json else ""))
+    try:
+        with progress_display() as progress:
+            task = progress.add_task("measure", total=len(jobs))
+
+            def on_row(row: dict[str, Any]) -> None:
+                progress.advance(task)
+                cells = row_cells(results.rows, row)
+                out.print(f"  {cells[0]} {cells[1]}/{cells[2]} b{cells[4]} t{cells[5]}: "
+                          f"{cells[3]} p50 {cells[6]} ms  {cells[-1]}")
+
+            run_plan(jobs, results, cfg.timeout, on_row)
+    except KeyboardInterrupt:
+        if args.json:
+            out.print(f"interrupted: {len(results.rows)} completed rows kept in {args.json}")
+        raise
+    print_report(results.doc, out)
+    if args.markdown:
+        from sparsebench.checkpoint import atomic_write_bytes
+        from sparsebench.measure.report import markdown
+
+        text = markdown(results.doc)
+        atomic_write_bytes(Path(args.markdown), lambda fh: fh.write(text.encode()))
+        out.print(f"wrote {args.markdown}")
+    if args.json:
+        out.print(f"wrote {args.json}")
+    return 0
+
+
+def _measure_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="*", help="checkpoints, state_dicts (with --arch), pickled "
+                   "torch.nn modules, TorchScript or ONNX files (default: the zoo's lenet5 "
+                   "prune-l)")
+    p.add_argument("--formats", default="dense,structured,csr,bsr",
+                   help="comma-separated formats (see docs/formats.md): dense, structured, csr, "
+                        "bsr, bsr-1x4, bsr-4x4, bsr-8x8, bsr-16x1")
+    p.add_argument("--backends", default="", help="comma-separated backends (default: all: "
+                   "torch, torch-sparse, scipy, onnxruntime, native)")
+    p.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
+    p.add_argument("--threads", default="1", help="thread counts, e.g. 1,2 (default 1)")
+    p.add_argument("--json", metavar="OUT", help="write the results (rows, raw samples, machine) "
+                   "to this JSON file, updated after every row")
+    p.add_argument("--markdown", metavar="OUT", help="write the tables as Markdown")
+    p.add_argument("--data", default="auto", help="accuracy on fashion-mnist or cifar10; auto "
+                   "(default): the checkpoint's dataset when installed; none: skip")
+    p.add_argument("--data-dir", help="dataset folder")
+    p.add_argument("--data-limit", type=int, help="use only the first N test images")
+    p.add_argument("--per-layer", action="store_true", help="median time per layer "
+                   "(module-based executions)")
+    p.add_argument("--arch", help="architecture for a state_dict: a registry name or "
+                   "module:callable")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
+                   "does not say)")
+    p.add_argument("--trust", action="store_true", help="allow full unpickling of a model file "
+                   "(runs code from the file: only for files you trust)")
+    p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"),
+                   help="CSR/BSR column index width (auto: int16 when the columns fit)")
+    p.add_argument("--min-calls", type=int, default=20, help="timed calls at least (default 20)")
+    p.add_argument("--min-time", type=float, default=0.5,
+                   help="seconds of timed calls at least (default 0.5)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up calls (default 3)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per execution")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+
+
+command("measure", "measure latency, memory, size and accuracy of models across formats and "
+        "backends")(_measure).configure = _measure_flags
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""onnxruntime: the converted module (dense or structured) exported to ONNX, run on the CPU EP.
+
+Export uses the TorchScript-based exporter (``dynamo=False``, opset 17, dynamic batch axis): the
+torch.export-based one needs onnxscript, which is an optional extra. ``onnx_sizes`` reports
+the file size with dense initializers and with sparse initializers (``SparseTensorProto``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsebench.backends.base import Backend, Prepared, Unsupported
+from sparsebench.formats import ConvertedModel, format_family
+
+OPSET = 17
+
+
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...], batch: int = 1) -> bytes:
+    """Serialized ONNX of ``module`` (input "input", output "output", dynamic batch)."""
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), (torch.zeros(batch, *input_shape),), buf,
+                              dynamo=False, opset_version=OPSET, input_names=["input"],
+                              output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    except Exception as exc:  # noqa: BLE001 - any export failure makes the combination skip
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Unsupported(f"ONNX export (opset {OPSET}) failed: {first}") from exc
+    return buf.getvalue()
+
+
+def sparsify_initializers(model: object) -> int:
+    """Move every float initializer of rank >= 2 that has a zero into ``graph.sparse_initializer``
+    (values float32 + linear int64 indices); returns how many were moved."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph  # type: ignore[attr-defined]
+    moved = 0
+    for init in list(graph.initializer):
+        if init.data_type != TensorProto.FLOAT or len(init.dims) < 2:
+            continue
+        arr = numpy_helper.to_array(init)
+        idx = np.flatnonzero(arr)
+        if idx.size == arr.size:
+            continue
+        values = numpy_helper.from_array(arr.reshape(-1)[idx].astype(np.float32), init.name)
+        indices = numpy_helper.from_array(idx.astype(np.int64), f"{init.name}_indices")
+        graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices,
+                                                                  list(init.dims)))
+        graph.initializer.remove(init)
+        moved += 1
+    return moved
+
+
+def sparse_onnx(data: bytes) -> tuple[bytes, int]:
+    """``data`` re-serialized with sparse initializers, and how many were made sparse."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    moved = sparsify_initializers(model)
+    return model.SerializeToString(), moved
+
+
+def onnx_sizes(converted: ConvertedModel) -> dict[str, int]:
+    """ONNX file sizes in bytes: ``dense`` (all initializers dense), ``sparse`` (initializers
+    with zeros as sparse initializers), and ``sparse_initializers`` (how many were moved)."""
+    data = export_onnx(converted.module, converted.input_shape)
+    sparse, moved = sparse_onnx(data)
+    return {"dense": len(data), "sparse": len(sparse), "sparse_initializers": moved}
+
+
+class OrtPrepared(Prepared):
+    def __init__(self, session: object, impl: str) -> None:
+        self.session, self.impl = session, impl
+        self.input = session.get_inputs()[0].name  # type: ignore[attr-defined]
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self.input: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+        return torch.from_numpy(self.session.run(None, feed)[0])  # type: ignore[attr-defined]
+
+
+def session(data: bytes, threads: int) -> object:
+    """A CPU InferenceSession: ``threads`` intra-op, 1 inter-op, no spinning, all optimizations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    families = ("dense", "structured")
+
+    def unavailable(self) -> str | None:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return f"onnxruntime not installed: {exc}"
+        return None
+
+    def prepare(self, converted: ConvertedModel, *, threads: int = 1,
+                batch: int = 1) -> Prepared:
+        self.check(converted, threads, batch)
+        data = export_onnx(converted.module, converted.input_shape, batch)
+        try:
+            sess = session(data, threads)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise Unsupported(f"onnxruntime cannot load the model: "
+                              f"{str(exc).strip().splitlines()[0]}") from exc
+        return OrtPrepared(sess, f"ort-cpu-{format_family(converted.format)}")

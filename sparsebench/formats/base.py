@@ -1,0 +1,251 @@
+"""The data every format produces: per-layer storage rows, sparse payloads, the converted model.
+
+Byte formulas (exact; docs/formats.md): all values are float32, ``indptr`` is int32, column
+indices are int16 or int32 (``idx``), bias is float32 and counted with its layer.
+
+* dense: ``4*numel + 4*bias``
+* csr:   ``4*nnz + idx*nnz + 4*(rows+1) + 4*bias``
+* bsr:   ``4*nblocks*R*C + idx*nblocks + 4*(block_rows+1) + 4*bias`` (``idx`` is 4 unless forced)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsebench.errors import SparsebenchError
+
+INDEX_DTYPES = ("auto", "int16", "int32")
+INT16_MAX = int(np.iinfo(np.int16).max)
+
+
+def dense_nbytes(numel: int, bias: int = 0) -> int:
+    """Bytes of a dense float32 weight with ``bias`` float32 bias entries."""
+    return 4 * numel + 4 * bias
+
+
+def csr_nbytes(nnz: int, rows: int, idx_bytes: int, bias: int = 0) -> int:
+    """Bytes of a CSR weight: values, column indices, int32 row pointers, bias."""
+    return 4 * nnz + idx_bytes * nnz + 4 * (rows + 1) + 4 * bias
+
+
+def bsr_nbytes(nblocks: int, block: tuple[int, int], block_rows: int, idx_bytes: int = 4,
+               bias: int = 0) -> int:
+    """Bytes of a BSR weight: dense R x C blocks, block column indices, int32 block-row pointers."""
+    r, c = block
+    return 4 * nblocks * r * c + idx_bytes * nblocks + 4 * (block_rows + 1) + 4 * bias
+
+
+@dataclass
+class LayerStorage:
+    """How one Conv2d/Linear is stored by a format (one row of the size report)."""
+
+    name: str
+    kind: str                 # "conv" | "linear"
+    format: str               # what the layer is actually stored as: "dense", "csr-i16", "bsr-4x4"
+    shape: tuple[int, ...]    # weight shape as stored (structured: after compaction)
+    nnz: int                  # nonzero weight entries (NaN/Inf count as nonzero)
+    numel: int                # weight entries of ``shape``
+    nbytes: int               # exact bytes of weight + indices + bias in this format
+    dense_macs: int           # per sample: out_units * in_per_out * positions
+    sparse_macs: int          # per sample: nnz * positions
+    note: str = ""
+    fallback: bool = False    # the format could not (fully) take this layer; ``note`` says why
+
+
+@dataclass
+class SparseWeight:
+    """A CSR or BSR copy of one layer's weight, flattened to out_units x (in * kh * kw).
+
+    Conv column index = c*kh*kw + ky*kw + kx (the order of ``weight.reshape(Cout, -1)`` and of
+    ``torch.nn.functional.unfold``). BSR matrices are zero-padded to ``padded_shape``.
+    """
+
+    kind: str                          # "csr" | "bsr"
+    layer: str                         # "conv" | "linear"
+    shape: tuple[int, int]             # logical (rows, cols)
+    values: np.ndarray                 # float32: (nnz,) csr; (nblocks, R, C) bsr
+    indices: np.ndarray                # int16/int32 column (csr) or block column (bsr) indices
+    indptr: np.ndarray                 # int32, rows+1 (csr) or block_rows+1 (bsr)
+    bias: np.ndarray | None = None     # float32 (rows,)
+    block: tuple[int, int] | None = None
+    padded_shape: tuple[int, int] | None = None   # bsr: shape rounded up to the block
+    in_channels: int | None = None     # conv geometry (None for linear)
+    out_channels: int | None = None
+    kernel_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    padding: tuple[int, int] | None = None
+    dilation: tuple[int, int] | None = None
+    groups: int | None = None
+
+    @property
+    def stored_shape(self) -> tuple[int, int]:
+        return self.padded_shape or self.shape
+
+    @property
+    def nnz(self) -> int:
+        """Nonzero values stored (for bsr, explicit zeros inside blocks are not counted)."""
+        return int(np.count_nonzero(self.values))
+
+    @property
+    def nblocks(self) -> int:
+        return int(self.values.shape[0]) if self.kind == "bsr" else 0
+
+    @property
+    def index_dtype(self) -> str:
+        return str(self.indices.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays actually held (equals the format's byte formula)."""
+        arrays = [self.values, self.indices, self.indptr]
+        if self.bias is not None:
+            arrays.append(self.bias)
+        return int(sum(a.nbytes for a in arrays))
+
+    def to_dense(self) -> np.ndarray:
+        """The logical (rows, cols) float32 matrix."""
+        rows, cols = self.stored_shape
+        out = np.zeros((rows, cols), dtype=np.float32)
+        counts = np.diff(self.indptr.astype(np.int64))
+        if self.kind == "csr":
+            out[np.repeat(np.arange(rows), counts), self.indices.astype(np.int64)] = self.values
+        else:
+            r, c = self.block or (1, 1)
+            view = out.reshape(rows // r, r, cols // c, c).transpose(0, 2, 1, 3)
+            view[np.repeat(np.arange(rows // r), counts), self.indices.astype(np.int64)] = \
+                self.values
+            out = view.transpose(0, 2, 1, 3).reshape(rows, cols)
+        return out[: self.shape[0], : self.shape[1]]
+
+
+@dataclass
+class ConvertedModel:
+    """A model in one format: a dense torch definition, sparse payloads and exact sizes."""
+
+    format: str
+    module: nn.Module          # dense torch module computing the same function (see docs)
+    layers: dict[str, SparseWeight]
+    storage: list[LayerStorage]
+    input_shape: tuple[int, ...]
+    other_bytes: int = 0       # every other parameter/buffer of ``module`` (BatchNorm, masks)
+    block: tuple[int, int] | None = None
+    index_dtype: str = "auto"
+
+    @property
+    def weight_bytes(self) -> int:
+        """Exact bytes of the stored model: every layer row plus all other params/buffers."""
+        return sum(s.nbytes for s in self.storage) + self.other_bytes
+
+    @property
+    def dense_layers(self) -> list[tuple[str, str]]:
+        """(layer name, reason) for the layers this format could not take."""
+        return [(s.name, s.note) for s in self.storage if s.fallback]
+
+    @property
+    def nnz(self) -> int:
+        return sum(s.nnz for s in self.storage)
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Conv2d):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return None
+
+
+def weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """The Conv2d/Linear modules of ``model`` in registration order."""
+    for name, module in model.named_modules():
+        if layer_kind(module) is not None:
+            yield name, module
+
+
+def flat_weight(module: nn.Module) -> np.ndarray:
+    """The weight as a float32 (out_units, in*kh*kw) numpy matrix (a copy)."""
+    w = module.weight.detach().to(torch.float32).cpu()
+    return w.reshape(w.shape[0], -1).numpy().copy()
+
+
+def bias_array(module: nn.Module) -> np.ndarray | None:
+    b = getattr(module, "bias", None)
+    return None if b is None else b.detach().to(torch.float32).cpu().numpy().copy()
+
+
+def example_input(model: nn.Module, example: torch.Tensor | None) -> torch.Tensor:
+    if example is not None:
+        return example
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise SparsebenchError("model has no input_shape; pass an example input to convert()")
+    return torch.zeros(1, *tuple(int(s) for s in shape))
+
+
+def positions(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Per-sample output positions of each Conv2d/Linear on ``example`` (Ho*Wo for a conv, 1 for
+    a linear on vectors; summed over repeated calls; 0 if the layer did not run)."""
+    counts: dict[str, int] = {}
+    hooks = []
+    example = example[:1]  # per-sample counts: one sample is enough
+    batch = max(int(example.shape[0]), 1)
+
+    def hook(name: str):
+        def record(mod: nn.Module, inputs: object, out: torch.Tensor) -> None:
+            units = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+            counts[name] = counts.get(name, 0) + out.numel() // max(batch * units, 1)
+        return record
+
+    for name, mod in weight_layers(model):
+        hooks.append(mod.register_forward_hook(hook(name)))
+    try:
+        with torch.inference_mode():
+            model(example)
+    except Exception as exc:  # noqa: BLE001 - any failure is the user's model/input mismatch
+        raise SparsebenchError(f"model does not run on an input of shape "
+                               f"{tuple(example.shape)}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
+def dense_row(name: str, module: nn.Module, pos: int, note: str = "",
+              fallback: bool = False) -> LayerStorage:
+    """The storage row of a layer kept as a plain dense float32 tensor."""
+    w = module.weight.detach()
+    bias = 0 if module.bias is None else module.bias.numel()
+    nnz = int(torch.count_nonzero(w))
+    return LayerStorage(name, layer_kind(module) or "?", "dense", tuple(w.shape), nnz, w.numel(),
+                        dense_nbytes(w.numel(), bias), w[0].numel() * w.shape[0] * pos,
+                        nnz * pos, note, fallback)
+
+
+def other_bytes(model: nn.Module, covered: list[str]) -> int:
+    """Bytes of every parameter and buffer not owned (as weight/bias) by a ``covered`` layer."""
+    skip: set[int] = set()
+    for name in covered:
+        mod = model.get_submodule(name)
+        for attr in ("weight", "bias"):
+            t = getattr(mod, attr, None)
+            if t is not None:
+                skip.add(id(t))
+    total = 0
+    for _, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if id(t) not in skip:
+            total += t.numel() * t.element_size()
+    return total
+
+
+def has_nonfinite(model: nn.Module) -> list[str]:
+    """Names of modules holding a NaN or Inf in their own parameters or floating buffers."""
+    bad = []
+    for name, mod in model.named_modules():
+        tensors = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
+        if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
+            bad.append(name)
+    return bad

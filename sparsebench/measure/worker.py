@@ -1,0 +1,204 @@
+"""One execution in a fresh process: load, convert, prepare, check against the dense reference,
+time, and measure memory. Reads a JSON job on stdin, prints one JSON row on stdout.
+
+Memory: ``peak_rss_bytes`` is the peak resident set size during the timed calls minus the RSS
+after imports (the peak counter is reset with /proc/self/clear_refs once setup is done and the
+dense reference model is freed); ``setup_peak_rss_bytes`` is the peak over the whole process
+(loading and conversion included) minus the same baseline.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ACCURACY_BATCH = 500
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def current_rss() -> int:
+    kb = _status_kb("VmRSS")
+    if kb is None:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    return kb * 1024
+
+
+def peak_rss() -> int:
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return kb * 1024
+
+
+def reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def per_layer_ms(module: Any, run: Any, calls: int = 20) -> dict[str, float]:
+    """Median time per leaf module over ``calls`` runs, from forward pre/post hooks."""
+    import statistics
+
+    starts: dict[str, int] = {}
+    times: dict[str, list[int]] = {}
+    handles = []
+    for name, mod in module.named_modules():
+        if name and not list(mod.children()):
+            def pre(m: Any, i: Any, name: str = name) -> None:
+                starts[name] = time.perf_counter_ns()
+
+            def post(m: Any, i: Any, o: Any, name: str = name) -> None:
+                times.setdefault(name, []).append(time.perf_counter_ns() - starts[name])
+
+            handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    try:
+        for _ in range(calls):
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: statistics.median(v) / 1e6 for name, v in times.items()}
+
+
+def accuracy(backend: Any, converted: Any, job: dict[str, Any], threads: int) -> float:
+    import torch
+
+    from sparsebench.data import load_dataset
+
+    shape = converted.input_shape
+    data = load_dataset(job["data"], data_dir=job.get("data_dir"),
+                        pad_to_32=len(shape) == 3 and shape[-1] == 32 and job["data"] !=
+                        "cifar10", limit_test=job.get("data_limit"), limit_train=1)
+    x, y = data.test_x, data.test_y
+    if tuple(x.shape[1:]) != tuple(shape):
+        x = x.reshape(len(x), *shape)
+    prepared = backend.prepare(converted, threads=threads, batch=ACCURACY_BATCH)
+    correct = 0
+    for start in range(0, len(x), ACCURACY_BATCH):
+        xb = x[start:start + ACCURACY_BATCH]
+        n = len(xb)
+        if n < ACCURACY_BATCH:
+            xb = torch.cat([xb, xb.new_zeros((ACCURACY_BATCH - n, *xb.shape[1:]))])
+        correct += int((prepared.run(xb)[:n].argmax(1) == y[start:start + n]).sum())
+    return 100.0 * correct / len(x)
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Execute one (model, format, backend, batch, threads) job; returns the result row."""
+    threads, batch = int(job["threads"]), int(job["batch"])
+    import torch
+
+    torch.set_num_threads(threads)
+    from sparsebench.backends import get_backend
+    from sparsebench.backends.base import Unsupported
+    from sparsebench.errors import SparsebenchError
+    from sparsebench.formats import convert, has_nonfinite
+    from sparsebench.loading import load_model
+    from sparsebench.measure.results import skipped_row
+    from sparsebench.measure.timing import TimingPolicy, latency_stats_ms, time_calls
+
+    name, fmt, backend_name = job["model"], job["format"], job["backend"]
+
+    def skipped(reason: str, **extra: Any) -> dict[str, Any]:
+        return skipped_row(name, fmt, backend_name, batch, threads, reason, **extra)
+
+    backend = get_backend(backend_name)
+    reason = backend.unavailable()
+    if reason:
+        return skipped(reason)
+    if not backend.supports(fmt):
+        return skipped(f"{backend_name} does not execute the {fmt} format")
+    baseline = current_rss()
+    loaded = load_model(job["path"], arch=job.get("arch"), trust=job.get("trust", False),
+                        input_shape=tuple(job["input_shape"]) if job.get("input_shape") else None)
+    if loaded.module is None:
+        return skipped(f"no torch module: {loaded.onnx_error}")
+    if fmt != "dense" and not loaded.swappable:
+        return skipped(f"{loaded.kind} model: layers cannot be swapped (dense only)")
+    warnings = [f"non-finite weights in {layer}" for layer in has_nonfinite(loaded.module)]
+    try:
+        converted = convert(loaded.module, fmt, index_dtype=job.get("index_dtype", "auto"))
+    except SparsebenchError as exc:
+        return skipped(f"conversion failed: {exc}")
+    gen = torch.Generator().manual_seed(int(job.get("seed", 0)))
+    x = torch.randn((batch, *loaded.input_shape), generator=gen)
+    with torch.inference_mode():
+        reference = loaded.module(x).float()
+    try:
+        prepared = backend.prepare(converted, threads=threads, batch=batch)
+    except Unsupported as exc:
+        return skipped(str(exc), weight_bytes=converted.weight_bytes)
+    y = prepared.run(x).float()
+    diff = (y - reference).abs()
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    max_rel = max_abs / scale if scale > 0 else max_abs
+
+    storage = converted.storage
+    dense_macs = sum(s.dense_macs for s in storage)
+    sparse_macs = sum(s.sparse_macs for s in storage)
+    weight_bytes = converted.weight_bytes
+    del loaded, reference
+    gc.collect()
+    setup_peak = peak_rss() - baseline
+    peak_reset = reset_peak()
+    samples = time_calls(lambda: prepared.run(x), TimingPolicy(**job.get("timing", {})))
+    exec_peak = peak_rss() - baseline
+    row = skipped("")
+    row.update(
+        status="ok", reason=None if not warnings else "; ".join(warnings), impl=prepared.impl,
+        latency_ms=latency_stats_ms(samples), samples=len(samples), samples_ns=samples,
+        peak_rss_bytes=exec_peak if peak_reset else None, setup_peak_rss_bytes=setup_peak,
+        weight_bytes=weight_bytes, max_abs_err=max_abs, max_rel_err=max_rel,
+        dense_macs=dense_macs, sparse_macs=sparse_macs, warnings=warnings,
+        dense_layers=[list(d) for d in converted.dense_layers])
+    if job.get("per_layer"):
+        module = getattr(prepared, "module", None)
+        row["per_layer_ms"] = (per_layer_ms(module, lambda: prepared.run(x)) if module is not None
+                               else None)
+    if job.get("data"):
+        try:
+            row["accuracy"] = accuracy(backend, converted, job, threads)
+        except Unsupported as exc:
+            row["warnings"].append(f"accuracy not measured: {exc}")
+    return row
+
+
+def main() -> int:
+    job = json.loads(sys.stdin.read())
+    try:
+        row = run_job(job)
+    except Exception as exc:  # noqa: BLE001 - reported as a skipped row by the parent
+        from sparsebench.measure.results import skipped_row
+
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        row = skipped_row(job["model"], job["format"], job["backend"], int(job["batch"]),
+                          int(job["threads"]), f"error: {type(exc).__name__}: {text}"[:300])
+    sys.stdout.write("\n" + json.dumps(row) + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown (thread pools) for a quick exit
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,685 @@
+"""Optional compiled sparse kernels (repo folder ``kernels/``), built on first use and loaded
+with ctypes.
+
+``available()`` says whether they can be used (None) or why not (a one-line reason);
+``CSRLinear``, ``BSRLinear`` and ``CSRConv2d`` validate a sparse weight once and then run it
+with about a microsecond of Python overhead per call. Set ``SPARSEBENCH_NO_NATIVE=1`` to
+disable building and loading, ``SPARSEBENCH_KERNEL_DIR`` to move the build cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from sparsebench.errors import SparsebenchError
+
+ABI_VERSION = 1  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
+KERNEL_SRC = Path(__file__).resolve().parents[1] / "kernels"
+SOURCES = ("api.cpp", "csr_linear.cpp", "bsr_linear.cpp", "csr_conv.cpp", "threadpool.cpp")
+HEADERS = ("sparsebench_kernels.h", "common.hpp")
+CXXFLAGS = ("-O3", "-march=native", "-pthread", "-fPIC", "-shared", "-std=c++17")
+LIB_NAME = "libsparsebench_kernels.so"
+
+_STATUS = {
+    1: "invalid argument",
+    2: "index width must be 16 or 32 bits",
+    3: "out of memory",
+    4: "num_threads must be in 1..255",
+}
+_F32 = np.dtype(np.float32)
+_INT_DTYPES = {16: np.dtype(np.int16), 32: np.dtype(np.int32)}
+_I64, _INT, _PTR = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+
+
+class _LinearDesc(ctypes.Structure):
+    """Mirror of ``sb_linear`` in kernels/sparsebench_kernels.h (all fields 8 bytes)."""
+
+    _fields_ = [
+        ("rows", _I64), ("cols", _I64), ("block_rows", _I64), ("block_cols", _I64),
+        ("row_ptr", _PTR), ("col_idx", _PTR), ("values", _PTR), ("bias", _PTR),
+        ("index_bits", _I64), ("relu", _I64),
+    ]
+
+
+class _ConvDesc(ctypes.Structure):
+    """Mirror of ``sb_conv2d`` in kernels/sparsebench_kernels.h."""
+
+    _fields_ = [
+        ("out_channels", _I64), ("in_channels", _I64), ("kernel_h", _I64), ("kernel_w", _I64),
+        ("stride_h", _I64), ("stride_w", _I64), ("pad_h", _I64), ("pad_w", _I64),
+        ("row_ptr", _PTR), ("col_idx", _PTR), ("values", _PTR), ("bias", _PTR),
+        ("index_bits", _I64), ("relu", _I64),
+    ]
+
+
+_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "sb_abi_version": (_INT, []),
+    "sb_isa": (ctypes.c_char_p, []),
+    "sb_tuning": (_INT, [ctypes.c_char_p, _INT]),
+    "sb_csr_linear": (_INT, [ctypes.POINTER(_LinearDesc), _PTR, _I64, _PTR, _INT]),
+    "sb_bsr_linear": (_INT, [ctypes.POINTER(_LinearDesc), _PTR, _I64, _PTR, _INT]),
+    "sb_conv_out_size": (_I64, [_I64, _I64, _I64, _I64]),
+    "sb_csr_conv2d": (_INT, [ctypes.POINTER(_ConvDesc), _PTR, _I64, _I64, _I64, _PTR, _INT]),
+}
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_load_error: str | None = None
+
+
+# ----------------------------------------------------------------------------- build / load
+
+
+def _disabled() -> bool:
+    return os.environ.get("SPARSEBENCH_NO_NATIVE", "").strip() not in ("", "0")
+
+
+def _compiler() -> list[str]:
+    """The C++ compiler command: $CXX (may hold arguments), else g++ / c++ / clang++."""
+    env = os.environ.get("CXX", "").strip()
+    if env:
+        cmd = shlex.split(env)
+        if shutil.which(cmd[0]) is None:
+            raise SparsebenchError(f"C++ compiler CXX={env!r} not found")
+        return cmd
+    for name in ("g++", "c++", "clang++"):
+        if shutil.which(name):
+            return [name]
+    raise SparsebenchError("no C++ compiler found (install g++ or set CXX)")
+
+
+def _cpu_signature() -> str:
+    """Identifies the CPU for the -march=native build (model and feature flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.machine() + platform.processor()
+    keep = [ln for ln in text.splitlines()[:40] if ln.startswith(("model name", "flags"))]
+    return "\n".join(keep) or platform.machine()
+
+
+def _check_sources() -> None:
+    if not (KERNEL_SRC / SOURCES[0]).is_file():
+        raise SparsebenchError(
+            f"kernel sources not found at {KERNEL_SRC} (sparsebench seems installed without the "
+            "repository's kernels/ folder; use an editable install: pip install -e .)"
+        )
+
+
+def build_dir(compiler: Sequence[str] | None = None) -> Path:
+    """Cache folder for the current sources, flags, compiler and CPU."""
+    _check_sources()
+    cmd = list(compiler) if compiler is not None else _compiler()
+    digest = hashlib.sha256()
+    for part in (shutil.which(cmd[0]) or cmd[0], *cmd[1:], *CXXFLAGS, _cpu_signature()):
+        digest.update(part.encode() + b"\0")
+    for name in SOURCES + HEADERS:
+        digest.update(name.encode() + b"\0" + (KERNEL_SRC / name).read_bytes() + b"\0")
+    root = os.environ.get("SPARSEBENCH_KERNEL_DIR")
+    if root:
+        base = Path(root).expanduser()
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        base = base / "sparsebench" / "kernels"
+    return base / digest.hexdigest()[:16]
+
+
+def _first_error(stderr: str, returncode: int) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower():
+            return ln[:300]
+    return lines[0][:300] if lines else f"compiler exit status {returncode}"
+
+
+def build(force: bool = False) -> Path:
+    """Compile kernels/ (once per source/flag/compiler/CPU combination) and return the .so path."""
+    if _disabled():
+        raise SparsebenchError("native kernels disabled by SPARSEBENCH_NO_NATIVE=1")
+    cmd = _compiler()
+    out_dir = build_dir(cmd)
+    target = out_dir / LIB_NAME
+    if target.is_file() and not force:
+        return target
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out_dir)
+        os.close(fd)
+    except OSError as exc:
+        raise SparsebenchError(f"cannot create kernel build dir {out_dir}: {exc}") from exc
+    args = [*cmd, *CXXFLAGS, "-o", tmp, *(str(KERNEL_SRC / s) for s in SOURCES)]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            (out_dir / "build.log").write_text(shlex.join(args) + "\n" + proc.stderr)
+            raise SparsebenchError(
+                f"kernel build failed: {_first_error(proc.stderr, proc.returncode)}"
+            )
+        os.replace(tmp, target)  # atomic: concurrent builders never see a partial file
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SparsebenchError(f"kernel build failed: {exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def load() -> ctypes.CDLL:
+    """The kernel library with argtypes set (built on first use); checks the ABI version."""
+    global _lib, _load_error
+    if _disabled():
+        raise SparsebenchError("native kernels disabled by SPARSEBENCH_NO_NATIVE=1")
+    with _lock:
+        if _lib is None and _load_error is None:
+            try:
+                path = build()
+                lib = ctypes.CDLL(str(path))
+                for name, (restype, argtypes) in _SIGNATURES.items():
+                    fn = getattr(lib, name)
+                    fn.restype, fn.argtypes = restype, argtypes
+                _lib = lib
+            except SparsebenchError as exc:
+                _load_error = str(exc)
+            except (OSError, AttributeError) as exc:
+                _load_error = f"cannot load kernel library: {exc}"
+        if _lib is None:
+            raise SparsebenchError(_load_error or "native kernels unavailable")
+        lib = _lib
+    version = lib.sb_abi_version()
+    if version != ABI_VERSION:
+        raise SparsebenchError(
+            f"kernel library ABI version {version} does not match sparsebench's {ABI_VERSION}; "
+            "rebuild with sparsebench.native.build(force=True)"
+        )
+    return lib
+
+
+def available() -> str | None:
+    """None if the kernels can be used, else a one-line reason. Never raises."""
+    try:
+        load()
+    except SparsebenchError as exc:
+        return str(exc)
+    except Exception as exc:  # never crash the caller
+        return f"native kernels unavailable: {type(exc).__name__}: {exc}"
+    return None
+
+
+def reset() -> None:
+    """Forget a cached load failure (e.g. after installing a compiler)."""
+    global _load_error
+    with _lock:
+        _load_error = None
+
+
+def isa() -> str:
+    """Instruction set the kernels were compiled for: "avx512", "avx2" or "scalar"."""
+    return load().sb_isa().decode()
+
+
+def tuning(key: str, value: int = -1) -> int:
+    """Benchmark-only kernel knob ("spmv_gather", "transpose_batch"); returns the old value."""
+    old = load().sb_tuning(key.encode(), int(value))
+    if old < 0:
+        raise SparsebenchError(f"unknown kernel tuning key {key!r}")
+    return int(old)
+
+
+# ----------------------------------------------------------------------------- conversions
+
+
+def _numpy(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch tensor
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _index_bits(index_dtype: Any) -> int:
+    try:
+        dt = np.dtype(index_dtype)
+    except TypeError as exc:
+        raise SparsebenchError(f"index_dtype must be int16 or int32, not {index_dtype!r}") from exc
+    for bits, want in _INT_DTYPES.items():
+        if dt == want:
+            return bits
+    raise SparsebenchError(f"index_dtype must be int16 or int32, not {dt}")
+
+
+def csr_from_dense(
+    w: Any, index_dtype: Any = np.int32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values float32, col_idx, row_ptr int32) of a 2-D dense matrix, zeros dropped."""
+    w = _numpy(w)
+    if w.ndim != 2:
+        raise SparsebenchError(f"csr_from_dense needs a 2-D matrix, got shape {w.shape}")
+    idx = _INT_DTYPES[_index_bits(index_dtype)]
+    rows, cols = np.nonzero(w)
+    row_ptr = np.zeros(w.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=w.shape[0]), out=row_ptr[1:])
+    if row_ptr[-1] > np.iinfo(np.int32).max:
+        raise SparsebenchError("more than 2**31-1 nonzeros do not fit the int32 row pointers")
+    return (
+        np.ascontiguousarray(w[rows, cols], dtype=np.float32),
+        cols.astype(idx),
+        row_ptr.astype(np.int32),
+    )
+
+
+def bsr_from_dense(
+    w: Any, blocksize: tuple[int, int], index_dtype: Any = np.int32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(blocks float32 (nblocks, R, C), block_col, block_row_ptr int32), all-zero blocks dropped."""
+    w = _numpy(w)
+    r, c = (int(v) for v in blocksize)
+    if w.ndim != 2 or r < 1 or c < 1 or w.shape[0] % r or w.shape[1] % c:
+        raise SparsebenchError(f"cannot split a {w.shape} matrix into {r}x{c} blocks")
+    idx = _INT_DTYPES[_index_bits(index_dtype)]
+    tiles = w.reshape(w.shape[0] // r, r, w.shape[1] // c, c).transpose(0, 2, 1, 3)
+    brow, bcol = np.nonzero(np.any(tiles != 0, axis=(2, 3)))
+    row_ptr = np.zeros(tiles.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(brow, minlength=tiles.shape[0]), out=row_ptr[1:])
+    return (
+        np.ascontiguousarray(tiles[brow, bcol], dtype=np.float32),
+        bcol.astype(idx),
+        row_ptr.astype(np.int32),
+    )
+
+
+def _check_csr(
+    values: Any, col_idx: Any, row_ptr: Any, rows: int, cols: int, bits: int, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated contiguous (values float32, col_idx int{bits}, row_ptr int32) copies/views."""
+    values, col_idx, row_ptr = _numpy(values), _numpy(col_idx), _numpy(row_ptr)
+    if values.dtype.kind != "f":
+        raise SparsebenchError(f"{what}: values must be floating point, not {values.dtype}")
+    for name, arr in (("col_idx", col_idx), ("row_ptr", row_ptr)):
+        if arr.dtype.kind not in "iu":
+            raise SparsebenchError(f"{what}: {name} must be an integer array, not {arr.dtype}")
+        if arr.ndim != 1:
+            raise SparsebenchError(f"{what}: {name} must be 1-D, got shape {arr.shape}")
+    if row_ptr.shape[0] != rows + 1:
+        raise SparsebenchError(
+            f"{what}: row_ptr has {row_ptr.shape[0]} entries, expected {rows + 1}"
+        )
+    nnz = col_idx.shape[0]
+    if values.shape[0] != nnz or values.size != nnz * int(np.prod(values.shape[1:])):
+        raise SparsebenchError(f"{what}: {values.shape[0]} values for {nnz} column indices")
+    if nnz > np.iinfo(np.int32).max:
+        raise SparsebenchError(f"{what}: more than 2**31-1 nonzeros")
+    rp = row_ptr.astype(np.int64)
+    if rp[0] != 0 or rp[-1] != nnz:
+        raise SparsebenchError(
+            f"{what}: row_ptr must run from 0 to nnz={nnz}, got {rp[0]}..{rp[-1]}"
+        )
+    if rows and np.any(np.diff(rp) < 0):
+        raise SparsebenchError(f"{what}: row_ptr is not non-decreasing")
+    if nnz:
+        lo, hi = int(col_idx.min()), int(col_idx.max())
+        if lo < 0 or hi >= cols:
+            bad = lo if lo < 0 else hi
+            raise SparsebenchError(f"{what}: column index {bad} outside [0, {cols})")
+    if bits == 16 and cols > 32767:
+        raise SparsebenchError(f"{what}: int16 indices need at most 32767 columns, got {cols}")
+    return (
+        np.ascontiguousarray(values, dtype=np.float32),
+        np.ascontiguousarray(col_idx, dtype=_INT_DTYPES[bits]),
+        np.ascontiguousarray(rp, dtype=np.int32),
+    )
+
+
+def _check_bias(bias: Any, n: int, what: str) -> np.ndarray | None:
+    if bias is None:
+        return None
+    b = _numpy(bias)
+    if b.dtype.kind not in "fiu" or b.shape != (n,):
+        raise SparsebenchError(f"{what}: bias must be a float array of shape ({n},), got {b.shape}")
+    return np.ascontiguousarray(b, dtype=np.float32)
+
+
+def _check_threads(threads: Any) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= 255:
+        raise SparsebenchError(f"threads must be an integer in 1..255, got {threads!r}")
+    return int(threads)
+
+
+def _pair(v: Any, name: str, minimum: int) -> tuple[int, int]:
+    try:
+        pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
+        ok = len(pair) == 2 and all(
+            not isinstance(p, bool) and int(p) == p and p >= minimum for p in pair
+        )
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SparsebenchError(f"{name} must be an int >= {minimum} or a pair of them, got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _shape2(shape: Any, what: str) -> tuple[int, int]:
+    try:
+        m, k = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise SparsebenchError(f"{what}: shape must be (rows, cols), got {shape!r}") from None
+    if m < 0 or k < 0:
+        raise SparsebenchError(f"{what}: shape must be non-negative, got {shape!r}")
+    return m, k
+
+
+def _addr(a: np.ndarray | None) -> int | None:
+    return None if a is None else int(a.ctypes.data)
+
+
+def _ptr(a: np.ndarray) -> Any:
+    """A ctypes pointer argument for a C-contiguous array: ~0.35 us for a writeable array
+    (a ctypes view of its buffer, which also pins it), ~1 us via ``a.ctypes`` otherwise."""
+    if a.flags.writeable and a.nbytes:
+        return ctypes.byref(ctypes.c_char.from_buffer(a))
+    return ctypes.c_void_p(a.ctypes.data)
+
+
+# ----------------------------------------------------------------------------- prepared calls
+
+
+class _Prepared:
+    """Call machinery shared by the prepared kernels: the weight lives in a ctypes struct built
+    once; ``run`` passes ready ctypes objects to the raw function pointer (no per-argument
+    conversion) and caches the address of the last input and output array it saw."""
+
+    impl: str
+    threads: int
+
+    def _bind(self, fn_name: str, desc: ctypes.Structure) -> None:
+        lib = load()
+        self._isa = lib.sb_isa().decode()
+        fn = getattr(lib, fn_name)
+        # The same symbol without argtypes: every argument is passed as a ready ctypes object,
+        # which skips ctypes' per-argument conversion (~0.1 us each).
+        self._fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(fn, ctypes.c_void_p).value)
+        self._fn.argtypes = None
+        self._desc = desc  # keeps the struct alive; the numpy arrays it points to are on self
+        self._desc_ptr = ctypes.c_void_p(ctypes.addressof(desc))
+        self._nt = ctypes.c_int(self.threads)
+        # Caches as immutable tuples, so concurrent run() calls from several Python threads
+        # each see a consistent snapshot: (x, x.shape, x pointer, out shape, size args) and
+        # (out, out pointer).
+        self._xc: tuple[Any, ...] = (None, None, None, None, ())
+        self._oc: tuple[Any, ...] = (None, None)
+
+    def _io_shapes(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(output shape, per-call size arguments) for an input shape; raises if it is wrong."""
+        raise NotImplementedError
+
+    def _input(self, x: Any) -> tuple[Any, ...]:
+        """Validate a new input array and cache its address (slow path, ~1-2 us)."""
+        if not isinstance(x, np.ndarray):
+            raise SparsebenchError(f"{self.impl}: input must be a numpy array, not {type(x).__name__}")
+        if x.dtype != _F32 or not x.flags.c_contiguous:
+            raise SparsebenchError(
+                f"{self.impl}: input must be C-contiguous native float32 (got {x.dtype}, "
+                f"contiguous={x.flags.c_contiguous}); use np.ascontiguousarray(x, np.float32)"
+            )
+        old = self._xc
+        if x.shape == old[1]:
+            out_shape, dims = old[3], old[4]
+        else:
+            out_shape, sizes = self._io_shapes(x.shape)
+            dims = tuple(_I64(d) for d in sizes)
+        xc = (x, x.shape, _ptr(x), out_shape, dims)
+        self._xc = xc
+        return xc
+
+    def _output(self, out: Any, xc: tuple[Any, ...]) -> tuple[Any, ...]:
+        shape = xc[3]
+        if out is None:
+            out = np.empty(shape, np.float32)
+        elif not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != _F32:
+            raise SparsebenchError(
+                f"{self.impl}: out must be a float32 array of shape {shape}, got "
+                f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+            )
+        elif not (out.flags.c_contiguous and out.flags.writeable):
+            raise SparsebenchError(f"{self.impl}: out must be C-contiguous and writeable")
+        elif np.may_share_memory(out, xc[0]):
+            raise SparsebenchError(f"{self.impl}: out must not overlap the input")
+        oc = (out, _ptr(out))
+        self._oc = oc
+        return oc
+
+    def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Apply the layer to ``x``, writing into ``out`` if given (else a new array).
+
+        Calling again with the same x and out arrays skips re-validation: ~1 us of Python.
+        """
+        xc = self._xc
+        if x is not xc[0] or x.shape != xc[1] or x.dtype is not _F32 or not x.flags.c_contiguous:
+            xc = self._input(x)
+        oc = self._oc
+        if (out is None or out is not oc[0] or out is x or out.shape != xc[3]
+                or not out.flags.c_contiguous):
+            oc = self._output(out, xc)
+        status = self._fn(self._desc_ptr, xc[2], *xc[4], oc[1], self._nt)
+        if status:
+            raise SparsebenchError(
+                f"{self.impl}: kernel failed: {_STATUS.get(status, 'error')} (status {status})"
+            )
+        return oc[0]
+
+    __call__ = run
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.impl}>"
+
+
+class _Linear(_Prepared):
+    """x (B, K) or (K,) -> (B, M) or (M,)."""
+
+    shape: tuple[int, int]
+
+    def _io_shapes(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if not (len(shape) in (1, 2) and shape[-1] == self.shape[1]):
+            raise SparsebenchError(
+                f"{self.impl}: input shape {shape} does not match (batch, {self.shape[1]})"
+            )
+        if len(shape) == 1:
+            return (self.shape[0],), (1,)
+        return (shape[0], self.shape[0]), (shape[0],)
+
+
+class CSRLinear(_Linear):
+    """y = x @ W.T (+ bias) (relu) with W an (M, K) CSR matrix.
+
+    ``run(x, out=None)`` takes float32 C-contiguous x of shape (B, K) or (K,) and returns
+    (B, M) or (M,). Passing ``out=`` and reusing the same x/out arrays costs ~1 us of Python.
+    """
+
+    def __init__(
+        self,
+        values: Any,
+        col_idx: Any,
+        row_ptr: Any,
+        shape: tuple[int, int],
+        bias: Any = None,
+        relu: bool = False,
+        threads: int = 1,
+        index_dtype: Any = np.int32,
+    ) -> None:
+        m, k = _shape2(shape, "CSRLinear")
+        bits = _index_bits(index_dtype)
+        self.shape, self.relu, self.threads = (m, k), bool(relu), _check_threads(threads)
+        self.values, self.col_idx, self.row_ptr = _check_csr(
+            values, col_idx, row_ptr, m, k, bits, "CSRLinear"
+        )
+        self.bias = _check_bias(bias, m, "CSRLinear")
+        self.nnz = int(self.col_idx.shape[0])
+        self.index_bits = bits
+        self._bind(
+            "sb_csr_linear",
+            _LinearDesc(m, k, 1, 1, _addr(self.row_ptr), _addr(self.col_idx),
+                        _addr(self.values), _addr(self.bias), bits, int(self.relu)),
+        )
+        self.impl = f"native-csr-{self._isa}-i{bits}-t{self.threads}"
+
+    @classmethod
+    def from_dense(cls, w: Any, bias: Any = None, index_dtype: Any = np.int32, **kw: Any) -> CSRLinear:
+        w = _numpy(w)
+        v, c, r = csr_from_dense(w, index_dtype)
+        return cls(v, c, r, w.shape, bias=bias, index_dtype=index_dtype, **kw)
+
+    @classmethod
+    def from_scipy(cls, m: Any, bias: Any = None, **kw: Any) -> CSRLinear:
+        m = m.tocsr()
+        return cls(m.data, m.indices, m.indptr, m.shape, bias=bias, **kw)
+
+
+class BSRLinear(_Linear):
+    """y = x @ W.T (+ bias) (relu) with W an (M, K) block-sparse-row matrix of R x C blocks.
+
+    values: (nblocks, R, C) (or flat with ``blocksize``), col_idx: block-column numbers,
+    row_ptr: M/R + 1 block-row pointers (the scipy.sparse.bsr_matrix layout).
+    """
+
+    def __init__(
+        self,
+        values: Any,
+        col_idx: Any,
+        row_ptr: Any,
+        shape: tuple[int, int],
+        blocksize: tuple[int, int] | None = None,
+        bias: Any = None,
+        relu: bool = False,
+        threads: int = 1,
+        index_dtype: Any = np.int32,
+    ) -> None:
+        m, k = _shape2(shape, "BSRLinear")
+        vals = _numpy(values)
+        if blocksize is None:
+            if vals.ndim != 3:
+                raise SparsebenchError("BSRLinear: give blocksize or values of shape (nblocks, R, C)")
+            blocksize = vals.shape[1:]
+        r, c = _pair(blocksize, "BSRLinear blocksize", 1)
+        if vals.ndim == 3 and vals.shape[1:] != (r, c):
+            raise SparsebenchError(f"BSRLinear: blocks of shape {vals.shape[1:]} but blocksize {r}x{c}")
+        if m % r or k % c:
+            raise SparsebenchError(f"BSRLinear: shape {shape} is not a multiple of blocksize {r}x{c}")
+        if vals.ndim != 3:
+            if vals.ndim != 1 or vals.size % (r * c):
+                raise SparsebenchError(f"BSRLinear: values of shape {vals.shape} are not {r}x{c} blocks")
+            vals = vals.reshape(-1, r, c)
+        bits = _index_bits(index_dtype)
+        self.shape, self.blocksize = (m, k), (r, c)
+        self.relu, self.threads = bool(relu), _check_threads(threads)
+        self.values, self.col_idx, self.row_ptr = _check_csr(
+            vals, col_idx, row_ptr, m // r, k // c, bits, "BSRLinear"
+        )
+        self.bias = _check_bias(bias, m, "BSRLinear")
+        self.nnz = int(self.values.size)
+        self.index_bits = bits
+        self._bind(
+            "sb_bsr_linear",
+            _LinearDesc(m, k, r, c, _addr(self.row_ptr), _addr(self.col_idx),
+                        _addr(self.values), _addr(self.bias), bits, int(self.relu)),
+        )
+        self.impl = f"native-bsr{r}x{c}-{self._isa}-i{bits}-t{self.threads}"
+
+    @classmethod
+    def from_dense(
+        cls, w: Any, blocksize: tuple[int, int], bias: Any = None, index_dtype: Any = np.int32,
+        **kw: Any,
+    ) -> BSRLinear:
+        w = _numpy(w)
+        v, c, r = bsr_from_dense(w, blocksize, index_dtype)
+        return cls(v, c, r, w.shape, blocksize=blocksize, bias=bias, index_dtype=index_dtype, **kw)
+
+    @classmethod
+    def from_scipy(cls, m: Any, bias: Any = None, **kw: Any) -> BSRLinear:
+        return cls(m.data, m.indices, m.indptr, m.shape, blocksize=m.blocksize, bias=bias, **kw)
+
+
+class CSRConv2d(_Prepared):
+    """Sparse NCHW convolution: weight (Cout, Cin*kh*kw) as CSR, column c*kh*kw + ky*kw + kx.
+
+    ``run(x)`` takes float32 C-contiguous (N, Cin, H, W) and returns (N, Cout, Ho, Wo).
+    """
+
+    def __init__(
+        self,
+        values: Any,
+        col_idx: Any,
+        row_ptr: Any,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        bias: Any = None,
+        relu: bool = False,
+        threads: int = 1,
+        index_dtype: Any = np.int32,
+    ) -> None:
+        cin, cout = int(in_channels), int(out_channels)
+        if cin < 1 or cout < 1:
+            raise SparsebenchError(f"CSRConv2d: bad channels {in_channels} -> {out_channels}")
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.in_channels, self.out_channels = cin, cout
+        kh, kw = self.kernel_size
+        bits = _index_bits(index_dtype)
+        self.relu, self.threads = bool(relu), _check_threads(threads)
+        self.values, self.col_idx, self.row_ptr = _check_csr(
+            values, col_idx, row_ptr, cout, cin * kh * kw, bits, "CSRConv2d"
+        )
+        self.bias = _check_bias(bias, cout, "CSRConv2d")
+        self.nnz = int(self.col_idx.shape[0])
+        self.index_bits = bits
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        self._bind(
+            "sb_csr_conv2d",
+            _ConvDesc(cout, cin, kh, kw, sh, sw, ph, pw, _addr(self.row_ptr), _addr(self.col_idx),
+                      _addr(self.values), _addr(self.bias), bits, int(self.relu)),
+        )
+        self.impl = f"native-csrconv-{self._isa}-i{bits}-t{self.threads}"
+
+    @classmethod
+    def from_dense(
+        cls, w: Any, stride: Any = 1, padding: Any = 0, bias: Any = None,
+        index_dtype: Any = np.int32, **kw: Any,
+    ) -> CSRConv2d:
+        w = _numpy(w)
+        if w.ndim != 4:
+            raise SparsebenchError(f"CSRConv2d.from_dense needs (Cout, Cin, kh, kw), got {w.shape}")
+        v, c, r = csr_from_dense(w.reshape(w.shape[0], -1), index_dtype)
+        return cls(v, c, r, w.shape[1], w.shape[0], w.shape[2:], stride, padding, bias=bias,
+                   index_dtype=index_dtype, **kw)
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        ho = (h + 2 * ph - kh) // sh + 1 if h + 2 * ph >= kh else 0
+        wo = (w + 2 * pw - kw) // sw + 1 if w + 2 * pw >= kw else 0
+        return ho, wo
+
+    def _io_shapes(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise SparsebenchError(
+                f"{self.impl}: input shape {shape} does not match (N, {self.in_channels}, H, W)"
+            )
+        n, _, h, w = shape
+        ho, wo = self.output_size(h, w)
+        if ho < 1 or wo < 1:
+            raise SparsebenchError(
+                f"{self.impl}: input {h}x{w} is smaller than kernel {self.kernel_size} "
+                f"with padding {self.padding}"
+            )
+        return (n, self.out_channels, ho, wo), (n, h, w)

@@ -1,0 +1,398 @@
+"""Compiled kernels (sparsebench.native) against dense numpy / torch references."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from sparsebench import native
+from sparsebench.errors import SparsebenchError
+
+_REASON = native.available()
+if _REASON is not None:
+    pytest.skip(f"native kernels unavailable: {_REASON}", allow_module_level=True)
+
+import torch  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PROPERTY = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def sparse_weight(rng: np.random.Generator, shape: tuple[int, ...], sparsity: float,
+                  empty_every: int = 0) -> np.ndarray:
+    """Random float32 weight with the given fraction of zeros; every n-th row all zero."""
+    w = rng.standard_normal(shape).astype(np.float32)
+    w[rng.random(shape) < sparsity] = 0.0
+    if empty_every:
+        w[::empty_every] = 0.0
+    return w
+
+
+def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
+    y = x.astype(np.float64) @ w.astype(np.float64).T
+    if bias is not None:
+        y += bias
+    return np.maximum(y, 0) if relu else y
+
+
+def conv_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, stride: tuple[int, int],
+             padding: tuple[int, int], relu: bool) -> np.ndarray:
+    y = torch.nn.functional.conv2d(
+        torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+        None if bias is None else torch.from_numpy(bias).double(), stride, padding,
+    ).numpy()
+    return np.maximum(y, 0) if relu else y
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape and got.dtype == np.float32
+    scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+
+
+# ----------------------------------------------------------------------------- CSR linear
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.99, 1.0])
+@pytest.mark.parametrize("m,k", [(1, 1), (3, 5), (17, 33), (129, 1000), (64, 300)])
+def test_csr_linear_grid(m: int, k: int, sparsity: float) -> None:
+    rng = np.random.default_rng(m * 1000 + k)
+    w = sparse_weight(rng, (m, k), sparsity, empty_every=3 if m > 3 else 0)
+    bias = rng.standard_normal(m).astype(np.float32)
+    for batch in (1, 2, 7, 16, 64):
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        for i, (idx, threads) in enumerate([(np.int16, 1), (np.int32, 2), (np.int32, 1)]):
+            b = bias if i != 1 else None
+            relu = i == 1
+            op = native.CSRLinear.from_dense(w, bias=b, relu=relu, threads=threads,
+                                             index_dtype=idx)
+            assert_close(op.run(x), linear_ref(x, w, b, relu))
+
+
+@PROPERTY
+@given(
+    m=st.integers(1, 80), k=st.integers(1, 300), batch=st.integers(1, 70),
+    density=st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0]), empty_every=st.integers(0, 4),
+    idx=st.sampled_from([np.int16, np.int32]), threads=st.integers(1, 2),
+    use_bias=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_csr_linear_property(m, k, batch, density, empty_every, idx, threads, use_bias, relu,
+                             seed) -> None:
+    rng = np.random.default_rng(seed)
+    w = sparse_weight(rng, (m, k), 1.0 - density, empty_every)
+    bias = rng.standard_normal(m).astype(np.float32) if use_bias else None
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    op = native.CSRLinear.from_dense(w, bias=bias, relu=relu, threads=threads, index_dtype=idx)
+    assert_close(op.run(x), linear_ref(x, w, bias, relu))
+
+
+def test_csr_linear_from_scipy_1d_input_and_large_k() -> None:
+    sp = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(1)
+    w = sparse_weight(rng, (9, 40000), 0.999)
+    op = native.CSRLinear.from_scipy(sp.csr_matrix(w), threads=2)
+    assert op.nnz == np.count_nonzero(w) and op.impl.endswith("-i32-t2")
+    x = rng.standard_normal(40000).astype(np.float32)
+    y = op.run(x)
+    assert y.shape == (9,)
+    assert_close(y, linear_ref(x[None], w, None, False)[0])
+
+
+def test_csr_threads_are_bitwise_identical() -> None:
+    rng = np.random.default_rng(2)
+    w = sparse_weight(rng, (300, 500), 0.9)
+    for batch in (1, 3, 40):
+        x = rng.standard_normal((batch, 500)).astype(np.float32)
+        y1 = native.CSRLinear.from_dense(w, threads=1).run(x)
+        y2 = native.CSRLinear.from_dense(w, threads=2).run(x)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_gather_and_scalar_spmv_agree() -> None:
+    rng = np.random.default_rng(3)
+    w = sparse_weight(rng, (100, 777), 0.8, empty_every=5)
+    x = rng.standard_normal((3, 777)).astype(np.float32)
+    op = native.CSRLinear.from_dense(w, relu=True)
+    old = native.tuning("spmv_gather", 0)
+    try:
+        scalar = op.run(x)
+        native.tuning("spmv_gather", 1)
+        gather = op.run(x)
+    finally:
+        native.tuning("spmv_gather", old)
+    assert_close(scalar, linear_ref(x, w, None, True))
+    assert_close(gather, linear_ref(x, w, None, True))
+    with pytest.raises(SparsebenchError, match="unknown kernel tuning key"):
+        native.tuning("nope")
+
+
+def test_fast_path_sees_new_contents_and_arrays() -> None:
+    rng = np.random.default_rng(4)
+    w = sparse_weight(rng, (20, 30), 0.5)
+    op = native.CSRLinear.from_dense(w)
+    x = rng.standard_normal((4, 30)).astype(np.float32)
+    out = np.empty((4, 20), np.float32)
+    assert op.run(x, out=out) is out
+    x[:] = rng.standard_normal((4, 30))  # same array, new contents
+    assert op.run(x, out=out) is out
+    assert_close(out, linear_ref(x, w, None, False))
+    x2 = rng.standard_normal((4, 30)).astype(np.float32)  # same shape, new array
+    assert_close(op.run(x2, out=out), linear_ref(x2, w, None, False))
+    x3 = rng.standard_normal((2, 30)).astype(np.float32)  # new batch size
+    assert_close(op.run(x3), linear_ref(x3, w, None, False))
+    frozen = x3.copy()
+    frozen.flags.writeable = False  # read-only input takes the slow pointer path
+    assert_close(op(frozen), linear_ref(x3, w, None, False))
+    assert op.run(np.zeros((0, 30), np.float32)).shape == (0, 20)
+
+
+def test_concurrent_python_threads_share_ops_safely() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    w = sparse_weight(rng, (200, 150), 0.7)
+    op = native.CSRLinear.from_dense(w, threads=2)
+    inputs = [rng.standard_normal((b, 150)).astype(np.float32) for b in (1, 5, 33, 64)]
+
+    def work(i: int) -> bool:
+        x = inputs[i % len(inputs)]
+        return all(np.allclose(op.run(x), x @ w.T, rtol=1e-4, atol=1e-4) for _ in range(30))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(8)))
+
+
+def _child_run(args: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    w, x = args
+    return native.CSRLinear.from_dense(w, threads=2).run(x)
+
+
+def test_pool_works_in_forked_child() -> None:
+    import multiprocessing
+
+    rng = np.random.default_rng(8)
+    w = sparse_weight(rng, (300, 100), 0.5)
+    x = rng.standard_normal((3, 100)).astype(np.float32)
+    native.CSRLinear.from_dense(w, threads=2).run(x)  # start the worker threads in the parent
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        y = pool.apply_async(_child_run, ((w, x),)).get(timeout=60)
+    assert_close(y, linear_ref(x, w, None, False))
+
+
+# ----------------------------------------------------------------------------- BSR linear
+
+
+@pytest.mark.parametrize("block", [(1, 4), (4, 4), (8, 1), (16, 1), (2, 2), (8, 8), (3, 5)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.6, 1.0])
+def test_bsr_linear(block: tuple[int, int], sparsity: float) -> None:
+    r, c = block
+    rng = np.random.default_rng(r * 100 + c)
+    mb, kb = 7, 9
+    mask = rng.random((mb, kb)) >= sparsity
+    mask[::3] = False  # empty block rows
+    w = rng.standard_normal((mb * r, kb * c)).astype(np.float32) * np.kron(mask, np.ones(block))
+    w = w.astype(np.float32)
+    bias = rng.standard_normal(mb * r).astype(np.float32)
+    for batch in (1, 5, 20):
+        x = rng.standard_normal((batch, kb * c)).astype(np.float32)
+        for idx, threads, b, relu in [(np.int32, 1, bias, True), (np.int16, 2, None, False)]:
+            op = native.BSRLinear.from_dense(w, block, bias=b, relu=relu, threads=threads,
+                                             index_dtype=idx)
+            assert op.impl.startswith(f"native-bsr{r}x{c}-")
+            assert_close(op.run(x), linear_ref(x, w, b, relu))
+
+
+def test_bsr_from_scipy() -> None:
+    sp = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(5)
+    w = np.kron(rng.random((6, 8)) < 0.4, np.ones((4, 4))) * rng.standard_normal((24, 32))
+    m = sp.bsr_matrix(w.astype(np.float32), blocksize=(4, 4))
+    op = native.BSRLinear.from_scipy(m, threads=2)
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    assert_close(op.run(x), linear_ref(x, w, None, False))
+
+
+# ----------------------------------------------------------------------------- convolution
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("padding", [0, 1])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_conv_grid(kernel: int, stride: int, padding: int, batch: int) -> None:
+    rng = np.random.default_rng(kernel * 100 + stride * 10 + padding)
+    cin, cout, h, w_ = 3, 5, 9, 7
+    for sparsity, threads, idx, use_bias, relu in [
+        (0.5, 1, np.int32, True, False), (0.0, 2, np.int16, False, True), (1.0, 2, np.int32, True, True),
+    ]:
+        w = sparse_weight(rng, (cout, cin, kernel, kernel), sparsity, empty_every=4)
+        bias = rng.standard_normal(cout).astype(np.float32) if use_bias else None
+        x = rng.standard_normal((batch, cin, h, w_)).astype(np.float32)
+        op = native.CSRConv2d.from_dense(w, stride, padding, bias=bias, relu=relu,
+                                         threads=threads, index_dtype=idx)
+        assert_close(op.run(x), conv_ref(x, w, bias, (stride,) * 2, (padding,) * 2, relu))
+
+
+@PROPERTY
+@given(
+    cin=st.integers(1, 5), cout=st.integers(1, 6), kh=st.integers(1, 4), kw=st.integers(1, 4),
+    sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
+    h=st.integers(1, 13), w_=st.integers(1, 40), n=st.integers(1, 3),
+    density=st.sampled_from([0.0, 0.2, 0.7, 1.0]), idx=st.sampled_from([np.int16, np.int32]),
+    threads=st.integers(1, 2), use_bias=st.booleans(), relu=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_conv_property(cin, cout, kh, kw, sh, sw, ph, pw, h, w_, n, density, idx, threads,
+                       use_bias, relu, seed) -> None:
+    h, w_ = max(h, kh - 2 * ph), max(w_, kw - 2 * pw)  # at least one output pixel
+    rng = np.random.default_rng(seed)
+    w = sparse_weight(rng, (cout, cin, kh, kw), 1.0 - density)
+    bias = rng.standard_normal(cout).astype(np.float32) if use_bias else None
+    x = rng.standard_normal((n, cin, h, w_)).astype(np.float32)
+    op = native.CSRConv2d.from_dense(w, (sh, sw), (ph, pw), bias=bias, relu=relu,
+                                     threads=threads, index_dtype=idx)
+    assert_close(op.run(x), conv_ref(x, w, bias, (sh, sw), (ph, pw), relu))
+
+
+def test_conv_explicit_csr_and_impl_name() -> None:
+    rng = np.random.default_rng(6)
+    w = sparse_weight(rng, (4, 2, 3, 3), 0.5)
+    values, cols, rows = native.csr_from_dense(w.reshape(4, -1), np.int16)
+    op = native.CSRConv2d(values, cols, rows, 2, 4, 3, stride=1, padding=1, threads=2,
+                          index_dtype=np.int16)
+    assert re.fullmatch(r"native-csrconv-(avx512|avx2|scalar)-i16-t2", op.impl)
+    x = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    assert_close(op.run(x), conv_ref(x, w, None, (1, 1), (1, 1), False))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _good_csr():
+    return (np.ones(3, np.float32), np.array([0, 2, 1], np.int32), np.array([0, 2, 2, 3], np.int32))
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda v, c, r: (v, np.array([0, 4, 1]), r), "column index 4 outside"),
+        (lambda v, c, r: (v, np.array([0, -1, 1]), r), "column index -1 outside"),
+        (lambda v, c, r: (v, c, np.array([0, 2, 1, 3])), "non-decreasing"),
+        (lambda v, c, r: (v, c, np.array([0, 2, 3])), "row_ptr has 3 entries"),
+        (lambda v, c, r: (v, c, np.array([1, 2, 2, 3])), "from 0 to nnz"),
+        (lambda v, c, r: (v, c, np.array([0, 1, 1, 2])), "from 0 to nnz"),
+        (lambda v, c, r: (v[:2], c, r), "2 values for 3"),
+        (lambda v, c, r: (v.astype(np.int32), c, r), "floating point"),
+        (lambda v, c, r: (v, c.astype(np.float32), r), "integer array"),
+        (lambda v, c, r: (v, c.reshape(3, 1), r), "1-D"),
+    ],
+)
+def test_malformed_csr_is_rejected(mutate, message) -> None:
+    v, c, r = mutate(*_good_csr())
+    with pytest.raises(SparsebenchError, match=message):
+        native.CSRLinear(v, c, r, shape=(3, 4))
+
+
+def test_bad_options_are_rejected() -> None:
+    v, c, r = _good_csr()
+    with pytest.raises(SparsebenchError, match="int16 indices"):
+        native.CSRLinear(v, c, r, shape=(3, 40000), index_dtype=np.int16)
+    with pytest.raises(SparsebenchError, match="index_dtype"):
+        native.CSRLinear(v, c, r, shape=(3, 4), index_dtype=np.int64)
+    for threads in (0, -1, True, 1.5):
+        with pytest.raises(SparsebenchError, match="threads"):
+            native.CSRLinear(v, c, r, shape=(3, 4), threads=threads)
+    with pytest.raises(SparsebenchError, match="bias"):
+        native.CSRLinear(v, c, r, shape=(3, 4), bias=np.ones(4))
+    with pytest.raises(SparsebenchError, match="shape"):
+        native.CSRLinear(v, c, r, shape=(3,))
+    with pytest.raises(SparsebenchError, match="multiple of blocksize"):
+        native.BSRLinear(np.ones((1, 4, 4), np.float32), [0], [0, 1], shape=(6, 8))
+    with pytest.raises(SparsebenchError, match="cannot split"):
+        native.bsr_from_dense(np.ones((6, 8), np.float32), (4, 4))
+    with pytest.raises(SparsebenchError, match="column index 3 outside"):
+        native.BSRLinear(np.ones((1, 2, 2), np.float32), [3], [0, 1, 1], shape=(4, 6))
+    with pytest.raises(SparsebenchError, match="column index 18 outside"):
+        native.CSRConv2d(np.ones(1, np.float32), [18], [0, 1], 2, 1, 3)
+    with pytest.raises(SparsebenchError, match="stride"):
+        native.CSRConv2d(np.ones(1, np.float32), [0], [0, 1], 2, 1, 3, stride=0)
+
+
+def test_wrong_input_at_run_is_rejected() -> None:
+    op = native.CSRLinear(*_good_csr(), shape=(3, 4))
+    for bad in (np.ones((2, 5), np.float32), np.ones((2, 2, 4), np.float32), np.ones(3, np.float32)):
+        with pytest.raises(SparsebenchError, match="does not match"):
+            op.run(bad)
+    with pytest.raises(SparsebenchError, match="float32"):
+        op.run(np.ones((2, 4)))
+    with pytest.raises(SparsebenchError, match="C-contiguous"):
+        op.run(np.ones((4, 2), np.float32).T)
+    with pytest.raises(SparsebenchError, match="numpy array"):
+        op.run([[1.0, 2.0, 3.0, 4.0]])
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(SparsebenchError, match="out must be a float32 array of shape"):
+        op.run(x, out=np.empty((2, 4), np.float32))
+    buf = np.ones(8, np.float32)
+    square = native.CSRLinear(np.ones(1, np.float32), [0], [0, 1, 1, 1], shape=(3, 3))
+    with pytest.raises(SparsebenchError, match="overlap"):
+        square.run(buf[:6].reshape(2, 3), out=buf[2:].reshape(2, 3))
+    conv = native.CSRConv2d(np.ones(1, np.float32), [0], [0, 1], 2, 1, 3)
+    with pytest.raises(SparsebenchError, match="does not match"):
+        conv.run(np.ones((1, 3, 5, 5), np.float32))
+    with pytest.raises(SparsebenchError, match="smaller than kernel"):
+        conv.run(np.ones((1, 2, 2, 5), np.float32))
+
+
+# ----------------------------------------------------------------------------- build / load
+
+
+def test_abi_mismatch_is_detected(monkeypatch) -> None:
+    monkeypatch.setattr(native, "ABI_VERSION", native.ABI_VERSION + 100)
+    with pytest.raises(SparsebenchError, match="ABI version"):
+        native.load()
+    assert "ABI version" in (native.available() or "")
+    monkeypatch.undo()
+    assert native.available() is None
+
+
+def test_disabled_by_env(monkeypatch) -> None:
+    monkeypatch.setenv("SPARSEBENCH_NO_NATIVE", "1")
+    assert "SPARSEBENCH_NO_NATIVE" in (native.available() or "")
+    with pytest.raises(SparsebenchError, match="disabled"):
+        native.build()
+
+
+def test_missing_compiler(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SPARSEBENCH_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    with pytest.raises(SparsebenchError, match="not found"):
+        native.build(force=True)
+
+
+def test_build_failure_reports_first_error_line(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SPARSEBENCH_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "CXXFLAGS", (*native.CXXFLAGS, "-fno-such-option-xyz"))
+    with pytest.raises(SparsebenchError, match="kernel build failed: .*no-such-option") as info:
+        native.build(force=True)
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.rglob("*.so"))  # no partial library left behind
+
+
+def test_missing_sources(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(native, "KERNEL_SRC", tmp_path / "kernels")
+    with pytest.raises(SparsebenchError, match="kernel sources not found"):
+        native.build()
+
+
+def test_build_dir_honours_env_and_build_is_cached(monkeypatch, tmp_path) -> None:
+    default = native.build_dir()
+    assert native.build() == native.build() == default / native.LIB_NAME
+    monkeypatch.setenv("SPARSEBENCH_KERNEL_DIR", str(tmp_path))
+    assert native.build_dir().parent == tmp_path
+    assert native.build_dir().name == default.name  # same sources, flags and compiler
+    assert native.isa() in ("avx512", "avx2", "scalar")
