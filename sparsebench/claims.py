@@ -10,7 +10,6 @@ tradeoff: lower stability goes with higher test accuracy, i.e. a negative correl
 
 from __future__ import annotations
 
-import shlex
 import statistics
 import subprocess
 import sys
@@ -87,10 +86,20 @@ def _mean_std(values: list[float]) -> str:
 
 def collect(arch: str, methods: list[str], seeds: list[int], runs: Path
             ) -> dict[str, list[dict[str, Any]]]:
+    """Each finished run's summary, recomputed from its history (one definition of the metrics
+    for every run, whichever version trained it)."""
+    from sparsebench.train import summarize
+
     out: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
-        out[method] = [load_checkpoint(run_path(runs, arch, method, s))["summary"]
-                       for s in seeds if is_finished(run_path(runs, arch, method, s))]
+        out[method] = []
+        for seed in seeds:
+            path = run_path(runs, arch, method, seed)
+            if is_finished(path):
+                ckpt = load_checkpoint(path)
+                s = ckpt["summary"]
+                out[method].append(summarize(ckpt["history"], method, s["params_total"],
+                                             s["params_nonzero"]))
     return out
 
 
@@ -111,8 +120,8 @@ def correlations(results: dict[str, list[dict[str, Any]]]) -> dict[str, float] |
 
 def markdown(arch: str, dataset: str, results: dict[str, list[dict[str, Any]]],
              command: str) -> str:
-    lines = [f"| method | runs | test acc % (mean ± std) | generalization gap | mean stability "
-             f"| params removed % | wall s / run |",
+    lines = ["| method | runs | test acc % (mean ± std) | generalization gap | mean stability "
+             "| params removed % | wall s / run |",
              "|---|---|---|---|---|---|---|"]
     for method, rs in results.items():
         lines.append(
@@ -139,7 +148,3 @@ def markdown(arch: str, dataset: str, results: dict[str, list[dict[str, Any]]],
 
 def write_markdown(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
-
-
-def command_line(argv: list[str]) -> str:
-    return "sparsebench " + " ".join(shlex.quote(a) for a in argv)

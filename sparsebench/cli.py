@@ -46,6 +46,13 @@ def progress_display() -> Iterator[Any]:
         yield progress
 
 
+def command_line() -> str:
+    """The command as the user typed it (recorded in checkpoints and result files)."""
+    import shlex
+
+    return "sparsebench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 def floats(text: str) -> list[float]:
     from sparsebench.registry import split_list
 
@@ -268,7 +275,8 @@ def _train(args: argparse.Namespace) -> int:
     out_console = console()
     log = (lambda msg: None) if args.quiet else out_console.print
     with progress_display() as progress:
-        trainer = Trainer(cfg, data, out=out, device=device, log=log, progress=progress)
+        trainer = Trainer(cfg, data, out=out, device=device, log=log, progress=progress,
+                          command=command_line())
         if resumed is not None:
             trainer.load_resume(resumed)
             log(f"resumed {args.resume} at epoch {trainer.epoch}/{cfg.epochs}")
@@ -457,8 +465,7 @@ def _claims(args: argparse.Namespace) -> int:
         for f in failures:
             out.print(f"[red]failed[/] {f}")
     results = claims.collect(args.arch, methods, seeds, runs)
-    text = claims.markdown(args.arch, args.dataset, results,
-                           claims.command_line(sys.argv[1:] if args.argv is None else args.argv))
+    text = claims.markdown(args.arch, args.dataset, results, command_line())
     out.print(text)
     if args.markdown:
         claims.write_markdown(Path(args.markdown), text)
@@ -479,7 +486,6 @@ def _claims_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--markdown", help="write the table to this file")
     p.add_argument("--table-only", action="store_true", help="do not train; tabulate only")
-    p.set_defaults(argv=None)
 
 
 command("claims", "reproduce the papers' claim at small scale: several seeds per method, "
@@ -523,6 +529,13 @@ def _info(args: argparse.Namespace) -> int:
     for e in (ckpt.get("history") or {}).get("events", []) if args.events else []:
         out.print(f"  event @ epoch {e['epoch']}: pre {e['pre_acc']:.2f}% post "
                   f"{e['post_acc']:.2f}% instability {e['instability']:.4f}")
+    if args.card:
+        from sparsebench.cards import card_markdown
+        from sparsebench.checkpoint import atomic_write_bytes
+
+        text = card_markdown(Path(args.model).stem, ckpt, model)
+        atomic_write_bytes(Path(args.card), lambda fh: fh.write(text.encode()))
+        out.print(f"wrote {args.card}")
     return 0
 
 
@@ -530,6 +543,7 @@ def _info_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
                    help="a sparsebench checkpoint (default: the zoo's lenet5 prune-l)")
     p.add_argument("--events", action="store_true", help="list every pruning event")
+    p.add_argument("--card", metavar="OUT.md", help="write a Markdown model card")
 
 
 command("info", "show a checkpoint's layers, sparsity and training metrics")(_info) \

@@ -152,14 +152,15 @@ def _fmnist_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     return images[:, None, :, :], labels
 
 
-def _load_fashion_mnist(data_dir: str | Path | None = None, **_: Any) -> _Raw:
+def _load_fashion_mnist(data_dir: str | Path | None = None, test_only: bool = False,
+                        **_: Any) -> _Raw:
     folder = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
     if not folder.is_dir():
         raise _fmnist_error(folder, "folder not found")
     if not any(folder.glob("*-idx?-ubyte*")) and (folder / "fashion-mnist").is_dir():
         folder = folder / "fashion-mnist"
-    train_x, train_y = _fmnist_split(folder, "train")
     test_x, test_y = _fmnist_split(folder, "t10k")
+    train_x, train_y = (test_x[:0], test_y[:0]) if test_only else _fmnist_split(folder, "train")
     if train_x.shape[1:] != test_x.shape[1:]:
         raise _fmnist_error(folder, f"train images are {train_x.shape[2:]} but test images are "
                                     f"{test_x.shape[2:]}")
@@ -261,7 +262,8 @@ def _cifar_classes(path: Path) -> list[str]:
     return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _load_cifar10(data_dir: str | Path | None = None, **_: Any) -> _Raw:
+def _load_cifar10(data_dir: str | Path | None = None, test_only: bool = False,
+                  **_: Any) -> _Raw:
     if data_dir is None:
         raise SparsebenchError("cifar10 needs --data-dir pointing at the extracted "
                                "cifar-10-batches-py folder")
@@ -270,8 +272,9 @@ def _load_cifar10(data_dir: str | Path | None = None, **_: Any) -> _Raw:
         raise _cifar_error(folder, "folder not found")
     if not (folder / "test_batch").exists() and (folder / "cifar-10-batches-py").is_dir():
         folder = folder / "cifar-10-batches-py"
-    train = [_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     test_x, test_y = _cifar_batch(folder / "test_batch")
+    train = ([(test_x[:0], test_y[:0])] if test_only else
+             [_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)])
     return _Raw(np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train]),
                 test_x, test_y, 10, _cifar_classes(folder / "batches.meta"))
 
@@ -363,22 +366,26 @@ def normalise_(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Te
 def load_dataset(name: str, data_dir: str | Path | None = None, pad_to_32: bool = False,
                  seed: int = 0, synthetic_shape: Sequence[int] = (1, 28, 28),
                  synthetic_sizes: Sequence[int] = (2048, 512), num_classes: int = 10,
-                 limit_train: int | None = None, limit_test: int | None = None) -> Dataset:
+                 limit_train: int | None = None, limit_test: int | None = None,
+                 stats: tuple[list[float], list[float]] | None = None) -> Dataset:
     """Load a registered dataset into memory, normalised (see the module docstring).
 
     ``seed``, ``synthetic_shape``, ``synthetic_sizes`` and ``num_classes`` only affect
-    ``synthetic``; the real datasets have 10 classes.
+    ``synthetic``; the real datasets have 10 classes. ``stats`` (the training set's per-channel
+    mean and std, as stored in a checkpoint) normalises the test split without reading the
+    training split, which is then empty (used to evaluate trained models).
     """
     loader = DATASETS.get(name)
     raw: _Raw = loader(data_dir=data_dir, seed=seed, synthetic_shape=synthetic_shape,
-                       synthetic_sizes=synthetic_sizes, num_classes=num_classes)
+                       synthetic_sizes=synthetic_sizes, num_classes=num_classes,
+                       test_only=stats is not None)
     train_x = _to_float01(_limit(raw.train_x, limit_train, "limit_train"))
     test_x = _to_float01(_limit(raw.test_x, limit_test, "limit_test"))
     train_y = torch.from_numpy(_limit(raw.train_y, limit_train, "limit_train").astype(np.int64))
     test_y = torch.from_numpy(_limit(raw.test_y, limit_test, "limit_test").astype(np.int64))
     if pad_to_32:
         train_x, test_x = pad_to(train_x), pad_to(test_x)
-    mean, std = channel_stats(train_x)
+    mean, std = (list(stats[0]), list(stats[1])) if stats is not None else channel_stats(train_x)
     normalise_(train_x, mean, std)
     normalise_(test_x, mean, std)
     return Dataset(train_x, train_y, test_x, test_y, name, raw.num_classes,

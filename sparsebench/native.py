@@ -163,7 +163,10 @@ def build(force: bool = False) -> Path:
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
-            (out_dir / "build.log").write_text(shlex.join(args) + "\n" + proc.stderr)
+            try:
+                (out_dir / "build.log").write_text(shlex.join(args) + "\n" + proc.stderr)
+            except OSError:
+                pass
             raise SparsebenchError(
                 f"kernel build failed: {_first_error(proc.stderr, proc.returncode)}"
             )
@@ -230,7 +233,8 @@ def isa() -> str:
 
 
 def tuning(key: str, value: int = -1) -> int:
-    """Benchmark-only kernel knob ("spmv_gather", "transpose_batch"); returns the old value."""
+    """Set a benchmark-only kernel knob ("spmv_gather", "transpose_batch", "batch_chunk"; see
+    kernels/README.md) and return its old value; a negative value only queries."""
     old = load().sb_tuning(key.encode(), int(value))
     if old < 0:
         raise SparsebenchError(f"unknown kernel tuning key {key!r}")
@@ -305,7 +309,7 @@ def _check_csr(
     if values.dtype.kind != "f":
         raise SparsebenchError(f"{what}: values must be floating point, not {values.dtype}")
     for name, arr in (("col_idx", col_idx), ("row_ptr", row_ptr)):
-        if arr.dtype.kind not in "iu":
+        if arr.dtype.kind not in "iu" and arr.size:  # ([] parses as float64)
             raise SparsebenchError(f"{what}: {name} must be an integer array, not {arr.dtype}")
         if arr.ndim != 1:
             raise SparsebenchError(f"{what}: {name} must be 1-D, got shape {arr.shape}")
@@ -349,7 +353,8 @@ def _check_bias(bias: Any, n: int, what: str) -> np.ndarray | None:
 
 
 def _check_threads(threads: Any) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= 255:
+    is_int = isinstance(threads, (int, np.integer)) and not isinstance(threads, bool)
+    if not is_int or not 1 <= threads <= 255:
         raise SparsebenchError(f"threads must be an integer in 1..255, got {threads!r}")
     return int(threads)
 
@@ -424,7 +429,9 @@ class _Prepared:
     def _input(self, x: Any) -> tuple[Any, ...]:
         """Validate a new input array and cache its address (slow path, ~1-2 us)."""
         if not isinstance(x, np.ndarray):
-            raise SparsebenchError(f"{self.impl}: input must be a numpy array, not {type(x).__name__}")
+            raise SparsebenchError(
+                f"{self.impl}: input must be a numpy array, not {type(x).__name__}"
+            )
         if x.dtype != _F32 or not x.flags.c_contiguous:
             raise SparsebenchError(
                 f"{self.impl}: input must be C-contiguous native float32 (got {x.dtype}, "
@@ -532,7 +539,9 @@ class CSRLinear(_Linear):
         self.impl = f"native-csr-{self._isa}-i{bits}-t{self.threads}"
 
     @classmethod
-    def from_dense(cls, w: Any, bias: Any = None, index_dtype: Any = np.int32, **kw: Any) -> CSRLinear:
+    def from_dense(
+        cls, w: Any, bias: Any = None, index_dtype: Any = np.int32, **kw: Any
+    ) -> CSRLinear:
         w = _numpy(w)
         v, c, r = csr_from_dense(w, index_dtype)
         return cls(v, c, r, w.shape, bias=bias, index_dtype=index_dtype, **kw)
@@ -566,16 +575,24 @@ class BSRLinear(_Linear):
         vals = _numpy(values)
         if blocksize is None:
             if vals.ndim != 3:
-                raise SparsebenchError("BSRLinear: give blocksize or values of shape (nblocks, R, C)")
+                raise SparsebenchError(
+                    "BSRLinear: give blocksize or values of shape (nblocks, R, C)"
+                )
             blocksize = vals.shape[1:]
         r, c = _pair(blocksize, "BSRLinear blocksize", 1)
         if vals.ndim == 3 and vals.shape[1:] != (r, c):
-            raise SparsebenchError(f"BSRLinear: blocks of shape {vals.shape[1:]} but blocksize {r}x{c}")
+            raise SparsebenchError(
+                f"BSRLinear: blocks of shape {vals.shape[1:]} but blocksize {r}x{c}"
+            )
         if m % r or k % c:
-            raise SparsebenchError(f"BSRLinear: shape {shape} is not a multiple of blocksize {r}x{c}")
+            raise SparsebenchError(
+                f"BSRLinear: shape {shape} is not a multiple of blocksize {r}x{c}"
+            )
         if vals.ndim != 3:
             if vals.ndim != 1 or vals.size % (r * c):
-                raise SparsebenchError(f"BSRLinear: values of shape {vals.shape} are not {r}x{c} blocks")
+                raise SparsebenchError(
+                    f"BSRLinear: values of shape {vals.shape} are not {r}x{c} blocks"
+                )
             vals = vals.reshape(-1, r, c)
         bits = _index_bits(index_dtype)
         self.shape, self.blocksize = (m, k), (r, c)

@@ -111,13 +111,19 @@ def nonzero_params(model: nn.Module) -> tuple[int, int]:
 
 def summarize(history: dict[str, list[dict]], method: str, total: int, nonzero: int
               ) -> dict[str, Any]:
-    """Mean stability, best post-pruning test accuracy and its generalization gap."""
+    """Mean stability, best post-pruning test accuracy and its generalization gap.
+
+    "After the last event" means the epochs strictly after it (an event epoch's ``test_acc`` is
+    the pre-prune accuracy); when the last event closes the run, its post-prune accuracy is used.
+    """
     epochs, events = history["epochs"], history["events"]
     last_event = max((e["epoch"] for e in events), default=0)
-    after = [e for e in epochs if e["epoch"] >= max(last_event, 1)] or epochs
+    after = [e for e in epochs if e["epoch"] > last_event]
+    if not after and events:
+        final = next(e for e in epochs if e["epoch"] == last_event)
+        after = [{**final, "test_acc": events[-1]["post_acc"]}]
     best = max(after, key=lambda e: e["test_acc"]) if after else None
-    stabilities = [e["stability"] for e in events if method not in ("scratch", "dense",
-                                                                      "dropout")]
+    stabilities = [e["stability"] for e in events]
     return {
         "best_test_acc": best["test_acc"] if best else None,
         "best_epoch": best["epoch"] if best else None,
@@ -137,8 +143,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: Dataset, out: str | Path | None = None,
                  device: str = "cpu", log: Callable[[str], None] = print,
-                 progress: Any = None) -> None:
-        self.cfg, self.data, self.out = cfg, data, out
+                 progress: Any = None, command: str | None = None) -> None:
+        self.cfg, self.data, self.out, self.command = cfg, data, out, command
         self.device = torch.device(device)
         self.log, self.progress = log, progress
         torch.manual_seed(cfg.seed)
@@ -180,6 +186,7 @@ class Trainer:
             self.pruner.load_state_dict(state["pruner"])
         self.history = ckpt["history"]
         self.epoch = int(state["epoch"])
+        self.command = ckpt.get("command") or self.command
 
     # -- evaluation helpers ---------------------------------------------------------------
     def test_accuracy(self) -> tuple[float, float]:
@@ -290,7 +297,7 @@ class Trainer:
             "summary": summarize(self.history, self.cfg.method, total, nonzero),
             "dataset": {"name": self.data.name, "mean": list(self.data.mean),
                         "std": list(self.data.std)},
-            "seed": self.cfg.seed, "versions": library_versions(),
+            "seed": self.cfg.seed, "versions": library_versions(), "command": self.command,
         }
         if resume:
             ckpt["resume"] = {

@@ -184,6 +184,20 @@ def test_pool_works_in_forked_child() -> None:
     assert_close(y, linear_ref(x, w, None, False))
 
 
+@pytest.mark.parametrize("m,k", [(0, 5), (5, 0), (0, 0)])
+def test_degenerate_shapes(m: int, k: int) -> None:
+    bias = np.arange(m, dtype=np.float32)
+    for batch in (0, 1, 4, 10):
+        op = native.CSRLinear.from_dense(np.zeros((m, k), np.float32), bias=bias, threads=2)
+        y = op.run(np.ones((batch, k), np.float32))
+        np.testing.assert_array_equal(y, np.broadcast_to(bias, (batch, m)))
+    bsr = native.BSRLinear(np.zeros((0, 1, 1), np.float32), [], [0] * (m + 1), shape=(m, k))
+    assert bsr.run(np.ones((3, k), np.float32)).shape == (3, m)
+    conv = native.CSRConv2d(np.zeros(0, np.float32), [], [0, 0], 2, 1, 3, bias=[1.5])
+    assert conv.run(np.ones((0, 2, 5, 5), np.float32)).shape == (0, 1, 3, 3)
+    np.testing.assert_array_equal(conv.run(np.ones((1, 2, 3, 3), np.float32)), [[[[1.5]]]])
+
+
 # ----------------------------------------------------------------------------- BSR linear
 
 
@@ -228,7 +242,9 @@ def test_conv_grid(kernel: int, stride: int, padding: int, batch: int) -> None:
     rng = np.random.default_rng(kernel * 100 + stride * 10 + padding)
     cin, cout, h, w_ = 3, 5, 9, 7
     for sparsity, threads, idx, use_bias, relu in [
-        (0.5, 1, np.int32, True, False), (0.0, 2, np.int16, False, True), (1.0, 2, np.int32, True, True),
+        (0.5, 1, np.int32, True, False),
+        (0.0, 2, np.int16, False, True),
+        (1.0, 2, np.int32, True, True),
     ]:
         w = sparse_weight(rng, (cout, cin, kernel, kernel), sparsity, empty_every=4)
         bias = rng.standard_normal(cout).astype(np.float32) if use_bias else None
@@ -325,7 +341,8 @@ def test_bad_options_are_rejected() -> None:
 
 def test_wrong_input_at_run_is_rejected() -> None:
     op = native.CSRLinear(*_good_csr(), shape=(3, 4))
-    for bad in (np.ones((2, 5), np.float32), np.ones((2, 2, 4), np.float32), np.ones(3, np.float32)):
+    bad_shapes = [(2, 5), (2, 2, 4), (3,)]
+    for bad in (np.ones(shape, np.float32) for shape in bad_shapes):
         with pytest.raises(SparsebenchError, match="does not match"):
             op.run(bad)
     with pytest.raises(SparsebenchError, match="float32"):

@@ -81,7 +81,10 @@ def per_layer_ms(module: Any, run: Any, calls: int = 20) -> dict[str, float]:
     return {name: statistics.median(v) / 1e6 for name, v in times.items()}
 
 
-def accuracy(backend: Any, converted: Any, job: dict[str, Any], threads: int) -> float:
+def accuracy(backend: Any, converted: Any, job: dict[str, Any], threads: int,
+             stats: tuple[list[float], list[float]] | None) -> float:
+    """Test accuracy of this execution (normalised with the training statistics the
+    checkpoint stored, else computed from the training split)."""
     import torch
 
     from sparsebench.data import load_dataset
@@ -89,7 +92,7 @@ def accuracy(backend: Any, converted: Any, job: dict[str, Any], threads: int) ->
     shape = converted.input_shape
     data = load_dataset(job["data"], data_dir=job.get("data_dir"),
                         pad_to_32=len(shape) == 3 and shape[-1] == 32 and job["data"] !=
-                        "cifar10", limit_test=job.get("data_limit"), limit_train=1)
+                        "cifar10", limit_test=job.get("data_limit"), stats=stats)
     x, y = data.test_x, data.test_y
     if tuple(x.shape[1:]) != tuple(shape):
         x = x.reshape(len(x), *shape)
@@ -159,6 +162,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     dense_macs = sum(s.dense_macs for s in storage)
     sparse_macs = sum(s.sparse_macs for s in storage)
     weight_bytes = converted.weight_bytes
+    recorded = ((loaded.checkpoint or {}).get("dataset") or {})
+    stats = (recorded["mean"], recorded["std"]) if recorded.get("name") == job.get("data") \
+        and recorded.get("mean") else None
     del loaded, reference
     gc.collect()
     setup_peak = peak_rss() - baseline
@@ -179,7 +185,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                                else None)
     if job.get("data"):
         try:
-            row["accuracy"] = accuracy(backend, converted, job, threads)
+            row["accuracy"] = accuracy(backend, converted, job, threads, stats)
         except Unsupported as exc:
             row["warnings"].append(f"accuracy not measured: {exc}")
     return row
