@@ -1,0 +1,254 @@
+// CSR x dense for linear layers: Y[B, M] = X[B, K] @ W^T + bias, W = CSR(M x K).
+//
+// batch < transpose_batch: one CSR row at a time, a sparse dot product per batch element
+//   (the row's values/indices stay in L1 across the batch). Dot products use AVX-512
+//   gathers or scalar loads into independent accumulators (knob "spmv_gather").
+// batch >= transpose_batch (default 3): X is transposed into XT[K, ld] per chunk of up to
+//   64 batch elements (knob "batch_chunk"; ld = chunk rounded up to the vector width) and
+//   every nonzero does a broadcast-FMA over the batch chunk (aligned contiguous loads).
+// Work is split into row chunks balanced by nnz (+ a per-row overhead), ~8 per thread,
+// claimed dynamically by the thread pool (threadpool.cpp).
+#include <cstdlib>
+
+#include "common.hpp"
+#include "sparsebench_kernels.h"
+
+namespace sb {
+
+int g_spmv_gather = 1;
+int g_transpose_batch = 3;
+int g_batch_chunk = 64;
+
+namespace {
+
+template <typename Idx>
+SB_INLINE float dot_scalar(const float *SB_RESTRICT v, const Idx *SB_RESTRICT c, int64_t n,
+                           const float *SB_RESTRICT x) {
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, a4 = 0.f, a5 = 0.f, a6 = 0.f, a7 = 0.f;
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    a0 += v[j + 0] * x[c[j + 0]];
+    a1 += v[j + 1] * x[c[j + 1]];
+    a2 += v[j + 2] * x[c[j + 2]];
+    a3 += v[j + 3] * x[c[j + 3]];
+    a4 += v[j + 4] * x[c[j + 4]];
+    a5 += v[j + 5] * x[c[j + 5]];
+    a6 += v[j + 6] * x[c[j + 6]];
+    a7 += v[j + 7] * x[c[j + 7]];
+  }
+  for (; j < n; ++j) a0 += v[j] * x[c[j]];
+  return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+}
+
+template <typename Idx>
+SB_INLINE float dot_gather(const float *SB_RESTRICT v, const Idx *SB_RESTRICT c, int64_t n,
+                           const float *SB_RESTRICT x) {
+#if SB_AVX512
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 64 <= n; j += 64) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j), _mm512_i32gather_ps(load16_idx(c + j), x, 4), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j + 16),
+                         _mm512_i32gather_ps(load16_idx(c + j + 16), x, 4), a1);
+    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j + 32),
+                         _mm512_i32gather_ps(load16_idx(c + j + 32), x, 4), a2);
+    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j + 48),
+                         _mm512_i32gather_ps(load16_idx(c + j + 48), x, 4), a3);
+  }
+  for (; j + 16 <= n; j += 16)
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j), _mm512_i32gather_ps(load16_idx(c + j), x, 4), a0);
+  if (j < n) {
+    const __mmask16 k = (__mmask16)((1u << (n - j)) - 1u);
+    const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, maskload16_idx(k, c + j), x, 4);
+    a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, v + j), g, a1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#elif SB_AVX2
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j), _mm256_i32gather_ps(x, load8_idx(c + j), 4), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j + 8),
+                         _mm256_i32gather_ps(x, load8_idx(c + j + 8), 4), a1);
+  }
+  for (; j + 8 <= n; j += 8)
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j), _mm256_i32gather_ps(x, load8_idx(c + j), 4), a0);
+  float s = hsum8(_mm256_add_ps(a0, a1));
+  for (; j < n; ++j) s += v[j] * x[c[j]];
+  return s;
+#else
+  return dot_scalar(v, c, n, x);
+#endif
+}
+
+// Rows [lo, hi) for every batch element, one sparse dot product each.
+template <typename Idx, bool Gather>
+void rows_dot(int64_t lo, int64_t hi, int64_t M, int64_t K, const int32_t *rp, const Idx *ci,
+              const float *val, const float *bias, int relu, const float *x, int64_t B,
+              float *y) {
+  for (int64_t m = lo; m < hi; ++m) {
+    const int64_t s = rp[m], n = rp[m + 1] - s;
+    for (int64_t b = 0; b < B; ++b) {
+      const float *xb = x + b * K;
+      const float d = Gather ? dot_gather(val + s, ci + s, n, xb) : dot_scalar(val + s, ci + s, n, xb);
+      y[b * M + m] = finish(d, bias, m, relu);
+    }
+  }
+}
+
+// XT[k * ld + b] = X[(b0 + b) * K + k] for k in [k0, k1), b < bc; columns bc..ld-1 zeroed.
+void transpose_chunk(const float *x, int64_t K, int64_t b0, int64_t bc, int64_t ld, int64_t k0,
+                     int64_t k1, float *xt) {
+  constexpr int64_t kb = 32;
+  for (int64_t kk = k0; kk < k1; kk += kb) {
+    const int64_t ke = kk + kb < k1 ? kk + kb : k1;
+    for (int64_t k = kk; k < ke; ++k)
+      for (int64_t b = bc; b < ld; ++b) xt[k * ld + b] = 0.f;
+    for (int64_t b = 0; b < bc; ++b) {
+      const float *xr = x + (b0 + b) * K;
+      for (int64_t k = kk; k < ke; ++k) xt[k * ld + b] = xr[k];
+    }
+  }
+}
+
+// Rows [lo, hi) against a transposed chunk XT (K x LD, LD = 16*NV or generic), bc <= LD valid.
+#if SB_AVX512
+template <int NV, typename Idx>
+void rows_bcast(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx *ci,
+                const float *val, const float *bias, int relu, const float *xt, int64_t b0,
+                int64_t bc, float *y) {
+  constexpr int64_t LD = 16 * NV;
+  alignas(64) float tmp[LD];
+  for (int64_t m = lo; m < hi; ++m) {
+    __m512 a[NV], c2[NV];
+    for (int q = 0; q < NV; ++q) a[q] = c2[q] = _mm512_setzero_ps();
+    int64_t j = rp[m];
+    const int64_t e = rp[m + 1];
+    for (; j + 2 <= e; j += 2) {
+      const __m512 v0 = _mm512_set1_ps(val[j]), v1 = _mm512_set1_ps(val[j + 1]);
+      const float *x0 = xt + (int64_t)ci[j] * LD, *x1 = xt + (int64_t)ci[j + 1] * LD;
+      for (int q = 0; q < NV; ++q) {
+        a[q] = _mm512_fmadd_ps(v0, _mm512_load_ps(x0 + 16 * q), a[q]);
+        c2[q] = _mm512_fmadd_ps(v1, _mm512_load_ps(x1 + 16 * q), c2[q]);
+      }
+    }
+    if (j < e) {
+      const __m512 v0 = _mm512_set1_ps(val[j]);
+      const float *x0 = xt + (int64_t)ci[j] * LD;
+      for (int q = 0; q < NV; ++q) a[q] = _mm512_fmadd_ps(v0, _mm512_load_ps(x0 + 16 * q), a[q]);
+    }
+    const __m512 bb = _mm512_set1_ps(bias ? bias[m] : 0.f);
+    for (int q = 0; q < NV; ++q) {
+      __m512 r = _mm512_add_ps(_mm512_add_ps(a[q], c2[q]), bb);
+      if (relu) r = _mm512_max_ps(r, _mm512_setzero_ps());
+      _mm512_store_ps(tmp + 16 * q, r);
+    }
+    for (int64_t b = 0; b < bc; ++b) y[(b0 + b) * M + m] = tmp[b];
+  }
+}
+#endif
+
+template <int LD, typename Idx>
+void rows_bcast_generic(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx *ci,
+                        const float *val, const float *bias, int relu, const float *xt,
+                        int64_t b0, int64_t bc, float *y) {
+  alignas(64) float acc[LD];
+  for (int64_t m = lo; m < hi; ++m) {
+    for (int b = 0; b < LD; ++b) acc[b] = 0.f;
+    for (int64_t j = rp[m]; j < rp[m + 1]; ++j) {
+      const float v = val[j];
+      const float *SB_RESTRICT xr = xt + (int64_t)ci[j] * LD;
+      for (int b = 0; b < LD; ++b) acc[b] += v * xr[b];
+    }
+    for (int64_t b = 0; b < bc; ++b) y[(b0 + b) * M + m] = finish(acc[b], bias, m, relu);
+  }
+}
+
+template <typename Idx>
+void rows_chunk(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx *ci,
+                const float *val, const float *bias, int relu, const float *xt, int64_t ld,
+                int64_t b0, int64_t bc, float *y) {
+#if SB_AVX512
+  switch (ld) {
+    case 16: return rows_bcast<1>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    case 32: return rows_bcast<2>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    case 48: return rows_bcast<3>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    default: return rows_bcast<4>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+  }
+#else
+  switch (ld) {
+    case 8: return rows_bcast_generic<8>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    case 16: return rows_bcast_generic<16>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    case 24: return rows_bcast_generic<24>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    case 32: return rows_bcast_generic<32>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    case 40: return rows_bcast_generic<40>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    case 48: return rows_bcast_generic<48>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    case 56: return rows_bcast_generic<56>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    default: return rows_bcast_generic<64>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+  }
+#endif
+}
+
+template <typename Idx>
+int csr_linear(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const float *val,
+               const float *bias, int relu, const float *x, int64_t B, float *y, int nt) {
+  if (B < g_transpose_batch || B < 2) {
+    const bool gather = g_spmv_gather != 0;
+    const int64_t nc = chunk_count(M, nt, 8);
+    parallel_for(nt, nc, [&](int64_t c) {
+      int64_t lo, hi;
+      balanced_range(rp, M, 8, c, nc, &lo, &hi);
+      if (gather) rows_dot<Idx, true>(lo, hi, M, K, rp, ci, val, bias, relu, x, B, y);
+      else rows_dot<Idx, false>(lo, hi, M, K, rp, ci, val, bias, relu, x, B, y);
+    });
+    return SB_OK;
+  }
+#if SB_AVX512
+  constexpr int64_t kVec = 16;
+#else
+  constexpr int64_t kVec = 8;
+#endif
+  // batch elements per transposed chunk: a multiple of kVec in [kVec, 64]
+  int64_t bchunk = g_batch_chunk < kVec ? kVec : g_batch_chunk > 64 ? 64 : g_batch_chunk;
+  bchunk = bchunk / kVec * kVec;
+  const int64_t ld_max = B < bchunk ? (B + kVec - 1) / kVec * kVec : bchunk;
+  float *xt = (float *)std::aligned_alloc(64, (size_t)((K * ld_max * 4 + 127) / 64 * 64));
+  if (!xt) return SB_ENOMEM;
+  const int64_t nc = chunk_count(M, nt, 8), kc = chunk_count(K, nt, 2);
+  for (int64_t b0 = 0; b0 < B; b0 += bchunk) {
+    const int64_t bc = B - b0 < bchunk ? B - b0 : bchunk;
+    const int64_t ld = (bc + kVec - 1) / kVec * kVec;
+    parallel_for(nt, kc, [&](int64_t c) {
+      transpose_chunk(x, K, b0, bc, ld, K * c / kc, K * (c + 1) / kc, xt);
+    });
+    parallel_for(nt, nc, [&](int64_t c) {
+      int64_t lo, hi;
+      balanced_range(rp, M, 2, c, nc, &lo, &hi);
+      rows_chunk(lo, hi, M, rp, ci, val, bias, relu, xt, ld, b0, bc, y);
+    });
+  }
+  std::free(xt);
+  return SB_OK;
+}
+
+}  // namespace
+}  // namespace sb
+
+extern "C" int sb_csr_linear(const sb_linear *w, const float *x, int64_t B, float *y,
+                             int num_threads) {
+  if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
+  if (!w) return SB_EINVAL;
+  const int64_t M = w->rows, K = w->cols;
+  if (M < 0 || K < 0 || B < 0 || !w->row_ptr || !y || (K > 0 && B > 0 && !x)) return SB_EINVAL;
+  if (w->row_ptr[M] > 0 && (!w->col_idx || !w->values)) return SB_EINVAL;
+  if (M == 0 || B == 0) return SB_OK;
+  const int relu = w->relu != 0;
+  if (w->index_bits == 32)
+    return sb::csr_linear(M, K, w->row_ptr, (const int32_t *)w->col_idx, w->values, w->bias, relu,
+                          x, B, y, num_threads);
+  if (w->index_bits == 16)
+    return sb::csr_linear(M, K, w->row_ptr, (const int16_t *)w->col_idx, w->values, w->bias, relu,
+                          x, B, y, num_threads);
+  return SB_EINDEX;
+}

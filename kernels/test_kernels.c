@@ -1,0 +1,324 @@
+/* Standalone check of the kernels against naive C references (run by `make test` and
+ * `make sanitize`). Exits 1 on the first mismatch, 0 when everything agrees. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sparsebench_kernels.h"
+
+static uint64_t rng = 88172645463325252ull;
+static double urand(void) { /* xorshift64, uniform in [0, 1) */
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (double)(rng >> 11) / 9007199254740992.0;
+}
+static float frand(void) { return (float)(2.0 * urand() - 1.0); }
+
+static int failures = 0;
+static int checks = 0;
+
+static void compare(const char *what, const float *got, const float *want, int64_t n) {
+  ++checks;
+  for (int64_t i = 0; i < n; ++i) {
+    const float tol = 1e-4f * (1.0f + fabsf(want[i]));
+    if (!(fabsf(got[i] - want[i]) <= tol)) {
+      fprintf(stderr, "MISMATCH %s at %lld: got %g want %g\n", what, (long long)i, got[i],
+              want[i]);
+      ++failures;
+      return;
+    }
+  }
+}
+
+static float *falloc(int64_t n) {
+  float *p = (float *)malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+  for (int64_t i = 0; i < n; ++i) p[i] = frand();
+  return p;
+}
+
+/* Random dense M x K with the given density, rows listed in `empty` forced to zero. */
+static float *sparse_dense(int64_t M, int64_t K, double density, int64_t empty_every) {
+  float *w = (float *)calloc((size_t)(M * K > 0 ? M * K : 1), sizeof(float));
+  for (int64_t m = 0; m < M; ++m) {
+    if (empty_every > 0 && m % empty_every == 0) continue;
+    for (int64_t k = 0; k < K; ++k)
+      if (urand() < density) w[m * K + k] = frand();
+  }
+  return w;
+}
+
+typedef struct {
+  int32_t *rp;
+  int32_t *c32;
+  int16_t *c16;
+  float *v;
+} csr_t;
+
+static csr_t to_csr(const float *w, int64_t M, int64_t K) {
+  csr_t s;
+  int64_t nnz = 0;
+  for (int64_t i = 0; i < M * K; ++i) nnz += w[i] != 0.f;
+  s.rp = (int32_t *)malloc((size_t)(M + 1) * sizeof(int32_t));
+  s.c32 = (int32_t *)malloc((size_t)(nnz + 1) * sizeof(int32_t));
+  s.c16 = (int16_t *)malloc((size_t)(nnz + 1) * sizeof(int16_t));
+  s.v = (float *)malloc((size_t)(nnz + 1) * sizeof(float));
+  int64_t j = 0;
+  s.rp[0] = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < K; ++k)
+      if (w[m * K + k] != 0.f) {
+        s.c32[j] = (int32_t)k;
+        s.c16[j] = (int16_t)k;
+        s.v[j++] = w[m * K + k];
+      }
+    s.rp[m + 1] = (int32_t)j;
+  }
+  return s;
+}
+
+static void free_csr(csr_t s) {
+  free(s.rp);
+  free(s.c32);
+  free(s.c16);
+  free(s.v);
+}
+
+static void ref_linear(const float *w, int64_t M, int64_t K, const float *bias, int relu,
+                       const float *x, int64_t B, float *y) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t m = 0; m < M; ++m) {
+      double s = bias ? bias[m] : 0.0;
+      for (int64_t k = 0; k < K; ++k) s += (double)w[m * K + k] * x[b * K + k];
+      y[b * M + m] = (float)(relu && s < 0 ? 0.0 : s);
+    }
+}
+
+static void expect_ok(int rc, const char *what) {
+  if (rc != SB_OK) {
+    fprintf(stderr, "%s returned %d\n", what, rc);
+    ++failures;
+  }
+}
+
+static void test_csr(int64_t M, int64_t K, double density, int64_t empty_every) {
+  static const int64_t batches[] = {1, 2, 5, 8, 17, 64, 70};
+  float *w = sparse_dense(M, K, density, empty_every);
+  csr_t s = to_csr(w, M, K);
+  float *bias = falloc(M);
+  for (size_t bi = 0; bi < sizeof batches / sizeof *batches; ++bi) {
+    const int64_t B = batches[bi];
+    float *x = falloc(B * K), *y = falloc(B * M), *r = falloc(B * M);
+    for (int variant = 0; variant < 8; ++variant) {
+      const int relu = variant & 1, threads = 1 + ((variant >> 1) & 1), gather = variant >> 2;
+      const float *bp = (variant % 3) ? bias : NULL;
+      ref_linear(w, M, K, bp, relu, x, B, r);
+      sb_tuning("spmv_gather", gather);
+      for (int bits = 16; bits <= 32; bits += 16) {
+        if (bits == 16 && K > 32767) continue;
+        const void *ci = bits == 16 ? (const void *)s.c16 : (const void *)s.c32;
+        memset(y, 0xff, (size_t)(B * M) * sizeof(float));
+        const sb_linear d = {M, K, 1, 1, s.rp, ci, s.v, bp, bits, relu};
+        expect_ok(sb_csr_linear(&d, x, B, y, threads), "sb_csr_linear");
+        char what[160];
+        snprintf(what, sizeof what, "csr M=%lld K=%lld d=%.2f B=%lld bits=%d var=%d",
+                 (long long)M, (long long)K, density, (long long)B, bits, variant);
+        compare(what, y, r, B * M);
+      }
+    }
+    sb_tuning("spmv_gather", 1);
+    free(x);
+    free(y);
+    free(r);
+  }
+  free(bias);
+  free_csr(s);
+  free(w);
+}
+
+static void test_bsr(int64_t R, int64_t C, int64_t MB, int64_t KB, double density) {
+  const int64_t M = MB * R, K = KB * C;
+  float *w = (float *)calloc((size_t)(M * K > 0 ? M * K : 1), sizeof(float));
+  int32_t *rp = (int32_t *)malloc((size_t)(MB + 1) * sizeof(int32_t));
+  int32_t *c32 = (int32_t *)malloc((size_t)(MB * KB + 1) * sizeof(int32_t));
+  int16_t *c16 = (int16_t *)malloc((size_t)(MB * KB + 1) * sizeof(int16_t));
+  float *blocks = (float *)malloc((size_t)(MB * KB * R * C + 1) * sizeof(float));
+  int64_t nb = 0;
+  rp[0] = 0;
+  for (int64_t br = 0; br < MB; ++br) {
+    for (int64_t bc = 0; bc < KB; ++bc) {
+      if (urand() >= density) continue;
+      c32[nb] = (int32_t)bc;
+      c16[nb] = (int16_t)bc;
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < C; ++c) {
+          const float v = frand();
+          blocks[nb * R * C + r * C + c] = v;
+          w[(br * R + r) * K + bc * C + c] = v;
+        }
+      ++nb;
+    }
+    rp[br + 1] = (int32_t)nb;
+  }
+  float *bias = falloc(M);
+  for (int64_t B = 1; B <= 9; B += 4) {
+    float *x = falloc(B * K), *y = falloc(B * M), *r = falloc(B * M);
+    for (int variant = 0; variant < 8; ++variant) {
+      const int relu = variant & 1, threads = 1 + ((variant >> 1) & 1), bits = (variant & 4) ? 16 : 32;
+      const float *bp = (variant % 3) ? bias : NULL;
+      ref_linear(w, M, K, bp, relu, x, B, r);
+      memset(y, 0xff, (size_t)(B * M) * sizeof(float));
+      const void *ci = bits == 16 ? (const void *)c16 : (const void *)c32;
+      const sb_linear d = {M, K, R, C, rp, ci, blocks, bp, bits, relu};
+      expect_ok(sb_bsr_linear(&d, x, B, y, threads), "sb_bsr_linear");
+      char what[160];
+      snprintf(what, sizeof what, "bsr %lldx%lld M=%lld K=%lld d=%.2f B=%lld var=%d",
+               (long long)R, (long long)C, (long long)M, (long long)K, density, (long long)B,
+               variant);
+      compare(what, y, r, B * M);
+    }
+    free(x);
+    free(y);
+    free(r);
+  }
+  free(bias);
+  free(w);
+  free(rp);
+  free(c32);
+  free(c16);
+  free(blocks);
+}
+
+static void ref_conv(const float *w, int64_t Cout, int64_t Cin, int64_t kh, int64_t kw,
+                     int64_t sh, int64_t sw, int64_t ph, int64_t pw, const float *bias, int relu,
+                     const float *x, int64_t N, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+                     float *y) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t co = 0; co < Cout; ++co)
+      for (int64_t oy = 0; oy < Ho; ++oy)
+        for (int64_t ox = 0; ox < Wo; ++ox) {
+          double s = bias ? bias[co] : 0.0;
+          for (int64_t c = 0; c < Cin; ++c)
+            for (int64_t ky = 0; ky < kh; ++ky)
+              for (int64_t kx = 0; kx < kw; ++kx) {
+                const int64_t iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
+                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                s += (double)w[co * Cin * kh * kw + (c * kh + ky) * kw + kx] *
+                     x[((n * Cin + c) * H + iy) * W + ix];
+              }
+          y[((n * Cout + co) * Ho + oy) * Wo + ox] = (float)(relu && s < 0 ? 0.0 : s);
+        }
+}
+
+static void test_conv(int64_t N, int64_t Cin, int64_t Cout, int64_t H, int64_t W, int64_t kh,
+                      int64_t kw, int64_t stride, int64_t pad, double density) {
+  const int64_t K = Cin * kh * kw;
+  const int64_t Ho = sb_conv_out_size(H, kh, stride, pad), Wo = sb_conv_out_size(W, kw, stride, pad);
+  float *w = sparse_dense(Cout, K, density, 3);
+  csr_t s = to_csr(w, Cout, K);
+  float *bias = falloc(Cout), *x = falloc(N * Cin * H * W);
+  float *y = falloc(N * Cout * Ho * Wo), *r = falloc(N * Cout * Ho * Wo);
+  for (int variant = 0; variant < 8; ++variant) {
+    const int relu = variant & 1, threads = 1 + ((variant >> 1) & 1), bits = (variant & 4) ? 16 : 32;
+    const float *bp = (variant % 3) ? bias : NULL;
+    ref_conv(w, Cout, Cin, kh, kw, stride, stride, pad, pad, bp, relu, x, N, H, W, Ho, Wo, r);
+    memset(y, 0xff, (size_t)(N * Cout * Ho * Wo) * sizeof(float));
+    const void *ci = bits == 16 ? (const void *)s.c16 : (const void *)s.c32;
+    const sb_conv2d d = {Cout, Cin, kh, kw, stride, stride, pad, pad, s.rp, ci, s.v, bp, bits, relu};
+    expect_ok(sb_csr_conv2d(&d, x, N, H, W, y, threads), "sb_csr_conv2d");
+    char what[200];
+    snprintf(what, sizeof what, "conv N=%lld %lld->%lld %lldx%lld k=%lldx%lld s=%lld p=%lld d=%.2f var=%d",
+             (long long)N, (long long)Cin, (long long)Cout, (long long)H, (long long)W,
+             (long long)kh, (long long)kw, (long long)stride, (long long)pad, density, variant);
+    compare(what, y, r, N * Cout * Ho * Wo);
+  }
+  free(bias);
+  free(x);
+  free(y);
+  free(r);
+  free_csr(s);
+  free(w);
+}
+
+/* Many back-to-back multi-threaded calls: exercises the pool's job hand-over (late workers,
+ * sleeping/waking) and checks every result is identical. */
+static void test_pool_stress(void) {
+  const int64_t M = 97, K = 300;
+  float *w = sparse_dense(M, K, 0.3, 5);
+  csr_t s = to_csr(w, M, K);
+  float *x = falloc(K), *y = falloc(M), *first = falloc(M);
+  const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0};
+  expect_ok(sb_csr_linear(&d, x, 1, first, 1), "sb_csr_linear");
+  ++checks;
+  for (int i = 0; i < 3000; ++i) {
+    memset(y, 0, (size_t)M * sizeof(float));
+    expect_ok(sb_csr_linear(&d, x, 1, y, 2 + i % 3), "sb_csr_linear");
+    if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) {
+      fprintf(stderr, "MISMATCH pool stress at call %d\n", i);
+      ++failures;
+      break;
+    }
+  }
+  free(x);
+  free(y);
+  free(first);
+  free_csr(s);
+  free(w);
+}
+
+int main(void) {
+  if (sb_abi_version() != SB_ABI_VERSION) {
+    fprintf(stderr, "ABI mismatch\n");
+    return 1;
+  }
+  printf("sparsebench kernels: isa=%s abi=%d\n", sb_isa(), sb_abi_version());
+  /* argument errors */
+  int32_t rp0[2] = {0, 0};
+  float y0[4];
+  const sb_linear bad_bits = {1, 1, 1, 1, rp0, NULL, NULL, NULL, 8, 0};
+  const sb_linear csr1 = {1, 1, 1, 1, rp0, NULL, NULL, NULL, 32, 0};
+  const sb_linear bad_block = {3, 4, 2, 2, rp0, NULL, NULL, NULL, 32, 0};
+  const sb_conv2d big_kernel = {1, 1, 3, 3, 1, 1, 0, 0, rp0, NULL, NULL, NULL, 32, 0};
+  if (sb_csr_linear(&bad_bits, y0, 1, y0, 1) != SB_EINDEX) ++failures;
+  if (sb_csr_linear(&csr1, y0, 1, y0, 0) != SB_ETHREADS) ++failures;
+  if (sb_csr_linear(NULL, y0, 1, y0, 1) != SB_EINVAL) ++failures;
+  if (sb_bsr_linear(&bad_block, y0, 1, y0, 1) != SB_EINVAL) ++failures;
+  if (sb_csr_conv2d(&big_kernel, y0, 1, 2, 2, y0, 1) != SB_EINVAL) ++failures;
+  if (sb_csr_linear(&csr1, y0, 1, y0, 1) != SB_OK || y0[0] != 0.0f) ++failures;
+  if (sb_tuning("no-such-knob", 1) != -1) ++failures;
+
+  test_csr(1, 1, 1.0, 0);
+  test_csr(3, 5, 0.5, 2);
+  test_csr(17, 33, 0.0, 0);     /* 100% sparse */
+  test_csr(129, 1000, 0.5, 7);  /* empty rows */
+  test_csr(64, 300, 1.0, 0);    /* dense */
+  test_csr(40, 2000, 0.01, 0);  /* 99% sparse */
+  test_csr(5, 40000, 0.001, 2); /* K > int16 range: int32 only */
+
+  test_bsr(1, 4, 9, 7, 0.4);
+  test_bsr(4, 4, 5, 6, 0.5);
+  test_bsr(8, 1, 4, 33, 0.3);
+  test_bsr(16, 1, 3, 17, 0.6);
+  test_bsr(3, 2, 4, 5, 0.5); /* generic path */
+  test_bsr(4, 4, 3, 3, 0.0); /* no blocks */
+  test_bsr(2, 2, 6, 6, 1.0);
+
+  test_conv(1, 3, 4, 7, 9, 3, 3, 1, 1, 0.5);
+  test_conv(3, 2, 5, 8, 5, 3, 3, 2, 1, 0.7);
+  test_conv(2, 4, 3, 6, 6, 1, 1, 1, 0, 0.6);
+  test_conv(1, 4, 3, 9, 7, 1, 1, 2, 0, 1.0);
+  test_conv(1, 2, 2, 5, 5, 3, 3, 2, 0, 0.0); /* 100% sparse */
+  test_conv(2, 3, 2, 6, 7, 2, 3, 3, 2, 0.8); /* general kernel and stride */
+  test_conv(1, 2, 3, 1, 1, 3, 3, 1, 1, 1.0); /* 1x1 input, padded */
+  test_conv(1, 3, 2, 9, 70, 5, 1, 1, 2, 0.5);
+
+  test_pool_stress();
+
+  if (failures) {
+    fprintf(stderr, "%d of %d checks FAILED\n", failures, checks);
+    return 1;
+  }
+  printf("all %d checks passed\n", checks);
+  return 0;
+}
