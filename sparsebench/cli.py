@@ -46,11 +46,14 @@ def progress_display() -> Iterator[Any]:
         yield progress
 
 
+_ARGV: list[str] = []
+
+
 def command_line() -> str:
-    """The command as the user typed it (recorded in checkpoints and result files)."""
+    """The command as given to ``main`` (recorded in checkpoints and tables)."""
     import shlex
 
-    return "sparsebench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return "sparsebench " + " ".join(shlex.quote(a) for a in _ARGV)
 
 
 def floats(text: str) -> list[float]:
@@ -568,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
