@@ -11,6 +11,18 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.pruning import PRESETS, LayerSchedule, Pruner, select_targets
 
 
+def train_step(model, pruner, opt, x, y, steps: int) -> None:
+    """The trainer's per-batch protocol around an optimizer step, ``steps`` times."""
+    for _ in range(steps):
+        pruner.before_batch()
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        pruner.before_step()
+        opt.step()
+        pruner.after_step()
+
+
 def test_vgg11_preset_kept_counts_match_formula():
     model = create_model("vgg11_bn", 3, 32)
     scheds = PRESETS.get("vgg11").schedules(model)
@@ -153,20 +165,9 @@ def test_pruned_weights_stay_zero_after_optimizer_steps(granularity, optim):
     pruner = Pruner(model, scheds, granularity=granularity)
     x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
 
-    def step():
-        pruner.before_batch()
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        pruner.before_step()
-        opt.step()
-        pruner.after_step()
-
-    for _ in range(3):   # build up optimizer state before the event
-        step()
+    train_step(model, pruner, opt, x, y, 3)   # build up optimizer state before the event
     pruner.prune_event(1, opt)
-    for _ in range(5):
-        step()
+    train_step(model, pruner, opt, x, y, 5)
     params = dict(model.named_parameters())
     assert pruner.masks
     for name, mask in pruner.masks.items():
@@ -201,16 +202,10 @@ def test_reentry_ends_with_full_parameter_count(mode):
         assert set(zero_rows.tolist()) == set(before.norm(dim=1).argsort(descending=True)[
             :60].tolist())
     targets = before.norm(dim=1).argsort(descending=True)[:60]
-    for i in range(5):
-        pruner.before_batch()
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        pruner.before_step()
-        opt.step()
-        pruner.after_step()
-        if i == 2 and mode == "restore":  # window over: the saved values are back exactly
-            assert torch.equal(model.fc1.weight[targets], before[targets])
+    train_step(model, pruner, opt, x, y, 3)
+    if mode == "restore":  # window over: the saved values are back exactly
+        assert torch.equal(model.fc1.weight[targets], before[targets])
+    train_step(model, pruner, opt, x, y, 2)
     assert not pruner.active and not pruner.masks   # nothing is masked any more
     assert sum(p.numel() for p in model.parameters()) == total
     # every targeted unit is back: regrew from zero (zero), kept training (gaussian), or restored
