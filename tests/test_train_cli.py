@@ -258,3 +258,14 @@ def test_info_card_records_command_and_metrics(tmp_path, capsys):
     text = card.read_text()
     assert "with `prune-r`" in text and "--method prune-r" in text
     assert "| fc1 | Linear | 300x784 |" in text and "Pruning events:" in text
+
+
+def test_torchvision_architectures_are_optional():
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - not importable here: the error must be one clean line
+        with pytest.raises(SparsebenchError, match="needs an importable torchvision") as info:
+            create_model("torchvision.resnet18")
+        assert "\n" not in str(info.value)
+    else:
+        assert create_model("torchvision.resnet18", 3, 32).input_shape == (3, 32, 32)
