@@ -2,6 +2,7 @@
 torch, interleaved in one process (medians of many calls), plus a numpy copy bandwidth.
 
     python kernels/bench.py [--m 4096] [--k 4096] [--sparsity 0.9] [--batch 1] [--rounds 300]
+    python kernels/bench.py --conv      # conv shapes of VGG11/ResNet18 vs dense torch
 """
 
 from __future__ import annotations
@@ -18,19 +19,7 @@ import scipy.sparse as sp
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from sparsebench import native  # noqa: E402
-
-
-def copy_bandwidth(mb: int = 256, reps: int = 7) -> float:
-    """GB/s of np.copyto on an `mb` MB array, counting read + write bytes."""
-    src = np.ones(mb * 2**20 // 4, np.float32)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - t0)
-    return 2 * src.nbytes / statistics.median(times) / 1e9
+from sparsebench.measure.roofline import copy_bandwidth  # noqa: E402
 
 
 def interleaved(
@@ -59,9 +48,14 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--no-copy", action="store_true")
     ap.add_argument("--extra", action="store_true", help="also BSR and conv, 1 thread")
+    ap.add_argument("--conv", action="store_true", help="convolution shapes of VGG11/ResNet18 "
+                    "(and the 56x56 reference) vs dense torch, 1 thread")
     args = ap.parse_args()
     if args.extra:
         extra(args.rounds)
+        return
+    if args.conv:
+        convs(args.rounds)
         return
 
     rng = np.random.default_rng(0)
@@ -145,6 +139,39 @@ def extra(rounds: int) -> None:
             lambda xt=xt, wt=wt, p=kern // 2: torch.nn.functional.conv2d(xt, wt, None, 1, p))
     for name, t in interleaved(cases, rounds).items():
         print(f"{name:52s} {t * 1e6:9.1f} us")
+
+
+CONV_SHAPES = [  # (cin, cout, size, kernel, stride, sparsity, batch)
+    (64, 64, 56, 3, 1, 0.9, 1), (64, 64, 56, 1, 1, 0.9, 1), (3, 64, 32, 3, 1, 0.0, 1),
+    (64, 64, 32, 3, 1, 0.9, 1), (64, 128, 32, 3, 2, 0.9, 1), (128, 128, 16, 3, 1, 0.9, 1),
+    (256, 256, 8, 3, 1, 0.9, 1), (512, 512, 4, 3, 1, 0.9, 1), (512, 512, 2, 3, 1, 0.9, 1),
+    (256, 256, 8, 3, 1, 0.7, 1), (512, 512, 4, 3, 1, 0.7, 1), (256, 256, 8, 3, 1, 0.9, 8),
+    (512, 512, 4, 3, 1, 0.9, 32),
+]
+
+
+def convs(rounds: int) -> None:
+    """Native sparse conv vs dense torch (oneDNN) per shape, interleaved, 1 thread."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    print(f"{'shape':36s} {'native us':>10s} {'torch us':>10s} {'speedup':>8s}  plan")
+    for cin, cout, size, kern, stride, sparsity, batch in CONV_SHAPES:
+        w = rng.standard_normal((cout, cin, kern, kern)).astype(np.float32)
+        w[rng.random(w.shape) < sparsity] = 0
+        x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
+        op = native.CSRConv2d.from_dense(w, stride, kern // 2)
+        out = op.run(x)
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        ref = torch.nn.functional.conv2d(xt, wt, None, stride, kern // 2)
+        np.testing.assert_allclose(out, ref.numpy(), rtol=1e-3, atol=1e-3)
+        t = interleaved({"native": lambda: op.run(x, out=out),
+                         "torch": lambda: torch.nn.functional.conv2d(xt, wt, None, stride,
+                                                                     kern // 2)}, rounds)
+        plan = op.plan(x.shape)
+        name = (f"{kern}x{kern}/{stride} {cin}->{cout} {size}x{size} {sparsity:.0%} b{batch}")
+        print(f"{name:36s} {t['native'] * 1e6:10.1f} {t['torch'] * 1e6:10.1f} "
+              f"{t['torch'] / t['native']:7.2f}x  layout {plan['layout']} tile {plan['tile']} "
+              f"blocks {plan['channel_blocks']}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ namespace {
 // vector repeats x[0..C) across the lanes (lane l holds x[l % C]), so any C dividing 16 works.
 template <int R, int C, typename Idx>
 void bsr_rows_fixed(int64_t lo, int64_t hi, int64_t M, int64_t K, const int32_t *rp,
-                    const Idx *ci, const float *blocks, const float *bias, int relu,
+                    const Idx *ci, const float *blocks, const float *bias, int act,
                     const float *x, int64_t B, float *y) {
   constexpr int L = R * C, NV = L <= 16 ? 1 : L / 16;
   static_assert(16 % C == 0 && (L <= 16 || L % 16 == 0), "unsupported block shape");
@@ -55,7 +55,7 @@ void bsr_rows_fixed(int64_t lo, int64_t hi, int64_t M, int64_t K, const int32_t 
       for (int r = 0; r < R; ++r) {
         float sum = 0.f;
         for (int c = 0; c < C; ++c) sum += t[r * C + c];
-        yb[r] = finish(sum, bias, br * R + r, relu);
+        yb[r] = finish(sum, bias, br * R + r, act);
       }
     }
   }
@@ -64,7 +64,7 @@ void bsr_rows_fixed(int64_t lo, int64_t hi, int64_t M, int64_t K, const int32_t 
 // acc[r*C + c] accumulates blk[r, c] * x[c]; the row sums are taken once per block row.
 template <int R, int C, typename Idx>
 void bsr_rows_fixed(int64_t lo, int64_t hi, int64_t M, int64_t K, const int32_t *rp,
-                    const Idx *ci, const float *blocks, const float *bias, int relu,
+                    const Idx *ci, const float *blocks, const float *bias, int act,
                     const float *x, int64_t B, float *y) {
   for (int64_t br = lo; br < hi; ++br) {
     const int64_t s = rp[br], e = rp[br + 1];
@@ -82,7 +82,7 @@ void bsr_rows_fixed(int64_t lo, int64_t hi, int64_t M, int64_t K, const int32_t 
       for (int r = 0; r < R; ++r) {
         float sum = 0.f;
         for (int c = 0; c < C; ++c) sum += acc[r * C + c];
-        yb[r] = finish(sum, bias, br * R + r, relu);
+        yb[r] = finish(sum, bias, br * R + r, act);
       }
     }
   }
@@ -93,7 +93,7 @@ void bsr_rows_fixed(int64_t lo, int64_t hi, int64_t M, int64_t K, const int32_t 
 template <typename Idx>
 void bsr_rows_generic(int64_t lo, int64_t hi, int64_t M, int64_t K, int64_t R, int64_t C,
                       const int32_t *rp, const Idx *ci, const float *blocks, const float *bias,
-                      int relu, const float *x, int64_t B, float *y, float *acc) {
+                      int act, const float *x, int64_t B, float *y, float *acc) {
   for (int64_t br = lo; br < hi; ++br) {
     for (int64_t b = 0; b < B; ++b) {
       const float *xb = x + b * K;
@@ -108,14 +108,14 @@ void bsr_rows_generic(int64_t lo, int64_t hi, int64_t M, int64_t K, int64_t R, i
         }
       }
       float *yb = y + b * M + br * R;
-      for (int64_t r = 0; r < R; ++r) yb[r] = finish(acc[r], bias, br * R + r, relu);
+      for (int64_t r = 0; r < R; ++r) yb[r] = finish(acc[r], bias, br * R + r, act);
     }
   }
 }
 
 template <typename Idx>
 int bsr_linear(int64_t M, int64_t K, int64_t R, int64_t C, const int32_t *rp, const Idx *ci,
-               const float *blocks, const float *bias, int relu, const float *x, int64_t B,
+               const float *blocks, const float *bias, int act, const float *x, int64_t B,
                float *y, int nt) {
   const int64_t MB = M / R;
   using Fn = void (*)(int64_t, int64_t, int64_t, int64_t, const int32_t *, const Idx *,
@@ -133,8 +133,10 @@ int bsr_linear(int64_t M, int64_t K, int64_t R, int64_t C, const int32_t *rp, co
   parallel_for(nt, nc, [&](int64_t c) {
     int64_t lo, hi;
     balanced_range(rp, MB, 1, c, nc, &lo, &hi);
-    if (fn) fn(lo, hi, M, K, rp, ci, blocks, bias, relu, x, B, y);
-    else bsr_rows_generic(lo, hi, M, K, R, C, rp, ci, blocks, bias, relu, x, B, y, acc + R * c);
+    if (fn) fn(lo, hi, M, K, rp, ci, blocks, bias, act, x, B, y);
+    else bsr_rows_generic(lo, hi, M, K, R, C, rp, ci, blocks, bias, act, x, B, y, acc + R * c);
+    if (act == kActGelu)
+      for (int64_t b = 0; b < B; ++b) act_range(y + b * M + lo * R, (hi - lo) * R, act);
   });
   std::free(acc);
   return SB_OK;
@@ -153,12 +155,13 @@ extern "C" int sb_bsr_linear(const sb_linear *w, const float *x, int64_t B, floa
     return SB_EINVAL;
   if (w->row_ptr[M / R] > 0 && (!w->col_idx || !w->values)) return SB_EINVAL;
   if (M == 0 || B == 0) return SB_OK;
-  const int relu = w->relu != 0;
+  const int act = (int)w->act;
+  if (w->act < 0 || w->act > sb::kActGelu) return SB_EINVAL;
   if (w->index_bits == 32)
     return sb::bsr_linear(M, K, R, C, w->row_ptr, (const int32_t *)w->col_idx, w->values,
-                          w->bias, relu, x, B, y, num_threads);
+                          w->bias, act, x, B, y, num_threads);
   if (w->index_bits == 16)
     return sb::bsr_linear(M, K, R, C, w->row_ptr, (const int16_t *)w->col_idx, w->values,
-                          w->bias, relu, x, B, y, num_threads);
+                          w->bias, act, x, B, y, num_threads);
   return SB_EINDEX;
 }

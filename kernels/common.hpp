@@ -22,6 +22,13 @@ namespace sb {
 extern int g_spmv_gather;
 extern int g_transpose_batch;
 extern int g_batch_chunk;
+extern int g_linear_chunks;
+extern int g_linear_min_parallel;
+extern int g_conv_layout;
+extern int g_conv_l1_kb;
+extern int g_conv_prefetch;
+extern int g_conv_chunks;
+extern int g_conv_pack_min;
 
 constexpr int kMaxThreads = 255;      // thread count fits the pool's job word
 constexpr int64_t kMaxChunks = 65535;  // chunks per job, likewise
@@ -66,9 +73,85 @@ SB_INLINE void parallel_for(int num_threads, int64_t nchunks, F &&body) {
              [](void *c, int64_t i) { (*static_cast<Body *>(c))(i); }, (void *)&body);
 }
 
-SB_INLINE float finish(float v, const float *bias, int64_t m, int relu) {
+// Activation codes (sb_linear.act / sb_conv2d.act): 0 none, 1 ReLU, 2 GELU (erf form).
+constexpr int kActNone = 0, kActRelu = 1, kActGelu = 2;
+
+// Bias and ReLU; GELU is applied afterwards, vectorised, by act_range.
+SB_INLINE float finish(float v, const float *bias, int64_t m, int act) {
   if (bias) v += bias[m];
-  return (relu && v < 0.0f) ? 0.0f : v;
+  return (act == kActRelu && v < 0.0f) ? 0.0f : v;
+}
+
+// GELU(x) = x/2 * (1 + erf(x/sqrt 2)); erf by Abramowitz-Stegun 7.1.26 (|error| <= 1.5e-7).
+constexpr float kGeluP = 0.3275911f, kGeluA1 = 0.254829592f, kGeluA2 = -0.284496736f,
+                kGeluA3 = 1.421413741f, kGeluA4 = -1.453152027f, kGeluA5 = 1.061405429f;
+
+SB_INLINE float gelu_scalar(float x) {
+  const float z = (x < 0.f ? -x : x) * 0.70710678118654752f;
+  const float t = 1.0f / (1.0f + kGeluP * z);
+  const float poly = t * (kGeluA1 + t * (kGeluA2 + t * (kGeluA3 + t * (kGeluA4 + t * kGeluA5))));
+  float e = 1.0f - poly * __builtin_expf(-z * z);
+  if (x < 0.f) e = -e;
+  return 0.5f * x * (1.0f + e);
+}
+
+SB_INLINE float act_scalar(float v, int act) {
+  if (act == kActRelu) return v < 0.f ? 0.f : v;
+  if (act == kActGelu) return gelu_scalar(v);
+  return v;
+}
+
+#if SB_AVX512
+// exp(v) for v <= 0 (clamped at -87): 2^n * p(r), r = v - n ln2, degree-6 polynomial.
+SB_INLINE __m512 exp_neg_ps(__m512 v) {
+  v = _mm512_max_ps(v, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+SB_INLINE __m512 gelu_ps(__m512 x) {
+  const __m512 z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f));
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(kGeluP), z, one));
+  __m512 poly = _mm512_fmadd_ps(_mm512_set1_ps(kGeluA5), t, _mm512_set1_ps(kGeluA4));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(kGeluA3));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(kGeluA2));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(kGeluA1));
+  poly = _mm512_mul_ps(poly, t);
+  const __m512 minus_z2 = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z);
+  __m512 e = _mm512_fnmadd_ps(poly, exp_neg_ps(minus_z2), one);
+  // copy the sign of x onto erf
+  e = _mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_castps_si512(e),
+      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u))));
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, e));
+}
+
+SB_INLINE __m512 act_ps(__m512 v, int act) {
+  if (act == kActRelu) return _mm512_max_ps(v, _mm512_setzero_ps());
+  if (act == kActGelu) return gelu_ps(v);
+  return v;
+}
+#endif
+
+// GELU in place on y[0, n) (no-op for other activations: they are applied by finish()).
+SB_INLINE void act_range(float *y, int64_t n, int act) {
+  if (act != kActGelu) return;
+  int64_t i = 0;
+#if SB_AVX512
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, gelu_ps(_mm512_loadu_ps(y + i)));
+#endif
+  for (; i < n; ++i) y[i] = gelu_scalar(y[i]);
 }
 
 #if SB_AVX512

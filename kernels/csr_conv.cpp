@@ -1,82 +1,544 @@
-// Sparse 2-D convolution (NCHW) without im2col.
+// Sparse 2-D convolution (NCHW) without a full im2col.
 //
-// Weight is CSR(Cout x Cin*kh*kw). For an output plane (n, co) and a tile of output rows
-// that fits in L1, every nonzero (c, ky, kx, w) adds w * (shifted, strided input plane c)
-// into the tile; the valid output-column range for kx is computed once per nonzero, so
-// the zero-padding borders cost nothing and the inner loop is a plain (vectorised) axpy.
-// Threads claim chunks of (n, co) planes dynamically.
+// Planned once per input shape (sb_conv2d_plan), run many times (sb_conv2d_run).
+//
+// Layout. The input is repacked per call into "copies" (zero padding included) laid out
+// [copy][Cin][N][Hq][pitch], such that output position p = (n*Hq + oy)*pitch + ox of every
+// tap (c, ky, kx) reads element p + offset(c, ky, kx) of the packed array. Each nonzero weight
+// is then one broadcast-FMA over a contiguous run of output positions. Three layouts:
+//   * shift: stride_h*stride_w phase copies (about one copy of the input) with row pitch
+//     Wo + (kw-1)/sw; kx is a shift of the read. Wastes (kw-1)/sw output columns per row and
+//     most loads split cache lines. Used for wide maps and 1x1 kernels.
+//   * kx-copy: stride_h*kw copies (one per kx) with row pitch Wo: no wasted columns, loads
+//     aligned when Wo is a multiple of 16. Used up to 16 wide, and at batch 1 for widths that
+//     are multiples of 16.
+//   * taps: kh*kw copies (the im2col of the map): all lanes useful, all loads aligned. Used
+//     only for maps of at most 16 outputs filling 16-32 lanes (a few hundred KB of copies).
+// Batched images are stacked in the position axis, so small maps at batch > 1 fill vectors.
+//
+// Tiles. Output positions are cut into register tiles of T = W*NV floats (W = 4/8/16 lanes,
+// NV vectors); for each tile and output channel the row's nonzeros stream through and the
+// tile stays in registers. The weight stream is the plan's own copy of the nonzeros as
+// (int32 offset, value) pairs in exactly the order they are read. When the input a tile
+// reads does not fit L1 the input channels are blocked and partial sums of up to 16 KB of
+// output channels stay in an L1 buffer between blocks.
+//
+// Epilogue: bias in registers; then either the final epilogue in registers (when the
+// extended layout is y itself: batch 1, no wasted columns, no pool) or a compaction pass per
+// output channel adding the residual, activation, channel scale and fused max-pool.
+// Threads claim chunks of output channels (balanced by nnz); packing is split by channels.
+// Narrow maps are packed with AVX-512 gathers from a precomputed index map.
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+
 #include "common.hpp"
 #include "sparsebench_kernels.h"
 
 namespace sb {
-namespace {
+struct Nz;
+}
 
-SB_INLINE int64_t ceil_div_pos(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
-
-struct ConvShape {
-  int64_t Cout, Cin, kh, kw, sh, sw, ph, pw, N, H, W, Ho, Wo;
+struct sb_conv_plan_impl {
+  sb_conv_plan pub;
+  const sb_conv2d *w;
+  int64_t magic;
+  int64_t layout;       // kShift, kKxCopy or kTaps
+  int64_t per_row;      // copies per packed row phase: stride_w (shift) or kernel_w
+  int64_t ncopies, pitch, ncb, cbs, ext_stride, window;
+  int32_t *gmap;        // gather packing: source index in a channel plane per packed float
+  sb::Nz *stream;       // nnz (offset, value) pairs in traversal order (window, block, row)
+  int32_t *seg;         // Cout x ncb x 2: [start, end) of each (row, block) in the stream
+  float *pack;          // packed input (NULL when x is used in place)
+  float *ext;           // extended output (NULL when direct)
+  const float *scale;
+  void *mem;
 };
 
-template <typename Idx>
-void conv_plane(const ConvShape &s, int64_t n, int64_t co, const int32_t *rp, const Idx *ci,
-                const float *val, const float *bias, int relu, const float *x, float *y) {
-  const int64_t khw = s.kh * s.kw, HW = s.H * s.W;
-  float *out = y + (n * s.Cout + co) * s.Ho * s.Wo;
-  const float *xin = x + n * s.Cin * HW;
-  const float b0 = bias ? bias[co] : 0.f;
-  const int64_t tile = s.Wo >= 4096 ? 1 : 4096 / s.Wo;  // output rows per ~16 KB tile
-  for (int64_t oy0 = 0; oy0 < s.Ho; oy0 += tile) {
-    const int64_t oy1 = oy0 + tile < s.Ho ? oy0 + tile : s.Ho;
-    for (int64_t i = oy0 * s.Wo; i < oy1 * s.Wo; ++i) out[i] = b0;
-    for (int64_t j = rp[co]; j < rp[co + 1]; ++j) {
-      const int64_t col = ci[j], c = col / khw, r = col - c * khw, ky = r / s.kw,
-                    kx = r - ky * s.kw;
-      const float w = val[j];
-      // ix = ox*sw - pw + kx must lie in [0, W); iy likewise with (sh, ph, ky, H).
-      const int64_t xlo = ceil_div_pos(s.pw - kx, s.sw);
-      int64_t xhi = s.W - 1 + s.pw - kx < 0 ? 0 : (s.W - 1 + s.pw - kx) / s.sw + 1;
-      if (xhi > s.Wo) xhi = s.Wo;
-      int64_t ylo = ceil_div_pos(s.ph - ky, s.sh);
-      int64_t yhi = s.H - 1 + s.ph - ky < 0 ? 0 : (s.H - 1 + s.ph - ky) / s.sh + 1;
-      if (ylo < oy0) ylo = oy0;
-      if (yhi > oy1) yhi = oy1;
-      if (xlo >= xhi || ylo >= yhi) continue;
-      const int64_t nx = xhi - xlo;
-      const float *plane = xin + c * HW + (xlo * s.sw - s.pw + kx);
-      if (s.sw == 1 && s.sh == 1 && nx == s.W && s.Wo == s.W) {
-        // full-width rows are contiguous in input and output (e.g. 1x1 or "same" 1xk)
-        const float *SB_RESTRICT in = plane + (ylo - s.ph + ky) * s.W;
-        float *SB_RESTRICT o = out + ylo * s.Wo;
-        const int64_t n = (yhi - ylo) * s.W;
-        for (int64_t i = 0; i < n; ++i) o[i] += w * in[i];
+namespace sb {
+
+// One nonzero of the weight stream: input offset of its tap and its value.
+struct Nz {
+  int32_t off;
+  float val;
+};
+
+int g_conv_layout = 3;    // 0 shift, 1 kx-copy, 2 taps, 3 auto
+int g_conv_l1_kb = 32;    // input KB per channel block
+int g_conv_prefetch = 128;  // weight-stream prefetch distance in nonzeros (0: off)
+int g_conv_chunks = 2;      // output-channel chunks per thread
+int g_conv_pack_min = 262144;  // packed floats below which packing stays on the caller
+
+namespace {
+
+constexpr int64_t kMagic = 0x5342434f4e56ll;  // "SBCONV"
+constexpr int64_t kMaxPacked = 2147483647;    // offsets are int32
+constexpr int64_t kPartialFloats = 4096;      // 16 KB of partial sums per chunk
+constexpr int64_t kGlobalAvg = -1;            // pool value: global average pool
+
+SB_INLINE int64_t ceil_div_pos(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+SB_INLINE int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// Tile width in floats: 4 or 8 when everything fits, else 16*NV with NV in {1,2,3,4,6,8}:
+// the whole extent when it fits 8 vectors, else the NV with the least work.
+int64_t pick_tile(int64_t positions) {
+#if SB_AVX512
+  if (positions <= 4) return 4;
+  if (positions <= 8) return 8;
+#endif
+  static const int64_t small[] = {1, 2, 3, 4, 6, 8};
+  if (positions <= 128) {
+    for (int64_t nv : small)
+      if (nv * 16 >= positions) return nv * 16;
+  }
+  int64_t best = 8;
+  double best_cost = 1e300;
+  for (int64_t nv : {8, 6, 4}) {
+    const double lanes = (double)round_up(positions, nv * 16);
+    const double cost = lanes * (double)(nv + 2) / (double)nv;
+    if (cost < best_cost) best = nv, best_cost = cost;
+  }
+  return best * 16;
+}
+
+struct Geo {  // one candidate layout
+  int64_t copies, pitch, hq, positions, tile, plane, direct_in, direct_out;
+};
+
+constexpr int64_t kShift = 0, kKxCopy = 1, kTaps = 2, kAuto = 3;
+
+// The layouts (see the file comment); taps: one copy per (ky, kx), i.e. an im2col of the map,
+// used only for small maps, where it makes every load aligned and every lane useful.
+Geo layout_geometry(const sb_conv2d *w, int64_t n, int64_t h, int64_t width, int64_t ho,
+                    int64_t wo, int64_t pool, int64_t layout) {
+  const int64_t sh = w->stride_h, sw = w->stride_w, kh = w->kernel_h, kw = w->kernel_w;
+  Geo g{};
+  g.hq = layout == kTaps ? ho : ho + (kh - 1) / sh;
+  g.pitch = layout == kShift ? wo + (kw - 1) / sw : wo;
+  g.copies = layout == kShift ? sh * sw : layout == kKxCopy ? sh * kw : kh * kw;
+  g.positions = ((n - 1) * g.hq + ho - 1) * g.pitch + wo;
+  g.tile = pick_tile(g.positions);
+  g.direct_in = sh == 1 && sw == 1 && w->pad_h == 0 && w->pad_w == 0 && n == 1 &&
+                (layout == kShift || (kh == 1 && kw == 1));
+  // the packed planes start on 64-byte boundaries unless x is used in place
+  g.plane = g.direct_in ? h * width : round_up(n * g.hq * g.pitch, 16);
+  // batch 1 (y is [Cout][Ho][Wo]); rows past Ho are never computed, so the pitch must match
+  g.direct_out = n == 1 && g.pitch == wo && (pool == 0 || pool == 1);
+  return g;
+}
+
+struct Job {
+  const sb_conv2d *w;
+  const sb_conv_plan_impl *pl;
+  const float *xp;        // packed input (or x itself)
+  const float *residual;  // N x Cout x Ho x Wo or NULL
+  float *y;
+  int act;
+  int64_t prefetch;  // nonzeros ahead to prefetch in the weight stream (0: off)
+};
+
+void pack_copy(const sb_conv2d *w, const sb_conv_plan_impl *pl, const float *x, int64_t a,
+               int64_t u, int64_t c, float *dst) {
+  const sb_conv_plan &p = pl->pub;
+  const int64_t Cin = w->in_channels, sh = w->stride_h, sw = w->stride_w;
+  const int64_t H = p.h, W = p.w, hq = p.hq, pitch = pl->pitch;
+  const int64_t shift = u - w->pad_w;  // ix = sw*j + shift
+  int64_t jlo = ceil_div_pos(-shift, sw);
+  int64_t jhi = W - 1 - shift < 0 ? 0 : (W - 1 - shift) / sw + 1;
+  if (jhi > pitch) jhi = pitch;
+  if (jlo > jhi) jlo = jhi;
+  for (int64_t n = 0; n < p.n; ++n)
+    for (int64_t i = 0; i < hq; ++i) {
+      float *d = dst + (n * hq + i) * pitch;
+      const int64_t iy = sh * i + a - w->pad_h;
+      if (iy < 0 || iy >= H) {
+        std::memset(d, 0, (size_t)pitch * sizeof(float));
         continue;
       }
-      for (int64_t oy = ylo; oy < yhi; ++oy) {
-        const float *SB_RESTRICT irow = plane + (oy * s.sh - s.ph + ky) * s.W;
-        float *SB_RESTRICT orow = out + oy * s.Wo + xlo;
-        if (s.sw == 1) {
-          for (int64_t i = 0; i < nx; ++i) orow[i] += w * irow[i];
-        } else if (s.sw == 2) {
-          for (int64_t i = 0; i < nx; ++i) orow[i] += w * irow[2 * i];
-        } else {
-          for (int64_t i = 0; i < nx; ++i) orow[i] += w * irow[i * s.sw];
+      const float *src = x + ((n * Cin + c) * H + iy) * W;
+#if SB_AVX512
+      if (sw == 1 && pitch <= 64) {  // short rows: masked vector copies, no library calls
+        for (int64_t j0 = 0; j0 < pitch; j0 += 16) {
+          const int64_t lo = jlo - j0 > 0 ? jlo - j0 : 0, hi = jhi - j0 < 16 ? jhi - j0 : 16;
+          const __mmask16 valid = hi > lo ? (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u))
+                                          : (__mmask16)0;
+          const __m512 v = valid ? _mm512_maskz_expandloadu_ps(valid, src + j0 + lo + shift)
+                                 : _mm512_setzero_ps();
+          const int64_t lanes = pitch - j0 < 16 ? pitch - j0 : 16;
+          _mm512_mask_storeu_ps(d + j0, (__mmask16)((1u << lanes) - 1u), v);
         }
+        continue;
       }
+#endif
+      for (int64_t j = 0; j < jlo; ++j) d[j] = 0.f;
+      if (sw == 1) {
+        std::memcpy(d + jlo, src + jlo + shift, (size_t)(jhi - jlo) * sizeof(float));
+      } else {
+        for (int64_t j = jlo; j < jhi; ++j) d[j] = src[sw * j + shift];
+      }
+      for (int64_t j = jhi; j < pitch; ++j) d[j] = 0.f;
     }
-    if (relu)
-      for (int64_t i = oy0 * s.Wo; i < oy1 * s.Wo; ++i) out[i] = out[i] < 0.f ? 0.f : out[i];
+  const int64_t used = p.n * hq * pitch;  // zero the alignment tail of the plane
+  for (int64_t i = used; i < p.plane; ++i) dst[i] = 0.f;
+}
+
+#if SB_AVX512
+// Gather packing for narrow maps: every copy of channel c of image n from a precomputed map
+// (source index within the H*W channel plane, -1 for padding): 16 floats per instruction.
+void pack_gather(const sb_conv2d *w, const sb_conv_plan_impl *pl, const float *x, int64_t c,
+                 int64_t n) {
+  const sb_conv_plan &p = pl->pub;
+  const int64_t img = p.hq * pl->pitch, HW = p.h * p.w;
+  const float *src = x + (n * w->in_channels + c) * HW;
+  for (int64_t copy = 0; copy < pl->ncopies; ++copy) {
+    float *d = pl->pack + (copy * w->in_channels + c) * p.plane + n * img;
+    const int32_t *map = pl->gmap + copy * img;
+    for (int64_t k = 0; k < img; k += 16) {
+      const __mmask16 lanes = img - k >= 16 ? (__mmask16)0xffff
+                                            : (__mmask16)((1u << (img - k)) - 1u);
+      const __m512i idx = _mm512_maskz_loadu_epi32(lanes, map + k);
+      const __mmask16 m = _mm512_mask_cmpge_epi32_mask(lanes, idx, _mm512_setzero_si512());
+      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, src, 4);
+      _mm512_mask_storeu_ps(d + k, lanes, v);
+    }
+  }
+}
+#endif
+
+// Activation then channel scale, in place on r[0, n).
+void post_range(float *SB_RESTRICT r, int64_t n, int act, bool scaled, float sc) {
+  if (act == kActRelu)
+    for (int64_t x = 0; x < n; ++x) r[x] = r[x] < 0.f ? 0.f : r[x];
+  else if (act == kActGelu)
+    act_range(r, n, act);
+  if (scaled)
+    for (int64_t x = 0; x < n; ++x) r[x] *= sc;
+}
+
+// dst[x] = max of the 2x2 window at column 2x of rows a and b.
+void pool2(const float *SB_RESTRICT a, const float *SB_RESTRICT b, float *SB_RESTRICT dst,
+           int64_t yw) {
+  int64_t x = 0;
+#if SB_AVX512
+  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (; x + 16 <= yw; x += 16) {
+    const __m512 a0 = _mm512_loadu_ps(a + 2 * x), a1 = _mm512_loadu_ps(a + 2 * x + 16);
+    const __m512 b0 = _mm512_loadu_ps(b + 2 * x), b1 = _mm512_loadu_ps(b + 2 * x + 16);
+    const __m512 ma = _mm512_max_ps(_mm512_permutex2var_ps(a0, ev, a1),
+                                    _mm512_permutex2var_ps(a0, od, a1));
+    const __m512 mb = _mm512_max_ps(_mm512_permutex2var_ps(b0, ev, b1),
+                                    _mm512_permutex2var_ps(b0, od, b1));
+    _mm512_storeu_ps(dst + x, _mm512_max_ps(ma, mb));
+  }
+#endif
+  for (; x < yw; ++x) {
+    float m = a[2 * x];
+    const float v[3] = {a[2 * x + 1], b[2 * x], b[2 * x + 1]};
+    for (float u : v)
+      if (u > m || u != u) m = u;
+    dst[x] = m;
   }
 }
 
-template <typename Idx>
-int csr_conv2d(const ConvShape &s, const int32_t *rp, const Idx *ci, const float *val,
-               const float *bias, int relu, const float *x, float *y, int nt) {
-  const int64_t items = s.N * s.Cout, nc = chunk_count(items, nt, 16);
-  parallel_for(nt, nc, [&](int64_t c) {
-    for (int64_t it = items * c / nc; it < items * (c + 1) / nc; ++it)
-      conv_plane(s, it / s.Cout, it % s.Cout, rp, ci, val, bias, relu, x, y);
-  });
-  return SB_OK;
+// Residual, activation, channel scale and max-pool (or global average) from the extended
+// rows to NCHW y.
+void compact(const Job &k, int64_t c0, int64_t c1) {
+  const sb_conv_plan &p = k.pl->pub;
+  const int64_t Cout = k.w->out_channels, ho = p.ho, wo = p.wo, pitch = k.pl->pitch;
+  const int64_t img = p.hq * pitch, P = p.pool > 1 ? p.pool : 1;
+  const int act = k.act;
+  const float *scale = k.pl->scale;
+  for (int64_t co = c0; co < c1; ++co) {
+    const float sc = scale ? scale[co] : 1.0f;
+    const bool scaled = scale != nullptr;
+    for (int64_t n = 0; n < p.n; ++n) {
+      float *base = k.pl->ext + co * k.pl->ext_stride + n * img;  // this chunk's rows
+      // conv output row oy of this (n, co): residual added, activation, scale, in place
+      auto finish_row = [&](int64_t oy, int64_t len) -> float * {
+        float *SB_RESTRICT row = base + oy * pitch;
+        if (k.residual) {
+          const float *SB_RESTRICT res = k.residual + ((n * Cout + co) * ho + oy) * wo;
+          for (int64_t x = 0; x < len; ++x) row[x] += res[x];
+        }
+        post_range(row, len, act, scaled, sc);
+        return row;
+      };
+      if (p.pool == kGlobalAvg) {
+        float sum = 0.f;
+        for (int64_t oy = 0; oy < ho; ++oy) {
+          const float *row = finish_row(oy, wo);
+          for (int64_t x = 0; x < wo; ++x) sum += row[x];
+        }
+        k.y[n * Cout + co] = sum / (float)(ho * wo);
+      } else if (P == 1) {
+        for (int64_t oy = 0; oy < ho; ++oy) {
+          const float *row = finish_row(oy, wo);
+          std::memcpy(k.y + ((n * Cout + co) * ho + oy) * wo, row, (size_t)wo * sizeof(float));
+        }
+      } else {
+        const int64_t yh = p.yh, yw = p.yw, span = yw * P;
+        for (int64_t py = 0; py < yh; ++py) {
+          for (int64_t dy = 0; dy < P; ++dy) finish_row(py * P + dy, span);
+          const float *rows = base + py * P * pitch;
+          float *dst = k.y + ((n * Cout + co) * yh + py) * yw;
+          if (P == 2) {
+            pool2(rows, rows + pitch, dst, yw);
+            continue;
+          }
+          for (int64_t px = 0; px < yw; ++px) {
+            float m = rows[px * P];
+            for (int64_t dy = 0; dy < P; ++dy)
+              for (int64_t dx = 0; dx < P; ++dx) {
+                const float v = rows[dy * pitch + px * P + dx];
+                if (v > m || v != v) m = v;
+              }
+            dst[px] = m;
+          }
+        }
+      }
+    }
+  }
+}
+
+#if SB_AVX512
+template <int W>
+struct V;
+template <>
+struct V<16> {
+  using T = __m512;
+  using M = __mmask16;
+  static SB_INLINE T zero() { return _mm512_setzero_ps(); }
+  static SB_INLINE T set1(float v) { return _mm512_set1_ps(v); }
+  static SB_INLINE T load(const float *p) { return _mm512_loadu_ps(p); }
+  static SB_INLINE T loadm(M m, const float *p) { return _mm512_maskz_loadu_ps(m, p); }
+  static SB_INLINE T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static SB_INLINE T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static SB_INLINE T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static SB_INLINE T relu(T a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
+  static SB_INLINE void store(float *p, T v) { _mm512_storeu_ps(p, v); }
+  static SB_INLINE void storem(float *p, M m, T v) { _mm512_mask_storeu_ps(p, m, v); }
+  static SB_INLINE M mask(int64_t lanes) {
+    return lanes >= 16 ? (M)0xffff : lanes <= 0 ? (M)0 : (M)((1u << lanes) - 1u);
+  }
+};
+template <>
+struct V<8> {
+  using T = __m256;
+  using M = __mmask8;
+  static SB_INLINE T zero() { return _mm256_setzero_ps(); }
+  static SB_INLINE T set1(float v) { return _mm256_set1_ps(v); }
+  static SB_INLINE T load(const float *p) { return _mm256_loadu_ps(p); }
+  static SB_INLINE T loadm(M m, const float *p) { return _mm256_maskz_loadu_ps(m, p); }
+  static SB_INLINE T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static SB_INLINE T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static SB_INLINE T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static SB_INLINE T relu(T a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
+  static SB_INLINE void store(float *p, T v) { _mm256_storeu_ps(p, v); }
+  static SB_INLINE void storem(float *p, M m, T v) { _mm256_mask_storeu_ps(p, m, v); }
+  static SB_INLINE M mask(int64_t lanes) {
+    return lanes >= 8 ? (M)0xff : lanes <= 0 ? (M)0 : (M)((1u << lanes) - 1u);
+  }
+};
+template <>
+struct V<4> {
+  using T = __m128;
+  using M = __mmask8;
+  static SB_INLINE T zero() { return _mm_setzero_ps(); }
+  static SB_INLINE T set1(float v) { return _mm_set1_ps(v); }
+  static SB_INLINE T load(const float *p) { return _mm_loadu_ps(p); }
+  static SB_INLINE T loadm(M m, const float *p) { return _mm_maskz_loadu_ps(m, p); }
+  static SB_INLINE T fma(T a, T b, T c) { return _mm_fmadd_ps(a, b, c); }
+  static SB_INLINE T add(T a, T b) { return _mm_add_ps(a, b); }
+  static SB_INLINE T mul(T a, T b) { return _mm_mul_ps(a, b); }
+  static SB_INLINE T relu(T a) { return _mm_max_ps(a, _mm_setzero_ps()); }
+  static SB_INLINE void store(float *p, T v) { _mm_storeu_ps(p, v); }
+  static SB_INLINE void storem(float *p, M m, T v) { _mm_mask_storeu_ps(p, m, v); }
+  static SB_INLINE M mask(int64_t lanes) {
+    return lanes >= 4 ? (M)0xf : lanes <= 0 ? (M)0 : (M)((1u << lanes) - 1u);
+  }
+};
+
+// acc[q] += sum over nonzeros j of val[j] * xp[off[j] + W*q ...] (masked lanes read as 0).
+template <int W, int NV, bool Tail>
+SB_INLINE void tile_acc(const float *SB_RESTRICT xp, const Nz *SB_RESTRICT nz, int64_t n,
+                        const typename V<W>::M *mk, typename V<W>::T *acc, int64_t pf) {
+  using Vt = V<W>;
+  constexpr int NCH = NV <= 2 ? 4 : 2;  // independent accumulator chains (FMA latency)
+  typename Vt::T a[NCH][NV];
+  for (int q = 0; q < NV; ++q) a[0][q] = acc[q];
+  for (int h = 1; h < NCH; ++h)
+    for (int q = 0; q < NV; ++q) a[h][q] = Vt::zero();
+  int64_t j = 0;
+  for (; j + NCH <= n; j += NCH) {
+    if (pf) _mm_prefetch((const char *)(nz + j + pf), _MM_HINT_T0);
+    for (int h = 0; h < NCH; ++h) {
+      const typename Vt::T v = Vt::set1(nz[j + h].val);
+      const float *s = xp + nz[j + h].off;
+      for (int q = 0; q < NV; ++q)
+        a[h][q] = Vt::fma(v, Tail ? Vt::loadm(mk[q], s + W * q) : Vt::load(s + W * q), a[h][q]);
+    }
+  }
+  for (; j < n; ++j) {
+    const typename Vt::T v = Vt::set1(nz[j].val);
+    const float *s = xp + nz[j].off;
+    for (int q = 0; q < NV; ++q)
+      a[0][q] = Vt::fma(v, Tail ? Vt::loadm(mk[q], s + W * q) : Vt::load(s + W * q), a[0][q]);
+  }
+  for (int q = 0; q < NV; ++q) {
+    typename Vt::T r = a[0][q];
+    for (int h = 1; h < NCH; ++h) r = Vt::add(r, a[h][q]);
+    acc[q] = r;
+  }
+}
+
+template <int W, int NV>
+void conv_rows(const Job &k, int64_t c0, int64_t c1) {
+  using Vt = V<W>;
+  constexpr int64_t T = W * NV;
+  const sb_conv_plan_impl *pl = k.pl;
+  const sb_conv_plan &p = pl->pub;
+  const sb_conv2d *w = k.w;
+  const Nz *stream = pl->stream;
+  const int32_t *seg = pl->seg;
+  const int64_t P = p.positions, ncb = pl->ncb, win = pl->window;
+  alignas(64) float partial[kPartialFloats];
+  for (int64_t t = 0; t < p.ntiles; ++t) {
+    const int64_t p0 = t * T, valid = P - p0 < T ? P - p0 : T;
+    typename Vt::M mk[NV];
+    for (int q = 0; q < NV; ++q) mk[q] = Vt::mask(valid - W * q);
+    const float *xt = k.xp + p0;
+    // output-channel windows are aligned to multiples of `win`, as the stream is ordered
+    for (int64_t w0 = c0 / win * win; w0 < c1; w0 += win) {
+      const int64_t a0 = w0 > c0 ? w0 : c0, a1 = w0 + win < c1 ? w0 + win : c1;
+      for (int64_t cb = 0; cb < ncb; ++cb) {
+        const bool first = cb == 0, last = cb == ncb - 1;
+        for (int64_t co = a0; co < a1; ++co) {
+          const int64_t s = seg[2 * (co * ncb + cb)], n = seg[2 * (co * ncb + cb) + 1] - s;
+          typename Vt::T acc[NV];
+          float *part = partial + (co - w0) * T;
+          for (int q = 0; q < NV; ++q) acc[q] = first ? Vt::zero() : Vt::load(part + W * q);
+          if (valid == T) tile_acc<W, NV, false>(xt, stream + s, n, mk, acc, k.prefetch);
+          else tile_acc<W, NV, true>(xt, stream + s, n, mk, acc, k.prefetch);
+          if (!last) {
+            for (int q = 0; q < NV; ++q) Vt::store(part + W * q, acc[q]);
+            continue;
+          }
+          const typename Vt::T bb = Vt::set1(w->bias ? w->bias[co] : 0.f);
+          if (p.direct_out) {
+            float *yo = k.y + co * P + p0;
+            const float *ro = k.residual ? k.residual + co * P + p0 : nullptr;
+            const typename Vt::T sc = Vt::set1(pl->scale ? pl->scale[co] : 1.f);
+            for (int q = 0; q < NV; ++q) {
+              typename Vt::T v = Vt::add(acc[q], bb);
+              if (ro) v = Vt::add(v, Vt::loadm(mk[q], ro + W * q));
+              if (k.act == kActRelu) v = Vt::relu(v);
+              if (pl->scale && k.act != kActGelu) v = Vt::mul(v, sc);
+              Vt::storem(yo + W * q, mk[q], v);
+            }
+            if (k.act == kActGelu) {  // rare for convolutions: scalar
+              for (int64_t i = 0; i < valid; ++i) {
+                const float g = gelu_scalar(yo[i]);
+                yo[i] = pl->scale ? g * pl->scale[co] : g;
+              }
+            }
+          } else {
+            float *eo = pl->ext + co * pl->ext_stride + p0;
+            for (int q = 0; q < NV; ++q) Vt::store(eo + W * q, Vt::add(acc[q], bb));
+          }
+        }
+      }
+    }
+  }
+}
+
+void run_rows(int64_t tile, const Job &k, int64_t c0, int64_t c1) {
+  switch (tile) {
+    case 4: conv_rows<4, 1>(k, c0, c1); break;
+    case 8: conv_rows<8, 1>(k, c0, c1); break;
+    case 16: conv_rows<16, 1>(k, c0, c1); break;
+    case 32: conv_rows<16, 2>(k, c0, c1); break;
+    case 48: conv_rows<16, 3>(k, c0, c1); break;
+    case 64: conv_rows<16, 4>(k, c0, c1); break;
+    case 96: conv_rows<16, 6>(k, c0, c1); break;
+    default: conv_rows<16, 8>(k, c0, c1); break;
+  }
+  if (!k.pl->pub.direct_out) compact(k, c0, c1);
+}
+#else
+// Portable version (AVX2 / scalar builds): the same tiles and blocks as plain loops the
+// compiler vectorises.
+template <int64_t T>
+void conv_rows(const Job &k, int64_t c0, int64_t c1) {
+  const sb_conv_plan_impl *pl = k.pl;
+  const sb_conv_plan &p = pl->pub;
+  const sb_conv2d *w = k.w;
+  const Nz *stream = pl->stream;
+  const int32_t *seg = pl->seg;
+  const int64_t P = p.positions, ncb = pl->ncb, win = pl->window;
+  static thread_local float partial[kPartialFloats];
+  for (int64_t t = 0; t < p.ntiles; ++t) {
+    const int64_t p0 = t * T, valid = P - p0 < T ? P - p0 : T;
+    for (int64_t w0 = c0 / win * win; w0 < c1; w0 += win) {
+      const int64_t a0 = w0 > c0 ? w0 : c0, a1 = w0 + win < c1 ? w0 + win : c1;
+      for (int64_t cb = 0; cb < ncb; ++cb) {
+        for (int64_t co = a0; co < a1; ++co) {
+          float *acc = partial + (co - w0) * T;
+          if (cb == 0)
+            for (int64_t i = 0; i < T; ++i) acc[i] = 0.f;
+          for (int64_t j = seg[2 * (co * ncb + cb)]; j < seg[2 * (co * ncb + cb) + 1]; ++j) {
+            const float v = stream[j].val;
+            const float *SB_RESTRICT s = k.xp + p0 + stream[j].off;
+            if (valid == T) {
+              for (int64_t i = 0; i < T; ++i) acc[i] += v * s[i];
+            } else {
+              for (int64_t i = 0; i < valid; ++i) acc[i] += v * s[i];
+            }
+          }
+          if (cb != ncb - 1) continue;
+          const float b = w->bias ? w->bias[co] : 0.f;
+          if (p.direct_out) {
+            float *yo = k.y + co * P + p0;
+            const float *ro = k.residual ? k.residual + co * P + p0 : nullptr;
+            const float sc = pl->scale ? pl->scale[co] : 1.f;
+            for (int64_t i = 0; i < valid; ++i) {
+              const float v = act_scalar(acc[i] + b + (ro ? ro[i] : 0.f), k.act);
+              yo[i] = pl->scale ? v * sc : v;
+            }
+          } else {
+            float *eo = pl->ext + co * pl->ext_stride + p0;
+            for (int64_t i = 0; i < T; ++i) eo[i] = acc[i] + b;
+          }
+        }
+      }
+    }
+  }
+}
+
+void run_rows(int64_t tile, const Job &k, int64_t c0, int64_t c1) {
+  switch (tile) {
+    case 16: conv_rows<16>(k, c0, c1); break;
+    case 32: conv_rows<32>(k, c0, c1); break;
+    case 48: conv_rows<48>(k, c0, c1); break;
+    case 64: conv_rows<64>(k, c0, c1); break;
+    case 96: conv_rows<96>(k, c0, c1); break;
+    default: conv_rows<128>(k, c0, c1); break;
+  }
+  if (!k.pl->pub.direct_out) compact(k, c0, c1);
+}
+#endif
+
+bool valid_weight(const sb_conv2d *w) {
+  return w && w->out_channels >= 1 && w->in_channels >= 1 && w->kernel_h >= 1 &&
+         w->kernel_w >= 1 && w->stride_h >= 1 && w->stride_w >= 1 && w->pad_h >= 0 &&
+         w->pad_w >= 0 && w->row_ptr && w->act >= kActNone && w->act <= kActGelu &&
+         (w->index_bits == 16 || w->index_bits == 32) &&
+         (w->row_ptr[w->out_channels] == 0 || (w->col_idx && w->values));
+}
+
+int64_t column(const sb_conv2d *w, int64_t j) {
+  return w->index_bits == 16 ? (int64_t)((const int16_t *)w->col_idx)[j]
+                             : (int64_t)((const int32_t *)w->col_idx)[j];
 }
 
 }  // namespace
@@ -87,26 +549,217 @@ extern "C" int64_t sb_conv_out_size(int64_t in, int64_t k, int64_t stride, int64
   return (in + 2 * pad - k) / stride + 1;
 }
 
+extern "C" void sb_conv2d_plan_free(sb_conv_plan *p) {
+  if (!p) return;
+  sb_conv_plan_impl *pl = (sb_conv_plan_impl *)p;
+  pl->magic = 0;
+  std::free(pl->mem);
+  std::free(pl);
+}
+
+extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t width,
+                              int64_t pool, const float *scale, sb_conv_plan **out) {
+  if (!out) return SB_EINVAL;
+  *out = nullptr;
+  if (w && w->index_bits != 16 && w->index_bits != 32) return SB_EINDEX;
+  if (!sb::valid_weight(w) || n < 1 || h < 1 || width < 1 || pool < sb::kGlobalAvg)
+    return SB_EINVAL;
+  const int64_t Cin = w->in_channels, Cout = w->out_channels, kh = w->kernel_h, kw = w->kernel_w;
+  const int64_t ho = sb_conv_out_size(h, kh, w->stride_h, w->pad_h);
+  const int64_t wo = sb_conv_out_size(width, kw, w->stride_w, w->pad_w);
+  if (ho <= 0 || wo <= 0) return SB_EINVAL;
+  if (pool > 1 && (ho < pool || wo < pool)) return SB_EINVAL;
+  // sizes must keep every offset in int32 and the scratch allocatable
+  const double planes = (double)w->stride_h * (kw > w->stride_w ? kw : w->stride_w) * Cin;
+  const double plane = (double)n * (ho + kh) * (wo + kw) + 16;
+  if (planes * plane > (double)sb::kMaxPacked || (double)Cout * plane > 4e9) return SB_EINVAL;
+  const int64_t nnz = w->row_ptr[Cout];
+  // the row pointers must be sane before they size anything (Python validates them too)
+  for (int64_t co = 0; co < Cout; ++co)
+    if (w->row_ptr[co] > w->row_ptr[co + 1] || w->row_ptr[co] < 0) return SB_EINVAL;
+
+  // Measured (kernels/README.md): taps for maps of at most 16 outputs that fill one or two
+  // vectors (4x4 at batch 1-2, 2x2 at batch 4-8), shift for tinier ones, kx-copy up to 16
+  // wide and for widths that are a multiple of 16 at batch 1 (aligned rows, epilogue straight
+  // into y), shift otherwise.
+  int64_t layout = sb::g_conv_layout;
+  if (layout < sb::kShift || layout > sb::kTaps) {
+    const int64_t hw = ho * wo;
+    layout = kh * kw == 1 ? sb::kShift
+             : hw <= 16 && n * hw >= 16 && n * hw <= 32 ? sb::kTaps
+             : hw <= 4 ? sb::kShift
+             : wo <= 16 || (wo % 16 == 0 && n == 1) ? sb::kKxCopy : sb::kShift;
+  }
+  const sb::Geo g = sb::layout_geometry(w, n, h, width, ho, wo, pool, layout);
+
+  // channel blocks: the input one tile reads per channel, kept within the L1 budget
+  const int64_t per_channel =
+      g.copies * (g.tile + ((kh - 1) / w->stride_h) * g.pitch) * (int64_t)sizeof(float);
+  int64_t cbs = (int64_t)sb::g_conv_l1_kb * 1024 / (per_channel > 0 ? per_channel : 1);
+  if (cbs < 1) cbs = 1;
+  if (cbs > Cin) cbs = Cin;
+  const int64_t ncb = (Cin + cbs - 1) / cbs;
+  const int64_t ntiles = (g.positions + g.tile - 1) / g.tile;
+  const int64_t pack = g.direct_in ? 0 : g.copies * Cin * g.plane;
+  const int64_t ext = g.direct_out ? 0 : Cout * ntiles * g.tile;
+
+  sb_conv_plan_impl *pl = (sb_conv_plan_impl *)std::calloc(1, sizeof(sb_conv_plan_impl));
+  if (!pl) return SB_ENOMEM;
+  // narrow maps are packed with gathers from a precomputed map (AVX-512 builds)
+  const int64_t img = g.hq * g.pitch;
+#if SB_AVX512
+  const bool gather = !g.direct_in && g.pitch < 32 && (double)w->stride_w * g.copies * img < 1e6;
+#else
+  const bool gather = false;
+#endif
+  const size_t gints = gather ? (size_t)(g.copies * img) : 0;
+  const size_t ints = 2 * (size_t)nnz + (size_t)Cout * (size_t)(ncb + 1) + 2 * (size_t)Cout * ncb +
+                      gints;
+  const size_t bytes = (size_t)(pack + ext) * sizeof(float) + ints * sizeof(int32_t) + 64;
+  pl->mem = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (!pl->mem) {
+    std::free(pl);
+    return SB_ENOMEM;
+  }
+  float *f = (float *)pl->mem;
+  pl->pack = pack ? f : nullptr;
+  pl->ext = ext ? f + pack : nullptr;
+  pl->stream = (sb::Nz *)(f + pack + ext);
+  int32_t *blk = (int32_t *)(pl->stream + nnz);  // CSR position of each (row, block) start
+  pl->seg = blk + Cout * (ncb + 1);
+  pl->gmap = gather ? pl->seg + 2 * Cout * ncb : nullptr;
+  if (pack) std::memset(pl->pack, 0, (size_t)pack * sizeof(float));
+  if (ext) std::memset(pl->ext, 0, (size_t)ext * sizeof(float));
+
+  sb_conv_plan &p = pl->pub;
+  p.n = n, p.h = h, p.w = width, p.ho = ho, p.wo = wo, p.hq = g.hq, p.wq = g.pitch;
+  p.plane = g.plane, p.positions = g.positions, p.tile = g.tile, p.ntiles = ntiles;
+  p.direct_in = g.direct_in, p.direct_out = g.direct_out;
+  p.pool = pool > 1 || pool == sb::kGlobalAvg ? pool : 0;
+  p.yh = p.pool == sb::kGlobalAvg ? 1 : p.pool ? ho / pool : ho;
+  p.yw = p.pool == sb::kGlobalAvg ? 1 : p.pool ? wo / pool : wo;
+  p.layout = layout;
+  p.channel_blocks = ncb;
+  p.scratch_bytes = (int64_t)bytes;
+  pl->w = w;
+  pl->magic = sb::kMagic;
+  pl->layout = layout;
+  pl->per_row = layout == sb::kShift ? w->stride_w : kw;
+  pl->ncopies = g.copies, pl->pitch = g.pitch, pl->ncb = ncb, pl->cbs = cbs;
+  pl->ext_stride = ntiles * g.tile;
+  pl->window = sb::kPartialFloats / g.tile > 0 ? sb::kPartialFloats / g.tile : 1;
+  pl->scale = scale;
+  if (gather) {  // copy index = row phase * per_row + column copy (as pack_copy)
+    for (int64_t copy = 0; copy < g.copies; ++copy) {
+      const int64_t a = copy / pl->per_row, u = copy % pl->per_row;
+      for (int64_t i = 0; i < g.hq; ++i)
+        for (int64_t j = 0; j < g.pitch; ++j) {
+          const int64_t iy = w->stride_h * i + a - w->pad_h, ix = w->stride_w * j + u - w->pad_w;
+          pl->gmap[copy * img + i * g.pitch + j] =
+              iy >= 0 && iy < h && ix >= 0 && ix < width ? (int32_t)(iy * width + ix) : -1;
+        }
+    }
+  }
+
+  const int64_t khw = kh * kw, K = Cin * khw, sh = w->stride_h, sw = w->stride_w;
+  // offsets in CSR order (temporarily in the seg area's tail is not enough: own buffer)
+  int32_t *off = (int32_t *)std::malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(int32_t));
+  if (!off) {
+    sb_conv2d_plan_free(&pl->pub);
+    return SB_ENOMEM;
+  }
+  for (int64_t co = 0; co < Cout; ++co) {
+    int64_t cb = 0, prev = -1;
+    blk[co * (ncb + 1)] = w->row_ptr[co];
+    for (int64_t j = w->row_ptr[co]; j < w->row_ptr[co + 1]; ++j) {
+      const int64_t col = sb::column(w, j);
+      if (col < 0 || col >= K || col < prev) {  // out of range, or not sorted within the row
+        std::free(off);
+        sb_conv2d_plan_free(&pl->pub);
+        return SB_EINVAL;
+      }
+      prev = col;
+      const int64_t c = col / khw, r = col - c * khw, ky = r / kw, kx = r - ky * kw;
+      const int64_t a = ky % sh, qy = ky / sh;
+      int64_t o;
+      if (layout == sb::kTaps) o = (r * Cin + c) * g.plane;
+      else if (layout == sb::kKxCopy) o = ((a * kw + kx) * Cin + c) * g.plane + qy * g.pitch;
+      else o = ((a * sw + kx % sw) * Cin + c) * g.plane + qy * g.pitch + kx / sw;
+      off[j] = (int32_t)o;
+      while (c >= (cb + 1) * cbs) blk[co * (ncb + 1) + ++cb] = (int32_t)j;
+    }
+    while (cb < ncb) blk[co * (ncb + 1) + ++cb] = w->row_ptr[co + 1];
+  }
+  // the stream in the order conv_rows reads it: window of rows, channel block, row
+  int64_t pos = 0;
+  for (int64_t w0 = 0; w0 < Cout; w0 += pl->window)
+    for (int64_t cb = 0; cb < ncb; ++cb)
+      for (int64_t co = w0; co < Cout && co < w0 + pl->window; ++co) {
+        pl->seg[2 * (co * ncb + cb)] = (int32_t)pos;
+        for (int64_t j = blk[co * (ncb + 1) + cb]; j < blk[co * (ncb + 1) + cb + 1]; ++j)
+          pl->stream[pos++] = sb::Nz{off[j], w->values[j]};
+        pl->seg[2 * (co * ncb + cb) + 1] = (int32_t)pos;
+      }
+  std::free(off);
+  *out = &pl->pub;
+  return SB_OK;
+}
+
+extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const float *x,
+                             const float *residual, float *y, int num_threads) {
+  if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
+  const sb_conv_plan_impl *pl = (const sb_conv_plan_impl *)plan;
+  if (!pl || pl->magic != sb::kMagic || pl->w != w || !sb::valid_weight(w)) return SB_EINVAL;
+  const sb_conv_plan &p = pl->pub;
+  if (!x || !y) return SB_EINVAL;
+  const int64_t Cin = w->in_channels, Cout = w->out_channels;
+  const float *xp = x;
+  if (!p.direct_in && pl->gmap) {
+#if SB_AVX512
+    const int pack_threads = pl->ncopies * Cin * p.plane < sb::g_conv_pack_min ? 1 : num_threads;
+    const int64_t items = Cin * p.n, nc = sb::chunk_count(items, pack_threads, 4);
+    sb::parallel_for(pack_threads, nc, [&](int64_t c) {
+      for (int64_t i = items * c / nc; i < items * (c + 1) / nc; ++i)
+        sb::pack_gather(w, pl, x, i % Cin, i / Cin);
+    });
+#endif
+    xp = pl->pack;
+  } else if (!p.direct_in) {
+    const int64_t planes = pl->ncopies * Cin, per_row = pl->per_row;
+    const int64_t nc = sb::chunk_count(planes, num_threads, 4);
+    sb::parallel_for(num_threads, nc, [&](int64_t c) {
+      for (int64_t i = planes * c / nc; i < planes * (c + 1) / nc; ++i) {
+        const int64_t copy = i / Cin, ch = i - copy * Cin;
+        sb::pack_copy(w, pl, x, copy / per_row, copy % per_row, ch, pl->pack + i * p.plane);
+      }
+    });
+    xp = pl->pack;
+  }
+  const sb::Job job{w, pl, xp, residual, y, (int)w->act, sb::g_conv_prefetch};
+  const int64_t nc = sb::chunk_count(Cout, num_threads, sb::g_conv_chunks);
+  sb::parallel_for(num_threads, nc, [&](int64_t c) {
+    int64_t lo, hi;
+    sb::balanced_range(w->row_ptr, Cout, 4, c, nc, &lo, &hi);
+    if (lo < hi) sb::run_rows(p.tile, job, lo, hi);
+  });
+  return SB_OK;
+}
+
 extern "C" int sb_csr_conv2d(const sb_conv2d *w, const float *x, int64_t N, int64_t H,
                              int64_t W, float *y, int num_threads) {
   if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
   if (!w) return SB_EINVAL;
-  const int64_t Cout = w->out_channels, Cin = w->in_channels, kh = w->kernel_h, kw = w->kernel_w;
-  const int64_t sh = w->stride_h, sw = w->stride_w, ph = w->pad_h, pw = w->pad_w;
-  if (Cout < 0 || Cin < 0 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 ||
-      N < 0 || H < 0 || W < 0 || !w->row_ptr)
+  if (w->index_bits != 16 && w->index_bits != 32) return SB_EINDEX;
+  if (w->out_channels < 0 || w->in_channels < 0 || !w->row_ptr || N < 0 || H < 0 || W < 0)
     return SB_EINVAL;
-  const sb::ConvShape s{Cout, Cin, kh, kw, sh, sw, ph, pw, N, H, W,
-                        sb_conv_out_size(H, kh, sh, ph), sb_conv_out_size(W, kw, sw, pw)};
-  if (s.Ho <= 0 || s.Wo <= 0) return SB_EINVAL;
-  if (N == 0 || Cout == 0) return SB_OK;
-  if (!y || (w->row_ptr[Cout] > 0 && (!w->col_idx || !w->values || !x))) return SB_EINVAL;
-  const int relu = w->relu != 0;
-  if (w->index_bits == 32)
-    return sb::csr_conv2d(s, w->row_ptr, (const int32_t *)w->col_idx, w->values, w->bias, relu,
-                          x, y, num_threads);
-  if (w->index_bits == 16)
-    return sb::csr_conv2d(s, w->row_ptr, (const int16_t *)w->col_idx, w->values, w->bias, relu,
-                          x, y, num_threads);
-  return SB_EINDEX;
+  const int64_t Ho = sb_conv_out_size(H, w->kernel_h, w->stride_h, w->pad_h);
+  const int64_t Wo = sb_conv_out_size(W, w->kernel_w, w->stride_w, w->pad_w);
+  if (Ho <= 0 || Wo <= 0) return SB_EINVAL;
+  if (N == 0 || w->out_channels == 0) return SB_OK;
+  if (!y) return SB_EINVAL;
+  sb_conv_plan *p = nullptr;
+  int st = sb_conv2d_plan(w, N, H, W, 0, nullptr, &p);
+  if (st == SB_OK) st = sb_conv2d_run(w, p, x, nullptr, y, num_threads);
+  sb_conv2d_plan_free(p);
+  return st;
 }

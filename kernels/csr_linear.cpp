@@ -18,6 +18,8 @@ namespace sb {
 int g_spmv_gather = 1;
 int g_transpose_batch = 3;
 int g_batch_chunk = 64;
+int g_linear_chunks = 8;
+int g_linear_min_parallel = 32768;
 
 namespace {
 
@@ -85,14 +87,14 @@ SB_INLINE float dot_gather(const float *SB_RESTRICT v, const Idx *SB_RESTRICT c,
 // Rows [lo, hi) for every batch element, one sparse dot product each.
 template <typename Idx, bool Gather>
 void rows_dot(int64_t lo, int64_t hi, int64_t M, int64_t K, const int32_t *rp, const Idx *ci,
-              const float *val, const float *bias, int relu, const float *x, int64_t B,
+              const float *val, const float *bias, int act, const float *x, int64_t B,
               float *y) {
   for (int64_t m = lo; m < hi; ++m) {
     const int64_t s = rp[m], n = rp[m + 1] - s;
     for (int64_t b = 0; b < B; ++b) {
       const float *xb = x + b * K;
       const float d = Gather ? dot_gather(val + s, ci + s, n, xb) : dot_scalar(val + s, ci + s, n, xb);
-      y[b * M + m] = finish(d, bias, m, relu);
+      y[b * M + m] = finish(d, bias, m, act);
     }
   }
 }
@@ -116,7 +118,7 @@ void transpose_chunk(const float *x, int64_t K, int64_t b0, int64_t bc, int64_t 
 #if SB_AVX512
 template <int NV, typename Idx>
 void rows_bcast(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx *ci,
-                const float *val, const float *bias, int relu, const float *xt, int64_t b0,
+                const float *val, const float *bias, int act, const float *xt, int64_t b0,
                 int64_t bc, float *y) {
   constexpr int64_t LD = 16 * NV;
   alignas(64) float tmp[LD];
@@ -141,7 +143,7 @@ void rows_bcast(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx 
     const __m512 bb = _mm512_set1_ps(bias ? bias[m] : 0.f);
     for (int q = 0; q < NV; ++q) {
       __m512 r = _mm512_add_ps(_mm512_add_ps(a[q], c2[q]), bb);
-      if (relu) r = _mm512_max_ps(r, _mm512_setzero_ps());
+      if (act == kActRelu) r = _mm512_max_ps(r, _mm512_setzero_ps());
       _mm512_store_ps(tmp + 16 * q, r);
     }
     for (int64_t b = 0; b < bc; ++b) y[(b0 + b) * M + m] = tmp[b];
@@ -151,7 +153,7 @@ void rows_bcast(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx 
 
 template <int LD, typename Idx>
 void rows_bcast_generic(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx *ci,
-                        const float *val, const float *bias, int relu, const float *xt,
+                        const float *val, const float *bias, int act, const float *xt,
                         int64_t b0, int64_t bc, float *y) {
   alignas(64) float acc[LD];
   for (int64_t m = lo; m < hi; ++m) {
@@ -161,46 +163,50 @@ void rows_bcast_generic(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, co
       const float *SB_RESTRICT xr = xt + (int64_t)ci[j] * LD;
       for (int b = 0; b < LD; ++b) acc[b] += v * xr[b];
     }
-    for (int64_t b = 0; b < bc; ++b) y[(b0 + b) * M + m] = finish(acc[b], bias, m, relu);
+    for (int64_t b = 0; b < bc; ++b) y[(b0 + b) * M + m] = finish(acc[b], bias, m, act);
   }
 }
 
 template <typename Idx>
 void rows_chunk(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx *ci,
-                const float *val, const float *bias, int relu, const float *xt, int64_t ld,
+                const float *val, const float *bias, int act, const float *xt, int64_t ld,
                 int64_t b0, int64_t bc, float *y) {
 #if SB_AVX512
   switch (ld) {
-    case 16: return rows_bcast<1>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
-    case 32: return rows_bcast<2>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
-    case 48: return rows_bcast<3>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
-    default: return rows_bcast<4>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    case 16: return rows_bcast<1>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
+    case 32: return rows_bcast<2>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
+    case 48: return rows_bcast<3>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
+    default: return rows_bcast<4>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
   }
 #else
   switch (ld) {
-    case 8: return rows_bcast_generic<8>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
-    case 16: return rows_bcast_generic<16>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
-    case 24: return rows_bcast_generic<24>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
-    case 32: return rows_bcast_generic<32>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
-    case 40: return rows_bcast_generic<40>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
-    case 48: return rows_bcast_generic<48>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
-    case 56: return rows_bcast_generic<56>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
-    default: return rows_bcast_generic<64>(lo, hi, M, rp, ci, val, bias, relu, xt, b0, bc, y);
+    case 8: return rows_bcast_generic<8>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
+    case 16: return rows_bcast_generic<16>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
+    case 24: return rows_bcast_generic<24>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
+    case 32: return rows_bcast_generic<32>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
+    case 40: return rows_bcast_generic<40>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
+    case 48: return rows_bcast_generic<48>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
+    case 56: return rows_bcast_generic<56>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
+    default: return rows_bcast_generic<64>(lo, hi, M, rp, ci, val, bias, act, xt, b0, bc, y);
   }
 #endif
 }
 
 template <typename Idx>
 int csr_linear(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const float *val,
-               const float *bias, int relu, const float *x, int64_t B, float *y, int nt) {
+               const float *bias, int act, const float *x, int64_t B, float *y, int nt) {
+  // work too small to repay a parallel region (a few us of hand-over): stay on this thread
+  if ((int64_t)rp[M] * B + 8 * M * B < g_linear_min_parallel) nt = 1;
   if (B < g_transpose_batch || B < 2) {
     const bool gather = g_spmv_gather != 0;
-    const int64_t nc = chunk_count(M, nt, 8);
+    const int64_t nc = chunk_count(M, nt, g_linear_chunks);
     parallel_for(nt, nc, [&](int64_t c) {
       int64_t lo, hi;
       balanced_range(rp, M, 8, c, nc, &lo, &hi);
-      if (gather) rows_dot<Idx, true>(lo, hi, M, K, rp, ci, val, bias, relu, x, B, y);
-      else rows_dot<Idx, false>(lo, hi, M, K, rp, ci, val, bias, relu, x, B, y);
+      if (gather) rows_dot<Idx, true>(lo, hi, M, K, rp, ci, val, bias, act, x, B, y);
+      else rows_dot<Idx, false>(lo, hi, M, K, rp, ci, val, bias, act, x, B, y);
+      if (act == kActGelu)
+        for (int64_t b = 0; b < B; ++b) act_range(y + b * M + lo, hi - lo, act);
     });
     return SB_OK;
   }
@@ -215,7 +221,7 @@ int csr_linear(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const flo
   const int64_t ld_max = B < bchunk ? (B + kVec - 1) / kVec * kVec : bchunk;
   float *xt = (float *)std::aligned_alloc(64, (size_t)((K * ld_max * 4 + 127) / 64 * 64));
   if (!xt) return SB_ENOMEM;
-  const int64_t nc = chunk_count(M, nt, 8), kc = chunk_count(K, nt, 2);
+  const int64_t nc = chunk_count(M, nt, g_linear_chunks), kc = chunk_count(K, nt, 2);
   for (int64_t b0 = 0; b0 < B; b0 += bchunk) {
     const int64_t bc = B - b0 < bchunk ? B - b0 : bchunk;
     const int64_t ld = (bc + kVec - 1) / kVec * kVec;
@@ -225,7 +231,9 @@ int csr_linear(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const flo
     parallel_for(nt, nc, [&](int64_t c) {
       int64_t lo, hi;
       balanced_range(rp, M, 2, c, nc, &lo, &hi);
-      rows_chunk(lo, hi, M, rp, ci, val, bias, relu, xt, ld, b0, bc, y);
+      rows_chunk(lo, hi, M, rp, ci, val, bias, act, xt, ld, b0, bc, y);
+      if (act == kActGelu)
+        for (int64_t b = b0; b < b0 + bc; ++b) act_range(y + b * M + lo, hi - lo, act);
     });
   }
   std::free(xt);
@@ -243,12 +251,13 @@ extern "C" int sb_csr_linear(const sb_linear *w, const float *x, int64_t B, floa
   if (M < 0 || K < 0 || B < 0 || !w->row_ptr || !y || (K > 0 && B > 0 && !x)) return SB_EINVAL;
   if (w->row_ptr[M] > 0 && (!w->col_idx || !w->values)) return SB_EINVAL;
   if (M == 0 || B == 0) return SB_OK;
-  const int relu = w->relu != 0;
+  const int act = (int)w->act;
+  if (w->act < 0 || w->act > sb::kActGelu) return SB_EINVAL;
   if (w->index_bits == 32)
-    return sb::csr_linear(M, K, w->row_ptr, (const int32_t *)w->col_idx, w->values, w->bias, relu,
+    return sb::csr_linear(M, K, w->row_ptr, (const int32_t *)w->col_idx, w->values, w->bias, act,
                           x, B, y, num_threads);
   if (w->index_bits == 16)
-    return sb::csr_linear(M, K, w->row_ptr, (const int16_t *)w->col_idx, w->values, w->bias, relu,
+    return sb::csr_linear(M, K, w->row_ptr, (const int16_t *)w->col_idx, w->values, w->bias, act,
                           x, B, y, num_threads);
   return SB_EINDEX;
 }

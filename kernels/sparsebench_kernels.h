@@ -6,7 +6,8 @@
  *   - float32 data, row-major / NCHW, C-contiguous; sizes are int64_t.
  *   - row pointers are int32 (M+1 entries, row_ptr[0] == 0, non-decreasing);
  *     column indices are int16 or int32, selected by index_bits (16 or 32).
- *   - bias may be NULL; relu != 0 fuses max(y, 0) into the store.
+ *   - bias may be NULL; act fuses an activation into the store: SB_ACT_NONE, SB_ACT_RELU
+ *     (max(y, 0)) or SB_ACT_GELU (x/2 (1 + erf(x/sqrt 2)), |error| <= 2e-7).
  *   - 1 <= num_threads <= 255; the kernel runs on that many threads (1 = inline, no
  *     threading): the caller plus num_threads-1 workers of a persistent pool that claim
  *     chunks of work dynamically, so a descheduled worker never stalls the call.
@@ -22,7 +23,11 @@
 extern "C" {
 #endif
 
-#define SB_ABI_VERSION 1
+#define SB_ABI_VERSION 2
+
+#define SB_ACT_NONE 0
+#define SB_ACT_RELU 1
+#define SB_ACT_GELU 2
 
 #define SB_OK 0
 #define SB_EINVAL 1   /* NULL pointer, negative/zero size, bad stride, ... */
@@ -40,6 +45,13 @@ const char *sb_isa(void);
  *   "spmv_gather"        1 = AVX-512/AVX2 gathers for batch<transpose_batch, 0 = scalar loads
  *   "transpose_batch"    batch size from which X is transposed and vectorised over the batch
  *   "batch_chunk"        batch elements per transposed chunk (16..64, multiple of the vector)
+ *   "conv_layout"        0 shift, 1 kx-copy, 2 taps, 3 auto (default; csr_conv.cpp), new plans
+ *   "conv_l1_kb"         input KB per channel block of a conv tile (applies to new plans)
+ *   "conv_prefetch"      conv weight-stream software prefetch distance in nonzeros (0: off)
+ *   "linear_chunks"      linear row chunks per thread (default 8)
+ *   "linear_min_parallel" work (nnz*batch + 8*rows*batch) below which a linear runs on one thread
+ *   "conv_chunks"        conv output-channel chunks per thread (default 2)
+ *   "conv_pack_min"      packed floats below which conv packing is not split across threads
  * Returns the previous value, or -1 for an unknown key (value < 0 only queries). */
 int sb_tuning(const char *key, int value);
 
@@ -53,7 +65,7 @@ typedef struct sb_linear {
   const float *values;            /* CSR: nnz floats; BSR: nblocks*R*C, each block row-major */
   const float *bias;              /* M floats or NULL */
   int64_t index_bits;             /* 16 or 32: width of col_idx entries */
-  int64_t relu;                   /* nonzero: fused max(y, 0) */
+  int64_t act;                    /* SB_ACT_NONE / SB_ACT_RELU / SB_ACT_GELU */
 } sb_linear;
 
 /* A sparse convolution weight: CSR(Cout x Cin*kh*kw), column index c*kh*kw + ky*kw + kx. */
@@ -65,7 +77,7 @@ typedef struct sb_conv2d {
   const float *values;
   const float *bias; /* Cout floats or NULL */
   int64_t index_bits;
-  int64_t relu;
+  int64_t act; /* SB_ACT_*, applied after the residual add */
 } sb_conv2d;
 
 /* Y[B, M] = X[B, K] @ W^T (+ bias) (relu) with W in CSR (block_rows/cols ignored). */
@@ -78,9 +90,44 @@ int sb_bsr_linear(const sb_linear *w, const float *x, int64_t batch, float *y, i
 int64_t sb_conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad);
 
 /* Sparse 2-D convolution without im2col: x is N x Cin x H x W, y is N x Cout x Ho x Wo
- * with Ho, Wo from sb_conv_out_size (both must be > 0). */
+ * with Ho, Wo from sb_conv_out_size (both must be > 0). Allocates its scratch per call;
+ * the planned API below reuses it. */
 int sb_csr_conv2d(const sb_conv2d *w, const float *x, int64_t n, int64_t h, int64_t width,
                   float *y, int num_threads);
+
+/* A convolution planned for one input shape: sb_conv2d_plan allocates and fills it (tap
+ * offsets, channel blocks, the layout and tile choice, scratch for the packed input and the
+ * extended output); sb_conv2d_run executes it; sb_conv2d_plan_free releases it. The plan
+ * keeps pointers to the weight descriptor `w` and to `scale`: both must outlive it and stay
+ * unchanged. A plan is not re-entrant (its scratch is shared): one sb_conv2d_run at a time.
+ * Column indices must be sorted within each row. The fields are informational. */
+typedef struct sb_conv_plan {
+  int64_t n, h, w;          /* input shape (N, H, W) */
+  int64_t ho, wo;           /* convolution output */
+  int64_t hq, wq;           /* rows per image and row pitch of the packed layout */
+  int64_t plane;            /* floats per (copy, channel) plane */
+  int64_t positions;        /* extended output positions per channel */
+  int64_t tile, ntiles;     /* output positions per register tile, tiles per channel */
+  int64_t direct_in;        /* 1: x is used in place (no packing) */
+  int64_t direct_out;       /* 1: the extended output is y itself */
+  int64_t pool;             /* fused max-pool window (= stride), -1 global average, 0 none */
+  int64_t yh, yw;           /* final output rows/cols (after the pool) */
+  int64_t layout;           /* 0: shift (phase copies), 1: kx-copy, 2: taps */
+  int64_t channel_blocks;   /* input-channel blocks (partial sums between them) */
+  int64_t scratch_bytes;    /* memory owned by the plan */
+} sb_conv_plan;
+
+/* Plan w for input N x Cin x H x W with a fused max-pool `pool` (window = stride; 0/1: none;
+ * -1: global average pool, y is N x Cout x 1 x 1) and optional
+ * post-activation channel scales (Cout floats, or NULL). *out receives the plan. */
+int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t width, int64_t pool,
+                   const float *scale, sb_conv_plan **out);
+void sb_conv2d_plan_free(sb_conv_plan *p);
+
+/* y = pool(scale * act(conv(x) + bias + residual)); residual (N x Cout x Ho x Wo) may be NULL.
+ * y is N x Cout x yh x yw. */
+int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *p, const float *x,
+                  const float *residual, float *y, int num_threads);
 
 #ifdef __cplusplus
 }

@@ -85,13 +85,24 @@ static void free_csr(csr_t s) {
   free(s.v);
 }
 
-static void ref_linear(const float *w, int64_t M, int64_t K, const float *bias, int relu,
+static double ref_act(double s, int act) {
+  if (act == SB_ACT_RELU) return s < 0 ? 0.0 : s;
+  if (act == SB_ACT_GELU) return 0.5 * s * (1.0 + erf(s / sqrt(2.0)));
+  return s;
+}
+
+/* variant -> activation: every code appears with and without bias and threads */
+static int variant_act(int variant) {
+  return (variant & 1) ? SB_ACT_RELU : (variant == 2 || variant == 4) ? SB_ACT_GELU : SB_ACT_NONE;
+}
+
+static void ref_linear(const float *w, int64_t M, int64_t K, const float *bias, int act,
                        const float *x, int64_t B, float *y) {
   for (int64_t b = 0; b < B; ++b)
     for (int64_t m = 0; m < M; ++m) {
       double s = bias ? bias[m] : 0.0;
       for (int64_t k = 0; k < K; ++k) s += (double)w[m * K + k] * x[b * K + k];
-      y[b * M + m] = (float)(relu && s < 0 ? 0.0 : s);
+      y[b * M + m] = (float)ref_act(s, act);
     }
 }
 
@@ -111,7 +122,8 @@ static void test_csr(int64_t M, int64_t K, double density, int64_t empty_every) 
     const int64_t B = batches[bi];
     float *x = falloc(B * K), *y = falloc(B * M), *r = falloc(B * M);
     for (int variant = 0; variant < 8; ++variant) {
-      const int relu = variant & 1, threads = 1 + ((variant >> 1) & 1), gather = variant >> 2;
+      const int relu = variant_act(variant), threads = 1 + ((variant >> 1) & 1);
+      const int gather = variant >> 2;
       const float *bp = (variant % 3) ? bias : NULL;
       ref_linear(w, M, K, bp, relu, x, B, r);
       sb_tuning("spmv_gather", gather);
@@ -165,7 +177,8 @@ static void test_bsr(int64_t R, int64_t C, int64_t MB, int64_t KB, double densit
   for (int64_t B = 1; B <= 9; B += 4) {
     float *x = falloc(B * K), *y = falloc(B * M), *r = falloc(B * M);
     for (int variant = 0; variant < 8; ++variant) {
-      const int relu = variant & 1, threads = 1 + ((variant >> 1) & 1), bits = (variant & 4) ? 16 : 32;
+      const int relu = variant_act(variant), threads = 1 + ((variant >> 1) & 1);
+      const int bits = (variant & 4) ? 16 : 32;
       const float *bp = (variant % 3) ? bias : NULL;
       ref_linear(w, M, K, bp, relu, x, B, r);
       memset(y, 0xff, (size_t)(B * M) * sizeof(float));
@@ -207,7 +220,7 @@ static void ref_conv(const float *w, int64_t Cout, int64_t Cin, int64_t kh, int6
                 s += (double)w[co * Cin * kh * kw + (c * kh + ky) * kw + kx] *
                      x[((n * Cin + c) * H + iy) * W + ix];
               }
-          y[((n * Cout + co) * Ho + oy) * Wo + ox] = (float)(relu && s < 0 ? 0.0 : s);
+          y[((n * Cout + co) * Ho + oy) * Wo + ox] = (float)ref_act(s, relu);
         }
 }
 
@@ -220,7 +233,8 @@ static void test_conv(int64_t N, int64_t Cin, int64_t Cout, int64_t H, int64_t W
   float *bias = falloc(Cout), *x = falloc(N * Cin * H * W);
   float *y = falloc(N * Cout * Ho * Wo), *r = falloc(N * Cout * Ho * Wo);
   for (int variant = 0; variant < 8; ++variant) {
-    const int relu = variant & 1, threads = 1 + ((variant >> 1) & 1), bits = (variant & 4) ? 16 : 32;
+    const int relu = variant_act(variant), threads = 1 + ((variant >> 1) & 1);
+    const int bits = (variant & 4) ? 16 : 32;
     const float *bp = (variant % 3) ? bias : NULL;
     ref_conv(w, Cout, Cin, kh, kw, stride, stride, pad, pad, bp, relu, x, N, H, W, Ho, Wo, r);
     memset(y, 0xff, (size_t)(N * Cout * Ho * Wo) * sizeof(float));
@@ -235,6 +249,85 @@ static void test_conv(int64_t N, int64_t Cin, int64_t Cout, int64_t H, int64_t W
   }
   free(bias);
   free(x);
+  free(y);
+  free(r);
+  free_csr(s);
+  free(w);
+}
+
+/* The planned API: residual add, channel scale, fused max-pool, every activation. */
+static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, int64_t W,
+                              int64_t k, int64_t stride, int64_t pad, double density,
+                              int64_t pool) {
+  const int64_t K = Cin * k * k;
+  const int64_t Ho = sb_conv_out_size(H, k, stride, pad), Wo = sb_conv_out_size(W, k, stride, pad);
+  const int64_t P = pool > 1 ? pool : 1, Yh = pool < 0 ? 1 : Ho / P, Yw = pool < 0 ? 1 : Wo / P;
+  float *w = sparse_dense(Cout, K, density, 4);
+  csr_t s = to_csr(w, Cout, K);
+  float *bias = falloc(Cout), *scale = falloc(Cout), *x = falloc(N * Cin * H * W);
+  float *res = falloc(N * Cout * Ho * Wo), *full = falloc(N * Cout * Ho * Wo);
+  float *y = falloc(N * Cout * Yh * Yw), *r = falloc(N * Cout * Yh * Yw);
+  for (int variant = 0; variant < 16; ++variant) {
+    const int act = variant % 3, threads = 1 + (variant & 1);
+    const int use_res = (variant & 2) != 0, use_scale = (variant & 4) != 0;
+    ref_conv(w, Cout, Cin, k, k, stride, stride, pad, pad, bias, SB_ACT_NONE, x, N, H, W, Ho,
+             Wo, full);
+    for (int64_t i = 0; i < N * Cout * Ho * Wo; ++i) {
+      const int64_t co = (i / (Ho * Wo)) % Cout;
+      double v = ref_act((double)full[i] + (use_res ? res[i] : 0.0), act);
+      full[i] = (float)(use_scale ? v * scale[co] : v);
+    }
+    for (int64_t n = 0; n < N && pool < 0; ++n)
+      for (int64_t co = 0; co < Cout; ++co) {
+        double sum = 0;
+        for (int64_t i = 0; i < Ho * Wo; ++i) sum += full[(n * Cout + co) * Ho * Wo + i];
+        r[n * Cout + co] = (float)(sum / (double)(Ho * Wo));
+      }
+    for (int64_t n = 0; n < N && pool >= 0; ++n)
+      for (int64_t co = 0; co < Cout; ++co)
+        for (int64_t py = 0; py < Yh; ++py)
+          for (int64_t px = 0; px < Yw; ++px) {
+            float m = -INFINITY;
+            for (int64_t dy = 0; dy < P; ++dy)
+              for (int64_t dx = 0; dx < P; ++dx) {
+                const float v = full[((n * Cout + co) * Ho + py * P + dy) * Wo + px * P + dx];
+                m = v > m ? v : m;
+              }
+            r[((n * Cout + co) * Yh + py) * Yw + px] = m;
+          }
+    const sb_conv2d d = {Cout, Cin, k, k, stride, stride, pad, pad,
+                         s.rp, s.c32, s.v, bias, 32, act};
+    for (int layout = 0; layout < 4; ++layout) {
+      sb_tuning("conv_layout", layout);
+      sb_tuning("conv_l1_kb", variant & 8 ? 1 : 32); /* 1 KB: many channel blocks */
+      sb_conv_plan *plan = NULL;
+      expect_ok(sb_conv2d_plan(&d, N, H, W, pool, use_scale ? scale : NULL, &plan),
+                "sb_conv2d_plan");
+      if (!plan) continue;
+      if (plan->yh != Yh || plan->yw != Yw) ++failures;
+      memset(y, 0xff, (size_t)(N * Cout * Yh * Yw) * sizeof(float));
+      expect_ok(sb_conv2d_run(&d, plan, x, use_res ? res : NULL, y, threads), "sb_conv2d_run");
+      char what[220];
+      snprintf(what, sizeof what,
+               "planned conv N=%lld %lld->%lld %lldx%lld k=%lld s=%lld p=%lld pool=%lld var=%d "
+               "layout=%lld blocks=%lld tile=%lld",
+               (long long)N, (long long)Cin, (long long)Cout, (long long)H, (long long)W,
+               (long long)k, (long long)stride, (long long)pad, (long long)pool, variant,
+               (long long)plan->layout, (long long)plan->channel_blocks, (long long)plan->tile);
+      compare(what, y, r, N * Cout * Yh * Yw);
+      /* a plan is bound to its weight */
+      const sb_conv2d other = d;
+      if (sb_conv2d_run(&other, plan, x, NULL, y, 1) != SB_EINVAL) ++failures;
+      sb_conv2d_plan_free(plan);
+    }
+    sb_tuning("conv_layout", 3);
+    sb_tuning("conv_l1_kb", 32);
+  }
+  free(bias);
+  free(scale);
+  free(x);
+  free(res);
+  free(full);
   free(y);
   free(r);
   free_csr(s);
@@ -273,6 +366,7 @@ int main(void) {
     return 1;
   }
   printf("sparsebench kernels: isa=%s abi=%d\n", sb_isa(), sb_abi_version());
+  sb_tuning("linear_min_parallel", 0); /* small test matrices still use the thread pool */
   /* argument errors */
   int32_t rp0[2] = {0, 0};
   float y0[4];
@@ -285,6 +379,19 @@ int main(void) {
   if (sb_csr_linear(NULL, y0, 1, y0, 1) != SB_EINVAL) ++failures;
   if (sb_bsr_linear(&bad_block, y0, 1, y0, 1) != SB_EINVAL) ++failures;
   if (sb_csr_conv2d(&big_kernel, y0, 1, 2, 2, y0, 1) != SB_EINVAL) ++failures;
+  sb_conv_plan *plan0 = NULL;
+  if (sb_conv2d_plan(&big_kernel, 1, 2, 2, 0, NULL, &plan0) != SB_EINVAL || plan0) ++failures;
+  {
+    /* unsorted columns within a row are refused by the planner */
+    int32_t rpu[2] = {0, 2}, cu[2] = {3, 1};
+    float vu[2] = {1.f, 2.f};
+    const sb_conv2d unsorted = {1, 1, 3, 3, 1, 1, 1, 1, rpu, cu, vu, NULL, 32, 0};
+    if (sb_conv2d_plan(&unsorted, 1, 4, 4, 0, NULL, &plan0) != SB_EINVAL) ++failures;
+  }
+  const sb_conv2d bad_act = {1, 1, 1, 1, 1, 1, 0, 0, rp0, NULL, NULL, NULL, 32, 7};
+  if (sb_csr_conv2d(&bad_act, y0, 1, 2, 2, y0, 1) != SB_EINVAL) ++failures;
+  const sb_linear bad_lact = {1, 1, 1, 1, rp0, NULL, NULL, NULL, 32, 3};
+  if (sb_csr_linear(&bad_lact, y0, 1, y0, 1) != SB_EINVAL) ++failures;
   if (sb_csr_linear(&csr1, y0, 1, y0, 1) != SB_OK || y0[0] != 0.0f) ++failures;
   if (sb_tuning("no-such-knob", 1) != -1) ++failures;
 
@@ -312,6 +419,21 @@ int main(void) {
   test_conv(2, 3, 2, 6, 7, 2, 3, 3, 2, 0.8); /* general kernel and stride */
   test_conv(1, 2, 3, 1, 1, 3, 3, 1, 1, 1.0); /* 1x1 input, padded */
   test_conv(1, 3, 2, 9, 70, 5, 1, 1, 2, 0.5);
+
+  test_conv(4, 8, 6, 4, 4, 3, 3, 1, 1, 0.3);  /* batch-stacked small maps */
+  test_conv(2, 5, 7, 2, 2, 3, 3, 1, 1, 0.9);
+  test_conv(1, 40, 33, 11, 11, 3, 3, 1, 1, 0.2); /* several tiles */
+  test_conv(3, 16, 9, 13, 10, 1, 1, 2, 0, 0.4);
+
+  test_conv_planned(1, 6, 10, 8, 8, 3, 1, 1, 0.4, 0);
+  test_conv_planned(1, 6, 10, 8, 8, 3, 1, 1, 0.4, 2); /* fused 2x2 max-pool */
+  test_conv_planned(3, 4, 5, 7, 9, 3, 1, 1, 0.5, 2);  /* odd map, batch */
+  test_conv_planned(1, 8, 12, 6, 6, 1, 1, 0, 0.5, 0); /* direct in/out: epilogue in registers */
+  test_conv_planned(1, 8, 12, 9, 9, 1, 2, 0, 0.5, 0); /* strided 1x1, direct out */
+  test_conv_planned(2, 5, 4, 9, 9, 3, 2, 1, 0.6, 0);
+  test_conv_planned(1, 3, 4, 20, 20, 5, 1, 2, 0.7, 3);
+  test_conv_planned(1, 16, 8, 4, 4, 3, 1, 1, 0.5, -1); /* global average pool */
+  test_conv_planned(3, 6, 5, 7, 5, 3, 2, 1, 0.5, -1);
 
   test_pool_stress();
 

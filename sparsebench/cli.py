@@ -496,6 +496,51 @@ command("claims", "reproduce the papers' claim at small scale: several seeds per
 
 
 # --------------------------------------------------------------------------------------------
+# sweep, build-kernels (implemented in sparsebench/sweep.py and sparsebench/native.py)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from sparsebench.sweep import run_sweep
+
+    return run_sweep(args, console(), progress_display)
+
+
+def _sweep_flags(p: argparse.ArgumentParser) -> None:
+    from sparsebench.sweep import add_flags
+
+    add_flags(p)
+
+
+command("sweep", "prune an architecture (or a model) to a list of sparsities, measure every "
+        "execution in one run; latency/speedup plots and crossovers")(_sweep) \
+    .configure = _sweep_flags
+
+
+def _build_kernels(args: argparse.Namespace) -> int:
+    from sparsebench import native
+
+    info = native.build_info(force=args.force)
+    out = console()
+    out.print(f"kernels: {info['path']}\n  ISA {info['isa']}, ABI {info['abi']}, "
+              f"{info['compiler']} {info['flags']}")
+    if args.check:
+        err = native.self_test()
+        if not err <= 1e-4:
+            raise SparsebenchError(f"kernel self-test failed: max rel err {err:.2e}")
+        out.print(f"  self-test ok (max rel err {err:.1e})")
+    return 0
+
+
+def _build_kernels_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="rebuild even when cached")
+    p.add_argument("--check", action="store_true", help="run a small self-test afterwards")
+
+
+command("build-kernels", "compile the native kernels (kernels/) for this CPU into the cache")(
+    _build_kernels).configure = _build_kernels_flags
+
+
+# --------------------------------------------------------------------------------------------
 # info
 
 

@@ -171,3 +171,20 @@ def test_nan_weights_warn_in_report(tmp_path, capsys):
     assert code == 0 and "non-finite weights in fc3" in text
     doc = json.loads(out.read_text())
     assert doc["models"]["sd"]["nonfinite_layers"] == ["fc3"]
+
+
+def test_torchscript_runs_dense_and_skips_swapped_formats(tmp_path, capsys):
+    path = tmp_path / "ts.pt"
+    torch.jit.script(create_model("lenet5").eval()).save(str(path))
+    out = tmp_path / "o.json"
+    code = main(["measure", str(path), "--input-shape", "1,28,28", "--formats", "dense,csr",
+                 "--backends", "torch,onnxruntime,scipy", "--per-layer", "--json", str(out),
+                 *FAST])
+    assert code == 0, capsys.readouterr().err
+    rows = {(r["format"], r["backend"]): r for r in load_results(out)["rows"]}
+    assert rows[("dense", "torch")]["status"] == "ok"
+    assert rows[("dense", "torch")]["max_rel_err"] == 0.0
+    assert "per-layer timing unavailable" in rows[("dense", "torch")]["warnings"][0]
+    assert rows[("dense", "onnxruntime")]["status"] == "ok"
+    assert rows[("csr", "scipy")]["status"] == "skipped"
+    assert "layers cannot be swapped" in rows[("csr", "scipy")]["reason"]

@@ -18,6 +18,15 @@ import torch  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+@pytest.fixture(autouse=True, scope="module")
+def _pool_even_for_small_work():
+    """The kernels run tiny products on one thread; the tests' small matrices should still
+    exercise the thread pool."""
+    old = native.tuning("linear_min_parallel", 0)
+    yield
+    native.tuning("linear_min_parallel", old)
+
+
 PROPERTY = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -144,6 +144,10 @@ def run_worker(job: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 def run_plan(jobs: list[dict[str, Any]], results: ResultsFile, timeout: float,
              on_row: Callable[[dict[str, Any]], None] = lambda row: None) -> None:
+    if any(j["backend"] == "native" for j in jobs) and "roofline" not in results.doc:
+        from sparsebench.measure.roofline import probe_for_native  # ceilings, native rows
+
+        results.doc["roofline"] = probe_for_native(sorted({int(j["threads"]) for j in jobs}))
     for job in jobs:
         row = run_worker(job, timeout)
         row.pop("dense_layers", None) if not row.get("dense_layers") else None

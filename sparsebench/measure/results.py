@@ -23,7 +23,7 @@ SCHEMA_VERSION = 1
 ROW_KEYS = ("model", "format", "backend", "impl", "batch", "threads", "status", "reason",
             "latency_ms", "samples", "samples_ns", "peak_rss_bytes", "setup_peak_rss_bytes",
             "weight_bytes", "max_abs_err", "max_rel_err", "accuracy", "dense_macs",
-            "sparse_macs", "per_layer_ms", "warnings")
+            "sparse_macs", "per_layer_ms", "warnings", "achieved_gbps", "achieved_gflops")
 
 
 def row_key(row: dict[str, Any]) -> tuple:

@@ -179,10 +179,20 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         weight_bytes=weight_bytes, max_abs_err=max_abs, max_rel_err=max_rel,
         dense_macs=dense_macs, sparse_macs=sparse_macs, warnings=warnings,
         dense_layers=[list(d) for d in converted.dense_layers])
+    from sparsebench.measure.roofline import achieved  # native rows: bytes and FLOP per second
+
+    row.update(achieved(prepared, batch, sparse_macs, row["latency_ms"]["p50"]))
     if job.get("per_layer"):
         module = getattr(prepared, "module", None)
-        row["per_layer_ms"] = (per_layer_ms(module, lambda: prepared.run(x)) if module is not None
-                               else None)
+        if module is None and hasattr(prepared, "profile"):  # native plans time their steps
+            row["per_layer_ms"] = prepared.profile(x)
+        elif module is None:
+            row["warnings"].append("per-layer timing needs a module-based execution")
+        else:
+            try:
+                row["per_layer_ms"] = per_layer_ms(module, lambda: prepared.run(x))
+            except RuntimeError as exc:  # e.g. TorchScript modules take no Python hooks
+                row["warnings"].append(f"per-layer timing unavailable: {str(exc)[:120]}")
     if job.get("data"):
         try:
             row["accuracy"] = accuracy(backend, converted, job, threads, stats)

@@ -1,0 +1,498 @@
+"""native: csr, bsr and structured models on the compiled kernels (sparsebench.native).
+
+``prepare`` folds BatchNorm into the preceding layers (``formats.fold_batchnorm``), converts
+the folded model again (a structured model's compacted layers become CSR too, zeros dropped),
+and builds a flat **plan** for one batch size from the model's graph (torch.fx, or an ONNX
+import's step list):
+
+* every Conv2d/Linear with a payload is one prepared kernel call on preallocated buffers, with
+  fused epilogues: ReLU/GELU, for convolutions also a residual add (ResNet), a constant
+  per-channel scale (ResNet ``out_mask``) and a following 2x2-style max-pool (VGG, LeNet-5);
+* flatten and dropout/identity are views (no work);
+* anything else (e.g. ResNet's global average pool, ops of a foreign graph, layers a format
+  kept dense) runs in torch on views of the same buffers, named in the impl
+  (``+torch(adaptive_avg_pool2d)``); torch gets the same thread count.
+
+``run`` copies the input into the plan's input buffer, calls each step (~1 us of Python per
+kernel call) and returns a copy of the output. A model that cannot be traced runs as swapped
+modules instead (each layer a native call inside the original module), and the impl says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsebench import native
+from sparsebench.backends.base import Backend, Prepared, Unsupported, swap_layers, validate
+from sparsebench.backends.native_graph import Graph, Op, evaluate, extract
+from sparsebench.errors import SparsebenchError
+from sparsebench.formats import ConvertedModel, SparseWeight, convert, format_family
+from sparsebench.formats.fold import fold_batchnorm
+
+_ACTS = ("relu", "gelu")
+_GLOBAL_AVG = -1  # _Step.pool: a fused global average pool
+
+
+@dataclass
+class _Step:
+    kind: str                          # "linear" | "conv" | "view" | "torch"
+    pos: int                           # position of the last graph op it covers
+    out: int                           # value written
+    ins: tuple[int, ...]               # values read
+    op: Op
+    act: str | None = None
+    residual: int | None = None
+    scale: torch.Tensor | None = None
+    pool: int = 1
+    label: str = ""
+
+    def name(self) -> str:
+        """The layer and what was fused into it, e.g. ``features.0+relu+maxpool2``."""
+        parts = [self.op.module or self.label or self.kind]
+        parts += ["residual"] if self.residual is not None else []
+        parts += [self.act] if self.act else []
+        parts += ["scale"] if self.scale is not None else []
+        parts += [f"maxpool{self.pool}"] if self.pool > 1 else []
+        parts += ["avgpool"] if self.pool == _GLOBAL_AVG else []
+        return "+".join(parts)
+
+
+def _pool_size(attrs: dict[str, Any], shape: tuple[int, ...]) -> int:
+    """The window of a max-pool the conv kernel can fuse (window = stride, no padding), or 0."""
+    k, s = attrs["kernel"], attrs["stride"]
+    ok = (k[0] == k[1] == s[0] == s[1] and attrs["padding"] == (0, 0)
+          and attrs["dilation"] == (1, 1) and k[0] > 1 and len(shape) == 4)
+    if not ok:
+        return 0
+    # ceil_mode only matters when the map does not divide evenly
+    if attrs["ceil_mode"] and (shape[2] % k[0] or shape[3] % k[0]):
+        return 0
+    return k[0]
+
+
+class _Planner:
+    """Fuses a graph into steps, assigns buffers, and binds the step callables."""
+
+    def __init__(self, graph: Graph, converted: ConvertedModel, threads: int, batch: int):
+        self.g, self.cv, self.threads, self.batch = graph, converted, threads, batch
+        self.module = converted.module
+        x = torch.zeros(batch, *converted.input_shape)
+        with torch.inference_mode():
+            self.ref = evaluate(graph, self.module, x)
+        self.canon = list(range(graph.nvalues))
+        for op in graph.ops:
+            if op.kind == "alias":
+                self.canon[op.out] = self.canon[op.args[0]]
+        self.users: dict[int, list[int]] = {}
+        for i, op in enumerate(graph.ops):
+            if op.kind == "alias":
+                continue
+            for a in op.args:
+                self.users.setdefault(self.canon[a], []).append(i)
+        self.output = self.canon[graph.output]
+
+    def shape(self, v: int) -> tuple[int, ...]:
+        r = self.ref[v]
+        return tuple(r.shape) if isinstance(r, torch.Tensor) else ()
+
+    def is_buffer(self, v: int) -> bool:
+        r = self.ref[v]
+        return (isinstance(r, torch.Tensor) and r.dtype == torch.float32
+                and v not in self.g.consts)
+
+    def sole_user(self, v: int, consumed: set[int]) -> tuple[int, Op] | None:
+        """The one op reading ``v`` (not the output, not taken by another chain), else None."""
+        users = self.users.get(v, [])
+        if v == self.output or len(users) != 1 or users[0] in consumed:
+            return None
+        return users[0], self.g.ops[users[0]]
+
+    # ------------------------------------------------------------------ fusion
+
+    def steps(self) -> list[_Step]:
+        steps: list[_Step] = []
+        consumed: set[int] = set()
+        for i, op in enumerate(self.g.ops):
+            if i in consumed or op.kind == "alias":
+                continue
+            args = tuple(self.canon[a] for a in op.args)
+            sw = self.cv.layers.get(op.module or "") if op.kind == "layer" else None
+            if sw is not None and self.native_layer(sw, args[0]):
+                steps.append(self.fuse(i, op, sw, args[0], consumed))
+            elif op.kind == "flatten" and self.is_buffer(args[0]):
+                steps.append(_Step("view", i, op.out, args, op))
+            else:
+                label = op.label or op.kind
+                if op.kind == "layer":
+                    label = f"{op.module} (dense layer)"
+                steps.append(_Step("torch", i, op.out, args, op, label=label))
+        steps.sort(key=lambda s: s.pos)
+        return steps
+
+    def native_layer(self, sw: SparseWeight, x: int) -> bool:
+        if not self.is_buffer(x):
+            return False
+        if sw.layer == "linear":
+            return len(self.shape(x)) == 2
+        return (len(self.shape(x)) == 4 and tuple(sw.dilation or (1, 1)) == (1, 1)
+                and (sw.groups or 1) == 1)
+
+    def fuse(self, i: int, op: Op, sw: SparseWeight, x: int, consumed: set[int]) -> _Step:
+        """The layer plus the epilogue ops that follow it as sole consumers: for a conv
+        ``add`` (residual), activation, channel ``scale``, ``maxpool``; for a linear the
+        activation. The fused step runs where the last fused op was."""
+        step = _Step("linear" if sw.layer == "linear" else "conv", i, op.out, (x,), op)
+
+        where: dict[int, int] = {}  # id(op) -> index of the ops found below
+
+        def take(kinds: tuple[str, ...]) -> Op | None:
+            found = self.sole_user(step.out, consumed)
+            if found is None or found[1].kind not in kinds:
+                return None
+            where[id(found[1])] = found[0]
+            return found[1]
+
+        def absorb(nxt: Op) -> None:
+            consumed.add(where[id(nxt)])
+            step.pos, step.out = where[id(nxt)], nxt.out
+
+        conv = step.kind == "conv"
+        nxt = take(("add",)) if conv else None
+        if nxt is not None:
+            a, b = (self.canon[v] for v in nxt.args)
+            other = b if a == step.out else a
+            if other != step.out and self.is_buffer(other) \
+                    and self.shape(other) == self.shape(step.out):
+                step.residual, step.ins = other, (x, other)
+                absorb(nxt)
+        nxt = take(_ACTS)
+        if nxt is not None:
+            step.act = nxt.kind
+            absorb(nxt)
+        nxt = take(("scale",)) if conv else None
+        if nxt is not None and nxt.attrs["scale"].numel() == (sw.out_channels or 0):
+            step.scale = nxt.attrs["scale"]
+            absorb(nxt)
+        nxt = take(("maxpool", "gap")) if conv else None
+        if nxt is not None and nxt.kind == "gap" and len(self.shape(step.out)) == 4:
+            step.pool = _GLOBAL_AVG
+            absorb(nxt)
+        elif nxt is not None and nxt.kind == "maxpool" \
+                and _pool_size(nxt.attrs, self.shape(step.out)):
+            step.pool = _pool_size(nxt.attrs, self.shape(step.out))
+            absorb(nxt)
+        return step
+
+    # ------------------------------------------------------------------ buffers
+
+    def buffers(self, steps: list[_Step]) -> dict[int, np.ndarray]:
+        """A float32 buffer (or a view of one) per tensor value, reused once dead."""
+        storage: dict[int, int] = {}
+        last: dict[int, int] = {}
+        for n, s in enumerate(steps):
+            if s.kind == "view":
+                storage[s.out] = storage.get(s.ins[0], s.ins[0])
+            for v in s.ins:
+                if self.is_buffer(v):
+                    st = storage.get(v, v)
+                    last[st] = max(last.get(st, -1), n)
+        out_store = storage.get(self.output, self.output)
+        last[out_store] = len(steps)
+        inp = self.canon[self.g.input]
+        last[inp] = len(steps)  # the input buffer is written by run(): never reused
+        bufs: dict[int, np.ndarray] = {inp: np.zeros(self.shape(inp), np.float32)}
+        free: dict[tuple[int, ...], list[np.ndarray]] = {}
+        for n, s in enumerate(steps):
+            if s.kind == "view":
+                bufs[s.out] = bufs[s.ins[0]].reshape(self.shape(s.out))
+            elif self.is_buffer(s.out) and s.out not in bufs:
+                shape = self.shape(s.out)
+                pool = free.get(shape)
+                bufs[s.out] = pool.pop() if pool else np.zeros(shape, np.float32)
+            for st, end in list(last.items()):
+                if end == n and st in bufs and st not in (out_store, inp):
+                    free.setdefault(bufs[st].shape, []).append(bufs[st])
+                    del last[st]
+        return bufs
+
+
+class NativePrepared(Prepared):
+    """A model compiled into a flat list of native kernel calls and torch steps."""
+
+    def __init__(self, converted: ConvertedModel, graph: Graph, threads: int, batch: int,
+                 label: str) -> None:
+        self.converted, self.graph, self.threads = converted, graph, threads
+        self._plans: dict[int, tuple[Any, ...]] = {}
+        self._names: dict[int, list[str]] = {}
+        self.kernels, self.torch_ops, self.traffic_bytes = self._build(batch)
+        self.impl = _impl(label, self.kernels, threads, self.torch_ops)
+
+    def _build(self, batch: int) -> tuple[list[Any], list[str], int]:
+        """Plan the model for one batch size: (kernels, torch op labels, bytes per call)."""
+        try:
+            return self._make(batch)
+        except SparsebenchError as exc:
+            raise Unsupported(f"native: {exc}") from exc
+
+    def _make(self, batch: int) -> tuple[list[Any], list[str], int]:
+        planner = _Planner(self.graph, self.converted, self.threads, batch)
+        steps = planner.steps()
+        bufs = planner.buffers(steps)
+        env: list[Any] = [None] * self.graph.nvalues
+        for i, c in self.graph.consts.items():
+            env[i] = c
+        tviews = {v: torch.from_numpy(b) for v, b in bufs.items()}
+        for v, t in tviews.items():
+            env[v] = t
+        for v, c in enumerate(planner.canon):  # aliases (dropout, folded BN) share the tensor
+            if c != v and c in tviews:
+                env[v] = tviews[c]
+        calls: list[Callable[[], Any]] = []
+        names: list[str] = []
+        kernels, torch_ops, traffic = [], [], 0
+        for s in steps:
+            if s.kind == "view":
+                continue
+            names.append(s.name() if s.kind != "torch" else f"{s.label} (torch)")
+            if s.kind == "torch":
+                calls.append(_torch_step(s, planner, env, tviews.get(s.out)))
+                torch_ops.append(s.label)
+                continue
+            sw = self.converted.layers[s.op.module or ""]
+            op = _kernel(sw, s, self.threads)
+            x, y = bufs[s.ins[0]], bufs[s.out]
+            if s.pool == _GLOBAL_AVG and y.ndim != 4:  # mean without keepdim: same memory
+                y = y.reshape(*y.shape, 1, 1)
+            res = bufs[s.residual] if s.residual is not None else None
+            calls.append(_bind(op, sw, x, y, res))
+            kernels.append(op)
+            traffic += (op.values.nbytes + op.col_idx.nbytes + op.row_ptr.nbytes
+                        + (op.bias.nbytes if op.bias is not None else 0)
+                        + x.nbytes + y.nbytes + (res.nbytes if res is not None else 0))
+        out_t = tviews[planner.output] if planner.output in tviews else None
+        if out_t is None:
+            raise SparsebenchError("the model's output is not a float32 tensor")
+        inp = tviews[planner.canon[self.graph.input]]
+        self._plans[batch] = (inp, tuple(calls), out_t, inp.data_ptr(), inp.nbytes)
+        self._names[batch] = names
+        return kernels, torch_ops, traffic
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.torch_ops and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        plan = self._plans.get(x.shape[0])
+        if plan is None:
+            self._build(int(x.shape[0]))
+            plan = self._plans[x.shape[0]]
+        inp, calls, out, addr, nbytes = plan
+        # a raw copy: torch's dispatcher is cold after the kernels (~70 us for copy_)
+        if (x.dtype is torch.float32 and x.is_contiguous() and x.shape == inp.shape
+                and x.device.type == "cpu"):
+            ctypes.memmove(addr, x.data_ptr(), nbytes)
+        else:
+            inp.copy_(x)
+        for call in calls:
+            call()
+        return out.clone()
+
+    def profile(self, x: torch.Tensor, calls: int = 20) -> dict[str, float]:
+        """Median milliseconds of each step of the plan over ``calls`` runs (profiling only:
+        each step is timed on its own, so the sum exceeds one ``run``)."""
+        self.run(x)
+        inp, steps = self._plans[x.shape[0]][:2]
+        names = self._names[x.shape[0]]
+        times: list[list[float]] = [[] for _ in steps]
+        for _ in range(calls):
+            inp.copy_(x)
+            for i, step in enumerate(steps):
+                t0 = time.perf_counter_ns()
+                step()
+                times[i].append(time.perf_counter_ns() - t0)
+        out: dict[str, float] = {}
+        for name, t in zip(names, times):
+            key, n = name, 2
+            while key in out:
+                key, n = f"{name}#{n}", n + 1
+            out[key] = statistics.median(t) / 1e6
+        return out
+
+
+def _impl(label: str, kernels: list[Any], threads: int, torch_ops: list[str]) -> str:
+    bits = sorted({k.index_bits for k in kernels})
+    idx = "+".join(f"i{b}" for b in bits) or "i32"
+    impl = f"native-{label}-{native.isa()}-{idx}-t{threads}"
+    if torch_ops:
+        impl += "+torch(" + ",".join(dict.fromkeys(torch_ops)) + ")"
+    return impl
+
+
+def _kernel(sw: SparseWeight, s: _Step, threads: int) -> Any:
+    """The prepared native op for one fused step."""
+    if sw.layer == "linear":
+        if sw.kind == "csr":
+            return native.CSRLinear(sw.values, sw.indices, sw.indptr, sw.shape, bias=sw.bias,
+                                    act=s.act, threads=threads, index_dtype=sw.indices.dtype)
+        prows = sw.stored_shape[0]
+        bias = None
+        if sw.bias is not None:
+            bias = np.zeros(prows, np.float32)
+            bias[: sw.shape[0]] = sw.bias
+        return native.BSRLinear(sw.values, sw.indices, sw.indptr, sw.stored_shape,
+                                blocksize=sw.block, bias=bias, act=s.act, threads=threads,
+                                index_dtype=sw.indices.dtype)
+    if sw.kind == "csr":
+        values, cols, ptr = sw.values, sw.indices, sw.indptr
+    else:  # BSR convolution weights run on the CSR conv kernel (explicit zeros dropped)
+        values, cols, ptr = native.csr_from_dense(sw.to_dense(), sw.indices.dtype)
+    return native.CSRConv2d(values, cols, ptr, sw.in_channels, sw.out_channels, sw.kernel_size,
+                            sw.stride, sw.padding, bias=sw.bias, act=s.act, threads=threads,
+                            index_dtype=cols.dtype,
+                            scale=None if s.scale is None else s.scale.numpy(),
+                            pool="avg" if s.pool == _GLOBAL_AVG else s.pool)
+
+
+def _bind(op: Any, sw: SparseWeight, x: np.ndarray, y: np.ndarray,
+          res: np.ndarray | None) -> Callable[[], Any]:
+    """The step callable; BSR linears with padded shapes pad the input / drop padded rows."""
+    if sw.kind == "bsr" and sw.layer == "linear" and sw.stored_shape != sw.shape:
+        (rows, cols), (prows, pcols) = sw.shape, sw.stored_shape
+        xp = np.zeros((x.shape[0], pcols), np.float32)
+        yp = np.zeros((x.shape[0], prows), np.float32)
+
+        def padded() -> None:
+            xp[:, :cols] = x
+            op.run(xp, yp)
+            y[...] = yp[:, :rows]
+        return padded
+    if res is not None:
+        return functools.partial(op.run, x, y, res)
+    return functools.partial(op.run, x, y)
+
+
+def _torch_step(s: _Step, planner: _Planner, env: list[Any],
+                out: torch.Tensor | None) -> Callable[[], Any]:
+    """A graph op executed by torch on views of the plan's buffers."""
+    op, module = s.op, planner.module
+    a = s.ins
+    if op.kind == "layer":
+        layer = module.get_submodule(op.module or "")
+        fn: Callable[[], Any] = lambda: layer(env[a[0]])  # noqa: E731
+    elif op.kind == "relu":
+        fn = lambda: torch.relu(env[a[0]])  # noqa: E731
+    elif op.kind == "gelu":
+        fn = lambda: F.gelu(env[a[0]])  # noqa: E731
+    elif op.kind == "maxpool":
+        at = op.attrs
+        fn = lambda: F.max_pool2d(env[a[0]], at["kernel"], at["stride"], at["padding"],  # noqa
+                                  at["dilation"], at["ceil_mode"])
+    elif op.kind == "flatten":
+        fn = lambda: torch.flatten(env[a[0]], 1)  # noqa: E731
+    elif op.kind == "gap":
+        keep = op.attrs["keepdim"]
+        fn = lambda: env[a[0]].mean((2, 3), keepdim=keep)  # noqa: E731
+    elif op.kind == "add":
+        fn = lambda: env[a[0]] + env[a[1]]  # noqa: E731
+    elif op.kind == "scale":
+        sc = op.attrs["scale"]
+        fn = lambda: env[a[0]] * sc.view(1, -1, *([1] * (env[a[0]].dim() - 2)))  # noqa: E731
+    else:
+        fn = functools.partial(op.fn, env)  # type: ignore[arg-type]
+    if out is not None:
+        return lambda: out.copy_(fn())
+    target = op.out
+
+    def store() -> None:
+        env[target] = fn()
+    return store
+
+
+class _NativeLayer(nn.Module):
+    """One converted layer as a native call inside the original module (swap fallback)."""
+
+    def __init__(self, sw: SparseWeight, threads: int) -> None:
+        super().__init__()
+        self.sw = sw
+        self.op = _kernel(sw, _Step("linear" if sw.layer == "linear" else "conv", 0, 0, (),
+                                    Op("layer", 0)), threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sw = self.sw
+        xn = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
+        if sw.layer == "conv":
+            return torch.from_numpy(self.op.run(xn))
+        lead = xn.shape[:-1]
+        xn = xn.reshape(-1, xn.shape[-1])
+        (rows, cols), pcols = sw.shape, sw.stored_shape[1]
+        if pcols != cols:
+            xn = np.pad(xn, ((0, 0), (0, pcols - cols)))
+        y = self.op.run(xn)[:, :rows]
+        return torch.from_numpy(np.ascontiguousarray(y)).reshape(*lead, rows)
+
+
+class SwappedPrepared(Prepared):
+    """The original module with native layers swapped in (models the plan cannot express)."""
+
+    def __init__(self, converted: ConvertedModel, threads: int, label: str, why: str) -> None:
+        self.threads = threads
+        self.module = swap_layers(converted, lambda sw: _NativeLayer(sw, threads))  # type: ignore
+        self.kernels = [m.op for m in self.module.modules() if isinstance(m, _NativeLayer)]
+        self.traffic_bytes = None
+        self.impl = _impl(label, self.kernels, threads, []) + "-swapped-modules"
+        self.why = why
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            return self.module(x)
+
+
+class NativeBackend(Backend):
+    """csr, bsr-RxC and structured formats on the compiled kernels (see the module docstring)."""
+
+    name = "native"
+    families = ("csr", "bsr", "structured")
+
+    def unavailable(self) -> str | None:
+        return native.available()
+
+    def prepare(self, converted: ConvertedModel, *, threads: int = 1,
+                batch: int = 1) -> Prepared:
+        self.check(converted, threads, batch)
+        torch.set_num_threads(threads)
+        fam = format_family(converted.format)
+        target = "csr" if fam == "structured" else converted.format
+        block = converted.block if converted.format == "bsr" else None
+        example = torch.zeros(1, *converted.input_shape)
+        try:
+            folded = convert(fold_batchnorm(converted.module), target,
+                             index_dtype=converted.index_dtype, block=block, example=example)
+        except SparsebenchError as exc:
+            raise Unsupported(f"native: cannot convert the folded model: {exc}") from exc
+        label = {"csr": "csr", "structured": "structured-csr"}.get(fam)
+        if label is None:
+            r, c = folded.block or (4, 4)
+            label = f"bsr{r}x{c}"
+            if any(sw.layer == "conv" for sw in folded.layers.values()):
+                label += "(convs:csr)"
+        try:
+            graph = extract(folded.module)
+        except SparsebenchError as exc:
+            prepared: Prepared = SwappedPrepared(folded, threads, label, str(exc))
+        else:
+            try:
+                prepared = NativePrepared(folded, graph, threads, batch, label)
+            except SparsebenchError as exc:
+                raise Unsupported(f"native: {exc}") from exc
+        validate(prepared, converted, batch, "native")
+        return prepared

@@ -1,0 +1,432 @@
+"""``sparsebench sweep``: latency versus unstructured sparsity, and where sparse beats dense.
+
+For an architecture (randomly initialised) or a given model, each sparsity of the list is
+produced by per-layer magnitude pruning (every Conv2d/Linear except the first convolution and
+the classifier head), written as a sparsebench checkpoint, and all of them are measured in one
+run of the measure harness (a fresh worker per execution). Outputs: a terminal table, the
+results JSON (``--json``; the usual schema plus a ``sweep`` section), Markdown (``--markdown``),
+a PNG of latency and speedup over ONNX Runtime dense versus sparsity (``--plot``), and the
+crossover per execution: the lowest sparsity from which it is faster than ONNX Runtime dense
+at every higher sparsity measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsebench.errors import SparsebenchError
+
+DEFAULT_SPARSITIES = "0,50,70,80,90,95,98"
+ARCH_INPUTS = {"ffn": (1024, 1), "vgg11_bn": (3, 32), "resnet18": (3, 32),
+               "lenet5": (1, 28), "lenet300": (1, 28)}
+BASELINE = ("dense", "onnxruntime")
+
+
+# ----------------------------------------------------------------------------- pruning
+
+
+def pruned_layers(model: nn.Module) -> list[str]:
+    """Every Conv2d/Linear except the first convolution and the last layer (the head)."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    first_conv = next((n for n, m in layers if isinstance(m, nn.Conv2d)), None)
+    return [n for n, _ in layers[:-1] if n != first_conv]
+
+
+def magnitude_prune(model: nn.Module, sparsity: float,
+                    layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Zero the ``round(sparsity * numel)`` smallest-magnitude weights of each layer in place
+    (already-zero weights count); returns the keep-masks by parameter name."""
+    if not 0.0 <= sparsity < 1.0:
+        raise SparsebenchError(f"sparsity must be in [0, 1), got {sparsity}")
+    masks = {}
+    for name in layers if layers is not None else pruned_layers(model):
+        w = model.get_submodule(name).weight
+        k = int(round(sparsity * w.numel()))
+        with torch.no_grad():
+            keep = torch.ones_like(w, dtype=torch.bool)
+            if k >= w.numel():
+                keep.zero_()
+            elif k > 0:  # the k smallest magnitudes (linear-time selection)
+                mags = w.detach().abs().flatten().numpy()
+                keep.view(-1)[torch.from_numpy(np.argpartition(mags, k - 1)[:k])] = False
+            keep &= w.detach() != 0
+            w.mul_(keep)
+        masks[f"{name}.weight"] = keep
+    return masks
+
+
+def _sparsities(text: str) -> list[float]:
+    from sparsebench.registry import split_list
+
+    try:
+        values = split_list(text, float)
+    except ValueError:
+        raise SparsebenchError(f"--sparsities: expected percentages like {DEFAULT_SPARSITIES}, "
+                               f"got {text!r}")
+    if not values or any(not 0 <= v < 100 for v in values):
+        raise SparsebenchError(f"--sparsities are percentages in [0, 100), got {text!r}")
+    return sorted(set(values))
+
+
+def _label(p: float) -> str:
+    return f"{p:g}".replace(".", "p")
+
+
+def make_models(args: argparse.Namespace, sparsities: list[float],
+                folder: Path) -> tuple[str, dict[str, float], bool]:
+    """Write one pruned checkpoint per sparsity into ``folder``; returns (base name,
+    {path: sparsity %}, whether the files need --trust to load)."""
+    from sparsebench.archs import create_model
+    from sparsebench.checkpoint import save_checkpoint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.arch:
+        cin, size = ARCH_INPUTS.get(args.arch, (3, 32))
+        kwargs = {"in_channels": args.in_channels or cin, "input_size": args.input_size or size,
+                  "num_classes": 10, "dropout": 0.0}
+
+        def fresh() -> tuple[nn.Module, dict[str, Any] | None]:
+            torch.manual_seed(args.seed)
+            return create_model(args.arch, **kwargs).eval(), {"arch": args.arch,
+                                                              "arch_kwargs": kwargs}
+        base = args.arch
+    else:
+        from sparsebench.loading import load_model
+
+        shape = None
+        if args.input_shape:
+            from sparsebench.loading import parse_input_shape
+
+            shape = parse_input_shape(args.input_shape)
+        loaded = load_model(args.model, input_shape=shape, trust=args.trust)
+        if loaded.module is None or not loaded.swappable:
+            raise SparsebenchError(f"{args.model}: a {loaded.kind} model cannot be pruned here")
+        ckpt = loaded.checkpoint
+
+        def fresh() -> tuple[nn.Module, dict[str, Any] | None]:
+            import copy
+
+            module = copy.deepcopy(loaded.module).eval()
+            module.input_shape = tuple(loaded.input_shape)
+            meta = {"arch": ckpt["arch"], "arch_kwargs": ckpt["arch_kwargs"]} if ckpt else None
+            return module, meta
+        base = Path(args.model).stem
+    paths: dict[str, float] = {}
+    trust = False
+    for p in sparsities:
+        model, meta = fresh()
+        masks = magnitude_prune(model, p / 100.0)
+        path = folder / f"{base}-s{_label(p)}.pt"
+        if meta is not None:
+            save_checkpoint({**meta, "input_shape": list(model.input_shape),
+                             "state_dict": model.state_dict(), "masks": masks,
+                             "unit_masks": {}, "method": "magnitude",
+                             "config": {"sparsity": p / 100.0, "pruned_layers":
+                                        pruned_layers(model), "seed": args.seed}}, path)
+        else:  # a foreign module: pickled whole (we wrote it, so loading it with trust is safe)
+            torch.save(model, path)
+            trust = True
+        paths[str(path)] = p
+    return base, paths, trust
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def _p50(row: dict[str, Any] | None) -> float | None:
+    if not row or row.get("status") != "ok":
+        return None
+    return (row.get("latency_ms") or {}).get("p50")
+
+
+def series(doc: dict[str, Any]) -> dict[tuple[str, str, int, int], dict[float, dict[str, Any]]]:
+    """{(format, backend, batch, threads): {sparsity %: row}} over the sweep's models."""
+    sp = doc["sweep"]["sparsity_of"]
+    out: dict[tuple[str, str, int, int], dict[float, dict[str, Any]]] = {}
+    for r in doc["rows"]:
+        if r["model"] in sp:
+            key = (r["format"], r["backend"], r["batch"], r["threads"])
+            out.setdefault(key, {})[sp[r["model"]]] = r
+    return out
+
+
+def speedups(doc: dict[str, Any]) -> dict[tuple[str, str, int, int], dict[float, float]]:
+    """p50 of ONNX Runtime dense at the same sparsity, batch and threads / p50 of each row."""
+    s = series(doc)
+    out: dict[tuple[str, str, int, int], dict[float, float]] = {}
+    for key, rows in s.items():
+        base = s.get((*BASELINE, key[2], key[3]), {})
+        for p, row in rows.items():
+            b, mine = _p50(base.get(p)), _p50(row)
+            if b and mine:
+                out.setdefault(key, {})[p] = b / mine
+    return out
+
+
+def crossovers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per execution: the lowest sparsity from which it beats ONNX Runtime dense at every
+    higher sparsity measured (None if it never does), and the first sparsity it beats it."""
+    out = []
+    for key, sp in sorted(speedups(doc).items()):
+        if key[:2] == BASELINE:
+            continue
+        points = sorted(sp)
+        first = next((p for p in points if sp[p] > 1.0), None)
+        stays = None
+        for p in reversed(points):
+            if sp[p] <= 1.0:
+                break
+            stays = p
+        out.append({"format": key[0], "backend": key[1], "batch": key[2], "threads": key[3],
+                    "crossover": stays, "first_faster": first,
+                    "max_speedup": max(sp.values()) if sp else None})
+    return out
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def _fmt(v: float | None, f: str = "{:.3f}") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v)
+
+
+def tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, lines) tables: p50 latency, speedup vs ORT dense, crossovers, roofline."""
+    from sparsebench.measure.roofline import fractions
+
+    s, sp = series(doc), speedups(doc)
+    points = sorted({p for rows in s.values() for p in rows})
+    head = ["execution", "impl", "batch", "threads"] + [f"{_label(p)}%" for p in points]
+    lat, spd = [], []
+    for key in sorted(s, key=lambda k: (k[2], k[3], k[0] != "dense", k[1], k[0])):
+        rows = s[key]
+        impl = next((r.get("impl") for r in rows.values() if r.get("impl")), "-")
+        name = f"{key[0]}/{key[1]}"
+        cells = [name, impl, str(key[2]), str(key[3])]
+        lat.append(cells + [_fmt(_p50(rows.get(p))) for p in points])
+        spd.append(cells + [_fmt(sp.get(key, {}).get(p), "{:.2f}x") for p in points])
+    cross = [[f"{c['format']}/{c['backend']}", str(c["batch"]), str(c["threads"]),
+              "never" if c["crossover"] is None else f"{_label(c['crossover'])}%",
+              "-" if c["first_faster"] is None else f"{_label(c['first_faster'])}%",
+              _fmt(c["max_speedup"], "{:.2f}x")] for c in crossovers(doc)]
+    roof = doc.get("roofline")
+    rl = []
+    for key, rows in sorted(s.items()):
+        for p, r in sorted(rows.items()):
+            if r.get("achieved_gbps") is None:
+                continue
+            fb, fg = fractions(r, roof)
+            rl.append([f"{key[0]}/{key[1]}", f"{_label(p)}%", str(key[2]), str(key[3]),
+                       _fmt(_p50(r)), _fmt(r["achieved_gbps"], "{:.1f}"),
+                       _fmt(fb, "{:.0%}"), _fmt(r.get("achieved_gflops"), "{:.1f}"),
+                       _fmt(fg, "{:.0%}")])
+    return [
+        ("p50 latency (ms) by sparsity", head, lat),
+        ("speedup over ONNX Runtime dense (same sparsity, batch, threads)", head, spd),
+        ("crossover: lowest sparsity from which it beats ONNX Runtime dense",
+         ["execution", "batch", "threads", "crossover", "first faster", "best speedup"], cross),
+        ("roofline of the native kernels" + (
+            f" (copy {roof['copy_gbps']:.1f} GB/s; dense GEMM "
+            + ", ".join(f"{v:.0f} GFLOP/s at {t} thread(s)"
+                        for t, v in roof["gemm_gflops"].items()) + ")" if roof else ""),
+         ["execution", "sparsity", "batch", "threads", "p50 ms", "GB/s", "of copy BW",
+          "GFLOP/s", "of dense GEMM"], rl),
+    ]
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    sw = doc["sweep"]
+    m = doc.get("machine", {})
+    out = [f"Sweep of `{sw['name']}` (pruned layers: {', '.join(sw['pruned_layers']) or '-'}); "
+           f"machine: {m.get('cpu')} ({m.get('logical_cores')} cores); "
+           f"torch {doc['versions'].get('torch')}, onnxruntime "
+           f"{doc['versions'].get('onnxruntime')}; commit {doc.get('git_commit')}.", ""]
+    if sw.get("command"):
+        out += [f"Command: `{sw['command']}`", ""]
+    for title, head, lines in tables(doc):
+        out += [f"### {title}", "", "| " + " | ".join(head) + " |",
+                "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(c.replace("|", "/") for c in line) + " |" for line in lines]
+        out.append("")
+    return "\n".join(out)
+
+
+def check_matplotlib() -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise SparsebenchError("the sweep plot needs matplotlib (pip install 'sparsebench[plots]')"
+                               "; or pass --no-plot") from None
+    del matplotlib
+
+
+def plot(doc: dict[str, Any], path: str | Path) -> None:
+    """Latency and speedup over ONNX Runtime dense versus sparsity, one row per (batch, threads)."""
+    check_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s, sp = series(doc), speedups(doc)
+    combos = sorted({(k[2], k[3]) for k in s})
+    executions = sorted({k[:2] for k in s})
+    colour = {e: f"C{i % 10}" for i, e in enumerate(executions)}  # same colour in every panel
+    fig, axes = plt.subplots(len(combos), 2, figsize=(11, 3.6 * len(combos)), squeeze=False)
+    for (batch, threads), (ax_l, ax_s) in zip(combos, axes):
+        for key in sorted(k for k in s if (k[2], k[3]) == (batch, threads)):
+            pts = sorted((p, _p50(r)) for p, r in s[key].items() if _p50(r))
+            if not pts:
+                continue
+            label = f"{key[0]}/{key[1]}"
+            ax_l.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=label,
+                      color=colour[key[:2]])
+            spts = sorted(sp.get(key, {}).items())
+            if spts and key[:2] != BASELINE:
+                ax_s.plot([p for p, _ in spts], [v for _, v in spts], marker="o", label=label,
+                          color=colour[key[:2]])
+        ax_l.set(yscale="log", xlabel="unstructured sparsity of the pruned layers (%)",
+                 ylabel="p50 latency (ms)", title=f"{doc['sweep']['name']}: batch {batch}, "
+                 f"{threads} thread(s)")
+        ax_s.axhline(1.0, color="grey", lw=1, ls="--")
+        ax_s.set(xlabel="unstructured sparsity of the pruned layers (%)",
+                 ylabel="speedup over ONNX Runtime dense", title="speedup (>1: faster)")
+        for ax in (ax_l, ax_s):
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="a model file to prune (instead of --arch)")
+    p.add_argument("--arch", help="architecture to create randomly initialised: "
+                   + ", ".join(ARCH_INPUTS))
+    p.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
+                   help=f"percent of each pruned layer's weights zeroed (default "
+                        f"{DEFAULT_SPARSITIES})")
+    p.add_argument("--formats", default="dense,csr", help="formats (default dense,csr)")
+    p.add_argument("--backends", default="torch,onnxruntime,native",
+                   help="backends (default torch,onnxruntime,native; onnxruntime is the "
+                        "crossover baseline)")
+    p.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
+    p.add_argument("--threads", default="1", help="thread counts, e.g. 1,2 (default 1)")
+    p.add_argument("--in-channels", type=int, help="input channels for --arch (default: per "
+                   "architecture, e.g. ffn 1024, vgg11_bn 3)")
+    p.add_argument("--input-size", type=int, help="input side for --arch (ffn: 1 = vectors)")
+    p.add_argument("--input-shape", help="per-sample input shape of a model file that does not "
+                   "record it")
+    p.add_argument("--trust", action="store_true", help="allow full unpickling of the model file")
+    p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"))
+    p.add_argument("--json", metavar="OUT", help="results JSON (rows, raw samples, crossovers)")
+    p.add_argument("--markdown", metavar="OUT", help="the sweep tables as Markdown")
+    p.add_argument("--plot", metavar="OUT.png", help="latency/speedup plot (default: "
+                   "sweep-NAME.png in the current folder)")
+    p.add_argument("--no-plot", action="store_true", help="skip the plot")
+    p.add_argument("--save-models", metavar="DIR", help="keep the pruned checkpoints here "
+                   "(default: a temporary folder)")
+    p.add_argument("--min-calls", type=int, default=20, help="timed calls at least (default 20)")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls at least")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up calls (default 3)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per execution")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input")
+
+
+def run_sweep(args: argparse.Namespace, out: Any,
+              progress_display: Callable[[], Any]) -> int:
+    from sparsebench.cli import command_line
+    from sparsebench.measure.harness import MeasureConfig, model_info, plan, run_plan
+    from sparsebench.measure.results import ResultsFile
+    from sparsebench.registry import split_list
+
+    if bool(args.arch) == bool(args.model):
+        raise SparsebenchError("give either --arch NAME or a model file")
+    if args.arch:
+        from sparsebench.archs import ARCHS
+
+        ARCHS.check(args.arch)
+    sparsities = _sparsities(args.sparsities)
+    plot_path = None if args.no_plot else args.plot
+    if not args.no_plot:
+        check_matplotlib()  # fail before measuring, not after
+    cfg = MeasureConfig(
+        models=["-"], formats=split_list(args.formats), backends=split_list(args.backends),
+        batches=split_list(args.batch, int), threads=split_list(args.threads, int),
+        timing={"min_calls": args.min_calls, "min_seconds": args.min_time,
+                "warmup_calls": args.warmup},
+        index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout)
+    cfg.validate()
+    with tempfile.TemporaryDirectory(prefix="sparsebench-sweep-") as tmp:
+        folder = Path(args.save_models) if args.save_models else Path(tmp)
+        base, paths, trust = make_models(args, sparsities, folder)
+        plot_path = plot_path or f"sweep-{base}.png"
+        cfg.models, cfg.trust = list(paths), trust
+        names = {path: Path(path).stem for path in paths}
+        results = ResultsFile(args.json, config={**cfg.__dict__})
+        from sparsebench.loading import load_model
+
+        first = load_model(next(iter(paths)), trust=trust)
+        results.doc["sweep"] = {
+            "name": base, "sparsities": sparsities, "command": command_line(),
+            "sparsity_of": {names[p]: s for p, s in paths.items()},
+            "pruned_layers": pruned_layers(first.module), "baseline": list(BASELINE),
+            "models_folder": str(folder) if args.save_models else None}
+        for path in paths:
+            loaded = load_model(path, trust=trust)
+            results.set_model(names[path], model_info(loaded, cfg.formats, cfg.index_dtype))
+        jobs = plan(cfg, names)
+        out.print(f"sweep {base}: {len(sparsities)} sparsities, {len(jobs)} executions"
+                  + (f" -> {args.json}" if args.json else ""))
+        with progress_display() as progress:
+            task = progress.add_task("sweep", total=len(jobs))
+
+            def on_row(row: dict[str, Any]) -> None:
+                progress.advance(task)
+                p50 = _p50(row)
+                status = "ok" if row.get("status") == "ok" else f"skipped: {row.get('reason')}"
+                out.print(f"  {row['model']} {row['format']}/{row['backend']} b{row['batch']} "
+                          f"t{row['threads']}: {row.get('impl') or '-'} p50 "
+                          f"{_fmt(p50)} ms  {status}")
+
+            run_plan(jobs, results, cfg.timeout, on_row)
+        results.doc["sweep"]["crossovers"] = crossovers(results.doc)
+        results.flush()
+    _print(results.doc, out)
+    if args.markdown:
+        from sparsebench.checkpoint import atomic_write_bytes
+
+        text = markdown(results.doc)
+        atomic_write_bytes(Path(args.markdown), lambda fh: fh.write(text.encode()))
+        out.print(f"wrote {args.markdown}")
+    if plot_path:
+        plot(results.doc, plot_path)
+        out.print(f"wrote {plot_path}")
+    if args.json:
+        out.print(f"wrote {args.json}")
+    return 0
+
+
+def _print(doc: dict[str, Any], out: Any) -> None:
+    from rich.table import Table
+
+    for title, head, lines in tables(doc):
+        if not lines:
+            continue
+        table = Table(*head, title=title)
+        for line in lines:
+            table.add_row(*line)
+        out.print(table)

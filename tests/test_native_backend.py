@@ -1,0 +1,371 @@
+"""The native backend: BatchNorm folding, the fused execution plan, every format x architecture
+against the dense reference, and the fused conv epilogues of the kernels."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparsebench import native
+from sparsebench.archs import create_model
+from sparsebench.formats import convert
+from sparsebench.formats.fold import batchnorm_pairs, fold_batchnorm
+from sparsebench.sweep import magnitude_prune
+
+_REASON = native.available()
+needs_kernels = pytest.mark.skipif(_REASON is not None, reason=f"native kernels: {_REASON}")
+
+SMALL = {"lenet300": {}, "lenet5": {}, "ffn": {"in_channels": 64, "input_size": 1,
+                                               "d_model": 64, "d_hidden": 96},
+         "vgg11_bn": {"in_channels": 3, "input_size": 16},
+         "resnet18": {"in_channels": 3, "input_size": 8}}
+
+
+def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics (a fresh model's BN is the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _model(arch: str, sparsity: float) -> nn.Module:
+    torch.manual_seed(0)
+    m = randomise_bn(create_model(arch, **SMALL[arch]).eval())
+    magnitude_prune(m, sparsity)
+    return m
+
+
+def model(arch: str, sparsity: float = 0.8) -> nn.Module:
+    """A pruned model with non-trivial BatchNorm (built once per test session)."""
+    return copy.deepcopy(_model(arch, sparsity))
+
+
+@functools.lru_cache(maxsize=None)
+def converted(arch: str, fmt: str) -> object:
+    return convert(_model(arch, 0.8), fmt)
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+# ----------------------------------------------------------------------------- folding
+
+
+def test_fold_batchnorm_keeps_outputs_and_zeros() -> None:
+    m = model("vgg11_bn")
+    zeros = {n: (mod.weight == 0).clone() for n, mod in m.named_modules()
+             if isinstance(mod, nn.Conv2d)}
+    folded = fold_batchnorm(m)
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in folded.modules())
+    assert len(batchnorm_pairs(m)) == 8
+    x = torch.randn(2, *m.input_shape)
+    with torch.no_grad():
+        assert rel_err(folded(x), m(x)) < 1e-5
+    for n, z in zeros.items():  # a pruned weight stays exactly zero
+        assert bool((folded.get_submodule(n).weight[z] == 0).all())
+    assert isinstance(m.features[1], nn.BatchNorm2d)  # the input model is untouched
+
+
+def test_fold_gamma_zero_unit_becomes_zero_and_bias_created() -> None:
+    conv, bn = nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3)
+    seq = nn.Sequential(conv, bn).eval()
+    with torch.no_grad():
+        bn.weight[1] = 0.0
+        bn.bias.copy_(torch.tensor([0.5, 0.0, -1.0]))
+        bn.running_mean.copy_(torch.tensor([0.1, 0.2, 0.3]))
+    folded = fold_batchnorm(seq)
+    x = torch.randn(1, 2, 5, 5)
+    with torch.no_grad():
+        assert rel_err(folded(x), seq(x)) < 1e-6
+    assert bool((folded[0].weight[1] == 0).all()) and folded[0].bias is not None
+
+
+def test_fold_skips_bn_whose_input_is_shared() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.bn(y) + y  # folding would change the second use
+
+    assert batchnorm_pairs(Twice()) == []
+
+
+def test_fold_onnx_imported_model() -> None:
+    from sparsebench.backends.onnxrt import export_onnx
+    from sparsebench.onnx_import import to_torch
+
+    import onnx
+
+    m = randomise_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                   nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4)).eval())
+    imported = to_torch(onnx.load_from_string(export_onnx(m, (3, 6, 6))))
+    folded = fold_batchnorm(imported)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        assert rel_err(folded(x), m(x)) < 1e-5
+
+
+# ----------------------------------------------------------------------------- the backend
+
+
+CASES = [(a, f) for a in ("lenet300", "lenet5", "ffn") for f in ("csr", "bsr", "structured")]
+CASES += [("vgg11_bn", "csr"), ("vgg11_bn", "structured"), ("resnet18", "csr")]
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch,fmt", CASES)
+def test_every_arch_and_format_matches_the_dense_reference(arch: str, fmt: str) -> None:
+    from sparsebench.backends import get_backend
+
+    m = _model(arch, 0.8)
+    for batch, threads in ((1, 1), (3, 2)):
+        prepared = get_backend("native").prepare(converted(arch, fmt), threads=threads,
+                                                 batch=batch)
+        x = torch.randn(batch, *m.input_shape)
+        with torch.no_grad():
+            assert rel_err(prepared.run(x), m(x)) <= 1e-4
+        label = {"csr": r"csr", "structured": r"structured-csr", "bsr": r"bsr4x4"}[fmt]
+        assert re.match(rf"native-{label}.*-(avx512|avx2|scalar)-i(16|32).*-t{threads}",
+                        prepared.impl), prepared.impl
+        assert prepared.traffic_bytes > 0
+
+
+@needs_kernels
+def test_plans_fuse_everything_the_kernels_can_take() -> None:
+    from sparsebench.backends import get_backend
+
+    vgg = get_backend("native").prepare(converted("vgg11_bn", "csr"))
+    assert "+torch" not in vgg.impl  # conv+BN+ReLU+max-pool all in the kernels
+    assert len(vgg.kernels) == 9
+    res = get_backend("native").prepare(converted("resnet18", "csr"))
+    assert "+torch" not in res.impl  # residual, out_mask, global average pool: fused
+    assert len(res.kernels) == 21
+    ffn = get_backend("native").prepare(converted("ffn", "csr"))
+    assert [k.act for k in ffn.kernels] == [2, 0, 0]  # GELU fused into fc1
+
+
+@needs_kernels
+def test_other_batch_sizes_get_their_own_plan() -> None:
+    from sparsebench.backends import get_backend
+
+    m = _model("lenet5", 0.8)
+    prepared = get_backend("native").prepare(converted("lenet5", "csr"), batch=2)
+    for batch in (1, 5, 2):
+        x = torch.randn(batch, *m.input_shape)
+        with torch.no_grad():
+            assert rel_err(prepared.run(x), m(x)) <= 1e-4
+
+
+@needs_kernels
+def test_output_is_a_copy() -> None:
+    from sparsebench.backends import get_backend
+
+    m = _model("lenet300", 0.8)
+    prepared = get_backend("native").prepare(converted("lenet300", "csr"))
+    x = torch.randn(1, *m.input_shape)
+    first = prepared.run(x)
+    prepared.run(torch.randn(1, *m.input_shape))
+    with torch.no_grad():
+        assert rel_err(first, m(x)) <= 1e-4
+
+
+@needs_kernels
+def test_untraceable_model_runs_as_swapped_modules() -> None:
+    from sparsebench.backends import get_backend
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.input_shape = (8,)
+            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc1(x)
+            if float(h.sum()) > 1e9:  # data-dependent control flow: torch.fx cannot trace it
+                h = h * 2
+            return self.fc2(torch.relu(h))
+
+    m = Branchy().eval()
+    prepared = get_backend("native").prepare(convert(m, "bsr"), threads=1, batch=2)
+    assert prepared.impl.endswith("-swapped-modules")
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        assert rel_err(prepared.run(x), m(x)) <= 1e-4
+
+
+@needs_kernels
+def test_layers_a_format_keeps_dense_run_in_torch_and_say_so() -> None:
+    from sparsebench.backends import get_backend
+
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.input_shape = (4, 6, 6)
+            self.g = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+            self.c = nn.Conv2d(4, 5, 3, padding=1)
+            self.fc = nn.Linear(5 * 36, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.flatten(torch.relu(self.c(self.g(x))), 1))
+
+    m = Grouped().eval()
+    prepared = get_backend("native").prepare(convert(m, "csr"))
+    assert "+torch(g (dense layer))" in prepared.impl
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        assert rel_err(prepared.run(x), m(x)) <= 1e-4
+
+
+@needs_kernels
+def test_onnx_imported_chain_runs_on_a_plan() -> None:
+    import onnx
+
+    from sparsebench.backends import get_backend
+    from sparsebench.backends.onnxrt import export_onnx
+    from sparsebench.onnx_import import to_torch
+
+    m = model("lenet5")
+    imported = to_torch(onnx.load_from_string(export_onnx(m, m.input_shape)))
+    imported.input_shape = m.input_shape
+    prepared = get_backend("native").prepare(convert(imported, "csr"), batch=2)
+    assert "swapped" not in prepared.impl
+    x = torch.randn(2, *m.input_shape)
+    with torch.no_grad():
+        assert rel_err(prepared.run(x), m(x)) <= 1e-4
+
+
+def test_unavailable_gives_the_loader_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparsebench.backends.native import NativeBackend
+
+    monkeypatch.setenv("SPARSEBENCH_NO_NATIVE", "1")
+    assert "SPARSEBENCH_NO_NATIVE" in (NativeBackend().unavailable() or "")
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@needs_kernels
+@pytest.mark.parametrize("act", ["relu", "gelu", None])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_conv_epilogue_residual_scale_act(act: str | None, batch: int) -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    w[rng.random(w.shape) < 0.6] = 0
+    bias = rng.standard_normal(6).astype(np.float32)
+    scale = rng.standard_normal(6).astype(np.float32)
+    x = rng.standard_normal((batch, 5, 7, 9)).astype(np.float32)
+    res = rng.standard_normal((batch, 6, 7, 9)).astype(np.float32)
+    op = native.CSRConv2d.from_dense(w, 1, 1, bias=bias, act=act, scale=scale, threads=2)
+    t = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                   torch.from_numpy(bias), 1, 1) + torch.from_numpy(res)
+    t = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, None: lambda v: v}[act](t)
+    want = (t * torch.from_numpy(scale).view(1, -1, 1, 1)).numpy()
+    np.testing.assert_allclose(op.run(x, residual=res), want, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", [0, 1, 2, 3])
+@pytest.mark.parametrize("size,pool", [(8, 2), (9, 2), (12, 3), (4, 2)])
+def test_conv_fused_max_pool_and_layouts(layout: int, size: int, pool: int) -> None:
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[rng.random(w.shape) < 0.5] = 0
+    x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+    old = native.tuning("conv_layout", layout)
+    try:
+        op = native.CSRConv2d.from_dense(w, 1, 1, act="relu", pool=pool)
+        got = op.run(x)
+    finally:
+        native.tuning("conv_layout", old)
+    ref = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(w), None, 1, 1)), pool).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert op.plan(x.shape)["pool"] == pool
+
+
+@needs_kernels
+def test_conv_plan_refuses_bad_residual_and_unsorted_rows_are_sorted() -> None:
+    from sparsebench.errors import SparsebenchError
+
+    op = native.CSRConv2d(np.array([1.0, 2.0], np.float32), np.array([5, 1]), [0, 2], 1, 1, 3,
+                          padding=1)
+    x = np.ones((1, 1, 4, 4), np.float32)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(
+        np.array([0, 2, 0, 0, 0, 1, 0, 0, 0], np.float32).reshape(1, 1, 3, 3)), padding=1)
+    np.testing.assert_allclose(op.run(x), ref.numpy())
+    with pytest.raises(SparsebenchError, match="residual"):
+        op.run(x, residual=np.ones((1, 1, 3, 3), np.float32))
+    with pytest.raises(SparsebenchError, match="pool"):
+        native.CSRConv2d.from_dense(np.ones((1, 1, 3, 3), np.float32), pool=0)
+    # residual, ReLU and a fused 2x2 max-pool / global average together
+    res = np.random.default_rng(4).standard_normal((1, 1, 4, 4)).astype(np.float32)
+    full = np.maximum(ref.numpy() + res, 0)
+    for pool, want in ((2, full.reshape(1, 1, 2, 2, 2, 2).max(axis=(3, 5))),
+                       ("avg", full.mean(axis=(2, 3), keepdims=True))):
+        pooled = native.CSRConv2d(op.values, op.col_idx, op.row_ptr, 1, 1, 3, padding=1,
+                                  act="relu", pool=pool)
+        np.testing.assert_allclose(pooled.run(x, residual=res), want, rtol=1e-6, atol=1e-6)
+
+
+@needs_kernels
+def test_linear_gelu_epilogue() -> None:
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((37, 50)).astype(np.float32)
+    w[rng.random(w.shape) < 0.7] = 0
+    b = rng.standard_normal(37).astype(np.float32)
+    for batch in (1, 2, 9):
+        x = rng.standard_normal((batch, 50)).astype(np.float32) * 3
+        want = torch.nn.functional.gelu(torch.from_numpy(x @ w.T + b)).numpy()
+        for cls in (native.CSRLinear, native.BSRLinear):
+            op = (cls.from_dense(w, bias=b, act="gelu", threads=2) if cls is native.CSRLinear
+                  else cls.from_dense(np.pad(w, ((0, 3), (0, 0))), (4, 1),
+                                      bias=np.pad(b, (0, 3)), act="gelu"))
+            got = op.run(x)[:, :37]
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+def test_global_average_pool_variants_fuse_into_the_conv() -> None:
+    from sparsebench.backends import get_backend
+
+    class Gap(nn.Module):
+        def __init__(self, how: str) -> None:
+            super().__init__()
+            self.input_shape, self.how = (3, 6, 6), how
+            self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+            self.pool = nn.AdaptiveAvgPool2d((1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.conv(x))
+            if self.how == "mean":
+                return self.fc(y.mean((2, 3)))
+            if self.how == "module":
+                return self.fc(torch.flatten(self.pool(y), 1))
+            return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+    for how in ("mean", "module", "function"):
+        m = Gap(how).eval()
+        prepared = get_backend("native").prepare(convert(m, "csr"), batch=2)
+        assert "+torch" not in prepared.impl and len(prepared.kernels) == 2, how
+        x = torch.randn(2, 3, 6, 6)
+        with torch.no_grad():
+            assert rel_err(prepared.run(x), m(x)) <= 1e-4
+        steps = prepared.profile(x, calls=2)
+        assert list(steps) == ["conv+relu+avgpool", "fc"] and all(v > 0 for v in steps.values())
