@@ -496,6 +496,86 @@ command("claims", "reproduce the papers' claim at small scale: several seeds per
 
 
 # --------------------------------------------------------------------------------------------
+# targets / profile / export-c (logic in sparsebench.profiling.command)
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
+                   help="a checkpoint, state_dict (with --arch) or pickled torch module, "
+                        "traceable by torch.fx (default: the zoo's lenet5 prune-l)")
+    p.add_argument("--arch", help="architecture for a state_dict")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28")
+    p.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from "
+                   "the file: only for files you trust)")
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from sparsebench.profiling.command import run_targets
+
+    return run_targets(args, console())
+
+
+def _targets_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="*", metavar="FILE.toml", help="show these target files "
+                   "instead of the shipped ones (validates them)")
+    p.add_argument("--json", action="store_true", help="print the targets as JSON")
+
+
+command("targets", "list the embedded targets profile knows (RAM, flash, clock, SIMD, "
+        "sources)")(_targets).configure = _targets_flags
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from sparsebench.profiling.command import run_profile
+
+    return run_profile(args, console())
+
+
+def _profile_flags(p: argparse.ArgumentParser) -> None:
+    _model_flags(p)
+    p.add_argument("--target", required=True, help="a target name (see `sparsebench targets`) "
+                   "or a TOML file describing your board")
+    p.add_argument("--encoding", default="best", help="weights for the verdict: best (cheapest "
+                   "per layer, default), lossless (cheapest fp32), c (what export-c writes), or "
+                   "one encoding everywhere (fp32-dense, int8-csr16, ...; see docs/profile.md)")
+    p.add_argument("--block", default="4x4", help="block of the block-sparse encoding (RxC)")
+    p.add_argument("--json", metavar="OUT", help="write the profile as JSON ('-': to stdout "
+                   "instead of the tables)")
+    p.add_argument("--markdown", metavar="OUT", help="write the report as Markdown")
+    p.add_argument("--no-host", action="store_true", help="skip timing torch on this machine")
+    g = p.add_argument_group("cross-build (needs the target's compiler and QEMU)")
+    g.add_argument("--build", action="store_true", help="export C, cross-compile, read the real "
+                   "section sizes, run under QEMU, check against torch, count instructions")
+    g.add_argument("--build-encoding", default="auto", help="C encodings: auto (smaller of "
+                   "dense/csr per layer), dense or csr")
+    g.add_argument("--build-dir", help="keep the sources and the ELF here (default: a temporary "
+                   "folder)")
+    g.add_argument("--timeout", type=float, default=600.0, help="seconds per emulator run")
+
+
+command("profile", "does this model fit an embedded target, and how fast will it run? "
+        "Exit 0 fits, 1 does not fit, 2 error")(_profile).configure = _profile_flags
+
+
+def _export_c(args: argparse.Namespace) -> int:
+    from sparsebench.profiling.command import run_export
+
+    return run_export(args, console())
+
+
+def _export_c_flags(p: argparse.ArgumentParser) -> None:
+    _model_flags(p)
+    p.add_argument("--encoding", default="auto", help="auto (smaller of dense/csr per layer, "
+                   "default), dense (fp32) or csr (fp32 values, 16-bit indices)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test vector's input")
+
+
+command("export-c", "write a model as self-contained C99 (const weights, static arena, test "
+        "vector)")(_export_c).configure = _export_c_flags
+
+
+# --------------------------------------------------------------------------------------------
 # sweep, build-kernels (implemented in sparsebench/sweep.py and sparsebench/native.py)
 
 

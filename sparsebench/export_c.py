@@ -1,0 +1,443 @@
+"""``sparsebench export-c``: a model as self-contained C99 with a test vector.
+
+The export is a folder: ``sb_model.c``/``.h`` (weights as ``const`` arrays in the chosen
+encodings, one static arena planned as in ``profiling.arena``, ``sb_run()`` calling the
+reference kernels in execution order), ``sb_kernels.c``/``.h`` (plain C99, float32, no
+allocation, no libm), ``sb_test_vector.h`` (a seeded input and PyTorch's output for it),
+``main.c`` (runs the test vector, prints the outputs and the max abs error, exit code 0 when it
+is within 1e-4), a ``Makefile`` for the host and ``port/`` (the bare-metal Cortex-M and
+libc-free Linux start-up files ``profile --build`` uses).
+
+Encodings: ``fp32-dense`` and ``fp32-csr16`` (float values, uint16 column indices, int32 row
+pointers) per layer; ``auto`` picks the smaller of the two for each layer. The int8 encodings
+are profiled but not exported (int8 kernels are not part of the C runtime).
+
+Layer types: Conv2d (groups=1, numeric zero padding), Linear, ReLU, MaxPool2d, AvgPool2d
+(ceil_mode off), AdaptiveAvgPool2d with whole windows, BatchNorm (folded into the preceding
+layer, or a per-channel scale and shift), residual add, multiplication or addition by a scalar
+or per-channel constant; flatten/view/dropout cost nothing. This covers the zoo's ``lenet300``,
+``lenet5``, ``vgg11_bn`` and ``resnet18``; ``ffn`` (GELU) is not supported.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparsebench.errors import SparsebenchError
+from sparsebench.profiling.arena import ArenaPlan, plan_graph
+from sparsebench.profiling.encodings import C_ENCODINGS, cheapest, layer_bytes
+from sparsebench.profiling.graph import Graph, Op, trace
+
+CSRC = Path(__file__).resolve().parent / "profiling" / "csrc"
+SUPPORTED_OPS = ("conv2d (groups=1, zero padding), linear, relu, maxpool2d, avgpool2d, "
+                 "adaptive avgpool (whole windows), batchnorm, add, mul/add by a per-channel "
+                 "constant")
+SUPPORTED_ARCHS = ("lenet300", "lenet5", "vgg11_bn", "resnet18")
+ENCODING_NAMES = {"auto": "auto", "dense": "fp32-dense", "csr": "fp32-csr16",
+                  "fp32-dense": "fp32-dense", "fp32-csr16": "fp32-csr16", "c": "auto"}
+KERNEL_FILES = ("sb_kernels.c", "sb_kernels.h", "main.c")
+PORT_FILES = ("sb_port.h", "port_cm.c", "link_cm.ld", "port_linux.c")
+
+
+@dataclass
+class CArray:
+    symbol: str
+    ctype: str           # float | uint16_t | int32_t
+    values: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.size * self.values.dtype.itemsize)
+
+
+@dataclass
+class Export:
+    """What was written, with the exact sizes ``profile --build`` compares against."""
+
+    out_dir: Path
+    files: list[Path]
+    graph: Graph
+    arena: ArenaPlan
+    encodings: dict[str, str]               # weight layer -> encoding
+    arrays: list[CArray] = field(default_factory=list)
+    test_input: np.ndarray | None = None
+    expected: np.ndarray | None = None
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of every ``sbw_*`` array: the analytic weight bytes of the chosen encodings."""
+        return sum(a.nbytes for a in self.arrays)
+
+    @property
+    def test_vector_bytes(self) -> int:
+        assert self.test_input is not None and self.expected is not None
+        return 4 * (self.test_input.size + self.expected.size)
+
+
+def resolve_encoding(name: str) -> str:
+    if name not in ENCODING_NAMES:
+        extra = " (int8 encodings are profiled but not exported)" if "int8" in name else ""
+        raise SparsebenchError(f"export-c encoding {name!r} is not supported{extra}; choose "
+                               f"from: auto, dense, csr (fp32-dense, fp32-csr16)")
+    return ENCODING_NAMES[name]
+
+
+def _cname(name: str) -> str:
+    return re.sub(r"\W", "_", name).strip("_") or "op"
+
+
+def _unsupported(op: Op, graph: Graph) -> str | None:
+    """Why the C runtime cannot run ``op``, or None."""
+    a = op.attrs
+    if op.kind == "conv":
+        if a["groups"] != 1:
+            return f"grouped conv (groups={a['groups']})"
+        if isinstance(a["padding"], str) or a["padding_mode"] != "zeros":
+            return f"padding={a['padding']!r}, padding_mode={a['padding_mode']!r}"
+        return None if len(op.in_shape) == 3 else f"conv input of shape {op.in_shape}"
+    if op.kind in ("linear", "relu"):
+        return None
+    if op.kind == "maxpool":
+        return None if len(op.in_shape) == 3 else f"pool input of shape {op.in_shape}"
+    if op.kind == "avgpool":
+        if a["ceil_mode"] or a["divisor_override"]:
+            return "avg_pool2d with ceil_mode or divisor_override"
+        return None if len(op.in_shape) == 3 else f"pool input of shape {op.in_shape}"
+    if op.kind == "adaptive_avgpool":
+        ok = (len(op.in_shape) == 3 and len(op.out_shape) == 3
+              and op.in_shape[1] % op.out_shape[1] == 0 and op.in_shape[2] % op.out_shape[2] == 0)
+        return None if ok else f"adaptive pooling {op.in_shape} -> {op.out_shape} " \
+                               "without whole windows"
+    if op.kind == "add":
+        shapes = {graph.tensors[t].shape for t in op.inputs}
+        return None if len(shapes) == 1 and op.out_shape in shapes else "broadcasting add"
+    if op.kind in ("mul_const", "add_const"):
+        return None if _channel_const(op) is not None else "broadcast over non-channel axes"
+    if op.kind == "bn":
+        return None
+    return "no C kernel for this op"
+
+
+def _channel_const(op: Op) -> np.ndarray | None:
+    """The constant as one value or one per channel, if it broadcasts that way."""
+    value = np.asarray(op.consts["value"], dtype=np.float32)
+    if op.in_shape != op.out_shape:
+        return None
+    if value.size == 1:
+        return value.reshape(1)
+    full = (1,) * (len(op.out_shape) + 1 - value.ndim) + value.shape
+    if len(full) != len(op.out_shape) + 1 or full[0] != 1 or full[1] != op.out_shape[0] \
+            or any(d != 1 for d in full[2:]):
+        return None
+    return value.reshape(-1)
+
+
+def check_exportable(graph: Graph) -> None:
+    bad = [(op, why) for op in graph.ops if (why := _unsupported(op, graph))]
+    if bad:
+        listed = "; ".join(f"{op.name!r} ({op.source}: {why})" for op, why in bad[:4])
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        raise SparsebenchError(f"export-c cannot handle layer {listed}{more}; the C runtime "
+                               f"supports {SUPPORTED_OPS} (zoo archs: "
+                               f"{', '.join(SUPPORTED_ARCHS)})")
+
+
+def choose_encodings(graph: Graph, encoding: str) -> dict[str, str]:
+    """Weight layer -> ``fp32-dense`` or ``fp32-csr16`` (``auto``: the smaller)."""
+    out = {}
+    for op in graph.weight_ops():
+        key = op.weight_key or op.name
+        assert op.weight is not None
+        _, sizes = layer_bytes(op.weight, op.bias_len)
+        if encoding == "auto":
+            out[key] = cheapest(sizes, C_ENCODINGS)
+        elif sizes[encoding] is None:
+            raise SparsebenchError(f"layer {key!r} has {op.weight.shape[1]} columns: too many "
+                                   f"for 16-bit indices; use --encoding dense or auto")
+        else:
+            out[key] = encoding
+    return out
+
+
+def _float_literal(v: float) -> str:
+    s = f"{float(v):.9g}"
+    if not any(ch in s for ch in ".e"):
+        s += ".0"
+    return s + "f"
+
+
+def _c_array(arr: CArray) -> str:
+    if arr.ctype == "float":
+        items = [_float_literal(v) for v in arr.values.tolist()]
+    else:
+        items = [str(int(v)) for v in arr.values.tolist()]
+    lines = [", ".join(items[i:i + 8]) for i in range(0, len(items), 8)]
+    body = ",\n    ".join(lines)
+    return (f"static const {arr.ctype} {arr.symbol}[{arr.values.size}] = {{\n    {body}\n}};\n")
+
+
+def weight_arrays(key: str, op: Op, enc: str) -> tuple[list[CArray], dict[str, str]]:
+    """The arrays of one layer and the C expressions the kernel call uses."""
+    name = f"sbw_{_cname(key)}"
+    w = op.weight
+    assert w is not None
+    arrays: list[CArray] = []
+    refs = {"bias": "0"}
+    if op.bias is not None:
+        arrays.append(CArray(f"{name}_b", "float", op.bias.astype(np.float32)))
+        refs["bias"] = f"{name}_b"
+    if enc == "fp32-dense":
+        arrays.append(CArray(f"{name}_w", "float", w.reshape(-1).astype(np.float32)))
+        refs["w"] = f"{name}_w"
+        return arrays, refs
+    rows, cols = np.nonzero(w != 0)
+    values = w[rows, cols].astype(np.float32)
+    indices = cols.astype(np.uint16)
+    if indices.size % 2:                 # keep every array a multiple of 4 bytes
+        indices = np.append(indices, np.uint16(0))
+    rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=w.shape[0]))])
+    refs.update(val="0", col="0", rowptr=f"{name}_rowptr")
+    if values.size:
+        arrays += [CArray(f"{name}_val", "float", values), CArray(f"{name}_col", "uint16_t",
+                                                                  indices)]
+        refs.update(val=f"{name}_val", col=f"{name}_col")
+    arrays.append(CArray(f"{name}_rowptr", "int32_t", rowptr.astype(np.int32)))
+    return arrays, refs
+
+
+def _call(op: Op, graph: Graph, plan: ArenaPlan, enc: str | None, refs: dict[str, str]) -> str:
+    def at(tensor: str) -> str:
+        return f"A + {plan.offset(tensor) // 4}"
+
+    x, y = at(op.inputs[0]), at(op.output)
+    relu = int(op.act == "relu")
+    a = op.attrs
+    if op.kind == "conv":
+        cin, h, wd = op.in_shape
+        cout, ho, wo = op.out_shape
+        geo = (f"{cin}, {h}, {wd}, {cout}, {ho}, {wo}, {a['kernel'][0]}, {a['kernel'][1]}, "
+               f"{a['stride'][0]}, {a['stride'][1]}, {a['padding'][0]}, {a['padding'][1]}, "
+               f"{a['dilation'][0]}, {a['dilation'][1]}, {relu}")
+        if enc == "fp32-dense":
+            return f"sbk_conv2d_dense({x}, {y}, {refs['w']}, {refs['bias']}, {geo});"
+        return (f"sbk_conv2d_csr16({x}, {y}, {refs['val']}, {refs['col']}, {refs['rowptr']}, "
+                f"{refs['bias']}, {geo});")
+    if op.kind == "linear":
+        fin, fout = a["in_features"], a["out_features"]
+        npos = math.prod(op.in_shape) // fin
+        if enc == "fp32-dense":
+            return (f"sbk_linear_dense({x}, {y}, {refs['w']}, {refs['bias']}, {fin}, {fout}, "
+                    f"{npos}, {relu});")
+        return (f"sbk_linear_csr16({x}, {y}, {refs['val']}, {refs['col']}, {refs['rowptr']}, "
+                f"{refs['bias']}, {fin}, {fout}, {npos}, {relu});")
+    if op.kind == "relu":
+        return f"sbk_relu({x}, {y}, {op.out_numel});"
+    if op.kind in ("maxpool", "avgpool", "adaptive_avgpool"):
+        c, h, wd = op.in_shape
+        _, ho, wo = op.out_shape
+        if op.kind == "adaptive_avgpool":
+            kh, kw = h // ho, wd // wo
+            a = {"kernel": (kh, kw), "stride": (kh, kw), "padding": (0, 0),
+                 "count_include_pad": True}
+        geo = (f"{c}, {h}, {wd}, {ho}, {wo}, {a['kernel'][0]}, {a['kernel'][1]}, "
+               f"{a['stride'][0]}, {a['stride'][1]}, {a['padding'][0]}, {a['padding'][1]}")
+        if op.kind == "maxpool":
+            return f"sbk_maxpool2d({x}, {y}, {geo}, {a['dilation'][0]}, {a['dilation'][1]});"
+        return f"sbk_avgpool2d({x}, {y}, {geo}, {int(a['count_include_pad'])});"
+    if op.kind == "add":
+        return f"sbk_add({x}, {at(op.inputs[1])}, {y}, {op.out_numel}, {relu});"
+    if op.kind in ("bn", "mul_const", "add_const"):
+        c = op.in_shape[0] if op.kind == "bn" or refs["n"] != "1" else 1
+        inner = op.out_numel // c
+        return (f"sbk_channel_affine({x}, {y}, {refs.get('scale', '0')}, "
+                f"{refs.get('shift', '0')}, {c}, {inner}, {relu});")
+    raise SparsebenchError(f"export-c cannot handle layer {op.name!r} ({op.source})")
+
+
+def _const_arrays(op: Op) -> tuple[list[CArray], dict[str, str]]:
+    name = f"sbw_{_cname(op.name)}"
+    if op.kind == "bn":
+        return ([CArray(f"{name}_scale", "float", op.consts["scale"].astype(np.float32)),
+                 CArray(f"{name}_shift", "float", op.consts["shift"].astype(np.float32))],
+                {"scale": f"{name}_scale", "shift": f"{name}_shift", "n": "c"})
+    value = _channel_const(op)
+    assert value is not None
+    role = "scale" if op.kind == "mul_const" else "shift"
+    return ([CArray(f"{name}_{role}", "float", value)],
+            {role: f"{name}_{role}", "n": str(value.size)})
+
+
+def test_vector(module: torch.nn.Module, input_shape: tuple[int, ...], seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded uniform [0, 1) input and the float32 output of ``module`` on it."""
+    x = torch.rand(1, *input_shape, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        y = module.eval()(x)
+    if not isinstance(y, torch.Tensor):
+        raise SparsebenchError("export-c needs a model returning one tensor")
+    return x.numpy().reshape(-1).astype(np.float32), \
+        y.detach().float().numpy().reshape(-1).astype(np.float32)
+
+
+def export_c(module: torch.nn.Module, input_shape: tuple[int, ...], out_dir: str | Path, *,
+             encoding: str = "auto", name: str = "model", seed: int = 0) -> Export:
+    """Write the C export of ``module`` to ``out_dir`` (see the module docstring)."""
+    encoding = resolve_encoding(encoding)
+    graph = trace(module, tuple(input_shape))
+    check_exportable(graph)
+    for op in graph.ops:
+        tensors = [op.weight, op.bias, *op.consts.values()]
+        if any(t is not None and not np.isfinite(t).all() for t in tensors):
+            raise SparsebenchError(f"export-c: layer {op.name!r} holds NaN/Inf parameters")
+    encodings = choose_encodings(graph, encoding)
+    plan = plan_graph(graph)
+    x, expected = test_vector(module, tuple(input_shape), seed)
+
+    arrays: list[CArray] = []
+    calls: list[str] = []
+    emitted: dict[str, dict[str, str]] = {}
+    for op in graph.ops:
+        key = op.weight_key or op.name
+        enc = encodings.get(key) if op.weight is not None else None
+        if op.weight is not None:
+            if key not in emitted:
+                new, emitted[key] = weight_arrays(key, op, enc)  # type: ignore[arg-type]
+                arrays += new
+            refs = emitted[key]
+        elif op.kind in ("bn", "mul_const", "add_const"):
+            new, refs = _const_arrays(op)
+            arrays += new
+        else:
+            refs = {}
+        io = f"{' + '.join(op.inputs)} -> {op.output}"
+        what = f"{op.kind}{'+' + op.act if op.act else ''}"
+        shapes = f"{'x'.join(map(str, op.in_shape))} -> {'x'.join(map(str, op.out_shape))}"
+        calls.append(f"    /* {op.index} {op.name}: {what}, {shapes}{', ' + enc if enc else ''}"
+                     f" ({io}) */\n    {_call(op, graph, plan, enc, refs)}")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "port").mkdir(exist_ok=True)
+    files = []
+    for fname in KERNEL_FILES:
+        shutil.copyfile(CSRC / fname, out / fname)
+        files.append(out / fname)
+    for fname in PORT_FILES:
+        shutil.copyfile(CSRC / fname, out / "port" / fname)
+        files.append(out / "port" / fname)
+    n_in, n_out = x.size, expected.size
+    weight_bytes = sum(a.nbytes for a in arrays)
+    header = _header(name, n_in, n_out, plan.size, weight_bytes)
+    model_c = _model_c(name, graph, plan, encodings, arrays, calls, weight_bytes)
+    vector = _vector_h(x, expected, seed)
+    for fname, text in (("sb_model.h", header), ("sb_model.c", model_c),
+                        ("sb_test_vector.h", vector), ("Makefile", _MAKEFILE),
+                        ("README.md", _readme(name, encodings, weight_bytes, plan.size))):
+        (out / fname).write_text(text)
+        files.append(out / fname)
+    return Export(out, files, graph, plan, encodings, arrays, x, expected)
+
+
+def _header(name: str, n_in: int, n_out: int, arena: int, weights: int) -> str:
+    return f"""/* {name}: generated by sparsebench export-c. */
+#ifndef SB_MODEL_H
+#define SB_MODEL_H
+
+#define SB_INPUT_SIZE {n_in}      /* float32 inputs (NCHW, batch 1) */
+#define SB_OUTPUT_SIZE {n_out}
+#define SB_ARENA_BYTES {arena}   /* the one static activation buffer */
+#define SB_WEIGHT_BYTES {weights}  /* all const weight arrays */
+
+float *sb_input(void);        /* where to write the input (inside the arena) */
+const float *sb_run(void);    /* run the model; returns the output (inside the arena) */
+
+#endif
+"""
+
+
+def _model_c(name: str, graph: Graph, plan: ArenaPlan, encodings: dict[str, str],
+             arrays: list[CArray], calls: list[str], weight_bytes: int) -> str:
+    layers = "\n".join(f" *   {k}: {v}" for k, v in encodings.items())
+    buffers = "\n".join(f" *   {b.name}: {b.size} B at offset {b.offset}, ops {b.first}..{b.last}"
+                        for b in plan.buffers)
+    body = "\n".join(_c_array(a) for a in arrays)
+    return f"""/* {name}: generated by sparsebench export-c.
+ * Weights {weight_bytes} B (const), arena {plan.size} B (static).
+ * Encodings:
+{layers}
+ * Arena plan (first-fit over tensor lifetimes, 16-byte aligned):
+{buffers}
+ */
+#include <stdint.h>
+
+#include "sb_kernels.h"
+#include "sb_model.h"
+
+#if defined(__GNUC__)
+#define SB_ALIGN16 __attribute__((aligned(16)))
+#else
+#define SB_ALIGN16
+#endif
+
+{body}
+static float sb_arena[SB_ARENA_BYTES / 4] SB_ALIGN16;
+
+float *sb_input(void) {{ return sb_arena + {plan.offset(graph.input) // 4}; }}
+
+const float *sb_run(void)
+{{
+    float *const A = sb_arena;
+{chr(10).join(calls)}
+    return A + {plan.offset(graph.output) // 4};
+}}
+"""
+
+
+def _vector_h(x: np.ndarray, y: np.ndarray, seed: int) -> str:
+    xs = _c_array(CArray("sbt_input", "float", x))
+    ys = _c_array(CArray("sbt_expected", "float", y))
+    return (f"/* Test vector: uniform [0, 1) input (torch seed {seed}) and PyTorch's float32 "
+            f"output. */\n#ifndef SB_TEST_VECTOR_H\n#define SB_TEST_VECTOR_H\n\n{xs}\n{ys}\n"
+            f"#endif\n")
+
+
+_MAKEFILE = """# Host build of the test harness: `make && ./sb_test`.
+CC ?= cc
+CFLAGS ?= -std=c99 -O2 -Wall -Wextra
+sb_test: main.c sb_model.c sb_kernels.c sb_model.h sb_kernels.h sb_test_vector.h
+\t$(CC) $(CFLAGS) -o $@ main.c sb_model.c sb_kernels.c
+clean:
+\trm -f sb_test
+.PHONY: clean
+"""
+
+
+def _readme(name: str, encodings: dict[str, str], weights: int, arena: int) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in encodings.items())
+    return f"""# {name} as C99 (sparsebench export-c)
+
+`make && ./sb_test` runs the test vector and prints every output, the max abs error against
+PyTorch and PASS/FAIL (tolerance 1e-4, exit code 0 on PASS). No dynamic allocation: weights are
+`const` arrays ({weights} bytes), activations live in one static arena ({arena} bytes).
+Use it in your own code: write `SB_INPUT_SIZE` floats to `sb_input()`, call `sb_run()`.
+
+| layer | encoding |
+|---|---|
+{rows}
+
+`port/` holds the start-up code `sparsebench profile --build` uses for QEMU: `port_cm.c` +
+`link_cm.ld` (bare-metal Cortex-M, semihosting) and `port_linux.c` (AArch64 Linux, no libc).
+"""
+
+
+def export_info(e: Export) -> dict[str, Any]:
+    return {"out_dir": str(e.out_dir), "encodings": e.encodings, "weight_bytes": e.weight_bytes,
+            "arena_bytes": e.arena.size, "files": [str(f) for f in e.files]}

@@ -1,0 +1,157 @@
+"""What the ``targets``, ``profile`` and ``export-c`` commands do (cli.py holds only flags)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from sparsebench.errors import SparsebenchError
+
+EXIT_FITS, EXIT_DOES_NOT_FIT = 0, 1
+
+
+def parse_block(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SparsebenchError(f"bad block {text!r}: expected RxC, e.g. 4x4") from None
+    if r < 1 or c < 1:
+        raise SparsebenchError(f"bad block {text!r}: sizes must be positive")
+    return r, c
+
+
+def load(args: argparse.Namespace) -> Any:
+    """The model named on the command line, as a torch module with its input shape."""
+    from sparsebench.loading import load_model, parse_input_shape
+
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    loaded = load_model(args.model, arch=args.arch, input_shape=shape, trust=args.trust)
+    if loaded.module is None:
+        raise SparsebenchError(f"{args.model} could not be converted to a torch module"
+                               + (f": {loaded.onnx_error}" if loaded.onnx_error else ""))
+    return loaded
+
+
+def run_targets(args: argparse.Namespace, con: Any) -> int:
+    from rich.table import Table
+
+    from sparsebench.profiling.summary import fmt_bytes
+    from sparsebench.targets import list_targets, load_target
+
+    targets = [load_target(p) for p in args.files] if args.files else list_targets()
+    if args.json:
+        con.print_json(json.dumps([t.to_dict() for t in targets]))
+        return 0
+    table = Table("name", "description", "clock", "cores", "RAM", "flash", "weights in", "FPU",
+                  "SIMD", "bandwidth", "build (emulator)", "sources")
+    for t in targets:
+        b = t.build
+        build = "-" if b is None else f"{b.cc}" + (f" -> {b.qemu}" if b.qemu else "") + \
+            (f" -machine {b.machine}" if b.machine else "")
+        table.add_row(t.name, t.description, f"{t.clock_mhz:g} MHz", str(t.cores),
+                      fmt_bytes(t.ram_bytes),
+                      "no limit" if t.flash_bytes is None else fmt_bytes(t.flash_bytes),
+                      t.weights_in, t.fpu, f"{t.simd_bits} bit",
+                      f"{t.mem_bandwidth_mb_s:g} MB/s" if t.mem_bandwidth_mb_s else "-", build,
+                      "; ".join(t.sources))
+    con.print(table)
+    con.print("add your own: sparsebench profile MODEL --target my-board.toml (keys: see "
+              "docs/profile.md)")
+    return 0
+
+
+def run_profile(args: argparse.Namespace, con: Any) -> int:
+    from sparsebench.profiling.report import markdown, print_profile, verdict_line
+    from sparsebench.profiling.summary import check_policy, host_latency, profile_model, to_dict
+    from sparsebench.targets import load_target
+
+    target = load_target(args.target)
+    policy = check_policy(args.encoding)
+    block = parse_block(args.block)
+    if args.build:
+        from sparsebench.profiling.build import check_tools
+
+        check_tools(target)   # fail before the slow part
+    loaded = load(args)
+    info = {"name": Path(args.model).stem, "path": str(args.model), "kind": loaded.kind,
+            "arch": loaded.arch}
+    prof = profile_model(loaded.module, loaded.input_shape, target, policy=policy, block=block,
+                         model_info=info)
+    if not args.no_host:
+        prof.host = host_latency(loaded.module, loaded.input_shape)
+    if args.build:
+        from sparsebench.export_c import resolve_encoding
+        from sparsebench.profiling.build import build_and_run
+        from sparsebench.profiling.summary import choose
+
+        enc = resolve_encoding(args.build_encoding)
+        est = choose(prof.graph, prof.layers, prof.other_bytes, prof.arena, target,
+                     "c" if enc == "auto" else enc, block).est_seconds
+        prof.build = build_and_run(loaded.module, loaded.input_shape, target, encoding=enc,
+                                   work_dir=args.build_dir, timeout=args.timeout,
+                                   name=info["name"], est_seconds=est)
+    to_stdout = args.json == "-"
+    if to_stdout:   # keep stdout pure JSON; messages go to stderr
+        from sparsebench.cli import console
+
+        con = console(stderr=True)
+    else:
+        print_profile(prof, con)
+    if args.json:
+        text = json.dumps(to_dict(prof), indent=1, default=_jsonable)
+        if to_stdout:
+            print(text)
+        else:
+            _write(Path(args.json), text)
+            con.print(f"wrote {args.json}")
+    if args.markdown:
+        _write(Path(args.markdown), markdown(prof))
+        con.print(f"wrote {args.markdown}")
+    if prof.build and not prof.build["output_ok"]:
+        status = prof.build["status"]
+        con.print(f"[bold red]the emulated output does not match torch[/]: max abs error "
+                  f"{prof.build['max_abs_err']:.3g} (tolerance {prof.build['tolerance']:g}), "
+                  f"program status {status}" + (" (a CPU fault)" if status == "FAULT" else ""))
+        return EXIT_DOES_NOT_FIT
+    if to_stdout:
+        con.print(verdict_line(prof))
+    return EXIT_FITS if prof.verdict.fits else EXIT_DOES_NOT_FIT
+
+
+def run_export(args: argparse.Namespace, con: Any) -> int:
+    from sparsebench.export_c import export_c, resolve_encoding
+
+    resolve_encoding(args.encoding)
+    loaded = load(args)
+    exp = export_c(loaded.module, loaded.input_shape, args.out, encoding=args.encoding,
+                   name=Path(args.model).stem, seed=args.seed)
+    con.print(f"wrote {len(exp.files)} files to {exp.out_dir}: weights {exp.weight_bytes:,} B "
+              f"(const), arena {exp.arena.size:,} B (static), test vector "
+              f"{exp.test_vector_bytes:,} B")
+    for layer, enc in exp.encodings.items():
+        con.print(f"  {layer}: {enc}")
+    con.print(f"build and check on this machine: make -C {exp.out_dir} && "
+              f"{exp.out_dir}/sb_test")
+    return 0
+
+
+def _write(path: Path, text: str) -> None:
+    from sparsebench.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+def _jsonable(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

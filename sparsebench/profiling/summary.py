@@ -1,0 +1,293 @@
+"""The profile of one model on one target: per-layer storage, arena, verdict, estimate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparsebench.errors import SparsebenchError
+from sparsebench.profiling.arena import ArenaPlan, plan_graph
+from sparsebench.profiling.encodings import (C_ENCODINGS, ENCODINGS, LOSSLESS, MatrixStats,
+                                             cheapest, encoding_label, layer_bytes)
+from sparsebench.profiling.estimate import op_seconds
+from sparsebench.profiling.graph import Graph, Op, trace
+from sparsebench.targets import Target
+
+POLICIES = {"best": "cheapest per layer",
+            "lossless": "cheapest fp32 per layer",
+            "c": "cheapest export-c encoding per layer (fp32-dense/csr16)"}
+
+
+@dataclass
+class LayerRow:
+    """One weight matrix: its statistics and exact bytes in every encoding."""
+
+    name: str
+    op: Op
+    stats: MatrixStats
+    sizes: dict[str, int | None]
+    best: str
+    best_lossless: str
+    best_c: str
+
+    def pick(self, policy: str) -> str:
+        if policy == "best":
+            return self.best
+        if policy == "lossless":
+            return self.best_lossless
+        if policy == "c":
+            return self.best_c
+        if self.sizes.get(policy) is None:
+            raise SparsebenchError(f"encoding {policy} cannot store layer {self.name!r} "
+                                   f"({self.stats.cols} columns)")
+        return policy
+
+
+@dataclass
+class Choice:
+    """Flash/RAM/latency of the model with one encoding choice for its layers."""
+
+    label: str
+    policy: str
+    per_layer: dict[str, str]
+    weight_bytes: int
+    flash_needed: int | None
+    ram_needed: int
+    flash_margin: int | None
+    ram_margin: int
+    est_seconds: float
+
+    @property
+    def fits(self) -> bool:
+        return self.ram_margin >= 0 and (self.flash_margin is None or self.flash_margin >= 0)
+
+
+@dataclass
+class Profile:
+    model: dict[str, Any]
+    target: Target
+    graph: Graph
+    layers: list[LayerRow]
+    other_bytes: int          # constants of non-weight ops (unfolded BatchNorm, mul factors)
+    arena: ArenaPlan
+    arena_int8: int           # the same plan with 1-byte activations
+    block: tuple[int, int]
+    policy: str
+    choices: list[Choice]
+    verdict: Choice
+    host: dict[str, Any] | None = None
+    build: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def layer(self, name: str) -> LayerRow:
+        return next(row for row in self.layers if row.name == name)
+
+    def totals(self) -> dict[str, int | None]:
+        """Model weight bytes with each single encoding (None where a layer cannot use it)."""
+        out: dict[str, int | None] = {}
+        for enc in ENCODINGS:
+            sizes = [row.sizes[enc] for row in self.layers]
+            out[enc] = None if any(s is None for s in sizes) else \
+                sum(sizes) + self.other_bytes  # type: ignore[arg-type]
+        return out
+
+
+def _policy_label(policy: str, block: tuple[int, int]) -> str:
+    return POLICIES.get(policy, f"{encoding_label(policy, block)} everywhere")
+
+
+def check_policy(policy: str) -> str:
+    if policy not in POLICIES and policy not in ENCODINGS:
+        raise SparsebenchError(f"unknown encoding {policy!r}; choose from: "
+                               f"{', '.join([*POLICIES, *ENCODINGS])}")
+    return policy
+
+
+def choose(graph: Graph, layers: list[LayerRow], other: int, arena: ArenaPlan, target: Target,
+           policy: str, block: tuple[int, int]) -> Choice:
+    """Bytes, fit and estimated latency with ``policy`` applied to every layer."""
+    per_layer = {row.name: row.pick(policy) for row in layers}
+    by_key = {row.name: row for row in layers}
+    weights = sum(by_key[n].sizes[e] or 0 for n, e in per_layer.items()) + other
+    seconds = 0.0
+    for op in graph.ops:
+        key = op.weight_key or op.name
+        if op.weight is not None and key in by_key:
+            enc = per_layer[key]
+            seconds += op_seconds(op, target, enc, by_key[key].stats,
+                                  by_key[key].sizes[enc] or 0)
+        else:
+            seconds += op_seconds(op, target)
+    if target.weights_in == "flash":
+        flash, ram = weights, arena.size
+    else:
+        flash, ram = None, arena.size + weights
+    return Choice(_policy_label(policy, block), policy, per_layer, weights, flash, ram,
+                  None if flash is None or target.flash_bytes is None
+                  else target.flash_bytes - flash, target.ram_bytes - ram, seconds)
+
+
+def profile_model(module: torch.nn.Module, input_shape: tuple[int, ...], target: Target, *,
+                  policy: str = "best", block: tuple[int, int] = (4, 4),
+                  model_info: dict[str, Any] | None = None) -> Profile:
+    """Trace, size and plan ``module`` for ``target``; ``policy`` picks the verdict's encodings."""
+    check_policy(policy)
+    graph = trace(module, input_shape)
+    layers = []
+    for op in graph.weight_ops():
+        assert op.weight is not None
+        stats, sizes = layer_bytes(op.weight, op.bias_len, block)
+        layers.append(LayerRow(op.weight_key or op.name, op, stats, sizes, cheapest(sizes),
+                               cheapest(sizes, LOSSLESS), cheapest(sizes, C_ENCODINGS)))
+    other = sum(4 * int(np.asarray(c).size) for op in graph.ops if op.weight is None
+                for c in op.consts.values())
+    arena = plan_graph(graph)
+    arena_int8 = plan_graph(graph, elem_bytes=1).size
+    policies = ["fp32-dense", "int8-dense", "lossless", "c", "best"]
+    if policy not in policies:
+        policies.append(policy)
+    choices = [choose(graph, layers, other, arena, target, p, block) for p in policies]
+    verdict = next(c for c in choices if c.policy == policy)
+    params = sum(op.params for op in graph.weight_ops())
+    nnz = sum(row.stats.nnz for row in layers)
+    dense = sum(row.stats.numel for row in layers)
+    info = {**(model_info or {}), "input_shape": list(input_shape), "params": params,
+            "weight_nonzeros": nnz, "weight_entries": dense,
+            "weight_sparsity": 1 - nnz / dense if dense else 0.0,
+            "dense_macs": sum(op.dense_macs for op in graph.ops),
+            "sparse_macs": sum(op.sparse_macs for op in graph.ops)}
+    notes = []
+    if any(e.startswith("int8") for e in verdict.per_layer.values()):
+        err = int8_weight_error(module, input_shape)
+        notes.append(f"int8 weights (symmetric per row) change the output on a seeded input by "
+                     f"at most {err:.3g} (max abs); activations stay fp32")
+    folded = [f for op in graph.ops for f in op.fused if "BatchNorm" in f]
+    if folded:
+        notes.append(f"{len(folded)} BatchNorm layer(s) folded into the preceding conv/linear")
+    unknown = sorted({op.source for op in graph.ops if op.kind == "other"})
+    if unknown:
+        notes.append(f"ops without a cost model (0 MACs in the estimate): {', '.join(unknown)}")
+    return Profile(info, target, graph, layers, other, arena, arena_int8, block, policy,
+                   choices, verdict, notes=notes)
+
+
+def int8_weight_error(module: torch.nn.Module, input_shape: tuple[int, ...]) -> float:
+    """Max abs change of the output on a seeded input when every Conv2d/Linear weight is
+    quantized to symmetric per-row int8 (before any BatchNorm folding)."""
+    import copy
+
+    from sparsebench.profiling.encodings import quantize_rows
+
+    x = torch.rand(1, *input_shape, generator=torch.Generator().manual_seed(0))
+    quant = copy.deepcopy(module).float().eval()
+    with torch.no_grad():
+        for mod in quant.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+                w = mod.weight.detach().reshape(mod.weight.shape[0], -1).numpy()
+                q, scale = quantize_rows(w)
+                deq = torch.from_numpy(q.astype(np.float32) * scale[:, None])
+                mod.weight.copy_(deq.reshape(mod.weight.shape))
+    with torch.inference_mode():
+        ref, out = module.eval()(x), quant(x)
+    return float((ref.float() - out.float()).abs().max())
+
+
+def host_latency(module: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Measured single-thread batch-1 latency of the torch module on this machine."""
+    from sparsebench.measure.timing import TimingPolicy, latency_stats_ms, time_calls
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.rand(1, *input_shape, generator=torch.Generator().manual_seed(0))
+        module = module.eval()
+        with torch.inference_mode():
+            samples = time_calls(lambda: module(x), TimingPolicy(warmup_calls=3,
+                                                                 warmup_seconds=0.05,
+                                                                 min_calls=20, min_seconds=0.3))
+    finally:
+        torch.set_num_threads(threads)
+    stats = latency_stats_ms(samples)
+    return {"impl": "torch-eager fp32, 1 thread, batch 1", "p50_ms": stats["p50"],
+            "p90_ms": stats["p90"], "samples": len(samples)}
+
+
+def to_dict(p: Profile) -> dict[str, Any]:
+    """The profile as plain JSON-ready data (schema ``sparsebench-profile`` v1)."""
+    def shape(s: tuple[int, ...]) -> list[int]:
+        return [int(d) for d in s]
+
+    ops = [{"index": op.index, "name": op.name, "kind": op.kind, "source": op.source,
+            "act": op.act, "fused": op.fused, "inputs": op.inputs, "output": op.output,
+            "in_shape": shape(op.in_shape), "out_shape": shape(op.out_shape),
+            "params": op.params, "nonzeros": op.nnz if op.weight is not None else None,
+            "dense_macs": op.dense_macs, "sparse_macs": op.sparse_macs,
+            "out_bytes": 4 * op.out_numel} for op in p.graph.ops]
+    layers = [{"name": r.name, "rows": r.stats.rows, "cols": r.stats.cols,
+               "nonzeros": r.stats.nnz, "sparsity": 1 - r.stats.nnz / max(1, r.stats.numel),
+               "csr8_fillers": r.stats.csr8_fillers, "bsr_blocks": r.stats.nblocks,
+               "bias": 0 if r.op.bias is None else int(r.op.bias.size),
+               "bytes": dict(r.sizes), "best": r.best, "best_lossless": r.best_lossless,
+               "best_c": r.best_c} for r in p.layers]
+    choices = [{"label": c.label, "policy": c.policy, "per_layer": c.per_layer,
+                "weight_bytes": c.weight_bytes, "flash_needed": c.flash_needed,
+                "ram_needed": c.ram_needed, "flash_margin": c.flash_margin,
+                "ram_margin": c.ram_margin, "fits": c.fits,
+                "estimated_ms": 1e3 * c.est_seconds} for c in p.choices]
+    return {
+        "schema": "sparsebench-profile", "schema_version": 1, "model": p.model,
+        "target": p.target.to_dict(), "block": list(p.block),
+        "encodings": {e: encoding_label(e, p.block) for e in ENCODINGS},
+        "ops": ops, "layers": layers, "other_const_bytes": p.other_bytes,
+        "totals": p.totals(),
+        "arena": {"bytes": p.arena.size, "lower_bound": p.arena.lower_bound,
+                  "alignment": 16, "int8_activations_bytes": p.arena_int8,
+                  "buffers": [{"tensor": b.name, "bytes": b.size, "offset": b.offset,
+                               "first_op": b.first, "last_op": b.last}
+                              for b in p.arena.buffers]},
+        "choices": choices, "verdict": {"policy": p.verdict.policy, "fits": p.verdict.fits},
+        "estimate_note": "estimated latency: roofline from the target's throughput figures "
+                         "(not a measurement)",
+        "host": p.host, "build": p.build, "notes": p.notes,
+    }
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    n = float(n)
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    if abs(n) < 1024 ** 2:
+        return f"{n / 1024:.1f} KiB"
+    if abs(n) < 1024 ** 3:
+        return f"{n / 1024 ** 2:.2f} MiB"
+    return f"{n / 1024 ** 3:.2f} GiB"
+
+
+def fmt_count(n: float) -> str:
+    n = float(n)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_seconds(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+
+__all__ = ["POLICIES", "Choice", "LayerRow", "Profile", "check_policy", "fmt_bytes",
+           "fmt_count", "fmt_seconds", "host_latency", "percent", "profile_model",
+           "to_dict"]
