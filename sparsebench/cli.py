@@ -347,8 +347,14 @@ def _measure(args: argparse.Namespace) -> int:
         data=None if args.data in ("auto", "none") else args.data, data_dir=args.data_dir,
         data_limit=args.data_limit, per_layer=args.per_layer, arch=args.arch,
         input_shape=list(input_shape) if input_shape else None, trust=args.trust,
-        index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout)
+        index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout,
+        inject_slowdown=args.inject_slowdown)
     cfg.validate()
+    ab = None
+    if args.ab:
+        from sparsebench.measure.ab import ABRunner
+
+        ab = ABRunner(args.ab, args.ab_rounds, paths)
     out = console()
     names = _unique_names(paths)
     loaded = {p: load_model(p, arch=args.arch, input_shape=input_shape, trust=args.trust)
@@ -356,9 +362,15 @@ def _measure(args: argparse.Namespace) -> int:
     if args.data == "auto":
         found = {_auto_data(m) for m in loaded.values()} - {None}
         cfg.data = found.pop() if len(found) == 1 else None
+    if ab:
+        cfg.data = None  # A/B runs time the two sides only
     results = ResultsFile(args.json, config={**cfg.__dict__})
     for path, model in loaded.items():
         results.set_model(names[path], model_info(model, cfg.formats, cfg.index_dtype))
+    if ab:
+        ab.record(results, names[paths[0]], lambda p: load_model(
+            p, arch=args.arch, input_shape=input_shape, trust=args.trust),
+            lambda m: model_info(m, cfg.formats, cfg.index_dtype), loaded[paths[0]].input_shape)
     del loaded
     jobs = plan(cfg, names)
     out.print(f"measuring {len(jobs)} executions of {len(paths)} model(s)"
@@ -366,7 +378,7 @@ def _measure(args: argparse.Namespace) -> int:
               + (f" -> {args.json}" if args.json else ""))
     try:
         with progress_display() as progress:
-            task = progress.add_task("measure", total=len(jobs))
+            task = progress.add_task("measure", total=len(jobs) * (2 if ab else 1))
 
             def on_row(row: dict[str, Any]) -> None:
                 progress.advance(task)
@@ -374,7 +386,7 @@ def _measure(args: argparse.Namespace) -> int:
                 out.print(f"  {cells[0]} {cells[1]}/{cells[2]} b{cells[4]} t{cells[5]}: "
                           f"{cells[3]} p50 {cells[6]} ms  {cells[-1]}")
 
-            run_plan(jobs, results, cfg.timeout, on_row)
+            (ab or run_plan)(jobs, results, cfg.timeout, on_row)
     except KeyboardInterrupt:
         if args.json:
             out.print(f"interrupted: {len(results.rows)} completed rows kept in {args.json}")
@@ -426,10 +438,69 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls (default 3)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per execution")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    p.add_argument("--ab", metavar="BASE", help="interleaved A/B against BASE for "
+                   "`sparsebench compare`: a model file (calls alternate in one process) or a "
+                   "folder with the base commit's checkout (processes alternate); the model "
+                   "given is the new side (docs/ci-gate.md)")
+    p.add_argument("--ab-rounds", type=int, default=10, metavar="N", help="base/new process "
+                   "pairs with a checkout as --ab (default 10; 8 at least for p < 0.01)")
+    p.add_argument("--inject-slowdown", type=float, metavar="FRACTION", help="testing aid: "
+                   "after every timed call, busy-wait FRACTION of its duration (with --ab: the "
+                   "new side only)")
 
 
 command("measure", "measure latency, memory, size and accuracy of models across formats and "
         "backends")(_measure).configure = _measure_flags
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from sparsebench.checkpoint import atomic_write_bytes
+    from sparsebench.gate import GateConfig, compare_files
+    from sparsebench.gate.report import markdown, print_comparison, to_json
+
+    cfg = GateConfig(alpha=args.alpha, threshold=args.threshold, blocks=args.blocks,
+                     resamples=args.resamples, seed=args.seed, rss_tolerance=args.rss_tolerance,
+                     rss_min_bytes=round(args.rss_min_mib * 1024 ** 2))
+    result = compare_files(args.files, cfg, args.allow_machine_mismatch)
+    out = console()
+    print_comparison(result, out)
+    for path, text in ((args.markdown, lambda: markdown(result)),
+                       (args.json, lambda: json.dumps(to_json(result), indent=1))):
+        if path:
+            atomic_write_bytes(Path(path), lambda fh, t=text(): fh.write(t.encode()))
+            out.print(f"wrote {path}")
+    return result.exit_code
+
+
+def _compare_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="BASE.json NEW.json (from `measure "
+                   "--json`), or one file from `measure --ab`")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level of the rank "
+                   "test; the CI is 1-alpha (default 0.01)")
+    p.add_argument("--threshold", type=float, default=0.10, help="smallest latency change that "
+                   "counts, as a fraction (default 0.10)")
+    p.add_argument("--rss-tolerance", type=float, default=0.25, help="peak RSS growth allowed, "
+                   "as a fraction (default 0.25) ...")
+    p.add_argument("--rss-min-mib", type=float, default=4.0, help="... and in MiB (default 4)")
+    p.add_argument("--blocks", type=int, default=20, help="contiguous blocks per row for the "
+                   "test and the bootstrap (default 20; 0: per call, not recommended)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--allow-machine-mismatch", action="store_true",
+                   help="compare files from different CPUs or core counts")
+    p.add_argument("--markdown", metavar="OUT", help="write the comparison as Markdown (a "
+                   "pull-request comment)")
+    p.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
+
+
+command("compare", "regression gate: compare two results files (or one A/B file); exit 1 on "
+        "a latency, size or memory regression")(_compare).configure = _compare_flags
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class MeasureConfig:
     index_dtype: str = "auto"
     seed: int = 0
     timeout: float = 900.0
+    inject_slowdown: float | None = None  # testing aid: see measure/inject.py
 
     def validate(self) -> None:
         from sparsebench.backends import BACKENDS
@@ -51,6 +52,9 @@ class MeasureConfig:
             raise SparsebenchError(f"batch sizes must be at least 1, got {self.batches}")
         if not self.threads or any(t < 1 for t in self.threads):
             raise SparsebenchError(f"thread counts must be at least 1, got {self.threads}")
+        if self.inject_slowdown is not None and not 0 <= self.inject_slowdown <= 10:
+            raise SparsebenchError(f"--inject-slowdown must be in [0, 10], got "
+                                   f"{self.inject_slowdown}")
         if self.data is not None:
             from sparsebench.data import DATASETS
 
@@ -115,13 +119,17 @@ def plan(cfg: MeasureConfig, names: dict[str, str]) -> list[dict[str, Any]]:
                             "data_limit": cfg.data_limit, "per_layer": cfg.per_layer,
                             "arch": cfg.arch, "input_shape": cfg.input_shape,
                             "trust": cfg.trust, "index_dtype": cfg.index_dtype,
-                            "seed": cfg.seed})
+                            "seed": cfg.seed, "inject_slowdown": cfg.inject_slowdown})
     return jobs
 
 
-def run_worker(job: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run one job in a fresh interpreter; a crash or timeout becomes a skipped row."""
+def run_worker(job: dict[str, Any], timeout: float, module: str = "sparsebench.measure.worker",
+               root: str | None = None) -> dict[str, Any]:
+    """Run one job in a fresh interpreter; a crash or timeout becomes a skipped row.
+    ``root``: run the worker of the sparsebench checkout in that folder (A/B of two commits)."""
     env = dict(os.environ)
+    if root:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     threads = str(job["threads"])
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
 
@@ -130,9 +138,8 @@ def run_worker(job: dict[str, Any], timeout: float) -> dict[str, Any]:
                            job["threads"], reason)
 
     try:
-        proc = subprocess.run([sys.executable, "-m", "sparsebench.measure.worker"],
-                              input=json.dumps(job), capture_output=True, text=True,
-                              timeout=timeout, env=env)
+        proc = subprocess.run([sys.executable, "-m", module], input=json.dumps(job),
+                              capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
     except subprocess.TimeoutExpired:
         return failed(f"error: timed out after {timeout:.0f}s")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

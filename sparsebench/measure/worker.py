@@ -107,8 +107,9 @@ def accuracy(backend: Any, converted: Any, job: dict[str, Any], threads: int,
     return 100.0 * correct / len(x)
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Execute one (model, format, backend, batch, threads) job; returns the result row."""
+def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
+    """Execute one (model, format, backend, batch, threads) job; returns the result row.
+    ``timer(call, policy)`` replaces the timing loop (the interleaved A/B worker uses it)."""
     threads, batch = int(job["threads"]), int(job["batch"])
     import torch
 
@@ -169,7 +170,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     setup_peak = peak_rss() - baseline
     peak_reset = reset_peak()
-    samples = time_calls(lambda: prepared.run(x), TimingPolicy(**job.get("timing", {})))
+    call, injected = (lambda: prepared.run(x)), None
+    if job.get("inject_slowdown"):  # a testing aid for the regression gate (measure/inject.py)
+        from sparsebench.measure.inject import slowed
+
+        call, injected = slowed(call, float(job["inject_slowdown"]))
+    samples = (timer or time_calls)(call, TimingPolicy(**job.get("timing", {})))
     exec_peak = peak_rss() - baseline
     row = skipped("")
     row.update(
@@ -182,6 +188,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from sparsebench.measure.roofline import achieved  # native rows: bytes and FLOP per second
 
     row.update(achieved(prepared, batch, sparse_macs, row["latency_ms"]["p50"]))
+    if injected:
+        row["injected_slowdown"] = injected
     if job.get("per_layer"):
         module = getattr(prepared, "module", None)
         if module is None and hasattr(prepared, "profile"):  # native plans time their steps
