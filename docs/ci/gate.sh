@@ -23,6 +23,6 @@ git worktree add --detach "$work/base" "$base_ref" >/dev/null
 python -c "from sparsebench import native; native.available()" || true
 (cd "$work/base" && python -c "from sparsebench import native; native.available()") || true
 
-sparsebench measure "$model" --ab "$work/base" --data none \
+sparsebench measure "$model" --ab "$work/base" --ab-rounds 16 --data none \
   --json "${GATE_JSON:-gate-ab.json}" "$@"
 sparsebench compare "${GATE_JSON:-gate-ab.json}" --markdown "${GATE_MARKDOWN:-gate.md}"
