@@ -331,7 +331,8 @@ def _auto_data(loaded: Any) -> str | None:
 def _measure(args: argparse.Namespace) -> int:
     from sparsebench.backends import BACKENDS
     from sparsebench.loading import load_model, parse_input_shape
-    from sparsebench.measure.harness import MeasureConfig, model_info, plan, run_plan
+    from sparsebench.measure.harness import (MeasureConfig, model_info, plan, run_plan,
+                                             timing_from_args)
     from sparsebench.measure.report import print_report, row_cells
     from sparsebench.measure.results import ResultsFile
     from sparsebench.registry import split_list
@@ -342,8 +343,7 @@ def _measure(args: argparse.Namespace) -> int:
         models=paths, formats=split_list(args.formats), backends=split_list(args.backends)
         or BACKENDS.names(), batches=split_list(args.batch, int),
         threads=split_list(args.threads, int),
-        timing={"min_calls": args.min_calls, "min_seconds": args.min_time,
-                "warmup_calls": args.warmup},
+        timing=timing_from_args(args),
         data=None if args.data in ("auto", "none") else args.data, data_dir=args.data_dir,
         data_limit=args.data_limit, per_layer=args.per_layer, arch=args.arch,
         input_shape=list(input_shape) if input_shape else None, trust=args.trust,
@@ -405,6 +405,8 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _measure_flags(p: argparse.ArgumentParser) -> None:
+    from sparsebench.measure.harness import add_timing_flags
+
     p.add_argument("models", nargs="*", help="checkpoints, state_dicts (with --arch), pickled "
                    "torch.nn modules, TorchScript or ONNX files (default: the zoo's lenet5 "
                    "prune-l)")
@@ -432,11 +434,7 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
                    "(runs code from the file: only for files you trust)")
     p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"),
                    help="CSR/BSR column index width (auto: int16 when the columns fit)")
-    p.add_argument("--min-calls", type=int, default=20, help="timed calls at least (default 20)")
-    p.add_argument("--min-time", type=float, default=0.5,
-                   help="seconds of timed calls at least (default 0.5)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up calls (default 3)")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per execution")
+    add_timing_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random input")
     p.add_argument("--ab", metavar="BASE", help="interleaved A/B against BASE for "
                    "`sparsebench compare`: a model file (calls alternate in one process) or a "

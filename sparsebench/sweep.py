@@ -313,6 +313,8 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
+    from sparsebench.measure.harness import add_timing_flags
+
     p.add_argument("model", nargs="?", help="a model file to prune (instead of --arch)")
     p.add_argument("--arch", help="architecture to create randomly initialised: "
                    + ", ".join(ARCH_INPUTS))
@@ -339,17 +341,15 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plot", action="store_true", help="skip the plot")
     p.add_argument("--save-models", metavar="DIR", help="keep the pruned checkpoints here "
                    "(default: a temporary folder)")
-    p.add_argument("--min-calls", type=int, default=20, help="timed calls at least (default 20)")
-    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls at least")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up calls (default 3)")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per execution")
+    add_timing_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input")
 
 
 def run_sweep(args: argparse.Namespace, out: Any,
               progress_display: Callable[[], Any]) -> int:
     from sparsebench.cli import command_line
-    from sparsebench.measure.harness import MeasureConfig, model_info, plan, run_plan
+    from sparsebench.measure.harness import (MeasureConfig, model_info, plan, run_plan,
+                                             timing_from_args)
     from sparsebench.measure.results import ResultsFile
     from sparsebench.registry import split_list
 
@@ -366,8 +366,7 @@ def run_sweep(args: argparse.Namespace, out: Any,
     cfg = MeasureConfig(
         models=["-"], formats=split_list(args.formats), backends=split_list(args.backends),
         batches=split_list(args.batch, int), threads=split_list(args.threads, int),
-        timing={"min_calls": args.min_calls, "min_seconds": args.min_time,
-                "warmup_calls": args.warmup},
+        timing=timing_from_args(args),
         index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout)
     cfg.validate()
     with tempfile.TemporaryDirectory(prefix="sparsebench-sweep-") as tmp:

@@ -16,6 +16,21 @@ from sparsebench.measure.results import ResultsFile, skipped_row
 DEFAULT_FORMATS = ("dense", "structured", "csr", "bsr")
 
 
+def add_timing_flags(p: Any) -> None:
+    """The timing flags shared by ``measure`` and ``sweep`` (defaults: ``TimingPolicy``)."""
+    p.add_argument("--min-calls", type=int, default=20, help="timed calls at least (default 20)")
+    p.add_argument("--min-time", type=float, default=0.5,
+                   help="seconds of timed calls at least (default 0.5)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up calls (default 3)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per execution")
+
+
+def timing_from_args(args: Any) -> dict[str, Any]:
+    """``MeasureConfig.timing`` from the flags of ``add_timing_flags``."""
+    return {"min_calls": args.min_calls, "min_seconds": args.min_time,
+            "warmup_calls": args.warmup}
+
+
 @dataclass
 class MeasureConfig:
     """The options of one ``sparsebench measure`` run (stored in the results file)."""
