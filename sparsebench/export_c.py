@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from sparsebench.errors import SparsebenchError
+from sparsebench.graph.reference import output
 from sparsebench.profiling.arena import ArenaPlan, plan_graph
 from sparsebench.profiling.encodings import C_ENCODINGS, cheapest, layer_bytes
 from sparsebench.profiling.graph import Graph, Op, trace
@@ -287,6 +288,17 @@ def test_vector(module: torch.nn.Module, input_shape: tuple[int, ...], seed: int
         y.detach().float().numpy().reshape(-1).astype(np.float32)
 
 
+def check_against_reference(graph: Graph, x: np.ndarray, expected: np.ndarray) -> None:
+    """The graph being exported (folded, fused), run by the reference evaluator, must give the
+    model's own output: the oracle for what the C code computes."""
+    assert graph.source is not None
+    got = output(graph.source, x).reshape(-1)
+    err = float(np.abs(got - expected).max()) if got.size == expected.size else math.inf
+    if not err <= 1e-4 * max(1.0, float(np.abs(expected).max())):
+        raise SparsebenchError(f"export-c: the model's graph does not reproduce its output "
+                               f"(max abs error {err:.3g}); this is a sparsebench bug")
+
+
 def export_c(module: torch.nn.Module, input_shape: tuple[int, ...], out_dir: str | Path, *,
              encoding: str = "auto", name: str = "model", seed: int = 0) -> Export:
     """Write the C export of ``module`` to ``out_dir`` (see the module docstring)."""
@@ -300,6 +312,7 @@ def export_c(module: torch.nn.Module, input_shape: tuple[int, ...], out_dir: str
     encodings = choose_encodings(graph, encoding)
     plan = plan_graph(graph)
     x, expected = test_vector(module, tuple(input_shape), seed)
+    check_against_reference(graph, x.reshape(1, *input_shape), expected)
 
     arrays: list[CArray] = []
     calls: list[str] = []

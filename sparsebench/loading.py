@@ -1,6 +1,6 @@
 """Load any model file sparsebench can measure, safely by default.
 
-Detected in order: ONNX (converted to torch by ``onnx_import``; the original bytes are kept for
+Detected in order: ONNX (converted to torch by ``graph.onnx_torch``; the original bytes are kept for
 onnxruntime), TorchScript (dense execution only), then ``torch.load(weights_only=True)`` with an
 allow-list of ``torch.nn`` and sparsebench module classes: a sparsebench checkpoint, a pickled
 ``nn.Module`` or a state_dict (which needs ``arch``). A pickle that references any other class
@@ -189,7 +189,7 @@ def _try_onnx(p: Path, input_shape: tuple[int, ...] | None, strict: bool) -> Loa
         raise SparsebenchError(f"{p} is not a valid ONNX model: {_first_line(exc)}")
     shape, notes = _onnx_input_shape(p, model, input_shape)
     loaded = LoadedModel(p.stem, str(p), "onnx", None, shape, onnx_bytes=data, notes=notes)
-    from sparsebench.onnx_import import to_torch
+    from sparsebench.graph.onnx_torch import to_torch
 
     try:
         module = to_torch(model)

@@ -18,7 +18,7 @@ from sparsebench.archs import create_model
 from sparsebench.checkpoint import save_checkpoint
 from sparsebench.errors import SparsebenchError
 from sparsebench.loading import load_model, parse_input_shape
-from sparsebench.onnx_import import SUPPORTED, Unsupported, to_torch
+from sparsebench.graph.onnx_torch import SUPPORTED, Unsupported, to_torch
 
 ARCH_KWARGS = {
     "lenet300": {},

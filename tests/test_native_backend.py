@@ -109,7 +109,7 @@ def test_fold_skips_bn_whose_input_is_shared() -> None:
 
 def test_fold_onnx_imported_model() -> None:
     from sparsebench.backends.onnxrt import export_onnx
-    from sparsebench.onnx_import import to_torch
+    from sparsebench.graph.onnx_torch import to_torch
 
     import onnx
 
@@ -239,7 +239,7 @@ def test_onnx_imported_chain_runs_on_a_plan() -> None:
 
     from sparsebench.backends import get_backend
     from sparsebench.backends.onnxrt import export_onnx
-    from sparsebench.onnx_import import to_torch
+    from sparsebench.graph.onnx_torch import to_torch
 
     m = model("lenet5")
     imported = to_torch(onnx.load_from_string(export_onnx(m, m.input_shape)))

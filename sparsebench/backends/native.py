@@ -2,8 +2,8 @@
 
 ``prepare`` folds BatchNorm into the preceding layers (``formats.fold_batchnorm``), converts
 the folded model again (a structured model's compacted layers become CSR too, zeros dropped),
-and builds a flat **plan** for one batch size from the model's graph (torch.fx, or an ONNX
-import's step list):
+and builds a flat **plan** for one batch size from the model's graph (``sparsebench.graph``:
+torch.fx, or an ONNX import's step list):
 
 * every Conv2d/Linear with a payload is one prepared kernel call on preallocated buffers, with
   fused epilogues: ReLU/GELU, for convolutions also a residual add (ResNet), a constant
@@ -29,29 +29,32 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sparsebench import native
 from sparsebench.backends.base import Backend, Prepared, Unsupported, swap_layers, validate
-from sparsebench.backends.native_graph import Graph, Op, evaluate, extract
 from sparsebench.errors import SparsebenchError
+from sparsebench.graph import Graph, Node, from_module, run
+from sparsebench.graph.execute import bind
 from sparsebench.formats import ConvertedModel, SparseWeight, convert, format_family
 from sparsebench.formats.fold import fold_batchnorm
 
 _ACTS = ("relu", "gelu")
 _GLOBAL_AVG = -1  # _Step.pool: a fused global average pool
+# what a torch step of these kinds is called in the impl (other nodes: what they came from)
+_KIND_LABELS = {"global_avgpool": "gap", "relu": "relu", "gelu": "gelu", "maxpool": "maxpool",
+                "flatten": "flatten", "add": "add", "alias": "alias"}
 
 
 @dataclass
 class _Step:
     kind: str                          # "linear" | "conv" | "view" | "torch"
-    pos: int                           # position of the last graph op it covers
-    out: int                           # value written
-    ins: tuple[int, ...]               # values read
-    op: Op
+    pos: int                           # position of the last graph node it covers
+    out: str                           # value written
+    ins: tuple[str, ...]               # values read
+    op: Node
     act: str | None = None
-    residual: int | None = None
+    residual: str | None = None
     scale: torch.Tensor | None = None
     pool: int = 1
     label: str = ""
@@ -88,58 +91,72 @@ class _Planner:
         self.module = converted.module
         x = torch.zeros(batch, *converted.input_shape)
         with torch.inference_mode():
-            self.ref = evaluate(graph, self.module, x)
-        self.canon = list(range(graph.nvalues))
-        for op in graph.ops:
+            self.ref = run(graph, x, self.module)
+        self.canon = {v: v for v in self.ref}
+        for op in graph.nodes:
             if op.kind == "alias":
-                self.canon[op.out] = self.canon[op.args[0]]
-        self.users: dict[int, list[int]] = {}
-        for i, op in enumerate(graph.ops):
+                self.canon[op.output] = self.canon[op.inputs[0]]
+        self.users: dict[str, list[int]] = {}
+        for i, op in enumerate(graph.nodes):
             if op.kind == "alias":
                 continue
-            for a in op.args:
-                self.users.setdefault(self.canon[a], []).append(i)
+            for a in op.inputs:
+                if a:
+                    self.users.setdefault(self.canon[a], []).append(i)
         self.output = self.canon[graph.output]
 
-    def shape(self, v: int) -> tuple[int, ...]:
+    def shape(self, v: str) -> tuple[int, ...]:
         r = self.ref[v]
         return tuple(r.shape) if isinstance(r, torch.Tensor) else ()
 
-    def is_buffer(self, v: int) -> bool:
+    def is_buffer(self, v: str) -> bool:
         r = self.ref[v]
         return (isinstance(r, torch.Tensor) and r.dtype == torch.float32
                 and v not in self.g.consts)
 
-    def sole_user(self, v: int, consumed: set[int]) -> tuple[int, Op] | None:
+    def scale(self, op: Node) -> tuple[str, torch.Tensor] | None:
+        """(x, per-channel vector) of a ``mul`` by a constant channel vector, else None."""
+        if op.kind != "mul" or len(op.inputs) != 2:
+            return None
+        a, c = op.inputs
+        if a in self.g.consts:
+            a, c = c, a
+        vec = _scale_vector(self.g.consts.get(c))
+        return None if vec is None or a in self.g.consts else (a, vec)
+
+    def sole_user(self, v: str, consumed: set[int]) -> tuple[int, Node] | None:
         """The one op reading ``v`` (not the output, not taken by another chain), else None."""
         users = self.users.get(v, [])
         if v == self.output or len(users) != 1 or users[0] in consumed:
             return None
-        return users[0], self.g.ops[users[0]]
+        return users[0], self.g.nodes[users[0]]
 
     # ------------------------------------------------------------------ fusion
 
     def steps(self) -> list[_Step]:
         steps: list[_Step] = []
         consumed: set[int] = set()
-        for i, op in enumerate(self.g.ops):
+        for i, op in enumerate(self.g.nodes):
             if i in consumed or op.kind == "alias":
                 continue
-            args = tuple(self.canon[a] for a in op.args)
-            sw = self.cv.layers.get(op.module or "") if op.kind == "layer" else None
+            args = tuple(self.canon[a] if a else a for a in op.inputs)
+            layer = op.kind in ("conv", "linear")
+            sw = self.cv.layers.get(op.module or "") if layer else None
             if sw is not None and self.native_layer(sw, args[0]):
                 steps.append(self.fuse(i, op, sw, args[0], consumed))
             elif op.kind == "flatten" and self.is_buffer(args[0]):
-                steps.append(_Step("view", i, op.out, args, op))
+                steps.append(_Step("view", i, op.output, args, op))
             else:
-                label = op.label or op.kind
-                if op.kind == "layer":
+                label = _KIND_LABELS.get(op.kind) or op.label
+                if layer:
                     label = f"{op.module} (dense layer)"
-                steps.append(_Step("torch", i, op.out, args, op, label=label))
+                elif self.scale(op) is not None:
+                    label = "scale"
+                steps.append(_Step("torch", i, op.output, args, op, label=label))
         steps.sort(key=lambda s: s.pos)
         return steps
 
-    def native_layer(self, sw: SparseWeight, x: int) -> bool:
+    def native_layer(self, sw: SparseWeight, x: str) -> bool:
         if not self.is_buffer(x):
             return False
         if sw.layer == "linear":
@@ -147,29 +164,29 @@ class _Planner:
         return (len(self.shape(x)) == 4 and tuple(sw.dilation or (1, 1)) == (1, 1)
                 and (sw.groups or 1) == 1)
 
-    def fuse(self, i: int, op: Op, sw: SparseWeight, x: int, consumed: set[int]) -> _Step:
+    def fuse(self, i: int, op: Node, sw: SparseWeight, x: str, consumed: set[int]) -> _Step:
         """The layer plus the epilogue ops that follow it as sole consumers: for a conv
         ``add`` (residual), activation, channel ``scale``, ``maxpool``; for a linear the
         activation. The fused step runs where the last fused op was."""
-        step = _Step("linear" if sw.layer == "linear" else "conv", i, op.out, (x,), op)
+        step = _Step("linear" if sw.layer == "linear" else "conv", i, op.output, (x,), op)
 
         where: dict[int, int] = {}  # id(op) -> index of the ops found below
 
-        def take(kinds: tuple[str, ...]) -> Op | None:
+        def take(kinds: tuple[str, ...]) -> Node | None:
             found = self.sole_user(step.out, consumed)
             if found is None or found[1].kind not in kinds:
                 return None
             where[id(found[1])] = found[0]
             return found[1]
 
-        def absorb(nxt: Op) -> None:
+        def absorb(nxt: Node) -> None:
             consumed.add(where[id(nxt)])
-            step.pos, step.out = where[id(nxt)], nxt.out
+            step.pos, step.out = where[id(nxt)], nxt.output
 
         conv = step.kind == "conv"
         nxt = take(("add",)) if conv else None
-        if nxt is not None:
-            a, b = (self.canon[v] for v in nxt.args)
+        if nxt is not None and len(nxt.inputs) == 2:
+            a, b = (self.canon[v] for v in nxt.inputs)
             other = b if a == step.out else a
             if other != step.out and self.is_buffer(other) \
                     and self.shape(other) == self.shape(step.out):
@@ -179,12 +196,13 @@ class _Planner:
         if nxt is not None:
             step.act = nxt.kind
             absorb(nxt)
-        nxt = take(("scale",)) if conv else None
-        if nxt is not None and nxt.attrs["scale"].numel() == (sw.out_channels or 0):
-            step.scale = nxt.attrs["scale"]
-            absorb(nxt)
-        nxt = take(("maxpool", "gap")) if conv else None
-        if nxt is not None and nxt.kind == "gap" and len(self.shape(step.out)) == 4:
+        nxt = take(("mul",)) if conv else None
+        scaled = self.scale(nxt) if nxt is not None else None
+        if scaled is not None and scaled[1].numel() == (sw.out_channels or 0):
+            step.scale = scaled[1]
+            absorb(nxt)  # type: ignore[arg-type]
+        nxt = take(("maxpool", "global_avgpool")) if conv else None
+        if nxt is not None and nxt.kind == "global_avgpool" and len(self.shape(step.out)) == 4:
             step.pool = _GLOBAL_AVG
             absorb(nxt)
         elif nxt is not None and nxt.kind == "maxpool" \
@@ -195,22 +213,22 @@ class _Planner:
 
     # ------------------------------------------------------------------ buffers
 
-    def buffers(self, steps: list[_Step]) -> dict[int, np.ndarray]:
+    def buffers(self, steps: list[_Step]) -> dict[str, np.ndarray]:
         """A float32 buffer (or a view of one) per tensor value, reused once dead."""
-        storage: dict[int, int] = {}
-        last: dict[int, int] = {}
+        storage: dict[str, str] = {}
+        last: dict[str, int] = {}
         for n, s in enumerate(steps):
             if s.kind == "view":
                 storage[s.out] = storage.get(s.ins[0], s.ins[0])
             for v in s.ins:
-                if self.is_buffer(v):
+                if v and self.is_buffer(v):
                     st = storage.get(v, v)
                     last[st] = max(last.get(st, -1), n)
         out_store = storage.get(self.output, self.output)
         last[out_store] = len(steps)
         inp = self.canon[self.g.input]
         last[inp] = len(steps)  # the input buffer is written by run(): never reused
-        bufs: dict[int, np.ndarray] = {inp: np.zeros(self.shape(inp), np.float32)}
+        bufs: dict[str, np.ndarray] = {inp: np.zeros(self.shape(inp), np.float32)}
         free: dict[tuple[int, ...], list[np.ndarray]] = {}
         for n, s in enumerate(steps):
             if s.kind == "view":
@@ -248,13 +266,10 @@ class NativePrepared(Prepared):
         planner = _Planner(self.graph, self.converted, self.threads, batch)
         steps = planner.steps()
         bufs = planner.buffers(steps)
-        env: list[Any] = [None] * self.graph.nvalues
-        for i, c in self.graph.consts.items():
-            env[i] = c
+        env: dict[str, Any] = dict(self.graph.consts)
         tviews = {v: torch.from_numpy(b) for v, b in bufs.items()}
-        for v, t in tviews.items():
-            env[v] = t
-        for v, c in enumerate(planner.canon):  # aliases (dropout, folded BN) share the tensor
+        env.update(tviews)
+        for v, c in planner.canon.items():  # aliases (dropout, folded BN) share the tensor
             if c != v and c in tviews:
                 env[v] = tviews[c]
         calls: list[Callable[[], Any]] = []
@@ -379,37 +394,26 @@ def _bind(op: Any, sw: SparseWeight, x: np.ndarray, y: np.ndarray,
     return functools.partial(op.run, x, y)
 
 
-def _torch_step(s: _Step, planner: _Planner, env: list[Any],
+def _scale_vector(c: Any) -> torch.Tensor | None:
+    """A constant that multiplies an NCHW tensor channel-wise, as a (C,) vector, else None."""
+    if not isinstance(c, torch.Tensor) or not c.is_floating_point() or c.dim() < 1:
+        return None
+    shape = list(c.shape)
+    while len(shape) < 4:
+        shape.insert(0, 1)
+    if len(shape) != 4 or shape[0] != 1 or any(s != 1 for s in shape[2:]):
+        return None
+    return c.reshape(-1).float().contiguous()
+
+
+def _torch_step(s: _Step, planner: _Planner, env: dict[str, Any],
                 out: torch.Tensor | None) -> Callable[[], Any]:
-    """A graph op executed by torch on views of the plan's buffers."""
-    op, module = s.op, planner.module
-    a = s.ins
-    if op.kind == "layer":
-        layer = module.get_submodule(op.module or "")
-        fn: Callable[[], Any] = lambda: layer(env[a[0]])  # noqa: E731
-    elif op.kind == "relu":
-        fn = lambda: torch.relu(env[a[0]])  # noqa: E731
-    elif op.kind == "gelu":
-        fn = lambda: F.gelu(env[a[0]])  # noqa: E731
-    elif op.kind == "maxpool":
-        at = op.attrs
-        fn = lambda: F.max_pool2d(env[a[0]], at["kernel"], at["stride"], at["padding"],  # noqa
-                                  at["dilation"], at["ceil_mode"])
-    elif op.kind == "flatten":
-        fn = lambda: torch.flatten(env[a[0]], 1)  # noqa: E731
-    elif op.kind == "gap":
-        keep = op.attrs["keepdim"]
-        fn = lambda: env[a[0]].mean((2, 3), keepdim=keep)  # noqa: E731
-    elif op.kind == "add":
-        fn = lambda: env[a[0]] + env[a[1]]  # noqa: E731
-    elif op.kind == "scale":
-        sc = op.attrs["scale"]
-        fn = lambda: env[a[0]] * sc.view(1, -1, *([1] * (env[a[0]].dim() - 2)))  # noqa: E731
-    else:
-        fn = functools.partial(op.fn, env)  # type: ignore[arg-type]
+    """A graph node executed by torch on views of the plan's buffers."""
+    node_fn = bind(s.op, planner.module)
+    fn: Callable[[], Any] = functools.partial(node_fn, env)
     if out is not None:
         return lambda: out.copy_(fn())
-    target = op.out
+    target = s.op.output
 
     def store() -> None:
         env[target] = fn()
@@ -422,8 +426,8 @@ class _NativeLayer(nn.Module):
     def __init__(self, sw: SparseWeight, threads: int) -> None:
         super().__init__()
         self.sw = sw
-        self.op = _kernel(sw, _Step("linear" if sw.layer == "linear" else "conv", 0, 0, (),
-                                    Op("layer", 0)), threads)
+        self.op = _kernel(sw, _Step("linear" if sw.layer == "linear" else "conv", 0, "", (),
+                                    Node(sw.layer, "", (), "")), threads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sw = self.sw
@@ -475,7 +479,7 @@ class NativeBackend(Backend):
         block = converted.block if converted.format == "bsr" else None
         example = torch.zeros(1, *converted.input_shape)
         try:
-            folded = convert(fold_batchnorm(converted.module), target,
+            folded = convert(fold_batchnorm(converted.module, converted.input_shape), target,
                              index_dtype=converted.index_dtype, block=block, example=example)
         except SparsebenchError as exc:
             raise Unsupported(f"native: cannot convert the folded model: {exc}") from exc
@@ -486,7 +490,7 @@ class NativeBackend(Backend):
             if any(sw.layer == "conv" for sw in folded.layers.values()):
                 label += "(convs:csr)"
         try:
-            graph = extract(folded.module)
+            graph = from_module(folded.module, converted.input_shape)
         except SparsebenchError as exc:
             prepared: Prepared = SwappedPrepared(folded, threads, label, str(exc))
         else:

@@ -1,13 +1,14 @@
-"""The execution graph of a model: ops in execution order, their tensors, shapes and weights.
+"""The execution graph of a model as an embedded runtime sees it: ops, buffers, weights.
 
-Traced with ``torch.fx`` and shape-propagated on one sample. Then, as a deployment converter
-(TFLite, CMSIS-NN) would:
+Read from the shared model graph (``sparsebench.graph``: torch.fx, an ONNX import, or
+TorchScript through ONNX) and, as a deployment converter (TFLite, CMSIS-NN) would:
 
 * BatchNorm following a Conv2d/Linear whose output feeds nothing else is folded into it
-  (``w' = w * g/sqrt(var+eps)``, ``b' = (b - mean) * g/sqrt(var+eps) + beta``);
+  (``graph.passes.fold_batchnorm``);
 * a ReLU whose input feeds nothing else is fused into the Conv2d/Linear/add that produced it;
 * flatten, view, reshape, contiguous, Identity and Dropout (eval mode) are aliases: they
-  produce no new buffer (NCHW data is already laid out flat) and do not appear as ops.
+  produce no new buffer (NCHW data is already laid out flat) and do not appear as ops;
+  values that are not tensors (sizes) and constants are not buffers either.
 
 Shapes are per sample (no batch dimension). Weights are float32 matrices ``rows x cols``:
 Conv2d ``Cout x (Cin/groups * kh * kw)`` (column ``c*kh*kw + ky*kw + kx``), Linear
@@ -17,28 +18,22 @@ Conv2d ``Cout x (Cin/groups * kh * kw)`` (column ``c*kh*kw + ky*kw + kx``), Line
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
+from sparsebench import graph as ir
 from sparsebench.errors import SparsebenchError
+from sparsebench.graph.ir import VIEW_KINDS
+from sparsebench.graph.passes import fold_batchnorm, fuse_activations
 
-ALIAS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                 nn.AlphaDropout, nn.Flatten, nn.Unflatten)
-ALIAS_FUNCTIONS = {torch.flatten, torch.reshape, F.dropout, torch.squeeze, torch.unsqueeze}
-ALIAS_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze"}
-RELU_FUNCTIONS = {torch.relu, F.relu, torch.relu_}
-MAXPOOL_FUNCTIONS = {torch.max_pool2d, F.max_pool2d}
-AVGPOOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d}
-ADAPTIVE_FUNCTIONS = {F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d}
-ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
-MUL_FUNCTIONS = {operator.mul, torch.mul, operator.imul}
 WEIGHT_KINDS = ("conv", "linear")
+# IR kind -> the kind the embedded runtime knows (anything else is "other")
+_KINDS = {"conv": "conv", "linear": "linear", "relu": "relu", "maxpool": "maxpool",
+          "avgpool": "avgpool", "adaptive_avgpool": "adaptive_avgpool",
+          "global_avgpool": "adaptive_avgpool", "batchnorm": "bn"}
 
 
 @dataclass
@@ -121,6 +116,7 @@ class Graph:
     input: str
     output: str
     input_shape: tuple[int, ...]
+    source: ir.Graph | None = None    # the model graph (folded and fused) it was lowered from
 
     def weight_ops(self) -> list[Op]:
         """Ops holding a weight matrix, one per distinct weight (first call)."""
@@ -136,290 +132,80 @@ class Graph:
         return [op.index for op in self.ops if tensor in op.inputs]
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, (list, tuple)):
-        if len(v) == 0:
-            raise ValueError("empty")
-        return (int(v[0]), int(v[-1])) if len(v) in (1, 2) else (int(v[0]), int(v[1]))
-    return int(v), int(v)
+def _np(t: Any) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        return t.detach().to(torch.float32).cpu().numpy().copy()
+    return np.asarray(t, dtype=np.float32).copy()
 
 
-def _bind(names: list[str], args: tuple, kwargs: dict) -> dict[str, Any]:
-    bound = dict(zip(names, args))
-    bound.update(kwargs)
-    return bound
+def trace(module: Any, input_shape: tuple[int, ...]) -> Graph:
+    """The embedded view of ``module`` (a torch module, an ONNX import or TorchScript) on one
+    sample of ``input_shape``; one-line errors."""
+    g = ir.from_module(module, tuple(input_shape))
+    fold_batchnorm(g)
+    fuse_activations(g)
+    return lower(g, tuple(input_shape))
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float32).cpu().numpy().copy()
-
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if hasattr(node, "meta") else None
-    shape = getattr(meta, "shape", None)
-    return None if shape is None else tuple(int(s) for s in shape)
-
-
-def _fn_name(fn: Any) -> str:
-    mod = getattr(fn, "__module__", None) or ""
-    name = getattr(fn, "__name__", str(fn))
-    if fn in ADD_FUNCTIONS or fn in MUL_FUNCTIONS:
-        return f"operator.{name}" if mod in ("_operator", "operator") else f"torch.{name}"
-    return f"{'F' if 'functional' in mod or '_nn' in mod else 'torch'}.{name}"
-
-
-def trace(module: nn.Module, input_shape: tuple[int, ...]) -> Graph:
-    """Trace ``module`` (eval mode) on one zero sample of ``input_shape``; one-line errors."""
-    import torch.fx
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    if isinstance(module, torch.jit.ScriptModule):
-        raise SparsebenchError("a TorchScript model cannot be traced for its execution graph; "
-                               "profile a checkpoint, state_dict, pickled module or ONNX file")
-    if type(module).__name__ == "OnnxGraphModule":
-        raise SparsebenchError("profile and export-c need a torch model traceable by torch.fx; "
-                               "models imported from ONNX are not (profile the checkpoint or "
-                               "state_dict they were exported from)")
-    module = module.eval()
-    try:
-        gm = torch.fx.symbolic_trace(module)
-    except Exception as exc:  # noqa: BLE001 - fx raises many kinds for untraceable code
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise SparsebenchError(f"cannot trace the model's execution graph with torch.fx "
-                               f"({type(exc).__name__}: {first})") from None
-    try:
-        with torch.inference_mode():
-            ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
-    except Exception as exc:  # noqa: BLE001 - the user's model/input mismatch
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise SparsebenchError(f"model does not run on an input of shape "
-                               f"{tuple(input_shape)}: {first}") from None
-    return _build(gm, tuple(input_shape))
-
-
-def _build(gm: Any, input_shape: tuple[int, ...]) -> Graph:
-    alias: dict[str, str] = {}           # fx node name -> buffer name
-    consts: dict[str, torch.Tensor] = {}
-    tensors: dict[str, Tensor] = {}
+def lower(g: ir.Graph, input_shape: tuple[int, ...]) -> Graph:
+    """Ops for the tensor-valued nodes of ``g``; views become aliases of their input."""
+    alias: dict[str, str] = {}
+    tensors = {g.input: Tensor(g.input, tuple(input_shape), -1)}
     ops: list[Op] = []
-    input_name = output_name = None
 
-    def buf(arg: Any) -> str | None:
-        name = getattr(arg, "name", None)
-        return alias.get(name, name) if name in alias or name in tensors else None
+    def buf(v: str) -> str | None:
+        v = alias.get(v, v)
+        return v if v in tensors else None
 
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            if input_name is not None:
-                raise SparsebenchError("profile supports models with one input tensor")
-            input_name = node.name
-            tensors[node.name] = Tensor(node.name, input_shape, -1)
+    for node in g.nodes:
+        shape = g.shape(node.output)
+        inputs = [b for b in (buf(v) for v in node.inputs if v) if b is not None]
+        if shape is None or not inputs:   # a size, or computed from sizes only
             continue
-        if node.op == "get_attr":
-            value = gm
-            for part in str(node.target).split("."):
-                value = getattr(value, part)
-            if isinstance(value, torch.Tensor):
-                consts[node.name] = value.detach()
+        if node.kind in VIEW_KINDS:
+            alias[node.output] = inputs[0]
             continue
-        if node.op == "output":
-            out = node.args[0]
-            if isinstance(out, (tuple, list)):
-                if len(out) != 1:
-                    raise SparsebenchError("profile supports models with one output tensor")
-                out = out[0]
-            output_name = buf(out)
-            if output_name is None:
-                raise SparsebenchError("the model's output is not computed from its input")
-            continue
-        shape = _shape(node)
-        if shape is None:  # a size(), getattr or other non-tensor value
-            continue
-        shape = shape[1:]
-        tensor_args = [a for a in node.args if buf(a) is not None]
-        if not tensor_args and node.args and isinstance(node.args[0], (list, tuple)):
-            tensor_args = [a for a in node.args[0] if buf(a) is not None]
-        if not tensor_args:  # computed from constants only (folded at conversion time)
-            continue
-        src = buf(tensor_args[0])
-        op = _classify(gm, node, consts, buf, [buf(a) for a in tensor_args])
-        if op is None:  # an alias
-            alias[node.name] = src  # type: ignore[assignment]
-            continue
-        op.index = len(ops)
-        op.output = node.name
-        op.out_shape = shape
+        op = _op(g, node, inputs)
+        op.index, op.output, op.out_shape = len(ops), node.output, shape[1:]
         op.in_shape = tensors[op.inputs[0]].shape
-        tensors[node.name] = Tensor(node.name, shape, op.index)
+        tensors[node.output] = Tensor(node.output, op.out_shape, op.index)
         ops.append(op)
-    if input_name is None or output_name is None:
-        raise SparsebenchError("the model has no input or no output")
-    if output_name == input_name:
+    output = buf(g.output)
+    if output is None:
+        raise SparsebenchError("the model's output is not computed from its input")
+    if output == g.input:
         raise SparsebenchError("the model's output is its input: nothing to profile")
-    graph = Graph(ops, tensors, input_name, output_name, input_shape)
-    _fold_batchnorm(graph)
-    _fuse_relu(graph)
-    return graph
+    return Graph(ops, tensors, g.input, output, tuple(input_shape), g)
 
 
-def _classify(gm: Any, node: Any, consts: dict[str, torch.Tensor], buf: Any,
-              inputs: list[str]) -> Op | None:
-    """An Op for ``node`` (index/output/shapes filled by the caller), or None for an alias."""
-    kwargs = dict(node.kwargs)
-    op = Op(-1, node.name, "other", "", inputs, "", (), ())
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        op.name = op.weight_key = str(node.target)
-        op.source = type(mod).__name__
-        if isinstance(mod, ALIAS_MODULES):
-            return None
-        if isinstance(mod, nn.Conv2d):
-            op.kind = "conv"
-            w = _np(mod.weight)
-            op.weight = w.reshape(w.shape[0], -1)
-            op.bias = None if mod.bias is None else _np(mod.bias)
-            op.attrs = {"in_channels": mod.in_channels, "out_channels": mod.out_channels,
-                        "kernel": tuple(mod.kernel_size), "stride": tuple(mod.stride),
-                        "padding": mod.padding if isinstance(mod.padding, str)
-                        else tuple(mod.padding), "dilation": tuple(mod.dilation),
-                        "groups": mod.groups, "padding_mode": mod.padding_mode}
-        elif isinstance(mod, nn.Linear):
-            op.kind = "linear"
-            op.weight = _np(mod.weight)
-            op.bias = None if mod.bias is None else _np(mod.bias)
-            op.attrs = {"in_features": mod.in_features, "out_features": mod.out_features}
-        elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if mod.running_mean is None or mod.running_var is None:
-                op.source += " (no running stats)"
-                return op
-            op.kind = "bn"
-            scale = (mod.weight if mod.weight is not None else torch.ones_like(
-                mod.running_var)) / torch.sqrt(mod.running_var + mod.eps)
-            shift = (mod.bias if mod.bias is not None else 0) - mod.running_mean * scale
-            op.consts = {"scale": _np(scale), "shift": _np(shift)}
-        elif isinstance(mod, nn.ReLU):
-            op.kind = "relu"
-        elif isinstance(mod, nn.MaxPool2d):
-            _pool(op, "maxpool", mod.kernel_size, mod.stride, mod.padding, mod.dilation,
-                  mod.ceil_mode)
-        elif isinstance(mod, nn.AvgPool2d):
-            _pool(op, "avgpool", mod.kernel_size, mod.stride, mod.padding, 1, mod.ceil_mode,
-                  mod.count_include_pad, mod.divisor_override)
-        elif isinstance(mod, nn.AdaptiveAvgPool2d):
-            op.kind = "adaptive_avgpool"
-            op.attrs = {"output_size": mod.output_size}
-        return op
-    if node.op == "call_method":
-        op.source = f"Tensor.{node.target}"
-        if node.target in ALIAS_METHODS:
-            return None
-        if node.target in ("relu", "relu_"):
-            op.kind = "relu"
-        return op
-    if node.op != "call_function":
-        return op
-    fn = node.target
-    op.source = _fn_name(fn)
-    if fn in ALIAS_FUNCTIONS:
-        return None
-    if fn in RELU_FUNCTIONS:
-        op.kind = "relu"
-    elif fn in MAXPOOL_FUNCTIONS:
-        b = _bind(["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
-                   "return_indices"], node.args, kwargs)
-        if b.get("return_indices"):
-            return op
-        _pool(op, "maxpool", b["kernel_size"], b.get("stride"), b.get("padding", 0),
-              b.get("dilation", 1), b.get("ceil_mode", False))
-    elif fn in AVGPOOL_FUNCTIONS:
-        b = _bind(["input", "kernel_size", "stride", "padding", "ceil_mode",
-                   "count_include_pad", "divisor_override"], node.args, kwargs)
-        _pool(op, "avgpool", b["kernel_size"], b.get("stride"), b.get("padding", 0), 1,
-              b.get("ceil_mode", False), b.get("count_include_pad", True),
-              b.get("divisor_override"))
-    elif fn in ADAPTIVE_FUNCTIONS:
-        b = _bind(["input", "output_size"], node.args, kwargs)
-        op.kind = "adaptive_avgpool"
-        op.attrs = {"output_size": b["output_size"]}
-    elif fn in ADD_FUNCTIONS or fn in MUL_FUNCTIONS:
-        kind = "add" if fn in ADD_FUNCTIONS else "mul"
-        others = [a for a in node.args[:2] if buf(a) is None]
-        if kind == "add" and "alpha" in kwargs:
-            return op
+def _op(g: ir.Graph, node: ir.Node, inputs: list[str]) -> Op:
+    kind = _KINDS.get(node.kind, "other")
+    op = Op(-1, node.module or node.name, kind, node.source, inputs, "", (), (),
+            attrs=dict(node.attrs), act=node.act, fused=list(node.fused),
+            weight_key=node.weight_key)
+    w = node.weights
+    if kind in WEIGHT_KINDS:
+        weight = _np(w["weight"])
+        op.weight = weight.reshape(weight.shape[0], -1)
+        op.bias = None if w.get("bias") is None else _np(w["bias"])
+        op.weight_key = node.weight_key or op.name
+    elif kind == "bn":
+        var, mean = w["var"].double(), w["mean"].double()
+        gamma = w["gamma"].double() if w.get("gamma") is not None else torch.ones_like(var)
+        beta = w["beta"].double() if w.get("beta") is not None else torch.zeros_like(var)
+        scale = gamma / torch.sqrt(var + node.attrs["eps"])
+        op.consts = {"scale": _np(scale), "shift": _np(beta - mean * scale)}
+    elif kind == "adaptive_avgpool" and node.kind == "global_avgpool":
+        op.attrs = {"output_size": 1}
+    elif node.kind in ("add", "mul"):
         if len(inputs) == 2:
-            op.kind = kind
-        elif len(inputs) == 1 and len(others) == 1:
-            other = others[0]
-            value = consts.get(getattr(other, "name", ""), other)
-            if isinstance(value, (int, float)):
+            op.kind = node.kind
+        else:
+            other = next((v for v in node.inputs if v in g.consts), None)
+            value = g.consts.get(other) if other is not None else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = torch.tensor(float(value))
             if isinstance(value, torch.Tensor):
-                op.kind = f"{kind}_const"
+                op.kind = f"{node.kind}_const"
                 op.consts = {"value": _np(value)}
     return op
-
-
-def _pool(op: Op, kind: str, kernel: Any, stride: Any, padding: Any, dilation: Any,
-          ceil_mode: bool, count_include_pad: bool = True, divisor: Any = None) -> None:
-    try:
-        k = _pair(kernel)
-        s = _pair(stride) if stride not in (None, [], ()) else k
-        attrs = {"kernel": k, "stride": s, "padding": _pair(padding),
-                 "dilation": _pair(dilation), "ceil_mode": bool(ceil_mode)}
-    except (TypeError, ValueError):
-        return
-    if kind == "avgpool":
-        attrs.update(count_include_pad=bool(count_include_pad), divisor_override=divisor)
-    op.kind = kind
-    op.attrs = attrs
-
-
-def _single_consumer(graph: Graph, tensor: str) -> bool:
-    uses = graph.consumers(tensor)
-    return len(uses) == 1 and tensor != graph.output
-
-
-def _absorb(graph: Graph, prev: Op, op: Op) -> None:
-    """``prev`` takes over ``op``'s output tensor (name and consumers); ``op`` is dropped."""
-    out, old = op.output, prev.output
-    graph.tensors[out] = graph.tensors.pop(old)
-    graph.tensors[out].name = out
-    prev.output = out
-    graph.ops.remove(op)
-    for i, other in enumerate(graph.ops):
-        other.inputs = [out if t == old else t for t in other.inputs]
-        other.index = i
-        graph.tensors[other.output].producer = i
-
-
-def _producer(graph: Graph, tensor: str) -> Op | None:
-    idx = graph.tensors[tensor].producer
-    return graph.ops[idx] if idx >= 0 else None
-
-
-def _fold_batchnorm(graph: Graph) -> None:
-    for bn in [op for op in graph.ops if op.kind == "bn"]:
-        prev = _producer(graph, bn.inputs[0])
-        if (prev is None or prev.kind not in WEIGHT_KINDS or prev.act is not None
-                or not _single_consumer(graph, prev.output) or prev.weight is None):
-            continue
-        scale, shift = bn.consts["scale"], bn.consts["shift"]
-        if scale.shape[0] != prev.weight.shape[0]:
-            continue
-        bias = prev.bias if prev.bias is not None else np.zeros(scale.shape, np.float32)
-        prev.weight = (prev.weight.astype(np.float64) * scale[:, None]).astype(np.float32)
-        prev.bias = (bias.astype(np.float64) * scale + shift).astype(np.float32)
-        prev.fused.append(f"{bn.name} (BatchNorm folded)")
-        prev.weight_key = f"{prev.weight_key}+{bn.name}"
-        _absorb(graph, prev, bn)
-
-
-def _fuse_relu(graph: Graph) -> None:
-    for relu in [op for op in graph.ops if op.kind == "relu"]:
-        prev = _producer(graph, relu.inputs[0])
-        if (prev is None or prev.kind not in (*WEIGHT_KINDS, "add") or prev.act is not None
-                or not _single_consumer(graph, prev.output)):
-            continue
-        prev.act = "relu"
-        prev.fused.append(f"{relu.name} (ReLU fused)")
-        _absorb(graph, prev, relu)

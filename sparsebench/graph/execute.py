@@ -1,0 +1,117 @@
+"""The graph executed with torch: one implementation per node kind.
+
+``bind(node, module)`` is a node as a callable over an environment (value name -> value); the
+native backend runs the ops it has no kernel for this way, on views of its buffers. ``run``
+evaluates a whole graph; ``infer`` fills every value's shape and dtype from a run at batch 1.
+Conv/linear/batchnorm nodes call the module's submodule by name, so swapped layers run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsebench.errors import SparsebenchError
+from sparsebench.graph.ir import Graph, Node, Value
+
+Env = dict[str, Any]
+
+
+def _batchnorm(bn: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    if isinstance(bn, nn.Identity):
+        return bn
+    return lambda x: F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False,
+                                  0.0, bn.eps)
+
+
+def bind(node: Node, module: nn.Module | None) -> Callable[[Env], Any]:
+    """``node`` as ``fn(env) -> value`` (with its fused activation, if any)."""
+    fn = _bind(node, module)
+    if node.act is None:
+        return fn
+    act = torch.relu if node.act == "relu" else F.gelu
+    return lambda env: act(fn(env))
+
+
+def _own_layer(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
+    w, b, at = node.weights["weight"], node.weights.get("bias"), node.attrs
+    if node.kind == "linear":
+        return lambda x: F.linear(x, w, b)
+    return lambda x: F.conv2d(x, w, b, at["stride"], at["padding"], at["dilation"], at["groups"])
+
+
+def _bind(node: Node, module: nn.Module | None) -> Callable[[Env], Any]:
+    k, a, at = node.kind, node.inputs, node.attrs
+    if k in ("conv", "linear") and node.own_weights:
+        own = _own_layer(node)
+        return lambda env: own(env[a[0]])
+    if k in ("conv", "linear", "batchnorm"):
+        if module is None:
+            raise SparsebenchError(f"node {node.name!r} needs the module holding its layer")
+        layer = module.get_submodule(node.module or "")
+        f = _batchnorm(layer) if k == "batchnorm" else layer
+        return lambda env: f(env[a[0]])
+    if k == "relu":
+        return lambda env: torch.relu(env[a[0]])
+    if k == "gelu":
+        return lambda env: F.gelu(env[a[0]])
+    if k == "maxpool":
+        return lambda env: F.max_pool2d(env[a[0]], at["kernel"], at["stride"], at["padding"],
+                                        at["dilation"], at["ceil_mode"])
+    if k == "avgpool":
+        return lambda env: F.avg_pool2d(env[a[0]], at["kernel"], at["stride"], at["padding"],
+                                        at["ceil_mode"], at["count_include_pad"],
+                                        at["divisor_override"])
+    if k == "global_avgpool":
+        keep = at["keepdim"]
+        return lambda env: env[a[0]].mean((2, 3), keepdim=keep)
+    if k == "adaptive_avgpool":
+        return lambda env: F.adaptive_avg_pool2d(env[a[0]], at["output_size"])
+    if k == "flatten":
+        return lambda env: torch.flatten(env[a[0]], 1)
+    if k == "alias":
+        return lambda env: env[a[0]]
+    if k == "add":
+        return lambda env: env[a[0]] + env[a[1]]
+    if k == "mul":
+        return lambda env: env[a[0]] * env[a[1]]
+    if node.fn is None:
+        raise SparsebenchError(f"node {node.name!r} ({node.kind}) has no implementation")
+    return node.fn
+
+
+def run(graph: Graph, x: torch.Tensor, module: nn.Module | None = None) -> Env:
+    """Every value of ``graph`` on input ``x`` (``module``: where layers are looked up, by
+    default the graph's own)."""
+    module = graph.module if module is None else module
+    env: Env = dict(graph.consts)
+    env[graph.input] = x
+    for node in graph.nodes:
+        env[node.output] = bind(node, module)(env)
+    return env
+
+
+def _dtype(v: Any) -> str:
+    return str(v.dtype).replace("torch.", "")
+
+
+def infer(graph: Graph, input_shape: tuple[int, ...]) -> Graph:
+    """Shapes and dtypes of every value, from one run on a zero sample; one-line errors."""
+    try:
+        with torch.inference_mode():
+            env = run(graph, torch.zeros(1, *input_shape))
+    except SparsebenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's model/input mismatch
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise SparsebenchError(f"model does not run on an input of shape "
+                               f"{tuple(input_shape)}: {first}") from None
+    for name, v in env.items():
+        if isinstance(v, torch.Tensor):
+            graph.values[name] = Value(name, tuple(int(s) for s in v.shape), _dtype(v))
+        else:
+            graph.values[name] = Value(name)
+    return graph
