@@ -105,16 +105,31 @@ class LeNet5(nn.Module):
 VGG11_CFG: list[int | str] = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 
 
+def _scaled(channels: int, width: float) -> int:
+    """A channel count times the width multiplier (at least 1)."""
+    return max(1, int(round(channels * width)))
+
+
+def _check_width(width: float) -> None:
+    if not 0 < width <= 16:
+        raise SparsebenchError(f"width must be in (0, 16], got {width}")
+
+
 class VGG11BN(nn.Module):
     """VGG11 with BatchNorm in its CIFAR form: the paper's single ``Linear(512, classes)`` head.
 
+    ``width`` multiplies every channel count (0.25 gives 16-32-64-64-128-128-128-128 and a
+    ``Linear(128, classes)`` head). Initialised as in paper B's official code: convolutions
+    Kaiming-normal (fan_out, ReLU) with zero bias, BatchNorm scale 1 and shift 0; the head keeps
+    torch's default initialisation (the official code replaces the classifier after initialising).
     A max-pool is skipped when the feature map is already 1x1 (28x28 inputs reach 1x1 after four
-    pools), so the head sees 512 features for both 28x28 and 32x32 inputs.
+    pools), so the head sees ``512 * width`` features for both 28x28 and 32x32 inputs.
     """
 
     def __init__(self, in_channels: int = 3, input_size: int = 32, num_classes: int = 10,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, width: float = 1.0) -> None:
         super().__init__()
+        _check_width(width)
         self.input_shape = (in_channels, input_size, input_size)
         layers: list[nn.Module] = []
         convs: list[str] = []
@@ -129,10 +144,18 @@ class VGG11BN(nn.Module):
             name = f"features.{len(layers)}"
             convs.append(name)
             bns[name] = f"features.{len(layers) + 1}"
-            layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.BatchNorm2d(int(item)),
+            out = _scaled(int(item), width)
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out),
                        nn.ReLU(inplace=True)]
-            channels = int(item)
+            channels = out
         self.features = nn.Sequential(*layers)
+        for mod in self.features:
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(mod.bias)
+            elif isinstance(mod, nn.BatchNorm2d):
+                nn.init.ones_(mod.weight)
+                nn.init.zeros_(mod.bias)
         self.drop = _dropout(dropout)
         self.classifier = nn.Linear(channels * side * side, num_classes)
         self.prunable_layers = _chain(convs + ["classifier"], bns)
@@ -164,17 +187,22 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet18 in its CIFAR form: 3x3 stem, no max-pool, global average pool, one Linear head."""
+    """ResNet18 in its CIFAR form: 3x3 stem, no max-pool, global average pool, one Linear head.
+
+    ``width`` multiplies every channel count (stem 64, stages 64/128/256/512)."""
 
     def __init__(self, in_channels: int = 3, input_size: int = 32, num_classes: int = 10,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, width: float = 1.0) -> None:
         super().__init__()
+        _check_width(width)
         self.input_shape = (in_channels, input_size, input_size)
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        stem = _scaled(64, width)
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
         prunable = [PrunableLayer("conv1", "bn1")]
-        cin = 64
-        for i, (cout, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], start=1):
+        cin = stem
+        for i, (cout, stride) in enumerate([(_scaled(c, width), s) for c, s in
+                                            [(64, 1), (128, 2), (256, 2), (512, 2)]], start=1):
             blocks = []
             for b in range(2):
                 blocks.append(BasicBlock(cin, cout, stride if b == 0 else 1))
@@ -186,7 +214,7 @@ class ResNet18(nn.Module):
                 cin = cout
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
         self.drop = _dropout(dropout)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(cin, num_classes)
         prunable.append(PrunableLayer("fc"))
         self.prunable_layers = prunable
         self.default_pruned = [p.name for p in prunable

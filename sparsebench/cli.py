@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,6 +129,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("what to train")
     g.add_argument("--arch", help="architecture name (see `sparsebench archs`)")
+    g.add_argument("--width", type=float, help="channel multiplier for vgg11_bn / resnet18 "
+                   "(e.g. 0.25: vgg11_bn 16-32-64-64-128-128-128-128, Linear(128, classes))")
+    g.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an architecture argument, repeatable (e.g. --arch-arg d_hidden=2048)")
     g.add_argument("--dataset", default="fashion-mnist",
                    help="fashion-mnist (default), cifar10 or synthetic")
     g.add_argument("--data-dir", help="dataset folder (fashion-mnist default: "
@@ -166,12 +171,17 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", action="store_true", default=None,
                    help="random crop (pad 4) + horizontal flip")
     g.add_argument("--pad-to-32", action="store_true", help="zero-pad 28x28 images to 32x32")
-    g.add_argument("--limit-train", type=int, help="use only the first N training images")
+    g.add_argument("--limit-train", type=int, help="use a class-balanced subset of N training "
+                   "images (the first N/classes of each class)")
     g.add_argument("--limit-test", type=int, help="use only the first N test images")
     g = p.add_argument_group("machine")
     g.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
     g.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     g.add_argument("--quiet", action="store_true", help="no per-epoch log lines")
+    g = p.add_argument_group("analysis")
+    g.add_argument("--flatness", action="store_true", help="at the end, measure flatness on 512 "
+                   "test images: top-5 Hessian eigenvalues (power iteration) and the gradient "
+                   "covariance trace (stored in the checkpoint, shown by `info`)")
 
 
 def resolve_config(args: argparse.Namespace) -> Any:
@@ -190,6 +200,14 @@ def resolve_config(args: argparse.Namespace) -> Any:
         ARCHS.check(arch)
     if preset and preset.arch != arch:
         raise SparsebenchError(f"preset {args.preset!r} is for {preset.arch}, not {arch}")
+    arch_kwargs = arch_arguments(args.arch_arg, args.width)
+    in_ch = 1 if args.dataset == "fashion-mnist" else 3
+    size = 32 if args.pad_to_32 or args.dataset == "cifar10" else 28
+    try:
+        probe = create_model(arch, in_ch, size, **arch_kwargs)
+    except TypeError as exc:  # an argument the architecture does not take
+        raise SparsebenchError(f"{arch} does not take {', '.join(arch_kwargs)}: "
+                               f"{str(exc).splitlines()[0]}") from None
     method = args.method or (preset.target if preset else "dense")
     if method not in METHODS:
         raise SparsebenchError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
@@ -206,8 +224,6 @@ def resolve_config(args: argparse.Namespace) -> Any:
     schedules: list[dict] = []
     score = args.score or (preset.score if preset else "l2")
     if method not in ("dense", "dropout"):
-        probe = create_model(arch, 1 if args.dataset == "fashion-mnist" else 3,
-                             32 if args.pad_to_32 or args.dataset == "cifar10" else 28)
         if preset and not (args.layers or args.fractions or args.start or args.end
                            or args.retrain_period):
             scheds = preset.schedules(probe, epochs)
@@ -239,7 +255,30 @@ def resolve_config(args: argparse.Namespace) -> Any:
         momentum=pick("momentum", 0.9), weight_decay=pick("weight_decay", 0.0),
         milestones=list(milestones), dropout=dropout, augment=bool(pick("augment", False)),
         reentry_batches=args.reentry_batches, reentry_mode=args.reentry_mode, seed=args.seed,
-        pad_to_32=args.pad_to_32, limit_train=args.limit_train, limit_test=args.limit_test)
+        pad_to_32=args.pad_to_32, limit_train=args.limit_train, limit_test=args.limit_test,
+        arch_kwargs=arch_kwargs, flatness=args.flatness)
+
+
+def arch_arguments(pairs: list[str], width: float | None = None) -> dict[str, Any]:
+    """``KEY=VALUE`` architecture arguments (numbers parsed) plus ``--width``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise SparsebenchError(f"--arch-arg needs KEY=VALUE, got {pair!r}")
+        value: Any = text.strip()
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        if value in ("true", "false"):
+            value = value == "true"
+        out[key.strip().replace("-", "_")] = value
+    if width is not None:
+        out["width"] = width
+    return out
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -506,58 +545,103 @@ command("compare", "regression gate: compare two results files (or one A/B file)
 
 
 def _claims(args: argparse.Namespace) -> int:
-    import shlex
-
     from sparsebench import claims
     from sparsebench.archs import ARCHS
     from sparsebench.registry import split_list
-    from sparsebench.train import METHODS
 
-    ARCHS.check(args.arch)
-    methods = split_list(args.methods)
-    for m in methods:
-        if m not in METHODS:
-            raise SparsebenchError(f"unknown method {m!r}; choose from: {', '.join(METHODS)}")
-    seeds = split_list(args.seeds, int)
-    if not seeds:
-        raise SparsebenchError("--seeds needs at least one seed")
-    train_args = ["--dataset", args.dataset, *shlex.split(args.train_args or "")]
+    if args.grid:
+        grid = claims.load_grid(Path(args.grid))
+        if args.seeds:
+            grid.seeds = split_list(args.seeds, int)
+    else:
+        configs = [claims.parse_config(c) for c in args.config] or [
+            claims.parse_config(m) for m in split_list(args.methods)]
+        grid = claims.Grid(arch=args.arch, dataset=args.dataset, configs=configs,
+                           seeds=split_list(args.seeds or "0,1,2", int),
+                           common=shlex.split(args.train_args or ""),
+                           subset=split_list(args.correlation_subset or ""))
+        claims.check_grid(grid)
+    if args.only:
+        keep = split_list(args.only)
+        unknown = [k for k in keep if k not in {c.name for c in grid.configs}]
+        if unknown:
+            raise SparsebenchError(f"--only names unknown configurations: {', '.join(unknown)}")
+        grid.configs = [c for c in grid.configs if c.name in keep]
+    ARCHS.check(grid.arch)
+    if args.jobs < 1 or args.threads < 1:
+        raise SparsebenchError("--jobs and --threads must be at least 1")
     runs = Path(args.runs)
+    summaries = Path(args.summaries) if args.summaries else runs / "summaries"
+    for out_path in (args.markdown, args.plot):
+        if out_path and Path(out_path).is_dir():
+            raise SparsebenchError(f"{out_path} is a directory, not a file")
     out = console()
     if not args.table_only:
-        total = len(methods) * len(seeds)
+        total = len(grid.runs())
         with progress_display() as progress:
-            task = progress.add_task(f"{args.arch}: {total} runs", total=total)
-            progress.advance(task, total - len([1 for m in methods for s in seeds
-                                                if not claims.is_finished(
-                                                    claims.run_path(runs, args.arch, m, s))]))
-            failures = claims.run_all(args.arch, methods, seeds, runs, train_args, args.jobs,
-                                      args.threads, lambda what: (progress.advance(task),
-                                                                  out.print(f"finished {what}")))
+            task = progress.add_task(f"{grid.arch}: {total} runs", total=total)
+            done = sum(claims.is_done(grid, c, s, runs, summaries) for c, s in grid.runs())
+            progress.advance(task, done)
+            out.print(f"{grid.arch}: {total} runs, {done} done, {total - done} to train "
+                      f"({args.jobs} at a time, {args.threads} thread(s) each)")
+            failures = claims.run_grid(
+                grid, runs, summaries, args.jobs, args.threads,
+                lambda what: (progress.advance(task), out.print(f"finished {what}")),
+                executor=args.executor, address=args.address)
         for f in failures:
             out.print(f"[red]failed[/] {f}")
-    results = claims.collect(args.arch, methods, seeds, runs)
-    text = claims.markdown(args.arch, args.dataset, results, command_line())
+    results = claims.collect(grid, summaries)
+    text = claims.markdown(grid, results, command_line())
     out.print(text)
+    if args.gate:
+        out.print("\n".join(["gate:"] + claims.gate(results, grid)))
     if args.markdown:
         claims.write_markdown(Path(args.markdown), text)
         out.print(f"wrote {args.markdown}")
+    if args.plot:
+        claims.plot(grid, results, Path(args.plot))
+        out.print(f"wrote {args.plot}")
     return 0
 
 
 def _claims_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="lenet5")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--methods", default="dense,dropout,prune-l,prune-s,prune-r")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--runs", default="runs/claims", help="folder for the run checkpoints")
-    p.add_argument("--train-args", default="",
-                   help="extra `sparsebench train` flags, quoted, e.g. \"--epochs 8 "
+    from sparsebench.claims import EXECUTORS
+    from sparsebench.train import METHODS
+
+    g = p.add_argument_group("the grid (a TOML file, or flags)")
+    g.add_argument("--grid", metavar="FILE.toml", help="a grid file: arch, dataset, seeds, "
+                   "train_args, [configs] NAME = \"METHOD flags\", correlation_subset "
+                   "(example: docs/claims-vgg11/grid.toml)")
+    g.add_argument("--arch", default="lenet5", help="architecture (default lenet5)")
+    g.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
+    g.add_argument("--methods", default="dense,dropout,prune-l,prune-s,prune-r",
+                   help=f"comma-separated methods, one configuration each (from: "
+                        f"{', '.join(METHODS)})")
+    g.add_argument("--config", action="append", default=[], metavar="NAME=METHOD [FLAGS]",
+                   help="a named configuration with its own train flags, repeatable, e.g. "
+                        "\"prune-s-r1=prune-s --retrain-period 1\" (replaces --methods)")
+    g.add_argument("--seeds", help="comma-separated seeds (default 0,1,2, or the grid's)")
+    g.add_argument("--train-args", default="",
+                   help="train flags shared by every run, quoted, e.g. \"--epochs 8 "
                         "--fractions 0.5,0.85,0.5 --start 1 --end 5 --retrain-period 1\"")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    p.add_argument("--markdown", help="write the table to this file")
-    p.add_argument("--table-only", action="store_true", help="do not train; tabulate only")
+    g.add_argument("--correlation-subset", help="configurations for the first correlation "
+                   "(paper B's Figure 2: Prune_S 1%%, Prune_S 13%%, Prune_L 13%%)")
+    g.add_argument("--only", help="train/tabulate only these configurations (comma-separated)")
+    g = p.add_argument_group("where and how")
+    g.add_argument("--runs", default="runs/claims", help="folder for the run checkpoints")
+    g.add_argument("--summaries", help="folder for the finished runs' summaries (histories, "
+                   "no weights; default RUNS/summaries): runs found there are skipped")
+    g.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    g.add_argument("--executor", choices=EXECUTORS, default="local", help="local process pool "
+                   "(default) or ray (pip install ray; a local Ray instance unless --address)")
+    g.add_argument("--address", help="address of an existing Ray cluster (with --executor ray)")
+    g = p.add_argument_group("output")
+    g.add_argument("--markdown", help="write the table to this file")
+    g.add_argument("--plot", metavar="OUT.png", help="plot test accuracy vs mean stability")
+    g.add_argument("--gate", action="store_true", help="print the regime checks: dense "
+                   "overfitting, lowest post-event accuracy, plateau after the last event")
+    g.add_argument("--table-only", action="store_true", help="do not train; tabulate only")
 
 
 command("claims", "reproduce the papers' claim at small scale: several seeds per method, "

@@ -19,7 +19,9 @@ labels. Registered names (``DATASETS``):
   samples, ``num_classes`` classes) labelled by a fixed random linear teacher, so it is learnable;
   identical for identical seeds.
 
-Processing order: the first ``limit_train``/``limit_test`` samples are kept, images are scaled to
+Processing order: ``limit_train`` keeps a class-balanced subset of the training split (the first
+``N // classes`` samples of each class in file order, the same for every seed), ``limit_test`` the
+first test samples; images are scaled to
 [0, 1], ``pad_to_32`` zero-pads the spatial size up to 32x32 (28x28 gets 2 pixels each side),
 then the per-channel mean/std of the training split normalises both splits (a sample shape that is
 not ``C,H,W`` is treated as a single channel). A constant channel gets std 1.
@@ -320,6 +322,27 @@ def _limit(arr: np.ndarray, limit: int | None, what: str) -> np.ndarray:
     return arr[: int(limit)]
 
 
+def balanced_indices(labels: np.ndarray, limit: int | None, num_classes: int) -> np.ndarray:
+    """Indices of a class-balanced subset of ``limit`` samples, in file order: the first
+    ``limit // num_classes`` samples of each class, the remainder going to the lowest classes.
+    ``None`` keeps everything."""
+    if limit is None:
+        return np.arange(len(labels))
+    if int(limit) < 1:
+        raise SparsebenchError(f"limit_train must be at least 1, got {limit}")
+    limit = min(int(limit), len(labels))
+    base, extra = divmod(limit, num_classes)
+    picked = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        want = base + (1 if c < extra else 0)
+        if len(idx) < want:
+            raise SparsebenchError(f"limit_train {limit}: class {c} has only {len(idx)} "
+                                   f"training samples, {want} needed for a balanced subset")
+        picked.append(idx[:want])
+    return np.sort(np.concatenate(picked)) if picked else np.arange(0)
+
+
 def _to_float01(arr: np.ndarray) -> torch.Tensor:
     if arr.dtype == np.uint8:
         return torch.from_numpy(arr.astype(np.float32)).div_(255.0)
@@ -379,9 +402,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, pad_to_32: bool 
     raw: _Raw = loader(data_dir=data_dir, seed=seed, synthetic_shape=synthetic_shape,
                        synthetic_sizes=synthetic_sizes, num_classes=num_classes,
                        test_only=stats is not None)
-    train_x = _to_float01(_limit(raw.train_x, limit_train, "limit_train"))
+    keep = balanced_indices(np.asarray(raw.train_y), limit_train, raw.num_classes)
+    train_x = _to_float01(raw.train_x[keep])
     test_x = _to_float01(_limit(raw.test_x, limit_test, "limit_test"))
-    train_y = torch.from_numpy(_limit(raw.train_y, limit_train, "limit_train").astype(np.int64))
+    train_y = torch.from_numpy(np.asarray(raw.train_y)[keep].astype(np.int64))
     test_y = torch.from_numpy(_limit(raw.test_y, limit_test, "limit_test").astype(np.int64))
     if pad_to_32:
         train_x, test_x = pad_to(train_x), pad_to(test_x)

@@ -60,6 +60,7 @@ class TrainConfig:
     pad_to_32: bool = False
     limit_train: int | None = None
     limit_test: int | None = None
+    flatness: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -135,6 +136,7 @@ def summarize(history: dict[str, list[dict]], method: str, total: int, nonzero: 
         "params_nonzero": nonzero,
         "params_removed_frac": 1.0 - nonzero / total if total else 0.0,
         "wall_seconds": sum(e["seconds"] for e in epochs),
+        "flatness": history.get("flatness"),
     }
 
 
@@ -233,7 +235,6 @@ class Trainer:
         layers = self.pruner.prune_event(self.epoch, self.optimizer)
         self.scheduler.step()
         post_loss, post_acc = self.test_accuracy()
-        self.pruner.end_eval_perturbation()
         instability = (pre_acc - post_acc) / pre_acc if pre_acc > 0 else 0.0
         record = {"epoch": self.epoch, "layers": layers, "pre_acc": pre_acc,
                   "post_acc": post_acc, "instability": instability,
@@ -274,11 +275,29 @@ class Trainer:
                      f"acc {test_acc:.2f}% | nonzero {nonzero}/{total} "
                      f"| {record['seconds']:.1f}s")
             if self.out is not None:
-                save_checkpoint(self.checkpoint(resume=self.epoch < cfg.epochs), self.out)
+                save_checkpoint(self.checkpoint(resume=not self.finished()), self.out)
+        if cfg.flatness and "flatness" not in self.history:
+            self.log("flatness: top Hessian eigenvalues and gradient covariance trace ...")
+            self.history["flatness"] = self.measure_flatness()
+            f = self.history["flatness"]
+            self.log(f"  hessian top-{f['hessian_top_k']} sum {f['hessian_top_sum']:.4g}, "
+                     f"gradient covariance trace {f['grad_cov_trace']:.4g}")
         ckpt = self.checkpoint(resume=False)
         if self.out is not None:
             save_checkpoint(ckpt, self.out)
         return ckpt
+
+    def finished(self) -> bool:
+        """All epochs trained and, when asked, the flatness measured."""
+        return self.epoch >= self.cfg.epochs and (not self.cfg.flatness
+                                                  or "flatness" in self.history)
+
+    def measure_flatness(self) -> dict[str, Any]:
+        from sparsebench.flatness import flatness
+
+        masks = self.pruner.masks if self.pruner and self.pruner.permanent else None
+        return flatness(self.model, self.data.test_x.to(self.device),
+                        self.data.test_y.to(self.device), seed=self.cfg.seed, masks=masks)
 
     def checkpoint(self, resume: bool) -> dict[str, Any]:
         total, nonzero = nonzero_params(self.model)

@@ -7,11 +7,23 @@ scored by |w|. Masked entries are zeroed at the event, their gradients are maske
 optimizer step, the optimizer state (Adam moments, SGD momentum) is zeroed at the event, and
 the mask is re-applied after every step: pruned weights stay exactly zero.
 
-Re-entry (``permanent=False``): the targeted units are not removed but perturbed for the next
-``reentry_batches`` training batches, then left free (mode ``zero``: zeroed on every forward
-pass, then regrow from zero; ``gaussian``: N(0, sigma) noise added on every forward pass,
-sigma = std of the layer's untargeted weights; ``restore``: zeroed together with their BatchNorm
-scale and shift, then the saved values are restored).
+Re-entry (``permanent=False``), as in paper B's official code: each event targets units by the
+target rule among the units never targeted before (a unit is targeted at most once; the event
+sizes follow the same schedule as permanent pruning), and perturbs them for the next
+``reentry_batches`` training batches, starting with the post-event evaluation; nothing is
+removed. Modes:
+``zero`` (official ``iter_M_zeroing``): the newly targeted units' weights are set to 0 in place
+before every forward pass of the window; gradients are *not* masked, so Adam keeps updating
+their moments and the weights regrow from zero once the window ends.
+``gaussian`` (``iter_M_gaussian``): N(0, sigma) noise is added in place to the newly targeted
+weights before every forward pass of the window (it accumulates; nothing is restored), sigma =
+the std of the layer's first never-targeted filter, recomputed each time.
+``restore`` (``cumu_M_zeroing_restore``): every unit targeted so far has its weights and its
+BatchNorm scale and shift zeroed before every forward pass of the window; at its end the weights,
+the BatchNorm parameters and the BatchNorm running mean and variance saved at its start are
+restored.
+The official code counts every forward pass in the window, evaluation batches included; here the
+window counts training batches (the post-event evaluation sees the perturbation too).
 """
 
 from __future__ import annotations
@@ -120,17 +132,15 @@ class Pruner:
             units = self.units(sched.layer)
             counts = [units] + sched.kept_counts(units)
             i = sched.event_epochs().index(epoch) + 1
-            if self.permanent:
-                before = int(self.alive(sched.layer).sum())
-                k = before - counts[i]
-            else:
-                before, k = units, counts[i - 1] - counts[i]
-            chosen = self._choose(sched.layer, k)
+            before = int(self.alive(sched.layer).sum())
+            chosen = self._choose(sched.layer, before - counts[i])
             if self.permanent:
                 self._remove(sched.layer, chosen, optimizer)
             else:
+                self.unit_masks[sched.layer][chosen] = False  # targeted: never again
                 self._perturb_start(sched.layer, chosen)
-            records.append({"layer": sched.layer, "units": units, "kept_before": before,
+            records.append({"layer": sched.layer, "units": units,
+                            "kept_before": before if self.permanent else units,
                             "kept_after": before - int(chosen.numel()) if self.permanent
                             else units, "targeted": int(chosen.numel())})
         return records
@@ -148,14 +158,9 @@ class Pruner:
         return records
 
     def _choose(self, layer: str, k: int) -> torch.Tensor:
-        alive = self.alive(layer)
-        if not self.permanent:  # re-entry: units under noise are not targeted again
-            alive = alive.clone()
-            for pert in self.active:
-                if pert.layer == layer:
-                    alive[pert.units] = False
-            k = min(k, int(alive.sum()))
-        return select_targets(self.scores(layer), alive, k, self.target, self.generator)
+        """k live units by the target rule (re-entry: live = never targeted before)."""
+        return select_targets(self.scores(layer), self.alive(layer), k, self.target,
+                              self.generator)
 
     def _remove(self, layer: str, units: torch.Tensor, optimizer: torch.optim.Optimizer | None
                 ) -> None:
@@ -197,20 +202,13 @@ class Pruner:
 
     @torch.no_grad()
     def before_step(self) -> None:
-        """Call after backward, before ``optimizer.step()``: masks the gradients."""
+        """Call after backward, before ``optimizer.step()``: masks the pruned gradients.
+
+        Re-entry targets are not masked: the optimizer keeps updating them (official code)."""
         for name, mask in self.masks.items():
             grad = self.params[name].grad
             if grad is not None:
                 grad.mul_(mask)
-        for pert in self.active:
-            if self.reentry_mode == "gaussian":  # step from the clean weights
-                self.weight(pert.layer).view(self._view(pert.layer))[pert.units] = \
-                    pert.saved[f"{pert.layer}.weight"]
-            else:
-                for name in self._pert_params(pert.layer):
-                    grad = self.params[name].grad
-                    if grad is not None:
-                        grad.view(self._view(pert.layer, name))[pert.units] = 0.0
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -221,13 +219,10 @@ class Pruner:
         still = []
         for pert in self.active:
             pert.remaining -= 1
-            if self.reentry_mode != "gaussian":
-                self._perturb(pert)
             if pert.remaining > 0:
                 still.append(pert)
-            elif self.reentry_mode == "restore":
-                for name, value in pert.saved.items():
-                    self.params[name].view(self._view(pert.layer, name))[pert.units] = value
+            else:
+                self._restore(pert)
         self.active = still
 
     # -- re-entry -------------------------------------------------------------------------
@@ -235,39 +230,54 @@ class Pruner:
         param = self.params[name or f"{layer}.weight"]
         return (-1,) if self.granularity == "weight" else (param.shape[0], -1)
 
-    def _pert_params(self, layer: str) -> list[str]:
-        names = self._unit_params(layer)
-        return names if self.reentry_mode == "restore" else names[:1]
+    def _rows(self, name: str, layer: str) -> torch.Tensor:
+        """A parameter or buffer viewed with its units as the leading index."""
+        tensor = self.params.get(name)
+        if tensor is None:
+            mod, _, attr = name.rpartition(".")
+            tensor = getattr(self.modules[mod], attr)
+        return tensor.view((-1,) if self.granularity == "weight" else (tensor.shape[0], -1))
+
+    def _restore_names(self, layer: str) -> list[str]:
+        """What the restore variant zeroes and restores: the weight and the BatchNorm scale and
+        shift (zeroed), plus the BatchNorm running statistics (restored only)."""
+        bn = self.layers[layer].bn if self.granularity == "filter" else None
+        names = [f"{layer}.weight"]
+        if bn:
+            names += [f"{bn}.weight", f"{bn}.bias", f"{bn}.running_mean", f"{bn}.running_var"]
+        return names
 
     @torch.no_grad()
     def _perturb_start(self, layer: str, units: torch.Tensor) -> None:
-        saved = {n: self.params[n].view(self._view(layer, n))[units].clone()
-                 for n in self._pert_params(layer)}
+        for old in [p for p in self.active if p.layer == layer]:  # a new window replaces it
+            self._restore(old)
+            self.active.remove(old)
+        saved: dict[str, torch.Tensor] = {}
+        if self.reentry_mode == "restore":  # every unit targeted so far, cumulatively
+            units = torch.nonzero(~self.unit_masks[layer], as_tuple=False).reshape(-1)
+            saved = {n: self._rows(n, layer)[units].clone() for n in self._restore_names(layer)}
         pert = _Perturbation(layer, units, self.reentry_batches, saved)
         self.active.append(pert)
         self._perturb(pert)
 
     @torch.no_grad()
     def _perturb(self, pert: _Perturbation) -> None:
-        w = self.weight(pert.layer).view(self._view(pert.layer))
+        w = self._rows(f"{pert.layer}.weight", pert.layer)
         if self.reentry_mode == "gaussian":
-            keep = torch.ones(w.shape[0], dtype=torch.bool)
-            keep[pert.units] = False
-            sigma = float(w[keep].std()) if int(keep.sum()) > 1 else float(w.std())
-            clean = w[pert.units].clone()
-            pert.saved[f"{pert.layer}.weight"] = clean
-            w[pert.units] = clean + torch.randn(clean.shape, generator=self.generator) * sigma
+            live = torch.nonzero(self.unit_masks[pert.layer], as_tuple=False).reshape(-1)
+            ref = w[live[0]] if live.numel() else w.reshape(-1)
+            sigma = float(ref.std()) if ref.numel() > 1 else 0.0
+            w[pert.units] += torch.randn(w[pert.units].shape, generator=self.generator) * sigma
             return
-        for name in self._pert_params(pert.layer):
-            self.params[name].view(self._view(pert.layer, name))[pert.units] = 0.0
+        w[pert.units] = 0.0
+        if self.reentry_mode == "restore":
+            for name in self._restore_names(pert.layer)[1:3]:
+                self._rows(name, pert.layer)[pert.units] = 0.0
 
     @torch.no_grad()
-    def end_eval_perturbation(self) -> None:
-        """Gaussian re-entry: remove the noise applied for the post-event evaluation."""
-        if self.reentry_mode == "gaussian":
-            for pert in self.active:
-                self.weight(pert.layer).view(self._view(pert.layer))[pert.units] = \
-                    pert.saved[f"{pert.layer}.weight"]
+    def _restore(self, pert: _Perturbation) -> None:
+        for name, value in pert.saved.items():
+            self._rows(name, pert.layer)[pert.units] = value
 
     # -- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
