@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from sparsebench import __version__
 from sparsebench.errors import SparsebenchError
+from sparsebench.ui import command_line, console, progress_display, record_argv
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "lenet5_prune_l.pt"
@@ -23,38 +23,6 @@ def command(name: str, help: str) -> Callable[[Callable], Callable]:
         fn.help = help
         return fn
     return wrap
-
-
-def console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    con = Console(stderr=stderr, highlight=False, soft_wrap=True)
-    if not con.is_terminal:  # logs and CI: do not squeeze tables into 80 columns
-        con = Console(stderr=stderr, highlight=False, soft_wrap=True, width=240)
-    return con
-
-
-@contextmanager
-def progress_display() -> Iterator[Any]:
-    """A rich progress display on stderr (silent when stderr is not a terminal)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeElapsedColumn, TimeRemainingColumn
-
-    err = console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
-                  disable=not err.is_terminal) as progress:
-        yield progress
-
-
-_ARGV: list[str] = []
-
-
-def command_line() -> str:
-    """The command as given to ``main`` (recorded in checkpoints and tables)."""
-    import shlex
-
-    return "sparsebench " + " ".join(shlex.quote(a) for a in _ARGV)
 
 
 def floats(text: str) -> list[float]:
@@ -82,13 +50,14 @@ def ints(text: str) -> list[int]:
 def _archs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from sparsebench.archs import ARCHS, create_model
+    from sparsebench.archs import ARCHS, create_model, default_input
 
-    table = Table("name", "params (28x28x1)", "params (32x32x3)", "description")
+    table = Table("name", "default input", "params", "classifier", "description")
     for name in ARCHS.names(args.pattern):
-        counts = [sum(p.numel() for p in create_model(name, c, s).parameters())
-                  for c, s in ((1, 28), (3, 32))]
-        table.add_row(name, f"{counts[0]:,}", f"{counts[1]:,}", ARCHS.help(name))
+        model = create_model(name, *default_input(name))
+        count = sum(p.numel() for p in model.parameters())
+        table.add_row(name, "x".join(map(str, model.input_shape)), f"{count:,}",
+                      ARCHS.meta(name).get("classifier", "-"), ARCHS.help(name))
     console().print(table)
     return 0
 
@@ -444,16 +413,18 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _measure_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.measure.harness import add_timing_flags
+    from sparsebench.backends import BACKENDS
+    from sparsebench.formats import FORMATS
+    from sparsebench.measure.harness import DEFAULT_FORMATS, add_timing_flags
 
     p.add_argument("models", nargs="*", help="checkpoints, state_dicts (with --arch), pickled "
                    "torch.nn modules, TorchScript or ONNX files (default: the zoo's lenet5 "
                    "prune-l)")
-    p.add_argument("--formats", default="dense,structured,csr,bsr",
-                   help="comma-separated formats (see docs/formats.md): dense, structured, csr, "
-                        "bsr, bsr-1x4, bsr-4x4, bsr-8x8, bsr-16x1")
-    p.add_argument("--backends", default="", help="comma-separated backends (default: all: "
-                   "torch, torch-sparse, scipy, onnxruntime, native)")
+    p.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                   help=f"comma-separated formats (see docs/formats.md): "
+                        f"{', '.join(FORMATS.names())} (default {','.join(DEFAULT_FORMATS)})")
+    p.add_argument("--backends", default="", help=f"comma-separated backends (default: all: "
+                   f"{', '.join(BACKENDS.names())})")
     p.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
     p.add_argument("--threads", default="1", help="thread counts, e.g. 1,2 (default 1)")
     p.add_argument("--json", metavar="OUT", help="write the results (rows, raw samples, machine) "
@@ -516,19 +487,25 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _compare_flags(p: argparse.ArgumentParser) -> None:
+    from sparsebench.gate.compare import GateConfig
+
+    d = GateConfig()
     p.add_argument("files", nargs="+", metavar="FILE", help="BASE.json NEW.json (from `measure "
                    "--json`), or one file from `measure --ab`")
-    p.add_argument("--alpha", type=float, default=0.01, help="significance level of the rank "
-                   "test; the CI is 1-alpha (default 0.01)")
-    p.add_argument("--threshold", type=float, default=0.10, help="smallest latency change that "
-                   "counts, as a fraction (default 0.10)")
-    p.add_argument("--rss-tolerance", type=float, default=0.25, help="peak RSS growth allowed, "
-                   "as a fraction (default 0.25) ...")
-    p.add_argument("--rss-min-mib", type=float, default=4.0, help="... and in MiB (default 4)")
-    p.add_argument("--blocks", type=int, default=20, help="contiguous blocks per row for the "
-                   "test and the bootstrap (default 20; 0: per call, not recommended)")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="significance level of the rank "
+                   f"test; the CI is 1-alpha (default {d.alpha:g})")
+    p.add_argument("--threshold", type=float, default=d.threshold, help="smallest latency change "
+                   f"that counts, as a fraction (default {d.threshold:.2f})")
+    p.add_argument("--rss-tolerance", type=float, default=d.rss_tolerance, help="peak RSS growth "
+                   f"allowed, as a fraction (default {d.rss_tolerance:g}) ...")
+    p.add_argument("--rss-min-mib", type=float, default=d.rss_min_bytes / 2 ** 20,
+                   help=f"... and in MiB (default {d.rss_min_bytes / 2 ** 20:g})")
+    p.add_argument("--blocks", type=int, default=d.blocks, help="contiguous blocks per row for "
+                   f"the test and the bootstrap (default {d.blocks}; 0: per call, not "
+                   "recommended)")
+    p.add_argument("--resamples", type=int, default=d.resamples,
+                   help=f"bootstrap resamples (default {d.resamples})")
+    p.add_argument("--seed", type=int, default=d.seed, help="bootstrap seed")
     p.add_argument("--allow-machine-mismatch", action="store_true",
                    help="compare files from different CPUs or core counts")
     p.add_argument("--markdown", metavar="OUT", help="write the comparison as Markdown (a "
@@ -729,7 +706,7 @@ command("export-c", "write a model as self-contained C99 (const weights, static 
 
 
 # --------------------------------------------------------------------------------------------
-# sweep, build-kernels (implemented in sparsebench/sweep.py and sparsebench/native.py)
+# sweep, build-kernels (implemented in sparsebench/sweep.py and sparsebench/native/)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -849,8 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global _ARGV
-    _ARGV = list(sys.argv[1:] if argv is None else argv)
+    record_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from sparsebench.archs import ARCHS, create_model
-from sparsebench.checkpoint import check_file, model_from_checkpoint, validate_checkpoint
+from sparsebench.checkpoint import model_from_checkpoint, validate_checkpoint
 from sparsebench.errors import SparsebenchError
+from sparsebench.io import check_file
 
 KINDS = ("checkpoint", "state-dict", "pickled-module", "torchscript", "onnx")
 _NEITHER = "is neither a sparsebench checkpoint, a state_dict, a torch module, TorchScript nor ONNX"
@@ -399,12 +400,6 @@ def _from_callable(p: Path, spec: str, state: dict[str, torch.Tensor]) -> nn.Mod
     return module
 
 
-_ARCH_KWARGS = {  # constructor arguments readable from the weights
-    "ffn": lambda s: {"d_model": int(s["fc1.weight"].shape[1]),
-                      "d_hidden": int(s["fc1.weight"].shape[0])} if "fc1.weight" in s else {},
-}
-
-
 def _guess_shapes(first: torch.Tensor) -> list[tuple[int, ...]]:
     """Plausible per-sample input shapes from the first layer's weight."""
     if first.dim() == 4:
@@ -425,7 +420,8 @@ def _from_registry(p: Path, arch: str, state: dict[str, torch.Tensor],
     if not weights:
         raise SparsebenchError(f"{p} has no 2-D or 4-D weights; it is not a state_dict of {arch}")
     classes = num_classes or int(weights[-1].shape[0])
-    kwargs = _ARCH_KWARGS.get(arch, lambda s: {})(state)
+    from_state = ARCHS.meta(arch).get("from_state") if arch in ARCHS else None
+    kwargs = from_state(state) if from_state else {}
     candidates = [input_shape] if input_shape else _guess_shapes(weights[0])
     problems = []
     for shape in candidates:

@@ -20,10 +20,14 @@ class Registry:
         self.kind = kind
         self._targets: dict[str, Any] = {}
         self._help: dict[str, str] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str, target: Any, help: str = "") -> None:
+    def register(self, name: str, target: Any, help: str = "", **meta: Any) -> None:
+        """``meta``: facts about the entry readable without importing it (an architecture's
+        default input, classifier, ...)."""
         self._targets[name] = target
         self._help[name] = help
+        self._meta[name] = meta
 
     def decorator(self, name: str, help: str = "") -> Callable[[Any], Any]:
         def wrap(obj: Any) -> Any:
@@ -37,6 +41,10 @@ class Registry:
 
     def help(self, name: str) -> str:
         return self._help.get(name, "")
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """The facts registered with ``name`` (a copy; a one-line error for unknown names)."""
+        return dict(self._meta.get(self.check(name), {}))
 
     def __contains__(self, name: object) -> bool:
         return name in self._targets

@@ -25,8 +25,6 @@ from torch import nn
 from sparsebench.errors import SparsebenchError
 
 DEFAULT_SPARSITIES = "0,50,70,80,90,95,98"
-ARCH_INPUTS = {"ffn": (1024, 1), "vgg11_bn": (3, 32), "resnet18": (3, 32),
-               "lenet5": (1, 28), "lenet300": (1, 28)}
 BASELINE = ("dense", "onnxruntime")
 
 
@@ -84,12 +82,12 @@ def make_models(args: argparse.Namespace, sparsities: list[float],
                 folder: Path) -> tuple[str, dict[str, float], bool]:
     """Write one pruned checkpoint per sparsity into ``folder``; returns (base name,
     {path: sparsity %}, whether the files need --trust to load)."""
-    from sparsebench.archs import create_model
+    from sparsebench.archs import create_model, default_input
     from sparsebench.checkpoint import save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     if args.arch:
-        cin, size = ARCH_INPUTS.get(args.arch, (3, 32))
+        cin, size = default_input(args.arch)
         kwargs = {"in_channels": args.in_channels or cin, "input_size": args.input_size or size,
                   "num_classes": 10, "dropout": 0.0}
 
@@ -313,11 +311,12 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
+    from sparsebench.archs import ARCHS
     from sparsebench.measure.harness import add_timing_flags
 
     p.add_argument("model", nargs="?", help="a model file to prune (instead of --arch)")
     p.add_argument("--arch", help="architecture to create randomly initialised: "
-                   + ", ".join(ARCH_INPUTS))
+                   + ", ".join(ARCHS.names()))
     p.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
                    help=f"percent of each pruned layer's weights zeroed (default "
                         f"{DEFAULT_SPARSITIES})")
@@ -347,7 +346,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 def run_sweep(args: argparse.Namespace, out: Any,
               progress_display: Callable[[], Any]) -> int:
-    from sparsebench.cli import command_line
+    from sparsebench.ui import command_line
     from sparsebench.measure.harness import (MeasureConfig, model_info, plan, run_plan,
                                              timing_from_args)
     from sparsebench.measure.results import ResultsFile
@@ -406,7 +405,7 @@ def run_sweep(args: argparse.Namespace, out: Any,
         results.flush()
     _print(results.doc, out)
     if args.markdown:
-        from sparsebench.checkpoint import atomic_write_bytes
+        from sparsebench.io import atomic_write_bytes
 
         text = markdown(results.doc)
         atomic_write_bytes(Path(args.markdown), lambda fh: fh.write(text.encode()))

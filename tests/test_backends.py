@@ -7,19 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.archs import create_model, prunable_layers
+from sparsebench.archs import prunable_layers, small_model
 from sparsebench.backends import BACKENDS, Backend, Unsupported, get_backend
 from sparsebench.backends.onnxrt import export_onnx, onnx_sizes, session, sparse_onnx
 from sparsebench.errors import SparsebenchError
 from sparsebench.formats import FORMATS, convert
 
-ARCH_KWARGS = {
-    "lenet300": {},
-    "lenet5": {},
-    "ffn": {"in_channels": 64, "input_size": 1, "d_model": 64, "d_hidden": 128},
-    "vgg11_bn": {"in_channels": 1, "input_size": 28},
-    "resnet18": {"in_channels": 1, "input_size": 28},
-}
 BACKEND_NAMES = ["torch", "torch-sparse", "scipy", "onnxruntime"]
 FORMAT_NAMES = ["dense", "structured", "csr", "bsr", "bsr-1x4"]
 BATCH = 2
@@ -55,7 +48,7 @@ def case(arch: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """(pruned model, input batch, dense torch reference output), built once per arch."""
     if arch not in _CACHE:
         torch.manual_seed(0)
-        model = create_model(arch, **ARCH_KWARGS[arch]).eval()
+        model = small_model(arch).eval()
         prune(model, 0)
         x = torch.randn(BATCH, *model.input_shape, generator=torch.Generator().manual_seed(1))
         with torch.inference_mode():

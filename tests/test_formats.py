@@ -9,19 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sparsebench.archs import create_model, list_archs, prunable_layers
+from sparsebench.archs import ARCHS, create_model, list_archs, prunable_layers, small_model
 from sparsebench.errors import SparsebenchError, UnknownNameError
 from sparsebench.formats import FORMATS, convert, has_nonfinite
 from sparsebench.formats.base import bsr_nbytes, csr_nbytes, dense_nbytes
 from sparsebench.formats.sparse import to_bsr, to_csr
 
-ARCH_KWARGS = {
-    "lenet300": {},
-    "lenet5": {},
-    "vgg11_bn": {"in_channels": 1, "input_size": 28},
-    "resnet18": {"in_channels": 1, "input_size": 28},
-    "ffn": {"in_channels": 64, "input_size": 1, "d_model": 64, "d_hidden": 128},
-}
 SEQUENTIAL = ["lenet300", "lenet5", "vgg11_bn", "ffn"]
 TEST_FORMATS = ["dense", "structured", "csr", "bsr", "bsr-1x4", "bsr-16x1"]
 
@@ -68,7 +61,7 @@ def prune(model: nn.Module, seed: int = 0, unit_frac: float = 0.3, weight_frac: 
 
 def pruned_model(arch: str, seed: int = 0, **kw: object) -> tuple[nn.Module, dict]:
     torch.manual_seed(seed)
-    model = create_model(arch, **ARCH_KWARGS[arch]).eval()
+    model = small_model(arch).eval()
     return model, prune(model, seed, **kw)  # type: ignore[arg-type]
 
 
@@ -105,12 +98,12 @@ def converted_cases(pruned_models) -> dict:
 
 
 def test_every_arch_is_covered() -> None:
-    assert set(list_archs()) <= set(ARCH_KWARGS)
+    assert all("small" in ARCHS.meta(a) and "input" in ARCHS.meta(a) for a in list_archs())
     assert {"dense", "structured", "csr", "bsr"} <= set(FORMATS.names())
 
 
 # the large convnets skip the odd block shapes (covered on the small archs) to save time
-MATCH_CASES = [(a, f) for a in sorted(ARCH_KWARGS) for f in TEST_FORMATS
+MATCH_CASES = [(a, f) for a in ARCHS.names() for f in TEST_FORMATS
                if a not in ("resnet18", "vgg11_bn") or f in ("dense", "structured", "csr", "bsr")]
 
 
@@ -182,7 +175,7 @@ def test_structured_keeps_units_with_constant_output() -> None:
     """Zero weights but nonzero bias / BN shift: the unit outputs a constant; never removed."""
     torch.manual_seed(0)
     model = create_model("lenet300").eval()
-    vgg = create_model("vgg11_bn", **ARCH_KWARGS["vgg11_bn"]).eval()
+    vgg = small_model("vgg11_bn").eval()
     randomize_bn(vgg, torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.fc1.weight[:5] = 0

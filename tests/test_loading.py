@@ -14,20 +14,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from sparsebench.archs import create_model
+from sparsebench.archs import ARCHS, create_model, small_model
 from sparsebench.checkpoint import save_checkpoint
 from sparsebench.errors import SparsebenchError
 from sparsebench.loading import load_model, parse_input_shape
 from sparsebench.graph.onnx_torch import SUPPORTED, Unsupported, to_torch
-
-ARCH_KWARGS = {
-    "lenet300": {},
-    "lenet5": {},
-    "vgg11_bn": {"in_channels": 1, "input_size": 28},
-    "resnet18": {"in_channels": 3, "input_size": 32},
-    "ffn": {"in_channels": 64, "input_size": 1, "d_model": 64, "d_hidden": 128},
-}
-
 
 def one_line_error(match: str, fn, *args, **kwargs) -> str:
     with pytest.raises(SparsebenchError, match=match) as info:
@@ -89,10 +80,10 @@ class AddOne(nn.Module):
 
 # --- ONNX ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", list(ARCH_KWARGS))
+@pytest.mark.parametrize("arch", ARCHS.names())
 def test_onnx_round_trip_of_every_arch(arch: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = randomize_bn(create_model(arch, **ARCH_KWARGS[arch]))
+    model = randomize_bn(small_model(arch))
     path = export(model, tmp_path / f"{arch}.onnx", model.input_shape)
     loaded = load_model(path)
     assert (loaded.kind, loaded.name, loaded.onnx_error, loaded.swappable) == (
@@ -254,7 +245,7 @@ def test_state_dict_needs_arch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     torch.save({"epoch": 3, "state_dict": model.state_dict()}, nested)
     assert load_model(nested, arch="lenet5").kind == "state-dict"
 
-    ffn = create_model("ffn", **ARCH_KWARGS["ffn"]).eval()
+    ffn = small_model("ffn").eval()
     torch.save(ffn.state_dict(), tmp_path / "ffn.pt")
     loaded = load_model(tmp_path / "ffn.pt", arch="ffn")
     assert loaded.input_shape == (64,)

@@ -12,38 +12,18 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import needs_kernels, randomize_bn, rel_err
 from sparsebench import native
-from sparsebench.archs import create_model
+from sparsebench.archs import create_model, small_model
 from sparsebench.formats import convert
 from sparsebench.formats.fold import batchnorm_pairs, fold_batchnorm
+from sparsebench.measure.timing import time_steps
 from sparsebench.sweep import magnitude_prune
-
-_REASON = native.available()
-needs_kernels = pytest.mark.skipif(_REASON is not None, reason=f"native kernels: {_REASON}")
-
-SMALL = {"lenet300": {}, "lenet5": {}, "ffn": {"in_channels": 64, "input_size": 1,
-                                               "d_model": 64, "d_hidden": 96},
-         "vgg11_bn": {"in_channels": 3, "input_size": 16},
-         "resnet18": {"in_channels": 3, "input_size": 8}}
-
-
-def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics (a fresh model's BN is the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-    return model
-
 
 @functools.lru_cache(maxsize=None)
 def _model(arch: str, sparsity: float) -> nn.Module:
     torch.manual_seed(0)
-    m = randomise_bn(create_model(arch, **SMALL[arch]).eval())
+    m = randomize_bn(small_model(arch).eval())
     magnitude_prune(m, sparsity)
     return m
 
@@ -56,10 +36,6 @@ def model(arch: str, sparsity: float = 0.8) -> nn.Module:
 @functools.lru_cache(maxsize=None)
 def converted(arch: str, fmt: str) -> object:
     return convert(_model(arch, 0.8), fmt)
-
-
-def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
 # ----------------------------------------------------------------------------- folding
@@ -113,7 +89,7 @@ def test_fold_onnx_imported_model() -> None:
 
     import onnx
 
-    m = randomise_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+    m = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                                    nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4)).eval())
     imported = to_torch(onnx.load_from_string(export_onnx(m, (3, 6, 6))))
     folded = fold_batchnorm(imported)
@@ -252,7 +228,7 @@ def test_onnx_imported_chain_runs_on_a_plan() -> None:
 
 
 def test_unavailable_gives_the_loader_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sparsebench.backends.native import NativeBackend
+    from sparsebench.backends.kernel_plan import NativeBackend
 
     monkeypatch.setenv("SPARSEBENCH_NO_NATIVE", "1")
     assert "SPARSEBENCH_NO_NATIVE" in (NativeBackend().unavailable() or "")
@@ -367,5 +343,5 @@ def test_global_average_pool_variants_fuse_into_the_conv() -> None:
         x = torch.randn(2, 3, 6, 6)
         with torch.no_grad():
             assert rel_err(prepared.run(x), m(x)) <= 1e-4
-        steps = prepared.profile(x, calls=2)
+        steps = time_steps(*prepared.steps(x), calls=2)
         assert list(steps) == ["conv+relu+avgpool", "fc"] and all(v > 0 for v in steps.values())

@@ -16,7 +16,6 @@ from sparsebench.data import load_dataset
 from sparsebench.errors import SparsebenchError
 from sparsebench.train import TrainConfig, Trainer
 
-SMALL = {"ffn": {"d_model": 64, "d_hidden": 128}}
 
 
 @pytest.mark.parametrize("shape", [(1, 28), (3, 32)], ids=["28x28x1", "32x32x3"])

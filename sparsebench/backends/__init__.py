@@ -25,8 +25,8 @@ BACKENDS.register("scipy", "sparsebench.backends.scipy_sparse:ScipyBackend",
                   "scipy.sparse CSR/BSR matmul, single-threaded")
 BACKENDS.register("onnxruntime", "sparsebench.backends.onnxrt:OnnxRuntimeBackend",
                   "ONNX Runtime CPU execution provider on dense/structured models")
-if Path(__file__).with_name("native.py").exists():
-    BACKENDS.register("native", "sparsebench.backends.native:NativeBackend",
+if Path(__file__).with_name("kernel_plan.py").exists():
+    BACKENDS.register("native", "sparsebench.backends.kernel_plan:NativeBackend",
                       "compiled sparse kernels (kernels/)")
 
 __all__ = ["BACKENDS", "Backend", "Prepared", "Unsupported", "get_backend", "list_backends",

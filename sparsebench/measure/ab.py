@@ -19,13 +19,12 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from sparsebench.errors import SparsebenchError
 from sparsebench.measure.results import ResultsFile, skipped_row
-from sparsebench.measure.timing import TimingPolicy
+from sparsebench.measure.timing import TimingPolicy, time_interleaved
 
 CALLS, PROCESSES = "interleaved-calls", "alternating-processes"
 MODULE = "sparsebench.measure.ab"
@@ -34,31 +33,6 @@ MODULE = "sparsebench.measure.ab"
 def is_checkout(path: str | Path) -> bool:
     """A folder holding a sparsebench source tree (``sparsebench/__init__.py``)."""
     return (Path(path) / "sparsebench" / "__init__.py").is_file()
-
-
-def time_interleaved(base: Callable[[], object], new: Callable[[], object],
-                     policy: TimingPolicy = TimingPolicy()) -> tuple[list[int], list[int]]:
-    """Raw durations of both subjects, called in ABBA order after a joint warm-up, until each
-    has ``min_calls`` and ``min_seconds`` of timed calls."""
-    clock = time.perf_counter_ns
-    start, calls = clock(), 0
-    while calls < policy.warmup_calls or clock() - start < policy.warmup_seconds * 1e9:
-        base()
-        new()
-        calls += 1
-    out: dict[str, list[int]] = {"base": [], "new": []}
-    totals = {"base": 0, "new": 0}
-    subjects = (("base", base), ("new", new))
-    budget = policy.min_seconds * 1e9
-    while len(out["base"]) < policy.max_calls and (len(out["base"]) < policy.min_calls
-                                                   or min(totals.values()) < budget):
-        for name, fn in subjects if len(out["base"]) % 2 == 0 else subjects[::-1]:
-            t0 = clock()
-            fn()
-            dt = clock() - t0
-            out[name].append(dt)
-            totals[name] += dt
-    return out["base"], out["new"]
 
 
 def _tag(row: dict[str, Any], subject: str, mode: str) -> dict[str, Any]:

@@ -12,16 +12,20 @@ from typing import Any, Callable
 
 from sparsebench.errors import SparsebenchError
 from sparsebench.measure.results import ResultsFile, skipped_row
+from sparsebench.measure.timing import TimingPolicy
 
 DEFAULT_FORMATS = ("dense", "structured", "csr", "bsr")
 
 
 def add_timing_flags(p: Any) -> None:
     """The timing flags shared by ``measure`` and ``sweep`` (defaults: ``TimingPolicy``)."""
-    p.add_argument("--min-calls", type=int, default=20, help="timed calls at least (default 20)")
-    p.add_argument("--min-time", type=float, default=0.5,
-                   help="seconds of timed calls at least (default 0.5)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up calls (default 3)")
+    d = TimingPolicy()
+    p.add_argument("--min-calls", type=int, default=d.min_calls,
+                   help=f"timed calls at least (default {d.min_calls})")
+    p.add_argument("--min-time", type=float, default=d.min_seconds,
+                   help=f"seconds of timed calls at least (default {d.min_seconds:g})")
+    p.add_argument("--warmup", type=int, default=d.warmup_calls,
+                   help=f"warm-up calls (default {d.warmup_calls})")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per execution")
 
 

@@ -11,15 +11,14 @@ detects a known slowdown (docs/ci-gate.md).
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
+
+from sparsebench.measure.timing import clock
 
 
 def slowed(fn: Callable[[], object], fraction: float) -> tuple[Callable[[], object],
                                                                 dict[str, Any]]:
     """``fn`` followed by busy-waiting ``fraction`` of its own duration, and a description."""
-    clock = time.perf_counter_ns
-
     def run() -> object:
         t0 = clock()
         out = fn()

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sparsebench.checkpoint import atomic_write_bytes
+from sparsebench.io import atomic_write_bytes
 from sparsebench.errors import SparsebenchError
 from sparsebench.provenance import cpu_info, git_commit, library_versions
 

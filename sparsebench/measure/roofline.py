@@ -14,9 +14,9 @@ for executions that do not report traffic (every backend but ``native``).
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
+
+from sparsebench.measure.timing import median_seconds
 
 _CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 
@@ -27,13 +27,7 @@ def copy_bandwidth(mb: int = 256, reps: int = 5) -> float:
 
     src = np.ones(mb * 2 ** 20 // 4, np.float32)
     dst = np.empty_like(src)
-    np.copyto(dst, src)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - t0)
-    return 2 * src.nbytes / statistics.median(times) / 1e9
+    return 2 * src.nbytes / median_seconds(lambda: np.copyto(dst, src), reps) / 1e9
 
 
 def gemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float:
@@ -45,15 +39,10 @@ def gemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float:
     try:
         a, b = torch.randn(n, n), torch.randn(n, n)
         out = torch.empty(n, n)
-        torch.mm(a, b, out=out)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.mm(a, b, out=out)
-            times.append(time.perf_counter() - t0)
+        seconds = median_seconds(lambda: torch.mm(a, b, out=out), reps)
     finally:
         torch.set_num_threads(old)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    return 2 * n ** 3 / seconds / 1e9
 
 
 def probe(threads: list[int] | tuple[int, ...] = (1,), copy_mb: int = 256,

@@ -1,11 +1,17 @@
-"""The one timing loop every execution goes through (perf_counter_ns, raw samples kept)."""
+"""The one clock (``perf_counter_ns``) and every timing loop: whole executions
+(``time_calls``, raw samples kept), two subjects alternating (``time_interleaved``, A/B),
+the steps of a plan or the modules of a model (``time_steps``, ``time_modules``: per-layer)
+and the roofline probes (``median_seconds``). No backend times itself.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
+
+clock = time.perf_counter_ns
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,6 @@ class TimingPolicy:
 
 def time_calls(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) -> list[int]:
     """Raw per-call durations in nanoseconds, after warm-up."""
-    clock = time.perf_counter_ns
     start = clock()
     calls = 0
     while calls < policy.warmup_calls or clock() - start < policy.warmup_seconds * 1e9:
@@ -38,6 +43,90 @@ def time_calls(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) 
         samples.append(dt)
         total += dt
     return samples
+
+
+def time_interleaved(base: Callable[[], object], new: Callable[[], object],
+                     policy: TimingPolicy = TimingPolicy()) -> tuple[list[int], list[int]]:
+    """Raw durations of both subjects, called in ABBA order after a joint warm-up, until each
+    has ``min_calls`` and ``min_seconds`` of timed calls."""
+    start, calls = clock(), 0
+    while calls < policy.warmup_calls or clock() - start < policy.warmup_seconds * 1e9:
+        base()
+        new()
+        calls += 1
+    out: dict[str, list[int]] = {"base": [], "new": []}
+    totals = {"base": 0, "new": 0}
+    subjects = (("base", base), ("new", new))
+    budget = policy.min_seconds * 1e9
+    while len(out["base"]) < policy.max_calls and (len(out["base"]) < policy.min_calls
+                                                   or min(totals.values()) < budget):
+        for name, fn in subjects if len(out["base"]) % 2 == 0 else subjects[::-1]:
+            t0 = clock()
+            fn()
+            dt = clock() - t0
+            out[name].append(dt)
+            totals[name] += dt
+    return out["base"], out["new"]
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        key, n = name, 2
+        while key in seen:
+            key, n = f"{name}#{n}", n + 1
+        seen[key] = 1
+        out.append(key)
+    return out
+
+
+def time_steps(names: Sequence[str], steps: Sequence[Callable[[], object]],
+               before: Callable[[], object], calls: int = 20) -> dict[str, float]:
+    """Median milliseconds of each step of a plan over ``calls`` runs (``before`` resets the
+    input each run). Each step is timed on its own, so the sum exceeds one whole run."""
+    times: list[list[int]] = [[] for _ in steps]
+    for _ in range(calls):
+        before()
+        for i, step in enumerate(steps):
+            t0 = clock()
+            step()
+            times[i].append(clock() - t0)
+    return {k: statistics.median(t) / 1e6 for k, t in zip(_unique(names), times)}
+
+
+def time_modules(module: Any, run: Callable[[], object], calls: int = 20) -> dict[str, float]:
+    """Median milliseconds per leaf module over ``calls`` runs, from forward pre/post hooks."""
+    starts: dict[str, int] = {}
+    times: dict[str, list[int]] = {}
+    handles = []
+    for name, mod in module.named_modules():
+        if name and not list(mod.children()):
+            def pre(m: Any, i: Any, name: str = name) -> None:
+                starts[name] = clock()
+
+            def post(m: Any, i: Any, o: Any, name: str = name) -> None:
+                times.setdefault(name, []).append(clock() - starts[name])
+
+            handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    try:
+        for _ in range(calls):
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: statistics.median(v) / 1e6 for name, v in times.items()}
+
+
+def median_seconds(fn: Callable[[], object], reps: int = 5) -> float:
+    """Median wall time of ``reps`` calls of ``fn`` (after one untimed call), in seconds."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return statistics.median(times) / 1e9
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -13,7 +13,6 @@ import gc
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -56,31 +55,6 @@ def reset_peak() -> bool:
         return False
 
 
-def per_layer_ms(module: Any, run: Any, calls: int = 20) -> dict[str, float]:
-    """Median time per leaf module over ``calls`` runs, from forward pre/post hooks."""
-    import statistics
-
-    starts: dict[str, int] = {}
-    times: dict[str, list[int]] = {}
-    handles = []
-    for name, mod in module.named_modules():
-        if name and not list(mod.children()):
-            def pre(m: Any, i: Any, name: str = name) -> None:
-                starts[name] = time.perf_counter_ns()
-
-            def post(m: Any, i: Any, o: Any, name: str = name) -> None:
-                times.setdefault(name, []).append(time.perf_counter_ns() - starts[name])
-
-            handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
-    try:
-        for _ in range(calls):
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: statistics.median(v) / 1e6 for name, v in times.items()}
-
-
 def accuracy(backend: Any, converted: Any, job: dict[str, Any], threads: int,
              stats: tuple[list[float], list[float]] | None) -> float:
     """Test accuracy of this execution (normalised with the training statistics the
@@ -120,7 +94,8 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
     from sparsebench.formats import convert, has_nonfinite
     from sparsebench.loading import load_model
     from sparsebench.measure.results import skipped_row
-    from sparsebench.measure.timing import TimingPolicy, latency_stats_ms, time_calls
+    from sparsebench.measure.timing import (TimingPolicy, latency_stats_ms, time_calls,
+                                          time_modules, time_steps)
 
     name, fmt, backend_name = job["model"], job["format"], job["backend"]
 
@@ -192,13 +167,13 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
         row["injected_slowdown"] = injected
     if job.get("per_layer"):
         module = getattr(prepared, "module", None)
-        if module is None and hasattr(prepared, "profile"):  # native plans time their steps
-            row["per_layer_ms"] = prepared.profile(x)
+        if module is None and hasattr(prepared, "steps"):  # native plans: time their steps
+            row["per_layer_ms"] = time_steps(*prepared.steps(x))
         elif module is None:
             row["warnings"].append("per-layer timing needs a module-based execution")
         else:
             try:
-                row["per_layer_ms"] = per_layer_ms(module, lambda: prepared.run(x))
+                row["per_layer_ms"] = time_modules(module, lambda: prepared.run(x))
             except RuntimeError as exc:  # e.g. TorchScript modules take no Python hooks
                 row["warnings"].append(f"per-layer timing unavailable: {str(exc)[:120]}")
     if job.get("data"):

@@ -94,7 +94,7 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
                                    name=info["name"], est_seconds=est)
     to_stdout = args.json == "-"
     if to_stdout:   # keep stdout pure JSON; messages go to stderr
-        from sparsebench.cli import console
+        from sparsebench.ui import console
 
         con = console(stderr=True)
     else:
@@ -138,7 +138,7 @@ def run_export(args: argparse.Namespace, con: Any) -> int:
 
 
 def _write(path: Path, text: str) -> None:
-    from sparsebench.checkpoint import atomic_write_bytes
+    from sparsebench.io import atomic_write_bytes
 
     atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
 

@@ -1,295 +1,21 @@
-"""Optional compiled sparse kernels (repo folder ``kernels/``), built on first use and loaded
-with ctypes.
-
-``available()`` says whether they can be used (None) or why not (a one-line reason);
-``CSRLinear``, ``BSRLinear`` and ``CSRConv2d`` validate a sparse weight once and then run it
-with about a microsecond of Python overhead per call. Set ``SPARSEBENCH_NO_NATIVE=1`` to
-disable building and loading, ``SPARSEBENCH_KERNEL_DIR`` to move the build cache.
+"""Prepared kernel calls: a sparse weight validated once (CSR/BSR from dense or scipy, index
+width, bias, activation, threads, conv geometry) and then run with about a microsecond of
+Python overhead per call, on cached raw addresses.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
 import threading
 import weakref
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from sparsebench.errors import SparsebenchError
-
-ABI_VERSION = 2  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
-KERNEL_SRC = Path(__file__).resolve().parents[1] / "kernels"
-SOURCES = ("api.cpp", "csr_linear.cpp", "bsr_linear.cpp", "csr_conv.cpp", "threadpool.cpp")
-HEADERS = ("sparsebench_kernels.h", "common.hpp")
-CXXFLAGS = ("-O3", "-march=native", "-pthread", "-fPIC", "-shared", "-std=c++17")
-LIB_NAME = "libsparsebench_kernels.so"
-
-_STATUS = {
-    1: "invalid argument",
-    2: "index width must be 16 or 32 bits",
-    3: "out of memory",
-    4: "num_threads must be in 1..255",
-}
-_F32 = np.dtype(np.float32)
-_INT_DTYPES = {16: np.dtype(np.int16), 32: np.dtype(np.int32)}
-_I64, _INT, _PTR = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-
-
-class _LinearDesc(ctypes.Structure):
-    """Mirror of ``sb_linear`` in kernels/sparsebench_kernels.h (all fields 8 bytes)."""
-
-    _fields_ = [
-        ("rows", _I64), ("cols", _I64), ("block_rows", _I64), ("block_cols", _I64),
-        ("row_ptr", _PTR), ("col_idx", _PTR), ("values", _PTR), ("bias", _PTR),
-        ("index_bits", _I64), ("act", _I64),
-    ]
-
-
-class _ConvDesc(ctypes.Structure):
-    """Mirror of ``sb_conv2d`` in kernels/sparsebench_kernels.h."""
-
-    _fields_ = [
-        ("out_channels", _I64), ("in_channels", _I64), ("kernel_h", _I64), ("kernel_w", _I64),
-        ("stride_h", _I64), ("stride_w", _I64), ("pad_h", _I64), ("pad_w", _I64),
-        ("row_ptr", _PTR), ("col_idx", _PTR), ("values", _PTR), ("bias", _PTR),
-        ("index_bits", _I64), ("act", _I64),
-    ]
-
-
-class _ConvPlan(ctypes.Structure):
-    """Mirror of the public fields of ``sb_conv_plan`` (allocated and owned by the library)."""
-
-    _fields_ = [(name, _I64) for name in (
-        "n", "h", "w", "ho", "wo", "hq", "wq", "plane", "positions", "tile", "ntiles",
-        "direct_in", "direct_out", "pool", "yh", "yw", "layout", "channel_blocks",
-        "scratch_bytes")]
-
-
-ACTS = {None: 0, "none": 0, "relu": 1, "gelu": 2}
-
-
-_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
-    "sb_abi_version": (_INT, []),
-    "sb_isa": (ctypes.c_char_p, []),
-    "sb_tuning": (_INT, [ctypes.c_char_p, _INT]),
-    "sb_csr_linear": (_INT, [ctypes.POINTER(_LinearDesc), _PTR, _I64, _PTR, _INT]),
-    "sb_bsr_linear": (_INT, [ctypes.POINTER(_LinearDesc), _PTR, _I64, _PTR, _INT]),
-    "sb_conv_out_size": (_I64, [_I64, _I64, _I64, _I64]),
-    "sb_csr_conv2d": (_INT, [ctypes.POINTER(_ConvDesc), _PTR, _I64, _I64, _I64, _PTR, _INT]),
-    "sb_conv2d_plan": (_INT, [ctypes.POINTER(_ConvDesc), _I64, _I64, _I64, _I64, _PTR,
-                              ctypes.POINTER(ctypes.POINTER(_ConvPlan))]),
-    "sb_conv2d_plan_free": (None, [ctypes.POINTER(_ConvPlan)]),
-    "sb_conv2d_run": (_INT, [ctypes.POINTER(_ConvDesc), ctypes.POINTER(_ConvPlan), _PTR, _PTR,
-                             _PTR, _INT]),
-}
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_load_error: str | None = None
-
-
-# ----------------------------------------------------------------------------- build / load
-
-
-def _disabled() -> bool:
-    return os.environ.get("SPARSEBENCH_NO_NATIVE", "").strip() not in ("", "0")
-
-
-def _compiler() -> list[str]:
-    """The C++ compiler command: $CXX (may hold arguments), else g++ / c++ / clang++."""
-    env = os.environ.get("CXX", "").strip()
-    if env:
-        cmd = shlex.split(env)
-        if shutil.which(cmd[0]) is None:
-            raise SparsebenchError(f"C++ compiler CXX={env!r} not found")
-        return cmd
-    for name in ("g++", "c++", "clang++"):
-        if shutil.which(name):
-            return [name]
-    raise SparsebenchError("no C++ compiler found (install g++ or set CXX)")
-
-
-def _cpu_signature() -> str:
-    """Identifies the CPU for the -march=native build (model and feature flags)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return platform.machine() + platform.processor()
-    keep = [ln for ln in text.splitlines()[:40] if ln.startswith(("model name", "flags"))]
-    return "\n".join(keep) or platform.machine()
-
-
-def _check_sources() -> None:
-    if not (KERNEL_SRC / SOURCES[0]).is_file():
-        raise SparsebenchError(
-            f"kernel sources not found at {KERNEL_SRC} (sparsebench seems installed without the "
-            "repository's kernels/ folder; use an editable install: pip install -e .)"
-        )
-
-
-def build_dir(compiler: Sequence[str] | None = None) -> Path:
-    """Cache folder for the current sources, flags, compiler and CPU."""
-    _check_sources()
-    cmd = list(compiler) if compiler is not None else _compiler()
-    digest = hashlib.sha256()
-    for part in (shutil.which(cmd[0]) or cmd[0], *cmd[1:], *CXXFLAGS, _cpu_signature()):
-        digest.update(part.encode() + b"\0")
-    for name in SOURCES + HEADERS:
-        digest.update(name.encode() + b"\0" + (KERNEL_SRC / name).read_bytes() + b"\0")
-    root = os.environ.get("SPARSEBENCH_KERNEL_DIR")
-    if root:
-        base = Path(root).expanduser()
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        base = base / "sparsebench" / "kernels"
-    return base / digest.hexdigest()[:16]
-
-
-def _first_error(stderr: str, returncode: int) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for ln in lines:
-        if "error" in ln.lower():
-            return ln[:300]
-    return lines[0][:300] if lines else f"compiler exit status {returncode}"
-
-
-def build(force: bool = False) -> Path:
-    """Compile kernels/ (once per source/flag/compiler/CPU combination) and return the .so path."""
-    if _disabled():
-        raise SparsebenchError("native kernels disabled by SPARSEBENCH_NO_NATIVE=1")
-    cmd = _compiler()
-    out_dir = build_dir(cmd)
-    target = out_dir / LIB_NAME
-    if target.is_file() and not force:
-        return target
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out_dir)
-        os.close(fd)
-    except OSError as exc:
-        raise SparsebenchError(f"cannot create kernel build dir {out_dir}: {exc}") from exc
-    args = [*cmd, *CXXFLAGS, "-o", tmp, *(str(KERNEL_SRC / s) for s in SOURCES)]
-    try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            try:
-                (out_dir / "build.log").write_text(shlex.join(args) + "\n" + proc.stderr)
-            except OSError:
-                pass
-            raise SparsebenchError(
-                f"kernel build failed: {_first_error(proc.stderr, proc.returncode)}"
-            )
-        os.replace(tmp, target)  # atomic: concurrent builders never see a partial file
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SparsebenchError(f"kernel build failed: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
-def load() -> ctypes.CDLL:
-    """The kernel library with argtypes set (built on first use); checks the ABI version."""
-    global _lib, _load_error
-    if _disabled():
-        raise SparsebenchError("native kernels disabled by SPARSEBENCH_NO_NATIVE=1")
-    with _lock:
-        if _lib is None and _load_error is None:
-            try:
-                path = build()
-                lib = ctypes.CDLL(str(path))
-                for name, (restype, argtypes) in _SIGNATURES.items():
-                    fn = getattr(lib, name)
-                    fn.restype, fn.argtypes = restype, argtypes
-                _lib = lib
-            except SparsebenchError as exc:
-                _load_error = str(exc)
-            except (OSError, AttributeError) as exc:
-                _load_error = f"cannot load kernel library: {exc}"
-        if _lib is None:
-            raise SparsebenchError(_load_error or "native kernels unavailable")
-        lib = _lib
-    version = lib.sb_abi_version()
-    if version != ABI_VERSION:
-        raise SparsebenchError(
-            f"kernel library ABI version {version} does not match sparsebench's {ABI_VERSION}; "
-            "rebuild with sparsebench.native.build(force=True)"
-        )
-    return lib
-
-
-def available() -> str | None:
-    """None if the kernels can be used, else a one-line reason. Never raises."""
-    try:
-        load()
-    except SparsebenchError as exc:
-        return str(exc)
-    except Exception as exc:  # never crash the caller
-        return f"native kernels unavailable: {type(exc).__name__}: {exc}"
-    return None
-
-
-def build_info(force: bool = False) -> dict[str, Any]:
-    """Build (or find in the cache) and load the library; describe it. Raises
-    SparsebenchError with the reason when that is not possible."""
-    path = build(force)
-    reset()
-    lib = load()
-    return {"path": str(path), "isa": lib.sb_isa().decode(), "abi": int(lib.sb_abi_version()),
-            "compiler": shlex.join(_compiler()), "flags": " ".join(CXXFLAGS)}
-
-
-def self_test() -> float:
-    """Max relative error of a small CSR linear and conv against numpy/torch references."""
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((33, 70)).astype(np.float32)
-    w[rng.random(w.shape) < 0.8] = 0
-    x = rng.standard_normal((3, 70)).astype(np.float32)
-    want = x @ w.T
-    err = float(np.abs(CSRLinear.from_dense(w, threads=2).run(x) - want).max()
-                / np.abs(want).max())
-    wc = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
-    wc[rng.random(wc.shape) < 0.7] = 0
-    xc = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
-    import torch
-
-    ref = torch.nn.functional.conv2d(torch.from_numpy(xc), torch.from_numpy(wc), padding=1)
-    got = CSRConv2d.from_dense(wc, padding=1, threads=2).run(xc)
-    return max(err, float(np.abs(got - ref.numpy()).max() / ref.abs().max()))
-
-
-def reset() -> None:
-    """Forget a cached load failure (e.g. after installing a compiler)."""
-    global _load_error
-    with _lock:
-        _load_error = None
-
-
-def isa() -> str:
-    """Instruction set the kernels were compiled for: "avx512", "avx2" or "scalar"."""
-    return load().sb_isa().decode()
-
-
-def tuning(key: str, value: int = -1) -> int:
-    """Set a benchmark-only kernel knob ("spmv_gather", "transpose_batch", "batch_chunk"; see
-    kernels/README.md) and return its old value; a negative value only queries."""
-    old = load().sb_tuning(key.encode(), int(value))
-    if old < 0:
-        raise SparsebenchError(f"unknown kernel tuning key {key!r}")
-    return int(old)
-
-
-# ----------------------------------------------------------------------------- conversions
-
+from sparsebench.native.abi import (_F32, _I64, _INT_DTYPES, _STATUS, ACTS, _ConvDesc, _ConvPlan,
+                                    _LinearDesc)
+from sparsebench.native.build import load
 
 def _numpy(a: Any) -> np.ndarray:
     if hasattr(a, "detach"):  # torch tensor
@@ -878,3 +604,22 @@ class CSRConv2d(_Prepared):
         return oc[0]
 
     __call__ = run
+
+
+def self_test() -> float:
+    """Max relative error of a small CSR linear and conv against numpy/torch references."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((33, 70)).astype(np.float32)
+    w[rng.random(w.shape) < 0.8] = 0
+    x = rng.standard_normal((3, 70)).astype(np.float32)
+    want = x @ w.T
+    err = float(np.abs(CSRLinear.from_dense(w, threads=2).run(x) - want).max()
+                / np.abs(want).max())
+    wc = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    wc[rng.random(wc.shape) < 0.7] = 0
+    xc = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    import torch
+
+    ref = torch.nn.functional.conv2d(torch.from_numpy(xc), torch.from_numpy(wc), padding=1)
+    got = CSRConv2d.from_dense(wc, padding=1, threads=2).run(xc)
+    return max(err, float(np.abs(got - ref.numpy()).max() / ref.abs().max()))

@@ -1,4 +1,5 @@
-"""native: csr, bsr and structured models on the compiled kernels (sparsebench.native).
+"""The `native` backend: csr, bsr and structured models on the compiled kernels
+(``sparsebench.native``) as one plan of kernel calls.
 
 ``prepare`` folds BatchNorm into the preceding layers (``formats.fold_batchnorm``), converts
 the folded model again (a structured model's compacted layers become CSR too, zeros dropped),
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -320,26 +319,13 @@ class NativePrepared(Prepared):
             call()
         return out.clone()
 
-    def profile(self, x: torch.Tensor, calls: int = 20) -> dict[str, float]:
-        """Median milliseconds of each step of the plan over ``calls`` runs (profiling only:
-        each step is timed on its own, so the sum exceeds one ``run``)."""
+    def steps(self, x: torch.Tensor) -> tuple[list[str], tuple[Callable[[], Any], ...],
+                                              Callable[[], Any]]:
+        """(names, step callables, input reset) of the plan for ``x``'s batch, for per-layer
+        timing by ``measure.timing.time_steps`` (the sum of the steps exceeds one ``run``)."""
         self.run(x)
         inp, steps = self._plans[x.shape[0]][:2]
-        names = self._names[x.shape[0]]
-        times: list[list[float]] = [[] for _ in steps]
-        for _ in range(calls):
-            inp.copy_(x)
-            for i, step in enumerate(steps):
-                t0 = time.perf_counter_ns()
-                step()
-                times[i].append(time.perf_counter_ns() - t0)
-        out: dict[str, float] = {}
-        for name, t in zip(names, times):
-            key, n = name, 2
-            while key in out:
-                key, n = f"{name}#{n}", n + 1
-            out[key] = statistics.median(t) / 1e6
-        return out
+        return self._names[x.shape[0]], steps, lambda: inp.copy_(x)
 
 
 def _impl(label: str, kernels: list[Any], threads: int, torch_ops: list[str]) -> str:
