@@ -146,3 +146,32 @@ def test_export_c_of_an_onnx_cnn_with_batchnorm_runs(tmp_path) -> None:
     subprocess.run(["make", "-s", "-C", str(tmp_path / "b")], check=True, capture_output=True)
     proc = subprocess.run([str(tmp_path / "b" / "sb_test")], capture_output=True, text=True)
     assert proc.returncode == 0 and "PASS" in proc.stdout
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+def test_layer_chains_from_the_graph_agree_with_the_declared_ones(arch: str) -> None:
+    from sparsebench.archs import prunable_layers, small_model
+    from sparsebench.graph.analysis import layer_chains
+
+    m = small_model(arch).eval()
+    got = {c.layer: (c.bn, c.consumer) for c in layer_chains(from_module(m, m.input_shape))}
+    for p in prunable_layers(m):
+        if p.consumer is not None:
+            assert got[p.name] == (p.bn, p.consumer)
+
+
+@pytest.mark.parametrize("arch", ["lenet5", "vgg11_bn", "resnet18"])
+def test_structured_compacts_an_onnx_import_like_the_checkpoint(arch: str) -> None:
+    from conftest import pruned_small
+    from sparsebench.formats import convert
+
+    m = pruned_small(arch)            # whole units pruned: structured removes them
+    imported = _onnx(m)
+    imported.input_shape = m.input_shape
+    a, b = convert(m, "structured"), convert(imported, "structured")
+    assert [s.shape for s in a.storage] == [s.shape for s in b.storage]
+    assert sum(s.numel for s in a.storage) < sum(mod.weight.numel() for mod in m.modules()
+                                                 if isinstance(mod, (nn.Conv2d, nn.Linear)))
+    x = torch.randn(2, *m.input_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(b.module(x), m(x), rtol=1e-4, atol=1e-5)

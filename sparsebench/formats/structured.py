@@ -7,6 +7,10 @@ weight == 0 or running_mean == 0). The activation between a layer and its consum
 to map 0 to 0 (ReLU, GELU, max-pooling, flatten in every registered architecture). Units with
 zero weights but a nonzero constant output are kept (their constant is not folded), so outputs
 never change. Removing a unit also removes the consumer's input columns it fed.
+
+The layers, their BatchNorms and consumers are the architecture's declared ``prunable_layers``,
+or, for any other model (a pickled module, an ONNX import), read off its graph
+(``graph.analysis.layer_chains``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-from sparsebench.archs import PrunableLayer, prunable_layers
+from sparsebench.archs import PrunableLayer, infer_prunable_layers
 from sparsebench.errors import SparsebenchError
 from sparsebench.formats.base import (ConvertedModel, dense_row, example_input, other_bytes,
                                       positions, weight_layers)
@@ -133,13 +137,27 @@ def compact(model: nn.Module, p: PrunableLayer) -> tuple[str, bool]:
     return note + kept_const, False
 
 
+def _layers(module: nn.Module, x: torch.Tensor) -> list[PrunableLayer]:
+    declared = getattr(module, "prunable_layers", None)
+    if declared is not None:
+        return list(declared)
+    from sparsebench.graph import from_module
+    from sparsebench.graph.analysis import layer_chains
+
+    try:
+        chains = layer_chains(from_module(module, tuple(x.shape[1:])))
+    except SparsebenchError:
+        return infer_prunable_layers(module)  # no graph: no consumers, nothing compacted
+    return [PrunableLayer(c.layer, c.bn, None, c.consumer) for c in chains]
+
+
 def convert_structured(model: nn.Module, *, name: str = "structured", index_dtype: str = "auto",
                        block: tuple[int, int] = (4, 4),
                        example: torch.Tensor | None = None) -> ConvertedModel:
     module = copy.deepcopy(model).float().eval()
     x = example_input(module, example)
     notes: dict[str, tuple[str, bool]] = {}
-    for p in prunable_layers(module):
+    for p in _layers(module, x):
         try:
             notes[p.name] = compact(module, p)
         except AttributeError as exc:
