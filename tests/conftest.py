@@ -23,10 +23,10 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomize_bn(model: nn.Module, seed: int | torch.Generator = 0) -> nn.Module:
     """Non-trivial BatchNorm affine parameters and running statistics (a fresh BN is the
-    identity, which would hide folding mistakes)."""
-    gen = torch.Generator().manual_seed(seed)
+    identity, which would hide folding mistakes); ``seed`` may be a generator to draw from."""
+    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for mod in model.modules():
             if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -38,16 +38,20 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def prune_randomly(model: nn.Module, seed: int = 0, sparsity: float = 0.7) -> nn.Module:
-    """A third of the units of every default-pruned layer removed (weight, bias, BN gamma and
-    beta, ResNet out_mask), plus ``sparsity`` of the remaining weights zeroed."""
-    gen = torch.Generator().manual_seed(seed)
+def prune_units(model: nn.Module, gen: torch.Generator, unit_frac: float = 1 / 3,
+                weight_frac: float = 0.7, full: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Filter-prune (whole units: weight, bias, BN gamma and beta, ResNet out_mask) and
+    weight-prune every default-pruned layer; layers in ``full`` lose every unit. Returns the
+    pruned unit indices per layer."""
     layers = {p.name: p for p in prunable_layers(model)}
+    dead_units: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name in getattr(model, "default_pruned", []):
             p, mod = layers[name], model.get_submodule(name)
-            dead = torch.randperm(mod.weight.shape[0], generator=gen)[: mod.weight.shape[0] // 3]
-            mod.weight.mul_(torch.rand(mod.weight.shape, generator=gen) >= sparsity)
+            units = mod.weight.shape[0]
+            count = units if name in full else int(units * unit_frac)
+            dead = torch.randperm(units, generator=gen)[:count]
+            mod.weight.mul_(torch.rand(mod.weight.shape, generator=gen) >= weight_frac)
             mod.weight[dead] = 0
             if mod.bias is not None:
                 mod.bias[dead] = 0
@@ -57,7 +61,8 @@ def prune_randomly(model: nn.Module, seed: int = 0, sparsity: float = 0.7) -> nn
                 bn.bias[dead] = 0
             if p.out_mask:
                 model.get_submodule(p.out_mask).out_mask[dead] = 0
-    return model
+            dead_units[name] = dead
+    return dead_units
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,7 +70,9 @@ def pruned_small(arch: str, seed: int = 0) -> nn.Module:
     """The registry's test-size ``arch`` with random BN statistics, pruned (cached: do not
     modify it)."""
     torch.manual_seed(seed)
-    return prune_randomly(randomize_bn(small_model(arch).eval(), seed), seed)
+    model = randomize_bn(small_model(arch).eval(), seed)
+    prune_units(model, torch.Generator().manual_seed(seed))
+    return model
 
 
 @pytest.fixture

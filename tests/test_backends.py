@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.archs import prunable_layers, small_model
+from conftest import prune_units, randomize_bn
+from sparsebench.archs import small_model
 from sparsebench.backends import BACKENDS, Backend, Unsupported, get_backend
 from sparsebench.backends.onnxrt import export_onnx, onnx_sizes, session, sparse_onnx
 from sparsebench.errors import SparsebenchError
@@ -19,26 +20,10 @@ BATCH = 2
 
 
 def prune(model: nn.Module, seed: int) -> None:
-    """Random filter pruning (unit, bias, BN weight/bias, out_mask) plus ~70% weight pruning."""
-    gen = torch.Generator().manual_seed(seed)
-    layers = {p.name: p for p in prunable_layers(model)}
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.copy_(torch.randn(mod.num_features, generator=gen) * 0.1)
-                mod.running_var.copy_(torch.rand(mod.num_features, generator=gen) + 0.5)
-        for name in model.default_pruned:
-            p, mod = layers[name], model.get_submodule(name)
-            dead = torch.randperm(mod.weight.shape[0], generator=gen)[: mod.weight.shape[0] // 3]
-            mod.weight.mul_(torch.rand(mod.weight.shape, generator=gen) >= 0.7)
-            mod.weight[dead] = 0
-            if mod.bias is not None:
-                mod.bias[dead] = 0
-            if p.bn:
-                model.get_submodule(p.bn).weight[dead] = 0
-                model.get_submodule(p.bn).bias[dead] = 0
-            if p.out_mask:
-                model.get_submodule(p.out_mask).out_mask[dead] = 0
+    """Random BatchNorm statistics, filter pruning (unit, bias, BN weight/bias, out_mask) plus
+    ~70% weight pruning (``conftest``)."""
+    randomize_bn(model, seed)
+    prune_units(model, torch.Generator().manual_seed(seed))
 
 
 _CACHE: dict[str, tuple] = {}

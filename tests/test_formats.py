@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import prune_units, randomize_bn
 from sparsebench.archs import ARCHS, create_model, list_archs, prunable_layers, small_model
 from sparsebench.errors import SparsebenchError, UnknownNameError
 from sparsebench.formats import FORMATS, convert, has_nonfinite
@@ -19,44 +20,12 @@ SEQUENTIAL = ["lenet300", "lenet5", "vgg11_bn", "ffn"]
 TEST_FORMATS = ["dense", "structured", "csr", "bsr", "bsr-1x4", "bsr-16x1"]
 
 
-def randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
-    """Non-trivial BatchNorm affine parameters and running statistics."""
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                n = mod.num_features
-                mod.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                mod.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-                mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-
-
 def prune(model: nn.Module, seed: int = 0, unit_frac: float = 0.3, weight_frac: float = 0.7,
           full: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """Filter-prune (whole units incl. bias, BN weight/bias, out_mask) and weight-prune the
-    default_pruned layers; layers in ``full`` lose every unit. Returns the pruned unit indices."""
+    """``conftest.prune_units`` after non-trivial BatchNorm statistics, from one seed."""
     gen = torch.Generator().manual_seed(seed)
     randomize_bn(model, gen)
-    layers = {p.name: p for p in prunable_layers(model)}
-    dead_units: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for name in model.default_pruned:
-            p, mod = layers[name], model.get_submodule(name)
-            units = mod.weight.shape[0]
-            count = units if name in full else int(units * unit_frac)
-            dead = torch.randperm(units, generator=gen)[:count]
-            mod.weight.mul_(torch.rand(mod.weight.shape, generator=gen) >= weight_frac)
-            mod.weight[dead] = 0
-            if mod.bias is not None:
-                mod.bias[dead] = 0
-            if p.bn:
-                bn = model.get_submodule(p.bn)
-                bn.weight[dead] = 0
-                bn.bias[dead] = 0
-            if p.out_mask:
-                model.get_submodule(p.out_mask).out_mask[dead] = 0
-            dead_units[name] = dead
-    return dead_units
+    return prune_units(model, gen, unit_frac, weight_frac, full)
 
 
 def pruned_model(arch: str, seed: int = 0, **kw: object) -> tuple[nn.Module, dict]:
