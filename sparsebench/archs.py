@@ -38,6 +38,7 @@ class PrunableLayer:
     bn: str | None = None
     out_mask: str | None = None
     consumer: str | None = None
+    score_at: str | None = None   # module whose output activation scoring reads (default: bn)
 
 
 def _chain(names: list[str], bns: dict[str, str] | None = None) -> list[PrunableLayer]:
@@ -166,7 +167,10 @@ class VGG11BN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block with an ``out_mask`` over its output channels (after the addition)."""
+    """ResNet basic block with an ``out_mask`` over its output channels (after the addition).
+
+    ``post_add`` marks the residual sum before the ReLU: paper B's official code scores a block's
+    conv2 by the activation there (after the shortcut add), conv1 by its BatchNorm output."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -178,11 +182,12 @@ class BasicBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
                                           nn.BatchNorm2d(cout))
+        self.post_add = nn.Identity()  # the sum before the ReLU: conv2's activation score
         self.register_buffer("out_mask", torch.ones(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        out = self.post_add(self.bn2(self.conv2(out)) + self.shortcut(x))
         return torch.relu(out) * self.out_mask.view(1, -1, 1, 1)
 
 
@@ -208,7 +213,8 @@ class ResNet18(nn.Module):
                 blocks.append(BasicBlock(cin, cout, stride if b == 0 else 1))
                 p = f"layer{i}.{b}"
                 prunable.append(PrunableLayer(f"{p}.conv1", f"{p}.bn1", None, f"{p}.conv2"))
-                prunable.append(PrunableLayer(f"{p}.conv2", f"{p}.bn2", p))
+                prunable.append(PrunableLayer(f"{p}.conv2", f"{p}.bn2", p,
+                                              score_at=f"{p}.post_add"))
                 if len(blocks[-1].shortcut):
                     prunable.append(PrunableLayer(f"{p}.shortcut.0", f"{p}.shortcut.1", p))
                 cin = cout

@@ -28,6 +28,11 @@ def card_markdown(name: str, ckpt: dict[str, Any], model: nn.Module) -> str:
             f"| parameters | {s['params_total']:,} ({s['params_nonzero']:,} nonzero, "
             f"{100 * s['params_removed_frac']:.1f}% removed) |",
             f"| training wall time | {s['wall_seconds']:.0f} s on this machine |"]
+        flat = s.get("flatness") or (ckpt.get("history") or {}).get("flatness")
+        if flat:
+            lines += [f"| flatness ({flat['samples']} test images) | Hessian top-"
+                      f"{flat['hessian_top_k']} sum {flat['hessian_top_sum']:.4g}, gradient "
+                      f"covariance trace {flat['grad_cov_trace']:.4g} |"]
     versions = ckpt.get("versions") or {}
     lines += [f"| library versions | torch {versions.get('torch')}, sparsebench "
               f"{versions.get('sparsebench')} |", ""]

@@ -137,13 +137,16 @@ def _finished_checkpoint(path: Path) -> dict[str, Any] | None:
     return None if "resume" in ckpt else ckpt
 
 
-def write_summary(ckpt: dict[str, Any], path: Path, name: str) -> None:
+def summary_record(ckpt: dict[str, Any], name: str) -> dict[str, Any]:
     """A finished run without its weights: enough to regenerate every table."""
-    record = {"name": name, "arch": ckpt["arch"], "method": ckpt["method"],
+    return {"name": name, "arch": ckpt["arch"], "method": ckpt["method"],
               "seed": ckpt["seed"], "command": ckpt.get("command"),
               "config": ckpt["config"], "dataset": ckpt["dataset"],
               "versions": ckpt.get("versions"), "history": ckpt["history"],
               "summary": ckpt["summary"]}
+
+
+def write_summary(record: dict[str, Any], path: Path) -> None:
     text = json.dumps(record, indent=1, default=str) + "\n"
     atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
 
@@ -163,7 +166,7 @@ def is_done(grid: Grid, cfg: RunConfig, seed: int, runs: Path, summaries: Path) 
     ckpt = _finished_checkpoint(run_path(runs, grid.arch, cfg.name, seed))
     if ckpt is None:
         return False
-    write_summary(ckpt, spath, cfg.name)
+    write_summary(summary_record(ckpt, cfg.name), spath)
     return True
 
 
@@ -215,8 +218,12 @@ def run_grid(grid: Grid, runs: Path, summaries: Path, jobs: int, threads: int,
     if executor == "ray":
         from sparsebench.ray_executor import run_commands
 
-        for item, error in zip(todo, run_commands(commands, threads, address)):
-            finish(item, error)
+        jobs_ = [(cmd, run_path(runs, grid.arch, c.name, s), c.name)
+                 for cmd, (c, s) in zip(commands, todo)]
+        for (c, s), (error, record) in zip(todo, run_commands(jobs_, threads, address)):
+            if record is not None:
+                write_summary(record, summary_path(summaries, grid.arch, c.name, s))
+            finish((c, s), error)
         return failures
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for item, error in zip(todo, pool.map(run_one, commands)):

@@ -784,6 +784,12 @@ def _info(args: argparse.Namespace) -> int:
                   f"{s['best_epoch']}), generalization gap {s['generalization_gap']:.2f}, "
                   f"mean stability {s['mean_stability']:.2f} over {s['events']} events, "
                   f"trained {s['wall_seconds']:.0f}s")
+    flat = (ckpt.get("history") or {}).get("flatness")
+    if flat:
+        out.print(f"flatness on {flat['samples']} test images: Hessian top-{flat['hessian_top_k']}"
+                  f" eigenvalues sum {flat['hessian_top_sum']:.4g} ("
+                  + ", ".join(f"{v:.4g}" for v in flat["hessian_top_eigenvalues"])
+                  + f"), gradient covariance trace {flat['grad_cov_trace']:.4g}")
     for e in (ckpt.get("history") or {}).get("events", []) if args.events else []:
         out.print(f"  event @ epoch {e['epoch']}: pre {e['pre_acc']:.2f}% post "
                   f"{e['post_acc']:.2f}% instability {e['instability']:.4f}")

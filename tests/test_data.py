@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparsebench.data import (DATASETS, FASHION_MNIST_DIR, Dataset, augment_batch, iterate_batches,
-                              load_dataset)
+from sparsebench.data import (DATASETS, FASHION_MNIST_DIR, Dataset, augment_batch,
+                              balanced_indices, iterate_batches, load_dataset)
 from sparsebench.errors import SparsebenchError, UnknownNameError
 
 APT_HINT = "apt-get install -y dataset-fashion-mnist"
@@ -116,12 +116,15 @@ def test_limits_and_pad_to_32(tmp_path: Path) -> None:
                       limit_test=2)
     assert ds.train_x.shape == (3, 1, 32, 32) and ds.test_x.shape == (2, 1, 32, 32)
     assert ds.input_shape == (1, 32, 32)
-    assert ds.train_y.tolist() == arrays["train-labels-idx1-ubyte"][:3].tolist()
+    labels = arrays["train-labels-idx1-ubyte"]
+    # class-balanced: the first sample of classes 0, 1 and 2, in file order
+    keep = sorted(int(np.flatnonzero(labels == c)[0]) for c in range(3))
+    assert ds.train_y.tolist() == labels[keep].tolist() == sorted(labels[keep].tolist())
     raw = denorm(ds.train_x, ds)
     border = torch.ones(32, 32, dtype=torch.bool)
     border[2:30, 2:30] = False
     assert torch.allclose(raw[:, 0][:, border], torch.zeros(1), atol=1e-5)
-    inner = torch.from_numpy(arrays["train-images-idx3-ubyte"][:3]).float() / 255
+    inner = torch.from_numpy(arrays["train-images-idx3-ubyte"][keep]).float() / 255
     assert torch.allclose(raw[:, 0, 2:30, 2:30], inner, atol=1e-5)
     # padding zeros are part of the statistics
     padded = torch.nn.functional.pad(inner, (2, 2, 2, 2))
@@ -387,3 +390,20 @@ def test_real_fashion_mnist() -> None:
     assert ds.input_shape == (1, 28, 28) and ds.train_x.shape[1:] == (1, 28, 28)
     assert sorted(torch.bincount(ds.train_y).tolist()) == [6000] * 10
     assert ds.mean[0] == pytest.approx(0.2860, abs=1e-3)
+
+
+def test_limit_train_is_class_balanced_and_the_same_for_every_seed() -> None:
+    labels = np.array([3, 3, 3, 0, 1, 3, 0, 2, 1, 0, 2, 2, 1])
+    idx = balanced_indices(labels, 8, 4)            # two per class
+    assert np.bincount(labels[idx], minlength=4).tolist() == [2, 2, 2, 2]
+    assert idx.tolist() == [0, 1, 3, 4, 6, 7, 8, 10]  # the first of each class, in file order
+    idx = balanced_indices(labels, 6, 4)            # remainder to the lowest classes
+    assert np.bincount(labels[idx], minlength=4).tolist() == [2, 2, 1, 1]
+    assert balanced_indices(labels, None, 4).tolist() == list(range(13))
+    with pytest.raises(SparsebenchError, match="class 0 has only 3 training samples, 4 needed"):
+        balanced_indices(labels, 16, 4)   # capped at 13 samples: 4, 3, 3, 3 wanted
+    ds_a = load_dataset("synthetic", seed=0, limit_train=100)
+    ds_b = load_dataset("synthetic", seed=0, limit_train=100)
+    assert torch.equal(ds_a.train_y, ds_b.train_y)
+    counts = torch.bincount(ds_a.train_y, minlength=10).tolist()
+    assert counts == [10] * 10

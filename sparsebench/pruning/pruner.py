@@ -91,7 +91,7 @@ class Pruner:
         self.tracker: ActivationTracker | None = None
         if score == "activation":
             self.tracker = ActivationTracker(
-                {n: self.modules[p.bn or p.name] for n, p in self.layers.items()})
+                {n: self.modules[p.score_at or p.bn or p.name] for n, p in self.layers.items()})
 
     # -- geometry -------------------------------------------------------------------------
     def weight(self, layer: str) -> torch.Tensor:

@@ -68,6 +68,23 @@ class LayerSchedule:
         return asdict(self)
 
 
+def scale_schedules(schedules: list[LayerSchedule], factor: float) -> list[LayerSchedule]:
+    """Every layer's schedule with its epoch numbers multiplied by ``factor``, keeping the
+    staggered starts: the first layer's start is scaled and every other start keeps its offset
+    from it (paper B's starts 3,4,5,6 put one layer in each event; scaling them separately would
+    round them together)."""
+    if not schedules:
+        return []
+    first = schedules[0].scaled(factor).start
+    out = []
+    for s in schedules:
+        scaled = s.scaled(factor)
+        start = max(0, first + (s.start - schedules[0].start))
+        out.append(LayerSchedule(s.layer, s.fraction, start, max(start, scaled.end),
+                                 scaled.period))
+    return out
+
+
 def broadcast(values: list[Any], n: int, what: str) -> list[Any]:
     """A per-layer option given once (applies to all) or once per layer."""
     if len(values) == 1:
