@@ -197,6 +197,14 @@ def run_one(command: list[str]) -> str | None:
     return (proc.stderr.strip().splitlines() or ["no output"])[-1]
 
 
+def train_task(command: list[str], out: str, name: str) -> tuple[str | None, dict | None]:
+    """One grid run as a (Ray) task: (error, summary record of the finished checkpoint)."""
+    error = run_one(command)
+    if error is not None:
+        return error, None
+    return None, summary_record(load_checkpoint(Path(out)), name)
+
+
 def run_grid(grid: Grid, runs: Path, summaries: Path, jobs: int, threads: int,
              on_done: Callable[[str], None], executor: str = "local",
              address: str | None = None) -> list[str]:
@@ -220,7 +228,8 @@ def run_grid(grid: Grid, runs: Path, summaries: Path, jobs: int, threads: int,
 
         jobs_ = [(cmd, run_path(runs, grid.arch, c.name, s), c.name)
                  for cmd, (c, s) in zip(commands, todo)]
-        for (c, s), (error, record) in zip(todo, run_commands(jobs_, threads, address)):
+        for (c, s), (error, record) in zip(todo, run_commands(jobs_, threads, address,
+                                                             train_task)):
             if record is not None:
                 write_summary(record, summary_path(summaries, grid.arch, c.name, s))
             finish((c, s), error)

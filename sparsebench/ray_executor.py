@@ -11,24 +11,16 @@ machines (the checkpoints then stay on the machine that trained them).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sparsebench.errors import SparsebenchError
 
 
-def _train_task(command: list[str], out: str, name: str) -> tuple[str | None, dict | None]:
-    from sparsebench.checkpoint import load_checkpoint
-    from sparsebench.claims import run_one, summary_record
-
-    error = run_one(command)
-    if error is not None:
-        return error, None
-    return None, summary_record(load_checkpoint(Path(out)), name)
-
-
-def run_commands(jobs: list[tuple[list[str], Path, str]], threads: int,
-                 address: str | None = None) -> list[tuple[str | None, dict[str, Any] | None]]:
-    """Run ``(command, checkpoint path, name)`` jobs as Ray tasks; per job (error, record)."""
+def run_commands(jobs: list[tuple[list[str], Path, str]], threads: int, address: str | None,
+                 task: Callable[[list[str], str, str], tuple[str | None, dict | None]]
+                 ) -> list[tuple[str | None, dict[str, Any] | None]]:
+    """Run ``(command, checkpoint path, name)`` jobs as Ray tasks of ``task(command, out,
+    name) -> (error, record)`` (``claims.train_task``); per job (error, record)."""
     try:
         import ray
     except ImportError:
@@ -45,8 +37,8 @@ def run_commands(jobs: list[tuple[list[str], Path, str]], threads: int,
                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                                    ) from None
     try:
-        task = ray.remote(num_cpus=threads)(_train_task)
-        refs = [task.remote(cmd, str(out), name) for cmd, out, name in jobs]
+        remote = ray.remote(num_cpus=threads)(task)
+        refs = [remote.remote(cmd, str(out), name) for cmd, out, name in jobs]
         results = []
         for ref in refs:
             try:
