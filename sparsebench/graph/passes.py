@@ -1,4 +1,5 @@
-"""Graph passes: constant folding, dead-code removal, BatchNorm folding, activation fusion.
+"""Graph passes: constant folding, alias and dead-code removal, BatchNorm folding, activation
+fusion.
 
 All of them rewrite a :class:`~sparsebench.graph.ir.Graph` in place and return it. The one
 BatchNorm fold (``fold_bn``) is shared by the graph pass and by ``formats.fold`` (which folds
@@ -35,6 +36,22 @@ def fold_constants(graph: Graph) -> Graph:
         else:
             kept.append(node)
     graph.nodes = kept
+    return graph
+
+
+def remove_aliases(graph: Graph) -> Graph:
+    """Drop ``alias`` nodes (Identity, dropout in eval mode, a folded BatchNorm): their readers
+    read the aliased value instead."""
+    to: dict[str, str] = {}
+    kept: list[Node] = []
+    for node in graph.nodes:
+        node.inputs = tuple(to.get(v, v) for v in node.inputs)
+        if node.kind == "alias" and node.inputs and node.inputs[0]:
+            to[node.output] = node.inputs[0]
+        else:
+            kept.append(node)
+    graph.nodes = kept
+    graph.output = to.get(graph.output, graph.output)
     return graph
 
 
