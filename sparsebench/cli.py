@@ -489,12 +489,17 @@ def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input
         out.print(f"wrote {args.markdown}")
     if args.json:
         out.print(f"wrote {args.json}" if results.rows else f"{args.json} not written: no rows")
-    ok = sum(r.get("status") == "ok" for r in results.rows)
-    if not ok:
-        print(f"sparsebench: no execution succeeded ({len(results.rows)} skipped)",
-              file=sys.stderr)
-        return 1
-    return 0
+    return no_success_exit(results.rows)
+
+
+def no_success_exit(rows: list[dict[str, Any]]) -> int:
+    """1 with a line on stderr when no execution succeeded (``measure``, ``sweep``), else 0."""
+    if any(r.get("status") == "ok" for r in rows):
+        return 0
+    print("sparsebench: no execution succeeded " + (
+        f"({len(rows)} skipped)" if rows else "(none planned: no backend given executes "
+        "these formats)"), file=sys.stderr)
+    return 1
 
 
 def _measure_flags(p: argparse.ArgumentParser) -> None:

@@ -393,7 +393,7 @@ def _sweep_claimed(args: argparse.Namespace, out: Any, progress_display: Callabl
                    cfg: Any, sparsities: list[float], plot_path: str | None,
                    claim: Any) -> int:
     """``sweep`` once its outputs are checked and the results file is claimed."""
-    from sparsebench.cli import command_line
+    from sparsebench.cli import command_line, no_success_exit
     from sparsebench.loading import load_model
     from sparsebench.measure.harness import footprint, model_info, plan, run_plan
     from sparsebench.measure.results import ResultsFile
@@ -445,13 +445,7 @@ def _sweep_claimed(args: argparse.Namespace, out: Any, progress_display: Callabl
         out.print(f"wrote {plot_path}")
     if args.json:
         out.print(f"wrote {args.json}")
-    if not any(r.get("status") == "ok" for r in results.rows):
-        import sys
-
-        print(f"sparsebench: no execution succeeded ({len(results.rows)} skipped)",
-              file=sys.stderr)
-        return 1
-    return 0
+    return no_success_exit(results.rows)
 
 
 def _print(doc: dict[str, Any], out: Any) -> None:

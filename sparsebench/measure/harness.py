@@ -63,8 +63,9 @@ def parse_size(text: str | None) -> int | None:
 
 def footprint(module: Any, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """(weight bytes, activation bytes per sample) of a torch module: parameters and buffers;
-    the input, every leaf module's output and each convolution's unfolded input (im2col), in
-    float32, from shapes only (``trace_outputs``: nothing is allocated)."""
+    the input plus twice the largest layer working set (a leaf module's output, plus a
+    convolution's unfolded input, im2col), in float32, from shapes only (``trace_outputs``:
+    nothing is allocated)."""
     import math
 
     import torch
@@ -78,12 +79,14 @@ def footprint(module: Any, input_shape: tuple[int, ...]) -> tuple[int, int]:
     if isinstance(module, torch.jit.ScriptModule):  # takes no hooks: weights and input only
         return weights, 4 * per_sample
     leaves = [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
+    largest = 0
     for _, mod, out in trace_outputs(module, (1, *input_shape), leaves):
-        per_sample += math.prod(out)
+        work = math.prod(out)
         if isinstance(mod, nn.Conv2d) and len(out) == 4:
             kh, kw = mod.kernel_size
-            per_sample += mod.in_channels // mod.groups * kh * kw * out[2] * out[3]
-    return weights, 4 * per_sample
+            work += mod.in_channels // mod.groups * kh * kw * out[2] * out[3]
+        largest = max(largest, work)
+    return weights, 4 * (per_sample + 2 * largest)
 
 
 def estimate_bytes(weights: int, per_sample: int, batch: int, accuracy: bool) -> int:

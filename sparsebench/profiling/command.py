@@ -35,8 +35,9 @@ def load(args: argparse.Namespace) -> Any:
                                + (f": {loaded.onnx_error}" if loaded.onnx_error else ""))
     bad = has_nonfinite(loaded.module)
     if bad:
-        raise SparsebenchError(f"{args.model} has non-finite weights (NaN or Inf) in "
-                               f"{', '.join(bad)}: fix or retrain the model first")
+        raise SparsebenchError(f"{args.model} has non-finite weights (NaN or Inf) in layer "
+                               f"{', '.join(repr(b) for b in bad)}: fix or retrain the model "
+                               "first")
     return loaded
 
 
