@@ -288,11 +288,11 @@ def _recorded_run(command: str | None) -> argparse.Namespace | None:
     words = shlex.split(command or "")[1:]
     if not words or words[0] != "train":
         return None
-    sub = argparse.ArgumentParser(add_help=False)
+    sub = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     _train_flags(sub)
     try:
         return sub.parse_known_args(words[1:])[0]
-    except SystemExit:  # an unparsable record: resume with the flags given now
+    except (argparse.ArgumentError, SystemExit):  # unparsable: resume with the flags given now
         return None
 
 
