@@ -21,7 +21,6 @@ One ``.pt`` file holding a plain dict (loadable with ``torch.load(..., weights_o
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,30 +29,11 @@ from torch import nn
 
 from sparsebench.archs import create_model
 from sparsebench.errors import SparsebenchError
+from sparsebench.outputs import atomic_write_bytes  # noqa: F401  (re-exported)
 from sparsebench.provenance import library_versions  # noqa: F401  (re-exported)
 
 FORMAT = "sparsebench-checkpoint"
 VERSION = 1
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it into place,
-    so an interrupted write leaves any previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -81,20 +61,59 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return validate_checkpoint(obj, p)
 
 
+def refused_global(exc: BaseException) -> str | None:
+    """The class or function a weights-only ``torch.load`` refused (so the file needs full
+    unpickling, which can run code), or None when the failure is something else. Knows every
+    wording torch uses ("Unsupported global: GLOBAL x", "unsupported GLOBAL x ... is blocked",
+    refused reduce/new-object calls) and undoes pickle's Python 2 renames (``commands.call``
+    is ``subprocess.call``)."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", text, re.IGNORECASE)
+    if found:
+        return _python3_name(found.group(1))
+    found = re.search(r"(?:call reduce for unrecognized function|only create new object for "
+                      r"nn\.Parameter or classes allowlisted via `add_safe_globals` but got) "
+                      r"<?(?:class |function |built-in function )?'?([\w.<>]+)", text)
+    if found:
+        return _python3_name(found.group(1))
+    return None
+
+
+def _python3_name(dotted: str) -> str:
+    """``commands.call`` -> ``subprocess.call``: pickle protocol 2 stores Python 2 names."""
+    import _compat_pickle
+
+    module, _, name = dotted.rpartition(".")
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    else:
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}" if module else name
+
+
+def first_sentence(text: str, limit: int = 200) -> str:
+    """The first non-empty line of ``text``, ended at a sentence boundary within ``limit``."""
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
+    if len(line) <= limit:
+        return line
+    cut = line.rfind(". ", 0, limit)
+    return line[:cut + 1] if cut > 0 else line[:limit - 3].rstrip() + "..."
+
+
 def safe_torch_load(p: Path) -> Any:
     """``torch.load(weights_only=True)`` with one-line errors: a refused global means the file
     needs full unpickling (code execution); anything else means corrupt or not torch at all."""
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        text = str(exc)
-        if "Unsupported global" in text or "Unsupported class" in text:
-            name = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "a class"
+        name = refused_global(exc)
+        if name:
             raise SparsebenchError(f"{p} needs full unpickling (it references {name}, which "
                                    f"could run code)")
-        first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
         raise SparsebenchError(f"{p} is not a readable torch checkpoint (corrupt or truncated):"
-                               f" {first[:160]}")
+                               f" {first_sentence(str(exc)) or type(exc).__name__}")
 
 
 def validate_checkpoint(obj: Any, origin: Any = "checkpoint") -> dict[str, Any]:
