@@ -29,7 +29,7 @@ from torch import nn
 
 from sparsebench.archs import create_model
 from sparsebench.errors import SparsebenchError
-from sparsebench.io import atomic_write_bytes, check_file  # noqa: F401  (re-exported)
+from sparsebench.outputs import atomic_write_bytes  # noqa: F401  (re-exported)
 from sparsebench.provenance import library_versions  # noqa: F401  (re-exported)
 
 FORMAT = "sparsebench-checkpoint"
@@ -42,11 +42,64 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> None:
     atomic_write_bytes(path, lambda fh: torch.save(ckpt, fh))
 
 
+def check_file(path: str | os.PathLike[str], what: str = "model") -> Path:
+    """A readable, non-empty regular file, else a one-line error."""
+    p = Path(path)
+    if not p.exists():
+        raise SparsebenchError(f"{what} file not found: {p}")
+    if p.is_dir():
+        raise SparsebenchError(f"{what} path is a directory, not a file: {p}")
+    if p.stat().st_size == 0:
+        raise SparsebenchError(f"{what} file is empty: {p}")
+    return p
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate a sparsebench checkpoint (``weights_only=True``)."""
     p = check_file(path, "checkpoint")
     obj = safe_torch_load(p)
     return validate_checkpoint(obj, p)
+
+
+def refused_global(exc: BaseException) -> str | None:
+    """The class or function a weights-only ``torch.load`` refused (so the file needs full
+    unpickling, which can run code), or None when the failure is something else. Knows every
+    wording torch uses ("Unsupported global: GLOBAL x", "unsupported GLOBAL x ... is blocked",
+    refused reduce/new-object calls) and undoes pickle's Python 2 renames (``commands.call``
+    is ``subprocess.call``)."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", text, re.IGNORECASE)
+    if found:
+        return _python3_name(found.group(1))
+    found = re.search(r"(?:call reduce for unrecognized function|only create new object for "
+                      r"nn\.Parameter or classes allowlisted via `add_safe_globals` but got) "
+                      r"<?(?:class |function |built-in function )?'?([\w.<>]+)", text)
+    if found:
+        return _python3_name(found.group(1))
+    return None
+
+
+def _python3_name(dotted: str) -> str:
+    """``commands.call`` -> ``subprocess.call``: pickle protocol 2 stores Python 2 names."""
+    import _compat_pickle
+
+    module, _, name = dotted.rpartition(".")
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    else:
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}" if module else name
+
+
+def first_sentence(text: str, limit: int = 200) -> str:
+    """The first non-empty line of ``text``, ended at a sentence boundary within ``limit``."""
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
+    if len(line) <= limit:
+        return line
+    cut = line.rfind(". ", 0, limit)
+    return line[:cut + 1] if cut > 0 else line[:limit - 3].rstrip() + "..."
 
 
 def safe_torch_load(p: Path) -> Any:
@@ -55,14 +108,12 @@ def safe_torch_load(p: Path) -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        text = str(exc)
-        if "Unsupported global" in text or "Unsupported class" in text:
-            name = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "a class"
+        name = refused_global(exc)
+        if name:
             raise SparsebenchError(f"{p} needs full unpickling (it references {name}, which "
                                    f"could run code)")
-        first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
         raise SparsebenchError(f"{p} is not a readable torch checkpoint (corrupt or truncated):"
-                               f" {first[:160]}")
+                               f" {first_sentence(str(exc)) or type(exc).__name__}")
 
 
 def validate_checkpoint(obj: Any, origin: Any = "checkpoint") -> dict[str, Any]:

@@ -10,7 +10,8 @@ from typing import Any, Callable, Sequence
 
 from sparsebench import __version__
 from sparsebench.errors import SparsebenchError
-from sparsebench.ui import command_line, console, progress_display, record_argv
+from sparsebench.ui import (command_line, console, floats, force_flag, ints, no_success_exit,
+                            progress_display, record_argv, warn_threads)
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "lenet5_prune_l.pt"
@@ -25,22 +26,13 @@ def command(name: str, help: str) -> Callable[[Callable], Callable]:
     return wrap
 
 
-def floats(text: str) -> list[float]:
-    from sparsebench.registry import split_list
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one line on stderr, exit code 2."""
 
-    try:
-        return split_list(text, float)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-
-
-def ints(text: str) -> list[int]:
-    from sparsebench.registry import split_list
-
-    try:
-        return split_list(text, int)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"sparsebench: error: {self.prog.removeprefix('sparsebench').strip() or 'usage'}: "
+              f"{message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,7 +104,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, help="epochs (default 10; with a preset, rescales it)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", help="checkpoint path (default runs/ARCH-METHOD-sSEED.pt)")
-    g.add_argument("--resume", metavar="CKPT", help="continue an interrupted run")
+    g.add_argument("--resume", metavar="CKPT", help="continue an interrupted run (with the "
+                   "run's --threads, --device and --data-dir unless given again)")
+    force_flag(g)
     g = p.add_argument_group("pruning")
     g.add_argument("--granularity", choices=("filter", "weight"), default="filter")
     g.add_argument("--layers", help="comma-separated layers to prune (default: the arch's "
@@ -212,6 +206,17 @@ def resolve_config(args: argparse.Namespace) -> Any:
         value = getattr(args, name)
         return value if value is not None else (getattr(preset, name) if preset else default)
 
+    inf = float("inf")
+    if args.lr is not None and not 0 < args.lr < inf:
+        raise SparsebenchError(f"--lr must be a positive number, got {args.lr}")
+    if args.momentum is not None and not 0 <= args.momentum < 1:
+        raise SparsebenchError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.weight_decay is not None and not 0 <= args.weight_decay < inf:
+        raise SparsebenchError(f"--weight-decay must be at least 0, got {args.weight_decay}")
+    for flag, value in (("--batch-size", args.batch_size), ("--limit-train", args.limit_train),
+                        ("--limit-test", args.limit_test)):
+        if value is not None and value < 1:
+            raise SparsebenchError(f"{flag} must be at least 1, got {value}")
     optimizer = pick("optimizer", "adam")
     lr_default = 0.1 if optimizer == "sgd" else 1e-3
     milestones = (args.milestones if args.milestones is not None
@@ -250,16 +255,40 @@ def arch_arguments(pairs: list[str], width: float | None = None) -> dict[str, An
     return out
 
 
+def _recorded_run(command: str | None) -> argparse.Namespace | None:
+    """The flags of the ``sparsebench train`` command a checkpoint records (None if absent)."""
+    import shlex
+
+    words = shlex.split(command or "")[1:]
+    if not words or words[0] != "train":
+        return None
+    sub = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    _train_flags(sub)
+    try:
+        return sub.parse_known_args(words[1:])[0]
+    except (argparse.ArgumentError, SystemExit):  # unparsable: resume with the flags given now
+        return None
+
+
 def _train(args: argparse.Namespace) -> int:
     import torch
 
     from sparsebench.checkpoint import load_checkpoint
     from sparsebench.data import load_dataset
+    from sparsebench.outputs import check_output_file
     from sparsebench.train import TrainConfig, Trainer
 
+    resumed = load_checkpoint(args.resume) if args.resume else None
+    recorded = _recorded_run((resumed or {}).get("command"))
+    if recorded is not None:  # the interrupted run's machine settings, unless given again
+        for name in ("threads", "device", "data_dir"):
+            given = getattr(args, name)
+            if given is None or (name == "device" and given == "auto"):
+                setattr(args, name, getattr(recorded, name))
     if args.threads is not None:
         if args.threads < 1:
             raise SparsebenchError(f"--threads must be at least 1, got {args.threads}")
+        warn_threads([args.threads])
         torch.set_num_threads(args.threads)
     device = args.device
     if device == "auto":
@@ -267,9 +296,7 @@ def _train(args: argparse.Namespace) -> int:
     elif device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
         raise SparsebenchError(f"device {device!r} is not available here; use cpu or auto")
 
-    resumed = None
-    if args.resume:
-        resumed = load_checkpoint(args.resume)
+    if resumed is not None:
         if "resume" not in resumed:
             raise SparsebenchError(f"{args.resume} has no resume state: the run it holds "
                                    "already finished")
@@ -280,6 +307,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args)
         out = args.out or f"runs/{cfg.arch}-{cfg.method}-s{cfg.seed}.pt"
+    same = args.resume and Path(out).resolve() == Path(args.resume).resolve()
+    check_output_file(out, args.force or bool(same), "--out")
 
     data = load_dataset(cfg.dataset, data_dir=args.data_dir, pad_to_32=cfg.pad_to_32,
                         seed=cfg.seed, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
@@ -338,31 +367,48 @@ def _auto_data(loaded: Any) -> str | None:
 
 def _measure(args: argparse.Namespace) -> int:
     from sparsebench.backends import BACKENDS
-    from sparsebench.loading import load_model, parse_input_shape
-    from sparsebench.measure.harness import (MeasureConfig, model_info, plan, run_plan,
-                                             timing_from_args)
-    from sparsebench.measure.report import print_report, row_cells
-    from sparsebench.measure.results import ResultsFile
+    from sparsebench.loading import parse_input_shape
+    from sparsebench.measure.harness import MeasureConfig, parse_size, timing_from_args
+    from sparsebench.measure.results import claim_results
+    from sparsebench.outputs import check_output_file
     from sparsebench.registry import split_list
 
     paths = args.models or [str(DEFAULT_MODEL)]
     input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
     cfg = MeasureConfig(
         models=paths, formats=split_list(args.formats), backends=split_list(args.backends)
-        or BACKENDS.names(), batches=split_list(args.batch, int),
-        threads=split_list(args.threads, int),
+        or BACKENDS.names(), batches=args.batch, threads=args.threads,
         timing=timing_from_args(args),
         data=None if args.data in ("auto", "none") else args.data, data_dir=args.data_dir,
         data_limit=args.data_limit, per_layer=args.per_layer, arch=args.arch,
         input_shape=list(input_shape) if input_shape else None, trust=args.trust,
         index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout,
-        inject_slowdown=args.inject_slowdown)
+        max_memory=parse_size(args.max_memory), inject_slowdown=args.inject_slowdown)
     cfg.validate()
+    warn_threads(cfg.threads)
     ab = None
     if args.ab:
         from sparsebench.measure.ab import ABRunner
 
         ab = ABRunner(args.ab, args.ab_rounds, paths)
+    check_output_file(args.markdown, args.force, "--markdown")
+    claim = claim_results(args.json, append=args.append, force=args.force)
+    try:
+        return _measure_claimed(args, cfg, paths, input_shape, ab, claim)
+    finally:
+        if claim:
+            claim.release()
+
+
+def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input_shape: Any,
+                     ab: Any, claim: Any) -> int:
+    """``measure`` once its outputs are checked and the results file is claimed."""
+    from sparsebench.loading import load_model
+    from sparsebench.measure.harness import footprint, model_info, plan, run_plan
+    from sparsebench.measure.report import print_report, row_cells
+    from sparsebench.measure.results import ResultsFile
+    from sparsebench.outputs import atomic_write_text
+
     out = console()
     names = _unique_names(paths)
     loaded = {p: load_model(p, arch=args.arch, input_shape=input_shape, trust=args.trust)
@@ -372,18 +418,25 @@ def _measure(args: argparse.Namespace) -> int:
         cfg.data = found.pop() if len(found) == 1 else None
     if ab:
         cfg.data = None  # A/B runs time the two sides only
-    results = ResultsFile(args.json, config={**cfg.__dict__})
+    results = ResultsFile(claim, config={**cfg.__dict__})
+    footprints = {}
     for path, model in loaded.items():
         results.set_model(names[path], model_info(model, cfg.formats, cfg.index_dtype))
+        if model.module is not None:
+            try:
+                footprints[path] = footprint(model.module, tuple(model.input_shape))
+            except SparsebenchError:
+                pass  # model_info has recorded why it does not run
     if ab:
         ab.record(results, names[paths[0]], lambda p: load_model(
             p, arch=args.arch, input_shape=input_shape, trust=args.trust),
             lambda m: model_info(m, cfg.formats, cfg.index_dtype), loaded[paths[0]].input_shape)
     del loaded
-    jobs = plan(cfg, names)
+    jobs = plan(cfg, names, footprints)
     out.print(f"measuring {len(jobs)} executions of {len(paths)} model(s)"
               + (f", accuracy on {cfg.data}" if cfg.data else "")
-              + (f" -> {args.json}" if args.json else ""))
+              + (f" -> {args.json}" + (" (appending)" if args.append else "")
+                 if args.json else ""))
     try:
         with progress_display() as progress:
             task = progress.add_task("measure", total=len(jobs) * (2 if ab else 1))
@@ -396,20 +449,21 @@ def _measure(args: argparse.Namespace) -> int:
 
             (ab or run_plan)(jobs, results, cfg.timeout, on_row)
     except KeyboardInterrupt:
-        if args.json:
+        if args.json and results.rows:
             out.print(f"interrupted: {len(results.rows)} completed rows kept in {args.json}")
+        elif args.json:
+            out.print(f"interrupted before the first row: {args.json} was not written (a "
+                      "previous file there is unchanged)")
         raise
     print_report(results.doc, out)
     if args.markdown:
-        from sparsebench.checkpoint import atomic_write_bytes
         from sparsebench.measure.report import markdown
 
-        text = markdown(results.doc)
-        atomic_write_bytes(Path(args.markdown), lambda fh: fh.write(text.encode()))
+        atomic_write_text(args.markdown, markdown(results.doc))
         out.print(f"wrote {args.markdown}")
     if args.json:
-        out.print(f"wrote {args.json}")
-    return 0
+        out.print(f"wrote {args.json}" if results.rows else f"{args.json} not written: no rows")
+    return no_success_exit(results.rows)
 
 
 def _measure_flags(p: argparse.ArgumentParser) -> None:
@@ -425,11 +479,16 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
                         f"{', '.join(FORMATS.names())} (default {','.join(DEFAULT_FORMATS)})")
     p.add_argument("--backends", default="", help=f"comma-separated backends (default: all: "
                    f"{', '.join(BACKENDS.names())})")
-    p.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
-    p.add_argument("--threads", default="1", help="thread counts, e.g. 1,2 (default 1)")
+    p.add_argument("--batch", type=ints, default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
+    p.add_argument("--threads", type=ints, default="1",
+                   help="thread counts, e.g. 1,2 (default 1)")
     p.add_argument("--json", metavar="OUT", help="write the results (rows, raw samples, machine) "
-                   "to this JSON file, updated after every row")
+                   "to this JSON file, updated after every row; an existing results file needs "
+                   "--append or --force")
+    p.add_argument("--append", action="store_true", help="add the rows to an existing --json "
+                   "results file (an execution measured again replaces its old row)")
     p.add_argument("--markdown", metavar="OUT", help="write the tables as Markdown")
+    force_flag(p)
     p.add_argument("--data", default="auto", help="accuracy on fashion-mnist or cifar10; auto "
                    "(default): the checkpoint's dataset when installed; none: skip")
     p.add_argument("--data-dir", help="dataset folder")
@@ -468,20 +527,23 @@ command("measure", "measure latency, memory, size and accuracy of models across 
 def _compare(args: argparse.Namespace) -> int:
     import json
 
-    from sparsebench.checkpoint import atomic_write_bytes
     from sparsebench.gate import GateConfig, compare_files
     from sparsebench.gate.report import markdown, print_comparison, to_json
+    from sparsebench.outputs import atomic_write_text, check_output_file
 
     cfg = GateConfig(alpha=args.alpha, threshold=args.threshold, blocks=args.blocks,
                      resamples=args.resamples, seed=args.seed, rss_tolerance=args.rss_tolerance,
-                     rss_min_bytes=round(args.rss_min_mib * 1024 ** 2))
+                     rss_min_bytes=round(args.rss_min_mib * 1024 ** 2),
+                     allow_missing=args.allow_missing)
+    check_output_file(args.markdown, args.force, "--markdown")
+    check_output_file(args.json, args.force, "--json")
     result = compare_files(args.files, cfg, args.allow_machine_mismatch)
     out = console()
     print_comparison(result, out)
     for path, text in ((args.markdown, lambda: markdown(result)),
                        (args.json, lambda: json.dumps(to_json(result), indent=1))):
         if path:
-            atomic_write_bytes(Path(path), lambda fh, t=text(): fh.write(t.encode()))
+            atomic_write_text(path, text())
             out.print(f"wrote {path}")
     return result.exit_code
 
@@ -508,9 +570,13 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="bootstrap seed")
     p.add_argument("--allow-machine-mismatch", action="store_true",
                    help="compare files from different CPUs or core counts")
+    p.add_argument("--allow-missing", action="store_true", help="pass rows the gate cannot "
+                   "judge (ok in BASE but crashed, skipped or too few samples in NEW; no raw "
+                   "samples) instead of failing them")
     p.add_argument("--markdown", metavar="OUT", help="write the comparison as Markdown (a "
                    "pull-request comment)")
     p.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
+    force_flag(p)
 
 
 command("compare", "regression gate: compare two results files (or one A/B file); exit 1 on "
@@ -673,6 +739,7 @@ def _profile_flags(p: argparse.ArgumentParser) -> None:
                    "instead of the tables)")
     p.add_argument("--markdown", metavar="OUT", help="write the report as Markdown")
     p.add_argument("--no-host", action="store_true", help="skip timing torch on this machine")
+    force_flag(p)
     g = p.add_argument_group("cross-build (needs the target's compiler and QEMU)")
     g.add_argument("--build", action="store_true", help="export C, cross-compile, read the real "
                    "section sizes, run under QEMU, check against torch, count instructions")
@@ -699,6 +766,7 @@ def _export_c_flags(p: argparse.ArgumentParser) -> None:
                    "default), dense (fp32) or csr (fp32 values, 16-bit indices)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the test vector's input")
+    force_flag(p)
 
 
 command("export-c", "write a model as self-contained C99 (const weights, static arena, test "
@@ -758,8 +826,10 @@ def _info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from sparsebench.checkpoint import load_checkpoint, model_from_checkpoint
+    from sparsebench.outputs import atomic_write_text, check_output_file
     from sparsebench.sparsity import layer_rows
 
+    check_output_file(args.card, args.force, "--card")
     ckpt = load_checkpoint(args.model)
     model = model_from_checkpoint(ckpt)
     out = console()
@@ -795,10 +865,8 @@ def _info(args: argparse.Namespace) -> int:
                   f"{e['post_acc']:.2f}% instability {e['instability']:.4f}")
     if args.card:
         from sparsebench.cards import card_markdown
-        from sparsebench.checkpoint import atomic_write_bytes
 
-        text = card_markdown(Path(args.model).stem, ckpt, model)
-        atomic_write_bytes(Path(args.card), lambda fh: fh.write(text.encode()))
+        atomic_write_text(args.card, card_markdown(Path(args.model).stem, ckpt, model))
         out.print(f"wrote {args.card}")
     return 0
 
@@ -808,6 +876,7 @@ def _info_flags(p: argparse.ArgumentParser) -> None:
                    help="a sparsebench checkpoint (default: the zoo's lenet5 prune-l)")
     p.add_argument("--events", action="store_true", help="list every pruning event")
     p.add_argument("--card", metavar="OUT.md", help="write a Markdown model card")
+    force_flag(p)
 
 
 command("info", "show a checkpoint's layers, sparsity and training metrics")(_info) \
@@ -818,7 +887,7 @@ command("info", "show a checkpoint's layers, sparsity and training metrics")(_in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sparsebench",
         description="Train with the pruning methods of Bartoldson et al. and measure what "
                     "sparsity buys at CPU inference.")
@@ -831,21 +900,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: running workers are killed, completed rows are kept."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
     record_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line usage error (Parser.error)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except SparsebenchError as exc:
         print(f"sparsebench: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("sparsebench: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("sparsebench: interrupted (completed work was saved)", file=sys.stderr)
+        print("sparsebench: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

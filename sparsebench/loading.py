@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from sparsebench.archs import ARCHS, create_model
-from sparsebench.checkpoint import model_from_checkpoint, validate_checkpoint
+from sparsebench.checkpoint import (check_file, first_sentence, model_from_checkpoint,
+                                   refused_global, validate_checkpoint)
 from sparsebench.errors import SparsebenchError
-from sparsebench.io import check_file
 
 KINDS = ("checkpoint", "state-dict", "pickled-module", "torchscript", "onnx")
 _NEITHER = "is neither a sparsebench checkpoint, a state_dict, a torch module, TorchScript nor ONNX"
@@ -66,10 +66,9 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc)
     marker = re.search(r"WeightsUnpickler error: (.*)", text)
     if marker:
-        return marker.group(1).strip()[:200]
-    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
-    line = line.split(". ")[0] if len(line) > 120 else line  # first sentence of a long line
-    return f"{type(exc).__name__}: {line[:200]}" if line else type(exc).__name__
+        return first_sentence(marker.group(1))
+    line = first_sentence(text)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 @lru_cache(maxsize=1)
@@ -102,10 +101,9 @@ def _weights_only_load(p: Path) -> Any:
         with torch.serialization.safe_globals(list(safe_globals())):
             return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        text = str(exc)
-        if "Unsupported global" in text or "Unsupported class" in text:
-            name = re.search(r"GLOBAL ([\w.]+)", text)
-            raise _NeedsTrust(name.group(1) if name else "a class") from exc
+        name = refused_global(exc)
+        if name:
+            raise _NeedsTrust(name) from exc
         raise
 
 
@@ -311,6 +309,10 @@ def _from_object(p: Path, obj: Any, arch: str | None, input_shape: tuple[int, ..
         ckpt = validate_checkpoint(obj, p)
         module = model_from_checkpoint(ckpt)
         shape = tuple(int(d) for d in ckpt.get("input_shape") or module.input_shape)
+        if input_shape is not None and tuple(input_shape) != shape:
+            raise SparsebenchError(f"{p} is a checkpoint of input shape {','.join(map(str, shape))}"
+                                   f"; --input-shape {','.join(map(str, input_shape))} "
+                                   "contradicts it (leave --input-shape out)")
         return LoadedModel(p.stem, str(p), "checkpoint", module, shape, ckpt["arch"], ckpt,
                            notes=notes)
     if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):

@@ -157,14 +157,15 @@ def series(doc: dict[str, Any]) -> dict[tuple[str, str, int, int], dict[float, d
 
 
 def speedups(doc: dict[str, Any]) -> dict[tuple[str, str, int, int], dict[float, float]]:
-    """p50 of ONNX Runtime dense at the same sparsity, batch and threads / p50 of each row."""
+    """p50 of ONNX Runtime dense at the same sparsity, batch and threads / p50 of each row
+    (rows with a noise flag, or whose baseline has one, are left out)."""
     s = series(doc)
     out: dict[tuple[str, str, int, int], dict[float, float]] = {}
     for key, rows in s.items():
         base = s.get((*BASELINE, key[2], key[3]), {})
         for p, row in rows.items():
             b, mine = _p50(base.get(p)), _p50(row)
-            if b and mine:
+            if b and mine and not row.get("noise") and not (base.get(p) or {}).get("noise"):
                 out.setdefault(key, {})[p] = b / mine
     return out
 
@@ -254,7 +255,10 @@ def markdown(doc: dict[str, Any]) -> str:
                 "|" + "---|" * len(head)]
         out += ["| " + " | ".join(c.replace("|", "/") for c in line) + " |" for line in lines]
         out.append("")
-    return "\n".join(out)
+    from sparsebench.measure.report import noise_note
+
+    note = noise_note(doc["rows"])
+    return "\n".join(out + ([f"**Warning:** {note}.", ""] if note else []))
 
 
 def check_matplotlib() -> None:
@@ -312,6 +316,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     from sparsebench.archs import ARCHS
+    from sparsebench.ui import force_flag, ints
     from sparsebench.measure.harness import add_timing_flags
 
     p.add_argument("model", nargs="?", help="a model file to prune (instead of --arch)")
@@ -324,8 +329,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", default="torch,onnxruntime,native",
                    help="backends (default torch,onnxruntime,native; onnxruntime is the "
                         "crossover baseline)")
-    p.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
-    p.add_argument("--threads", default="1", help="thread counts, e.g. 1,2 (default 1)")
+    p.add_argument("--batch", type=ints, default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
+    p.add_argument("--threads", type=ints, default="1",
+                   help="thread counts, e.g. 1,2 (default 1)")
     p.add_argument("--in-channels", type=int, help="input channels for --arch (default: per "
                    "architecture, e.g. ffn 1024, vgg11_bn 3)")
     p.add_argument("--input-size", type=int, help="input side for --arch (ffn: 1 = vectors)")
@@ -342,14 +348,15 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    "(default: a temporary folder)")
     add_timing_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input")
+    force_flag(p)
 
 
 def run_sweep(args: argparse.Namespace, out: Any,
               progress_display: Callable[[], Any]) -> int:
-    from sparsebench.ui import command_line
-    from sparsebench.measure.harness import (MeasureConfig, model_info, plan, run_plan,
-                                             timing_from_args)
-    from sparsebench.measure.results import ResultsFile
+    from sparsebench.measure.harness import MeasureConfig, parse_size, timing_from_args
+    from sparsebench.measure.results import claim_results
+    from sparsebench.outputs import check_output_dir, check_output_file
+    from sparsebench.ui import warn_threads
     from sparsebench.registry import split_list
 
     if bool(args.arch) == bool(args.model):
@@ -359,34 +366,59 @@ def run_sweep(args: argparse.Namespace, out: Any,
 
         ARCHS.check(args.arch)
     sparsities = _sparsities(args.sparsities)
-    plot_path = None if args.no_plot else args.plot
     if not args.no_plot:
         check_matplotlib()  # fail before measuring, not after
     cfg = MeasureConfig(
         models=["-"], formats=split_list(args.formats), backends=split_list(args.backends),
-        batches=split_list(args.batch, int), threads=split_list(args.threads, int),
-        timing=timing_from_args(args),
-        index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout)
+        batches=args.batch, threads=args.threads, timing=timing_from_args(args),
+        index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout,
+        max_memory=parse_size(args.max_memory))
     cfg.validate()
+    warn_threads(cfg.threads)
+    base_name = args.arch or Path(args.model).stem
+    plot_path = None if args.no_plot else (args.plot or f"sweep-{base_name}.png")
+    check_output_file(args.markdown, args.force, "--markdown")
+    check_output_file(plot_path, args.force, "--plot")
+    check_output_dir(args.save_models, args.force, "--save-models")
+    claim = claim_results(args.json, force=args.force)
+    try:
+        return _sweep_claimed(args, out, progress_display, cfg, sparsities, plot_path, claim)
+    finally:
+        if claim:
+            claim.release()
+
+
+def _sweep_claimed(args: argparse.Namespace, out: Any, progress_display: Callable[[], Any],
+                   cfg: Any, sparsities: list[float], plot_path: str | None,
+                   claim: Any) -> int:
+    """``sweep`` once its outputs are checked and the results file is claimed."""
+    from sparsebench.ui import command_line, no_success_exit
+    from sparsebench.loading import load_model
+    from sparsebench.measure.harness import footprint, model_info, plan, run_plan
+    from sparsebench.measure.results import ResultsFile
+    from sparsebench.outputs import atomic_write_text
+
     with tempfile.TemporaryDirectory(prefix="sparsebench-sweep-") as tmp:
         folder = Path(args.save_models) if args.save_models else Path(tmp)
         base, paths, trust = make_models(args, sparsities, folder)
-        plot_path = plot_path or f"sweep-{base}.png"
         cfg.models, cfg.trust = list(paths), trust
         names = {path: Path(path).stem for path in paths}
-        results = ResultsFile(args.json, config={**cfg.__dict__})
-        from sparsebench.loading import load_model
-
+        results = ResultsFile(claim, config={**cfg.__dict__})
         first = load_model(next(iter(paths)), trust=trust)
         results.doc["sweep"] = {
             "name": base, "sparsities": sparsities, "command": command_line(),
             "sparsity_of": {names[p]: s for p, s in paths.items()},
             "pruned_layers": pruned_layers(first.module), "baseline": list(BASELINE),
             "models_folder": str(folder) if args.save_models else None}
+        footprints = {}
         for path in paths:
             loaded = load_model(path, trust=trust)
             results.set_model(names[path], model_info(loaded, cfg.formats, cfg.index_dtype))
-        jobs = plan(cfg, names)
+            try:
+                footprints[path] = footprint(loaded.module, tuple(loaded.input_shape))
+            except SparsebenchError:
+                pass
+        jobs = plan(cfg, names, footprints)
         out.print(f"sweep {base}: {len(sparsities)} sparsities, {len(jobs)} executions"
                   + (f" -> {args.json}" if args.json else ""))
         with progress_display() as progress:
@@ -405,21 +437,20 @@ def run_sweep(args: argparse.Namespace, out: Any,
         results.flush()
     _print(results.doc, out)
     if args.markdown:
-        from sparsebench.io import atomic_write_bytes
-
-        text = markdown(results.doc)
-        atomic_write_bytes(Path(args.markdown), lambda fh: fh.write(text.encode()))
+        atomic_write_text(args.markdown, markdown(results.doc))
         out.print(f"wrote {args.markdown}")
     if plot_path:
         plot(results.doc, plot_path)
         out.print(f"wrote {plot_path}")
     if args.json:
         out.print(f"wrote {args.json}")
-    return 0
+    return no_success_exit(results.rows)
 
 
 def _print(doc: dict[str, Any], out: Any) -> None:
     from rich.table import Table
+
+    from sparsebench.measure.report import noise_note
 
     for title, head, lines in tables(doc):
         if not lines:
@@ -428,3 +459,6 @@ def _print(doc: dict[str, Any], out: Any) -> None:
         for line in lines:
             table.add_row(*line)
         out.print(table)
+    note = noise_note(doc["rows"])
+    if note:
+        out.print(f"[yellow]warning[/]: {note}")

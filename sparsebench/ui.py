@@ -1,10 +1,13 @@
 """The terminal: the console (tables that fit, or wide in logs and CI), the progress display,
-and the command line as given (recorded in checkpoints and tables). No module imports the CLI;
-the CLI and the commands' modules import this."""
+the command line as given (recorded in checkpoints and tables), and the flag pieces and
+messages several commands share. No module imports the CLI; the CLI and the commands' modules
+import this."""
 
 from __future__ import annotations
 
+import argparse
 import shlex
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -41,3 +44,48 @@ def record_argv(argv: Sequence[str]) -> None:
 def command_line() -> str:
     """The command as given to ``main`` (recorded in checkpoints and tables)."""
     return "sparsebench " + " ".join(shlex.quote(a) for a in _ARGV)
+
+
+def force_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite existing output files and "
+                   "write into non-empty output folders")
+
+
+def floats(text: str) -> list[float]:
+    from sparsebench.registry import split_list
+
+    try:
+        return split_list(text, float)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def ints(text: str) -> list[int]:
+    from sparsebench.registry import split_list
+
+    try:
+        return split_list(text, int)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def warn_threads(threads: Sequence[int]) -> None:
+    """A warning on stderr when a thread count exceeds the cores of this machine."""
+    import os
+
+    cores = os.cpu_count() or 1
+    over = sorted({t for t in threads if t > cores})
+    if over:
+        print(f"sparsebench: warning: --threads {','.join(map(str, over))} is more than the "
+              f"{cores} cores of this machine: the threads will compete for them",
+              file=sys.stderr)
+
+
+def no_success_exit(rows: list[dict[str, Any]]) -> int:
+    """1 with a line on stderr when no execution succeeded (``measure``, ``sweep``), else 0."""
+    if any(r.get("status") == "ok" for r in rows):
+        return 0
+    print("sparsebench: no execution succeeded " + (
+        f"({len(rows)} skipped)" if rows else "(none planned: no backend given executes "
+        "these formats)"), file=sys.stderr)
+    return 1

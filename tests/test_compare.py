@@ -165,17 +165,49 @@ def test_peak_rss_has_its_own_tolerance():
     assert compare_docs(base, doc([row(data=same, peak_rss_bytes=None)])).exit_code == 0
 
 
-def test_rows_in_one_file_or_skipped_are_listed_not_failed():
-    base = doc([row(), row(fmt="csr", backend="scipy"), row(fmt="bsr", backend="scipy")])
+def test_rows_in_one_file_or_skipped_in_base_are_reported_not_failed():
+    base = doc([row(), row(fmt="csr", backend="scipy"), row(fmt="bsr", backend="scipy"),
+                row(fmt="bsr-4x4", backend="scipy", status="skipped", reason="no kernel")])
     new = doc([row(data=samples(seed=3)), row(fmt="structured"),
-               row(fmt="bsr", backend="scipy", status="skipped", reason="no kernel")])
+               row(fmt="bsr-4x4", backend="scipy", data=samples(seed=4))])
     c = compare_docs(base, new)
     assert c.exit_code == 0 and len(c.rows) == 1
-    assert c.only_base == [("m", "csr", "scipy", 1, 1)]
+    assert c.only_base == [("m", "csr", "scipy", 1, 1), ("m", "bsr", "scipy", 1, 1)]
     assert c.only_new == [("m", "structured", "torch", 1, 1)]
-    assert c.skipped == [(("m", "bsr", "scipy", 1, 1), "skipped in NEW: no kernel")]
+    assert c.skipped == [(("m", "bsr-4x4", "scipy", 1, 1), "skipped in BASE: no kernel")]
     text = markdown(c)
-    assert "only in BASE: m csr scipy 1 1" in text and "not compared: m bsr" in text
+    assert "only in BASE: 2 rows (m csr scipy 1 1, m bsr scipy 1 1; all listed in --json)" in text
+    assert "not compared: m bsr-4x4" in text
+
+
+def test_unmatched_rows_are_one_line_each_side():
+    base = doc([row(fmt=f"f{i}") for i in range(121)] + [row()])
+    c = compare_docs(base, doc([row(data=samples(seed=3))]))
+    lines = [x for x in markdown(c).splitlines() if "only in" in x]
+    assert lines == ["- only in BASE: 121 rows (m f0 torch 1 1, m f1 torch 1 1, m f2 torch 1 1 "
+                     "and 118 more; all listed in --json)"]
+
+
+@pytest.mark.parametrize("new_row,reason", [
+    (row(status="skipped", reason="error: worker crashed (Killed)"),
+     "skipped in NEW: error: worker crashed (Killed)"),
+    (row(status="skipped", reason="error: timed out after 900s"),
+     "skipped in NEW: error: timed out after 900s"),
+    (row(data=[1_000_000]), "too few samples in NEW (1)"),
+    (row(data=samples(scale=1.5), samples_ns=[]), "no raw samples in NEW (2000 calls reported)"),
+    (row(data=samples(3, scale=1.5)), "too few samples: 3 blocks cannot reach p < 0.01"),
+])
+def test_the_gate_fails_closed(new_row, reason, tmp_path, capsys):
+    """A row ok in BASE that NEW did not measure, or measured too little to judge, fails."""
+    base = row(data=samples(3)) if new_row["samples"] == 3 else row()  # --min-calls 3 on both
+    c = compare_docs(doc([base]), doc([new_row]))
+    assert c.exit_code == 1 and c.rows[0].unjudged[0].startswith(reason)
+    assert "not judged" in markdown(c) and reason in markdown(c)
+    paths = [write(tmp_path / "b.json", doc([base])), write(tmp_path / "n.json", doc([new_row]))]
+    assert main(["compare", *paths]) == 1
+    assert "FAIL: 1 of 1 rows not judged" in capsys.readouterr().out
+    assert main(["compare", *paths, "--allow-missing"]) == 0
+    assert "(passed: --allow-missing)" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------ command line, exits
@@ -220,7 +252,8 @@ def test_threshold_and_alpha_flags(files, capsys):
     paths = files([row(data=samples(seed=1))], [row(data=samples(seed=2, scale=1.04))])
     assert main(["compare", *paths]) == 0
     assert main(["compare", *paths, "--threshold", "0.02"]) == 1
-    assert main(["compare", *paths, "--threshold", "0.02", "--alpha", "1e-300"]) == 0
+    assert main(["compare", *paths, "--threshold", "0.02", "--alpha", "1e-300"]) == 1
+    assert "cannot reach p < 1e-300" in capsys.readouterr().out  # fails closed: cannot judge
     assert main(["compare", *paths, "--alpha", "2"]) == 2
     assert "--alpha must be in (0, 1)" in capsys.readouterr().err
 
@@ -243,14 +276,15 @@ def test_machine_mismatch_is_refused_unless_allowed(files, capsys):
     ("empty", "results file is empty"),
     ("no-rows", "has no result rows"),
     ("no-match", "base.json has m dense torch 1 1, "),
-    ("all-skipped", "no row was measured in both files (1 matching rows were skipped"),
+    ("all-skipped", "no row was measured in both files (1 matching rows were skipped in"),
     ("missing", "results file not found"),
     ("three", "compare takes BASE.json NEW.json, or one A/B file; got 3 files"),
     ("single", "is not an A/B results file"),
     ("ab-in-pair", "is an A/B results file: compare it on its own"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, case, message):
-    base = write(tmp_path / "base.json", doc([row()]))
+    base = write(tmp_path / "base.json", doc([row(status="skipped", reason="unavailable")]
+                                             if case == "all-skipped" else [row()]))
     new = {
         "text": "not json {", "other-json": {"schema": "something-else", "rows": []},
         "version": doc([row()], schema_version=2), "empty": "", "no-rows": doc([]),
@@ -323,8 +357,10 @@ def test_ab_alternating_processes(tmp_path, monkeypatch):
     few = {**base, "samples_ns": base["samples_ns"][:350], "block_sizes": [50] * 7}
     few_new = {**new, "samples_ns": new["samples_ns"][:350], "block_sizes": [50] * 7}
     c = compare_docs(doc([few]), doc([few_new]), mode="alternating-processes")
-    assert c.rows[0].latency == "unchanged"  # 2/2^7 > 0.01: 7 pairs can never be significant
-    assert c.rows[0].notes == ["7 blocks cannot reach p < 0.01: measure longer or more rounds"]
+    # 2/2^7 > 0.01: 7 pairs can never be significant, so the gate cannot vouch: it fails
+    assert c.rows[0].latency == "not compared" and c.exit_code == 1
+    assert c.rows[0].unjudged == ["too few samples: 7 blocks cannot reach p < 0.01 (measure "
+                                  "longer or more rounds)"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -91,7 +91,7 @@ def test_measure_end_to_end_json_rows(tmp_path, capsys):
         assert r["status"] in ("ok", "skipped")
         if r["status"] == "ok":
             assert r["max_rel_err"] <= 1e-4, r
-            assert set(r["latency_ms"]) == {"p50", "p90", "p99", "mean", "std", "min"}
+            assert set(r["latency_ms"]) == {"p10", "p50", "p90", "p99", "mean", "std", "min"}
             assert r["samples"] == len(r["samples_ns"]) >= 3
             assert r["impl"] and r["weight_bytes"] > 0
             assert r["peak_rss_bytes"] is None or r["peak_rss_bytes"] >= 0

@@ -88,7 +88,13 @@ def test_sweep_end_to_end(tmp_path) -> None:
     if "native" in backends:
         row = next(r for r in doc["rows"] if r["backend"] == "native")
         assert row["achieved_gbps"] > 0 and row["achieved_gflops"] > 0
-        assert doc["roofline"]["copy_gbps"] > 0 and doc["sweep"]["crossovers"]
+        assert doc["roofline"]["copy_gbps"] > 0
+        # speedups (and so crossovers) leave rows flagged noisy out (a busy machine)
+        sp = doc["sweep"]["sparsity_of"]
+        quiet = {(r["format"], r["backend"], sp[r["model"]]) for r in doc["rows"]
+                 if not r.get("noise")}
+        assert bool(doc["sweep"]["crossovers"]) == any(
+            ("dense", "onnxruntime", p) in quiet for f, b, p in quiet if b == "native")
     # the saved checkpoints are measurable on their own
     ckpt = torch.load(models / "lenet300-s90.pt", weights_only=True)
     zeros = float((ckpt["state_dict"]["fc1.weight"] == 0).float().mean())

@@ -23,6 +23,7 @@ git worktree add --detach "$work/base" "$base_ref" >/dev/null
 python -c "from sparsebench import native; native.available()" || true
 (cd "$work/base" && python -c "from sparsebench import native; native.available()") || true
 
+# --force: this script owns gate-ab.json and gate.md and rewrites them on every run
 sparsebench measure "$model" --ab "$work/base" --ab-rounds 16 --data none \
-  --json "${GATE_JSON:-gate-ab.json}" "$@"
-sparsebench compare "${GATE_JSON:-gate-ab.json}" --markdown "${GATE_MARKDOWN:-gate.md}"
+  --json "${GATE_JSON:-gate-ab.json}" --force "$@"
+sparsebench compare "${GATE_JSON:-gate-ab.json}" --markdown "${GATE_MARKDOWN:-gate.md}" --force

@@ -30,6 +30,10 @@ class Prepared:
         """Forward a batch; returns a float32 (B, classes) tensor. This is the timed call."""
         raise NotImplementedError
 
+    def release_setup(self) -> None:
+        """Free what only setup needed (e.g. dense copies of converted layers), before the
+        timed calls; ``run`` keeps working for the batch sizes already run. Default: nothing."""
+
 
 class ModulePrepared(Prepared):
     """A torch module run eagerly under ``inference_mode`` with a fixed intra-op thread count."""

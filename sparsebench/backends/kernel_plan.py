@@ -251,6 +251,8 @@ class NativePrepared(Prepared):
         self.converted, self.graph, self.threads = converted, graph, threads
         self._plans: dict[int, tuple[Any, ...]] = {}
         self._names: dict[int, list[str]] = {}
+        self._native_layers: set[str] = set()   # layers a native kernel runs, in every plan
+        self._torch_layers: set[str] = set()    # layers torch runs (they keep their weights)
         self.kernels, self.torch_ops, self.traffic_bytes = self._build(batch)
         self.impl = _impl(label, self.kernels, threads, self.torch_ops)
 
@@ -279,10 +281,13 @@ class NativePrepared(Prepared):
                 continue
             names.append(s.name() if s.kind != "torch" else f"{s.label} (torch)")
             if s.kind == "torch":
+                if s.op.kind in ("conv", "linear"):
+                    self._torch_layers.add(s.op.module or "")
                 calls.append(_torch_step(s, planner, env, tviews.get(s.out)))
                 torch_ops.append(s.label)
                 continue
             sw = self.converted.layers[s.op.module or ""]
+            self._native_layers.add(s.op.module or "")
             op = _kernel(sw, s, self.threads)
             x, y = bufs[s.ins[0]], bufs[s.out]
             if s.pool == _GLOBAL_AVG and y.ndim != 4:  # mean without keepdim: same memory
@@ -301,11 +306,28 @@ class NativePrepared(Prepared):
         self._names[batch] = names
         return kernels, torch_ops, traffic
 
+    def release_setup(self) -> None:
+        """Drop the dense weights of the layers the kernels run (planning a new batch size
+        needed them; the plans made so far do not)."""
+        released = self._native_layers - self._torch_layers
+        for name in released:
+            layer = self.converted.module.get_submodule(name)
+            for pname in ("weight", "bias"):
+                if getattr(layer, pname, None) is not None:
+                    setattr(layer, pname, nn.Parameter(torch.empty(0), requires_grad=False))
+        for node in self.graph.nodes:  # the graph's views of those weights go too
+            if node.module in released:
+                node.weights = {}
+        self._released = True
+
     def run(self, x: torch.Tensor) -> torch.Tensor:
         if self.torch_ops and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         plan = self._plans.get(x.shape[0])
         if plan is None:
+            if getattr(self, "_released", False):
+                raise SparsebenchError(f"native: batch {x.shape[0]} was not planned before "
+                                       "release_setup()")
             self._build(int(x.shape[0]))
             plan = self._plans[x.shape[0]]
         inp, calls, out, addr, nbytes = plan

@@ -10,8 +10,9 @@ indices are int16 or int32 (``idx``), bias is float32 and counted with its layer
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -178,39 +179,56 @@ def bias_array(module: nn.Module) -> np.ndarray | None:
 
 
 def example_input(model: nn.Module, example: torch.Tensor | None) -> torch.Tensor:
+    """``example``, else a meta tensor of the model's ``input_shape`` (batch 1): only its shape
+    is used, so nothing is allocated however large the input."""
     if example is not None:
         return example
     shape = getattr(model, "input_shape", None)
     if shape is None:
         raise SparsebenchError("model has no input_shape; pass an example input to convert()")
-    return torch.zeros(1, *tuple(int(s) for s in shape))
+    return torch.empty(1, *tuple(int(s) for s in shape), device="meta")
+
+
+def trace_outputs(model: nn.Module, shape: tuple[int, ...],
+                  modules: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module, tuple]]:
+    """(name, module, output shape) of every call of ``modules`` in one forward pass of a batch
+    of ``shape`` (batch first). Runs on fake tensors (shapes only, nothing allocated); a model
+    whose ops have no shape rule runs on real zeros instead."""
+    calls: list[tuple[str, nn.Module, tuple]] = []
+
+    def hook(name: str) -> Any:
+        def record(mod: nn.Module, inputs: object, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                calls.append((name, mod, tuple(out.shape)))
+        return record
+
+    hooks = [mod.register_forward_hook(hook(name)) for name, mod in modules]
+    try:
+        try:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            with FakeTensorMode(allow_non_fake_inputs=True), torch.inference_mode():
+                model(torch.empty(shape))
+        except Exception:  # noqa: BLE001 - no fake kernel for some op: fall back to real data
+            calls.clear()
+            with torch.inference_mode():
+                model(torch.zeros(shape))
+    except Exception as exc:  # noqa: BLE001 - any failure is the user's model/input mismatch
+        raise SparsebenchError(f"model does not run on an input of shape "
+                               f"{tuple(shape)}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
 
 
 def positions(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Per-sample output positions of each Conv2d/Linear on ``example`` (Ho*Wo for a conv, 1 for
     a linear on vectors; summed over repeated calls; 0 if the layer did not run)."""
     counts: dict[str, int] = {}
-    hooks = []
-    example = example[:1]  # per-sample counts: one sample is enough
-    batch = max(int(example.shape[0]), 1)
-
-    def hook(name: str):
-        def record(mod: nn.Module, inputs: object, out: torch.Tensor) -> None:
-            units = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
-            counts[name] = counts.get(name, 0) + out.numel() // max(batch * units, 1)
-        return record
-
-    for name, mod in weight_layers(model):
-        hooks.append(mod.register_forward_hook(hook(name)))
-    try:
-        with torch.inference_mode():
-            model(example)
-    except Exception as exc:  # noqa: BLE001 - any failure is the user's model/input mismatch
-        raise SparsebenchError(f"model does not run on an input of shape "
-                               f"{tuple(example.shape)}: {str(exc).splitlines()[0]}") from exc
-    finally:
-        for h in hooks:
-            h.remove()
+    for name, mod, out in trace_outputs(model, (1, *example.shape[1:]), weight_layers(model)):
+        units = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+        counts[name] = counts.get(name, 0) + math.prod(out) // max(units, 1)
     return counts
 
 

@@ -4,8 +4,12 @@ interleaved A/B file) and decide, per row, whether latency, size or memory regre
 Rows match by (model, format, backend, batch, threads); in an A/B file by (format, backend,
 batch, threads) within the file. Latency: see ``stats``. Exact byte counts (``weight_bytes``)
 compare exactly: any increase is a regression. Peak RSS is noisy: it regresses only when it
-grows by more than ``rss_tolerance`` and by more than ``rss_min_bytes``. Rows present in only
-one file, or skipped on either side, are listed, never failed.
+grows by more than ``rss_tolerance`` and by more than ``rss_min_bytes``.
+
+The gate fails closed: a row that is ok in BASE but not ok in NEW (crashed, skipped, timed
+out), or whose latency cannot be judged (no raw samples, fewer than 2, or too few blocks to
+reach p < alpha, on either side) fails with its reason unless ``allow_missing``, which turns
+those into notes. Rows present in only one file, or skipped in BASE, are reported, not failed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class GateConfig:
     rss_tolerance: float = 0.25
     rss_min_bytes: int = 4 * 1024 ** 2
     rule: str = "bound"
+    allow_missing: bool = False
 
     def validate(self) -> None:
         if not 0 < self.alpha < 1:
@@ -57,6 +62,12 @@ class RowResult:
     rss_delta: int | None
     regressions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unjudged: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        """Every reason this row fails the gate (regressions first)."""
+        return self.regressions + self.unjudged
 
 
 @dataclass
@@ -78,8 +89,13 @@ class Comparison:
         return [r for r in self.rows if r.regressions]
 
     @property
+    def unjudged(self) -> list[RowResult]:
+        """Rows the gate cannot vouch for (not ok or too few samples in NEW, ...)."""
+        return [r for r in self.rows if r.unjudged and not r.regressions]
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.regressions else 0
+        return 1 if any(r.failures for r in self.rows) else 0
 
 
 def split_ab(doc: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -138,29 +154,41 @@ def _key(row: dict[str, Any], ab: bool) -> tuple:
     return key[1:] if ab else key
 
 
+def _samples_problem(row: dict[str, Any], side: str) -> str | None:
+    """Why a row's raw samples cannot be tested, or None."""
+    raw = row.get("samples_ns") or []
+    if not raw:
+        return f"no raw samples in {side} ({row.get('samples') or 0} calls reported)"
+    if len(raw) < 2:
+        return f"too few samples in {side} ({len(raw)})"
+    return None
+
+
 def _latency(base: dict[str, Any], new: dict[str, Any], cfg: GateConfig, paired: bool
              ) -> tuple[Change | None, str, list[str]]:
-    sb, sn = base.get("samples_ns") or [], new.get("samples_ns") or []
-    if len(sb) < 2 or len(sn) < 2:
-        return None, "not compared", ["fewer than 2 raw samples on a side"]
+    """(change, verdict, reasons the latency cannot be judged)."""
+    problems = [p for p in (_samples_problem(base, "BASE"), _samples_problem(new, "NEW")) if p]
+    if problems:
+        return None, "not compared", problems
     try:
-        change = latency_change(sb, sn, alpha=cfg.alpha, blocks=cfg.blocks,
-                                resamples=cfg.resamples, seed=cfg.seed, paired=paired,
-                                base_sizes=base.get("block_sizes"),
+        change = latency_change(base["samples_ns"], new["samples_ns"], alpha=cfg.alpha,
+                                blocks=cfg.blocks, resamples=cfg.resamples, seed=cfg.seed,
+                                paired=paired, base_sizes=base.get("block_sizes"),
                                 new_sizes=new.get("block_sizes"))
     except ValueError as exc:
         return None, "not compared", [str(exc)]
-    notes = []
     if min_p_value(change.blocks, change.test.startswith("wilcoxon")) >= cfg.alpha:
-        notes.append(f"{min(change.blocks)} blocks cannot reach p < {cfg.alpha:g}: measure "
-                     "longer or more rounds")
-    return change, verdict(change, cfg.alpha, cfg.threshold, cfg.rule), notes
+        return change, "not compared", [
+            f"too few samples: {min(change.blocks)} blocks cannot reach p < {cfg.alpha:g} "
+            "(measure longer or more rounds)"]
+    return change, verdict(change, cfg.alpha, cfg.threshold, cfg.rule), []
 
 
 def compare_row(key: tuple, base: dict[str, Any], new: dict[str, Any], cfg: GateConfig,
                 paired: bool) -> RowResult:
-    change, latency, notes = _latency(base, new, cfg, paired)
-    result = RowResult(key, base, new, change, latency, None, None, notes=notes)
+    change, latency, problems = _latency(base, new, cfg, paired)
+    result = RowResult(key, base, new, change, latency, None, None)
+    _unjudged(result, problems, cfg)
     if latency == "slower":
         result.regressions.append(f"latency x{change.ratio:.3f}")
     wb, wn = base.get("weight_bytes"), new.get("weight_bytes")
@@ -173,6 +201,22 @@ def compare_row(key: tuple, base: dict[str, Any], new: dict[str, Any], cfg: Gate
         result.rss_delta = rn - rb
         if rn - rb > max(cfg.rss_min_bytes, cfg.rss_tolerance * max(rb, 0)):
             result.regressions.append(f"peak RSS +{(rn - rb) / 1024 ** 2:.1f} MiB")
+    return result
+
+
+def _unjudged(result: RowResult, reasons: list[str], cfg: GateConfig) -> None:
+    """Reasons the gate cannot vouch for a row: failures, or notes with ``allow_missing``."""
+    if cfg.allow_missing:
+        result.notes += [f"{r} (passed: --allow-missing)" for r in reasons]
+    else:
+        result.unjudged += reasons
+
+
+def missing_row(key: tuple, base: dict[str, Any], new: dict[str, Any],
+                cfg: GateConfig) -> RowResult:
+    """A row ok in BASE that NEW did not measure (crashed, skipped, timed out)."""
+    result = RowResult(key, base, new, None, "missing", None, None)
+    _unjudged(result, [f"{new.get('status') or 'missing'} in NEW: {new.get('reason')}"], cfg)
     return result
 
 
@@ -194,15 +238,15 @@ def compare_docs(base: dict[str, Any], new: dict[str, Any], cfg: GateConfig = Ga
     results, skipped = [], []
     for k in common:
         b, n = rows_b[k], rows_n[k]
-        if b.get("status") != "ok" or n.get("status") != "ok":
-            bad = b if b.get("status") != "ok" else n
-            side = labels[0] if bad is b else labels[1]
-            skipped.append((k, f"skipped in {side}: {bad.get('reason')}"))
-            continue
-        results.append(compare_row(k, b, n, cfg, paired=ab))
+        if b.get("status") != "ok":
+            skipped.append((k, f"skipped in {labels[0]}: {b.get('reason')}"))
+        elif n.get("status") != "ok":
+            results.append(missing_row(k, b, n, cfg))
+        else:
+            results.append(compare_row(k, b, n, cfg, paired=ab))
     if not results:
         raise SparsebenchError(f"no row was measured in both files ({len(skipped)} matching "
-                               "rows were skipped on a side)")
+                               f"rows were skipped in {labels[0]})")
     return Comparison(labels[0], labels[1], mode, cfg, results,
                       [k for k in rows_b if k not in rows_n],
                       [k for k in rows_n if k not in rows_b], skipped, list(notes or []))

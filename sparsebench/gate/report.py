@@ -38,7 +38,7 @@ def cells(c: Comparison, r: RowResult) -> list[str]:
             _p50_ms(r.new), f"x{ch.ratio:.3f}" if ch else "-",
             f"[{ch.low:.3f}, {ch.high:.3f}]" if ch else "-", _p(ch.p_value) if ch else "-",
             r.latency, _bytes_delta(r.weight_delta), _bytes_delta(r.rss_delta, mib=True),
-            ("FAIL: " + "; ".join(r.regressions)) if r.regressions else "ok"]
+            ("FAIL: " + "; ".join(r.failures)) if r.failures else "ok"]
 
 
 def rule_text(c: Comparison) -> str:
@@ -56,19 +56,31 @@ def rule_text(c: Comparison) -> str:
 
 
 def summary(c: Comparison) -> str:
-    bad = c.regressions
+    bad, unjudged = c.regressions, c.unjudged
     counts = {v: sum(r.latency == v for r in c.rows) for v in ("slower", "faster", "unchanged")}
-    head = (f"FAIL: {len(bad)} of {len(c.rows)} rows regressed" if bad
-            else f"pass: {len(c.rows)} rows compared, no regression")
+    if bad or unjudged:
+        head = "FAIL: " + ", ".join(
+            part for part in (f"{len(bad)} of {len(c.rows)} rows regressed" if bad else "",
+                              f"{len(unjudged)} of {len(c.rows)} rows not judged (not ok or too "
+                              "few samples; --allow-missing passes them)" if unjudged else "")
+            if part)
+    else:
+        head = f"pass: {len(c.rows)} rows compared, no regression"
     return (f"{head} (latency: {counts['slower']} slower, {counts['faster']} faster, "
             f"{counts['unchanged']} unchanged)")
+
+
+def _keys_line(keys: list[tuple], limit: int = 3) -> str:
+    shown = ", ".join(" ".join(map(str, k)) for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def _extras(c: Comparison) -> list[str]:
     out = []
     for label, keys in ((c.base_label, c.only_base), (c.new_label, c.only_new)):
-        for k in keys:
-            out.append(f"only in {label}: {' '.join(map(str, k))}")
+        if keys:
+            out.append(f"only in {label}: {len(keys)} row{'s' * (len(keys) != 1)} "
+                       f"({_keys_line(keys)}; all listed in --json)")
     for k, reason in c.skipped:
         out.append(f"not compared: {' '.join(map(str, k))}: {reason}")
     for r in c.rows:
@@ -95,13 +107,13 @@ def print_comparison(c: Comparison, console: Any) -> None:
         line = [escape(x) for x in cells(c, r)]
         if r.latency in colors:
             line[10] = f"[{colors[r.latency]}]{line[10]}[/]"
-        line[-1] = f"[bold red]{line[-1]}[/]" if r.regressions else line[-1]
+        line[-1] = f"[bold red]{line[-1]}[/]" if r.failures else line[-1]
         table.add_row(*line)
     console.print(table)
     for line in _extras(c):
         console.print(escape(line))
     console.print(rule_text(c))
-    console.print(("[bold red]" if c.regressions else "[bold green]") + summary(c) + "[/]")
+    console.print(("[bold red]" if c.exit_code else "[bold green]") + summary(c) + "[/]")
 
 
 def markdown(c: Comparison) -> str:
@@ -109,11 +121,11 @@ def markdown(c: Comparison) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in c.rows:
         line = cells(c, r)
-        if r.regressions:
+        if r.failures:
             line[-1] = f"**{line[-1]}**"
         lines.append("| " + " | ".join(x.replace("|", "/") for x in line) + " |")
     extras = "".join(f"- {x}\n" for x in _extras(c))
-    icon = ":x:" if c.regressions else ":white_check_mark:"
+    icon = ":x:" if c.exit_code else ":white_check_mark:"
     return (f"### {icon} {_title(c)}\n\n**{summary(c)}**\n\n" + "\n".join(lines) + "\n\n"
             + (extras + "\n" if extras else "") + f"<sub>{rule_text(c)}</sub>\n")
 
@@ -127,6 +139,7 @@ def to_json(c: Comparison) -> dict[str, Any]:
                       "base_p50_ms": (r.base.get("latency_ms") or {}).get("p50"),
                       "new_p50_ms": (r.new.get("latency_ms") or {}).get("p50"),
                       "weight_delta": r.weight_delta, "rss_delta": r.rss_delta,
-                      "regressions": r.regressions, "notes": r.notes} for r in c.rows],
+                      "regressions": r.regressions, "unjudged": r.unjudged,
+                      "notes": r.notes} for r in c.rows],
             "only_base": [list(k) for k in c.only_base], "only_new": [list(k) for k in c.only_new],
             "skipped": [[list(k), why] for k, why in c.skipped], "notes": c.notes}

@@ -43,7 +43,7 @@ def _tag(row: dict[str, Any], subject: str, mode: str) -> dict[str, Any]:
 
 def run_pair(job: dict[str, Any]) -> list[dict[str, Any]]:
     """In the worker: set up both subjects with the ordinary worker, then time them interleaved."""
-    from sparsebench.measure.timing import latency_stats_ms
+    from sparsebench.measure.timing import latency_stats_ms, noise_flag
     from sparsebench.measure.worker import run_job
 
     calls: dict[str, tuple[Callable[[], object], TimingPolicy]] = {}
@@ -62,7 +62,8 @@ def run_pair(job: dict[str, Any]) -> list[dict[str, Any]]:
         a, b = time_interleaved(calls["base"][0], calls["new"][0], calls["new"][1])
         for subject, samples in (("base", a), ("new", b)):
             rows[subject].update(latency_ms=latency_stats_ms(samples), samples=len(samples),
-                                 samples_ns=samples, peak_rss_bytes=None,
+                                 samples_ns=samples, noise=noise_flag(samples),
+                                 peak_rss_bytes=None,
                                  setup_peak_rss_bytes=None)
     else:
         for subject, other in (("base", "new"), ("new", "base")):
@@ -76,7 +77,7 @@ def run_pair(job: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _merge(rows: list[dict[str, Any]], subject: str, name: str) -> dict[str, Any]:
     """One row of a subject from its per-process rounds; each round is one block of samples."""
-    from sparsebench.measure.timing import latency_stats_ms
+    from sparsebench.measure.timing import latency_stats_ms, noise_flag
 
     for i, r in enumerate(rows):
         if r.get("status") != "ok":
@@ -88,8 +89,9 @@ def _merge(rows: list[dict[str, Any]], subject: str, name: str) -> dict[str, Any
         values = [r.get(key) for r in rows]
         return None if None in values else round(statistics.median(values))
 
+    noisy = [f"round {i + 1}: {r['noise']}" for i, r in enumerate(rows) if r.get("noise")]
     row = {**rows[0], "model": name, "latency_ms": latency_stats_ms(samples),
-           "samples": len(samples), "samples_ns": samples,
+           "samples": len(samples), "samples_ns": samples, "noise": "; ".join(noisy) or None,
            "block_sizes": [len(r["samples_ns"]) for r in rows],
            "peak_rss_bytes": median_of("peak_rss_bytes"),
            "setup_peak_rss_bytes": median_of("setup_peak_rss_bytes")}

@@ -17,6 +17,10 @@ from sparsebench.measure.timing import TimingPolicy
 DEFAULT_FORMATS = ("dense", "structured", "csr", "bsr")
 
 
+MEMORY_FRACTION = 0.5  # default --max-memory: this fraction of the memory available now
+ACCURACY_BATCH = 500   # the worker's accuracy pass (worker.ACCURACY_BATCH)
+
+
 def add_timing_flags(p: Any) -> None:
     """The timing flags shared by ``measure`` and ``sweep`` (defaults: ``TimingPolicy``)."""
     d = TimingPolicy()
@@ -27,12 +31,76 @@ def add_timing_flags(p: Any) -> None:
     p.add_argument("--warmup", type=int, default=d.warmup_calls,
                    help=f"warm-up calls (default {d.warmup_calls})")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per execution")
+    p.add_argument("--max-memory", metavar="SIZE", help="skip an execution whose estimated "
+                   "worker memory (weights + activations) exceeds SIZE, e.g. 4G, 512M (default: "
+                   f"{MEMORY_FRACTION:.0%} of the memory available; 'none': no limit)")
 
 
 def timing_from_args(args: Any) -> dict[str, Any]:
     """``MeasureConfig.timing`` from the flags of ``add_timing_flags``."""
     return {"min_calls": args.min_calls, "min_seconds": args.min_time,
             "warmup_calls": args.warmup}
+
+
+def parse_size(text: str | None) -> int | None:
+    """``--max-memory``: ``4G``, ``512MiB``, ``1.5e9`` (bytes) -> bytes; None/'none' -> no
+    limit; absent -> ``MEMORY_FRACTION`` of the available memory."""
+    import re
+
+    if text is None:
+        import psutil
+
+        return int(MEMORY_FRACTION * psutil.virtual_memory().available)
+    if text.strip().lower() == "none":
+        return None
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text)
+    try:
+        value = float(m.group(1)) if m else -1.0
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise SparsebenchError(f"--max-memory: expected a size like 4G, 512M or a byte count, "
+                               f"or 'none'; got {text!r}")
+    unit = m.group(2).lower()
+    return int(value * 1024 ** ("kmgt".index(unit) + 1)) if unit else int(value)
+
+
+def footprint(module: Any, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(weight bytes, activation bytes per sample) of a torch module: parameters and buffers;
+    the input plus twice the largest layer working set (a leaf module's output, plus a
+    convolution's unfolded input, im2col), in float32, from shapes only (``trace_outputs``:
+    nothing is allocated)."""
+    import math
+
+    import torch
+    from torch import nn
+
+    from sparsebench.formats.base import trace_outputs
+
+    weights = sum(t.numel() * t.element_size() for t in
+                  [*module.parameters(), *module.buffers()])
+    per_sample = math.prod(input_shape)
+    if isinstance(module, torch.jit.ScriptModule):  # takes no hooks: weights and input only
+        return weights, 4 * per_sample
+    leaves = [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
+    largest = 0
+    for _, mod, out in trace_outputs(module, (1, *input_shape), leaves):
+        work = math.prod(out)
+        if isinstance(mod, nn.Conv2d) and len(out) == 4:
+            kh, kw = mod.kernel_size
+            work += mod.in_channels // mod.groups * kh * kw * out[2] * out[3]
+        largest = max(largest, work)
+    return weights, 4 * (per_sample + 2 * largest)
+
+
+def estimate_bytes(weights: int, per_sample: int, batch: int, accuracy: bool) -> int:
+    """A worker's expected peak: the loaded model, its converted copy and the backend's copy of
+    the weights, and the activations of one timed batch (and of the accuracy pass)."""
+    return 3 * weights + per_sample * (batch + (ACCURACY_BATCH if accuracy else 0))
+
+
+def fmt_bytes(n: int) -> str:
+    return f"{n / 1024 ** 3:.2f} GiB" if n >= 1024 ** 3 else f"{n / 1024 ** 2:.1f} MiB"
 
 
 @dataclass
@@ -55,6 +123,7 @@ class MeasureConfig:
     index_dtype: str = "auto"
     seed: int = 0
     timeout: float = 900.0
+    max_memory: int | None = None  # bytes; None: no limit
     inject_slowdown: float | None = None  # testing aid: see measure/inject.py
 
     def validate(self) -> None:
@@ -71,6 +140,14 @@ class MeasureConfig:
             raise SparsebenchError(f"batch sizes must be at least 1, got {self.batches}")
         if not self.threads or any(t < 1 for t in self.threads):
             raise SparsebenchError(f"thread counts must be at least 1, got {self.threads}")
+        t = self.timing
+        for key, flag, low in (("min_calls", "--min-calls", 1), ("warmup_calls", "--warmup", 0),
+                               ("min_seconds", "--min-time", 0)):
+            if key in t and not low <= t[key] < float("inf"):
+                raise SparsebenchError(f"{flag} must be a number of at least {low}, got {t[key]}")
+        if not 0 < self.timeout < float("inf"):
+            raise SparsebenchError(f"--timeout must be a positive number of seconds, got "
+                                   f"{self.timeout}")
         if self.inject_slowdown is not None and not 0 <= self.inject_slowdown <= 10:
             raise SparsebenchError(f"--inject-slowdown must be in [0, 10], got "
                                    f"{self.inject_slowdown}")
@@ -119,8 +196,10 @@ def model_info(loaded: Any, formats: list[str], index_dtype: str) -> dict[str, A
     return info
 
 
-def plan(cfg: MeasureConfig, names: dict[str, str]) -> list[dict[str, Any]]:
-    """One job per (model, format, backend, batch, threads) the backend can execute."""
+def plan(cfg: MeasureConfig, names: dict[str, str],
+         footprints: dict[str, tuple[int, int]] | None = None) -> list[dict[str, Any]]:
+    """One job per (model, format, backend, batch, threads) the backend can execute;
+    ``footprints`` (path -> ``footprint``) gives each job its ``estimated_bytes``."""
     from sparsebench.backends import get_backend
 
     jobs = []
@@ -138,7 +217,11 @@ def plan(cfg: MeasureConfig, names: dict[str, str]) -> list[dict[str, Any]]:
                             "data_limit": cfg.data_limit, "per_layer": cfg.per_layer,
                             "arch": cfg.arch, "input_shape": cfg.input_shape,
                             "trust": cfg.trust, "index_dtype": cfg.index_dtype,
-                            "seed": cfg.seed, "inject_slowdown": cfg.inject_slowdown})
+                            "seed": cfg.seed, "inject_slowdown": cfg.inject_slowdown,
+                            "max_memory": cfg.max_memory})
+                        if footprints and path in footprints:
+                            jobs[-1]["estimated_bytes"] = estimate_bytes(
+                                *footprints[path], batch, bool(cfg.data))
     return jobs
 
 
@@ -152,10 +235,14 @@ def run_worker(job: dict[str, Any], timeout: float, module: str = "sparsebench.m
     threads = str(job["threads"])
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
 
-    def failed(reason: str) -> dict[str, Any]:
+    def failed(reason: str, **extra: Any) -> dict[str, Any]:
         return skipped_row(job["model"], job["format"], job["backend"], job["batch"],
-                           job["threads"], reason)
+                           job["threads"], reason, **extra)
 
+    est, limit = job.get("estimated_bytes"), job.get("max_memory")
+    if est is not None and limit is not None and est > limit:
+        return failed(f"too large: estimated worker memory {fmt_bytes(est)} exceeds the limit "
+                      f"{fmt_bytes(limit)} (--max-memory)", estimated_bytes=est)
     try:
         proc = subprocess.run([sys.executable, "-m", module], input=json.dumps(job),
                               capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
@@ -165,7 +252,10 @@ def run_worker(job: dict[str, Any], timeout: float, module: str = "sparsebench.m
     if proc.returncode != 0 or not lines:
         err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return failed(f"error: worker crashed ({err[:200]})")
-    return json.loads(lines[-1])
+    row = json.loads(lines[-1])
+    if est is not None:
+        row["estimated_bytes"] = est
+    return row
 
 
 def run_plan(jobs: list[dict[str, Any]], results: ResultsFile, timeout: float,

@@ -1,4 +1,7 @@
-"""Turning result rows into tables: per execution, and the models side by side."""
+"""Turning result rows into tables: per execution, and the models side by side.
+
+A row with a noise flag (``noise``: p50 > 3x p10, or a load average above the core count) is
+shown with it; speedups, the best execution and its ratios use only rows without the flag."""
 
 from __future__ import annotations
 
@@ -22,11 +25,17 @@ def _find(rows: list[dict[str, Any]], model: str, fmt: str, backend: str, batch:
     return None
 
 
+def _quiet_p50(row: dict[str, Any] | None) -> float | None:
+    """The p50 of an ok row without a noise flag (what speedups are computed from)."""
+    return None if not row or row.get("noise") else _p50(row)
+
+
 def speedup(rows: list[dict[str, Any]], row: dict[str, Any], baseline: str) -> float | None:
-    """p50 of the baseline execution (same model, batch, threads) / p50 of ``row``."""
+    """p50 of the baseline execution (same model, batch, threads) / p50 of ``row``; None when
+    either is missing, failed or flagged noisy."""
     fmt, backend = BASELINES[baseline]
-    base = _p50(_find(rows, row["model"], fmt, backend, row["batch"], row["threads"]))
-    mine = _p50(row)
+    base = _quiet_p50(_find(rows, row["model"], fmt, backend, row["batch"], row["threads"]))
+    mine = _quiet_p50(row)
     return base / mine if base and mine else None
 
 
@@ -41,7 +50,7 @@ def _bytes(value: int | None) -> str:
 
 
 ROW_COLUMNS = ("model", "format", "backend", "impl", "batch", "threads", "p50 ms", "p90 ms",
-               "vs dense torch", "vs ORT dense", "weights", "peak RSS", "max rel err",
+               "vs dense torch", "vs ORT dense", "weights", "exec memory", "max rel err",
                "accuracy", "status")
 
 
@@ -49,8 +58,9 @@ def row_cells(rows: list[dict[str, Any]], r: dict[str, Any]) -> list[str]:
     lat = r.get("latency_ms") or {}
     ok = r.get("status") == "ok"
     status = "ok" if ok else f"skipped: {r.get('reason')}"
-    if ok and r.get("warnings"):
-        status = "ok (" + "; ".join(r["warnings"]) + ")"
+    notes = list(r.get("warnings") or []) + ([f"noisy: {r['noise']}"] if r.get("noise") else [])
+    if ok and notes:
+        status = "ok (" + "; ".join(notes) + ")"
     return [r["model"], r["format"], r["backend"], r.get("impl") or "-", str(r["batch"]),
             str(r["threads"]), _num(lat.get("p50")), _num(lat.get("p90")),
             _num(speedup(rows, r, "dense-torch"), "{:.2f}x"),
@@ -82,7 +92,7 @@ def model_summaries(doc: dict[str, Any]) -> list[list[str]]:
         combos = sorted({(r["batch"], r["threads"]) for r in rows if r["model"] == name})
         for batch, threads in combos:
             ok = [r for r in rows if r["model"] == name and r["batch"] == batch
-                  and r["threads"] == threads and _p50(r)]
+                  and r["threads"] == threads and _quiet_p50(r)]
             best = min(ok, key=_p50, default=None)
             out.append([
                 name, str(info.get("method") or info.get("kind")), _num(accuracy, "{:.2f}%"),
@@ -93,6 +103,20 @@ def model_summaries(doc: dict[str, Any]) -> list[list[str]]:
                 _num(speedup(rows, best, "dense-torch"), "{:.2f}x") if best else "-",
                 _num(speedup(rows, best, "ort-dense"), "{:.2f}x") if best else "-"])
     return out
+
+
+MEMORY_NOTE = ("exec memory: peak RSS of the worker during the timed calls above its RSS after "
+               "imports, once setup (loading, conversion, the dense reference) was freed")
+
+
+def noise_note(rows: list[dict[str, Any]]) -> str | None:
+    """One line saying how many rows carry a noise flag, or None."""
+    noisy = [r for r in rows if r.get("noise")]
+    if not noisy:
+        return None
+    return (f"{len(noisy)} of {len(rows)} rows are flagged noisy (p50 > 3x p10, or load average "
+            "above the core count): their speedups are not shown and the best executions "
+            "leave them out; measure again on a quiet machine")
 
 
 def print_report(doc: dict[str, Any], console: Any) -> None:
@@ -112,6 +136,10 @@ def print_report(doc: dict[str, Any], console: Any) -> None:
                 console.print(f"note: {name} [{fmt}] {layer} kept dense: {reason}")
         for layer in info.get("nonfinite_layers") or []:
             console.print(f"[yellow]warning[/]: {name}: non-finite weights in {layer}")
+    console.print(MEMORY_NOTE)
+    note = noise_note(doc["rows"])
+    if note:
+        console.print(f"[yellow]warning[/]: {note}")
 
 
 def _md_table(header: tuple[str, ...] | list[str], lines: list[list[str]]) -> str:
@@ -127,6 +155,8 @@ def markdown(doc: dict[str, Any]) -> str:
             f"torch {doc['versions'].get('torch')}, onnxruntime "
             f"{doc['versions'].get('onnxruntime')}; commit {doc.get('git_commit')}.")
     rows = [row_cells(doc["rows"], r) for r in doc["rows"]]
+    note = noise_note(doc["rows"])
     return (f"{head}\n\n### Models side by side\n\n"
             f"{_md_table(MODEL_COLUMNS, model_summaries(doc))}\n\n### Executions\n\n"
-            f"{_md_table(ROW_COLUMNS, rows)}\n")
+            f"{_md_table(ROW_COLUMNS, rows)}\n\n{MEMORY_NOTE}.\n"
+            + (f"\n**Warning:** {note}.\n" if note else ""))

@@ -140,7 +140,33 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def latency_stats_ms(samples_ns: list[int]) -> dict[str, float]:
-    """p50, p90, p99, mean, std and min of raw samples, in milliseconds."""
+    """p10, p50, p90, p99, mean, std and min of raw samples, in milliseconds."""
     ms = sorted(s / 1e6 for s in samples_ns)
-    return {"p50": percentile(ms, 50), "p90": percentile(ms, 90), "p99": percentile(ms, 99),
-            "mean": statistics.fmean(ms), "std": statistics.pstdev(ms), "min": ms[0]}
+    return {"p10": percentile(ms, 10), "p50": percentile(ms, 50), "p90": percentile(ms, 90),
+            "p99": percentile(ms, 99), "mean": statistics.fmean(ms),
+            "std": statistics.pstdev(ms), "min": ms[0]}
+
+
+NOISE_SPREAD = 3.0  # p50 above this many times p10: the calls were not measuring one thing
+
+
+def noise_flag(samples_ns: list[int], load: float | None = None,
+               cores: int | None = None) -> str | None:
+    """Why a row's timings are suspect, or None: p50 > 3x p10 (another process took the CPU
+    for part of the calls), or a 1-minute load average above the core count while it ran."""
+    import os
+
+    reasons = []
+    ms = sorted(s / 1e6 for s in samples_ns)
+    if len(ms) >= 2:
+        p10, p50 = percentile(ms, 10), percentile(ms, 50)
+        if p50 > NOISE_SPREAD * p10:
+            reasons.append(f"p50 {p50:.3g} ms > {NOISE_SPREAD:g}x p10 {p10:.3g} ms")
+    try:
+        load = os.getloadavg()[0] if load is None else load
+    except OSError:
+        load = None
+    cores = cores or os.cpu_count() or 1
+    if load is not None and load > cores:
+        reasons.append(f"load average {load:.1f} > {cores} cores")
+    return "; ".join(reasons) or None

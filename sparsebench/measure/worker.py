@@ -1,10 +1,15 @@
 """One execution in a fresh process: load, convert, prepare, check against the dense reference,
 time, and measure memory. Reads a JSON job on stdin, prints one JSON row on stdout.
 
-Memory: ``peak_rss_bytes`` is the peak resident set size during the timed calls minus the RSS
-after imports (the peak counter is reset with /proc/self/clear_refs once setup is done and the
-dense reference model is freed); ``setup_peak_rss_bytes`` is the peak over the whole process
-(loading and conversion included) minus the same baseline.
+Memory, measured the same way for every backend: the baseline is the RSS after the imports
+every worker makes (torch, sparsebench, the shape tracing of conversion), before the backend's
+own libraries. Setup (loading,
+conversion, the dense reference, the correctness check, the accuracy pass and per-layer timing)
+runs first; then everything but the prepared execution and its input is freed and returned to
+the OS (``malloc_trim``), the peak counter is reset (/proc/self/clear_refs) and the calls are
+timed. ``peak_rss_bytes`` ("execution memory") is the peak RSS during the timed calls minus the
+baseline: what the execution holds (its weights, buffers, libraries) plus what a call
+allocates. ``setup_peak_rss_bytes`` is the peak over the whole process minus the same baseline.
 """
 
 from __future__ import annotations
@@ -45,6 +50,29 @@ def peak_rss() -> int:
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return kb * 1024
+
+
+def warm_up_tracing() -> None:
+    """Run the shape tracing every conversion does (fake tensors) once on a tiny module, so
+    the ~75 MiB its first use costs is part of the baseline, not of one backend's memory."""
+    from torch import nn
+
+    from sparsebench.formats.base import trace_outputs
+
+    trace_outputs(nn.Sequential(nn.Conv2d(1, 1, 1), nn.Flatten(), nn.Linear(1, 1)), (1, 1, 1, 1),
+                  [])
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so
+    the RSS that follows is what is still in use."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def reset_peak() -> bool:
@@ -94,21 +122,22 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
     from sparsebench.formats import convert, has_nonfinite
     from sparsebench.loading import load_model
     from sparsebench.measure.results import skipped_row
-    from sparsebench.measure.timing import (TimingPolicy, latency_stats_ms, time_calls,
-                                          time_modules, time_steps)
+    from sparsebench.measure.timing import (TimingPolicy, latency_stats_ms, noise_flag,
+                                          time_calls, time_modules, time_steps)
 
     name, fmt, backend_name = job["model"], job["format"], job["backend"]
 
     def skipped(reason: str, **extra: Any) -> dict[str, Any]:
         return skipped_row(name, fmt, backend_name, batch, threads, reason, **extra)
 
+    warm_up_tracing()
+    baseline = current_rss()
     backend = get_backend(backend_name)
     reason = backend.unavailable()
     if reason:
         return skipped(reason)
     if not backend.supports(fmt):
         return skipped(f"{backend_name} does not execute the {fmt} format")
-    baseline = current_rss()
     loaded = load_model(job["path"], arch=job.get("arch"), trust=job.get("trust", False),
                         input_shape=tuple(job["input_shape"]) if job.get("input_shape") else None)
     if loaded.module is None:
@@ -135,36 +164,17 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
     max_rel = max_abs / scale if scale > 0 else max_abs
 
     storage = converted.storage
-    dense_macs = sum(s.dense_macs for s in storage)
-    sparse_macs = sum(s.sparse_macs for s in storage)
-    weight_bytes = converted.weight_bytes
+    row = skipped("")
+    row.update(
+        status="ok", impl=prepared.impl, weight_bytes=converted.weight_bytes,
+        max_abs_err=max_abs, max_rel_err=max_rel,
+        dense_macs=sum(s.dense_macs for s in storage),
+        sparse_macs=sum(s.sparse_macs for s in storage), warnings=warnings,
+        dense_layers=[list(d) for d in converted.dense_layers])
     recorded = ((loaded.checkpoint or {}).get("dataset") or {})
     stats = (recorded["mean"], recorded["std"]) if recorded.get("name") == job.get("data") \
         and recorded.get("mean") else None
-    del loaded, reference
-    gc.collect()
-    setup_peak = peak_rss() - baseline
-    peak_reset = reset_peak()
-    call, injected = (lambda: prepared.run(x)), None
-    if job.get("inject_slowdown"):  # a testing aid for the regression gate (measure/inject.py)
-        from sparsebench.measure.inject import slowed
-
-        call, injected = slowed(call, float(job["inject_slowdown"]))
-    samples = (timer or time_calls)(call, TimingPolicy(**job.get("timing", {})))
-    exec_peak = peak_rss() - baseline
-    row = skipped("")
-    row.update(
-        status="ok", reason=None if not warnings else "; ".join(warnings), impl=prepared.impl,
-        latency_ms=latency_stats_ms(samples), samples=len(samples), samples_ns=samples,
-        peak_rss_bytes=exec_peak if peak_reset else None, setup_peak_rss_bytes=setup_peak,
-        weight_bytes=weight_bytes, max_abs_err=max_abs, max_rel_err=max_rel,
-        dense_macs=dense_macs, sparse_macs=sparse_macs, warnings=warnings,
-        dense_layers=[list(d) for d in converted.dense_layers])
-    from sparsebench.measure.roofline import achieved  # native rows: bytes and FLOP per second
-
-    row.update(achieved(prepared, batch, sparse_macs, row["latency_ms"]["p50"]))
-    if injected:
-        row["injected_slowdown"] = injected
+    del loaded, reference, y, diff
     if job.get("per_layer"):
         module = getattr(prepared, "module", None)
         if module is None and hasattr(prepared, "steps"):  # native plans: time their steps
@@ -181,6 +191,28 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
             row["accuracy"] = accuracy(backend, converted, job, threads, stats)
         except Unsupported as exc:
             row["warnings"].append(f"accuracy not measured: {exc}")
+    del converted, storage
+    prepared.release_setup()
+    release_memory()  # setup is over: only the prepared execution and its input remain
+    setup_peak = peak_rss() - baseline
+    peak_reset = reset_peak()
+    call, injected = (lambda: prepared.run(x)), None
+    if job.get("inject_slowdown"):  # a testing aid for the regression gate (measure/inject.py)
+        from sparsebench.measure.inject import slowed
+
+        call, injected = slowed(call, float(job["inject_slowdown"]))
+    samples = (timer or time_calls)(call, TimingPolicy(**job.get("timing", {})))
+    exec_peak = peak_rss() - baseline
+    row.update(
+        reason=None if not warnings else "; ".join(warnings),
+        latency_ms=latency_stats_ms(samples), samples=len(samples), samples_ns=samples,
+        noise=noise_flag(samples), peak_rss_bytes=exec_peak if peak_reset else None,
+        setup_peak_rss_bytes=setup_peak)
+    from sparsebench.measure.roofline import achieved  # native rows: bytes and FLOP per second
+
+    row.update(achieved(prepared, batch, row["sparse_macs"], row["latency_ms"]["p50"]))
+    if injected:
+        row["injected_slowdown"] = injected
     return row
 
 

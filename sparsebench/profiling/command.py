@@ -23,7 +23,9 @@ def parse_block(text: str) -> tuple[int, int]:
 
 
 def load(args: argparse.Namespace) -> Any:
-    """The model named on the command line, as a torch module with its input shape."""
+    """The model named on the command line, as a torch module with its input shape; weights
+    that are NaN or infinite are an error (no size or verdict means anything for them)."""
+    from sparsebench.formats import has_nonfinite
     from sparsebench.loading import load_model, parse_input_shape
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
@@ -31,6 +33,11 @@ def load(args: argparse.Namespace) -> Any:
     if loaded.module is None:
         raise SparsebenchError(f"{args.model} could not be converted to a torch module"
                                + (f": {loaded.onnx_error}" if loaded.onnx_error else ""))
+    bad = has_nonfinite(loaded.module)
+    if bad:
+        raise SparsebenchError(f"{args.model} has non-finite weights (NaN or Inf) in layer "
+                               f"{', '.join(repr(b) for b in bad)}: fix or retrain the model "
+                               "first")
     return loaded
 
 
@@ -67,9 +74,16 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
     from sparsebench.profiling.summary import check_policy, host_latency, profile_model, to_dict
     from sparsebench.targets import load_target
 
+    from sparsebench.outputs import check_output_dir, check_output_file
+
     target = load_target(args.target)
     policy = check_policy(args.encoding)
     block = parse_block(args.block)
+    if args.json != "-":
+        check_output_file(args.json, args.force, "--json")
+    check_output_file(args.markdown, args.force, "--markdown")
+    if args.build:
+        check_output_dir(args.build_dir, args.force, "--build-dir")
     if args.build:
         from sparsebench.profiling.build import check_tools
 
@@ -122,8 +136,10 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
 
 def run_export(args: argparse.Namespace, con: Any) -> int:
     from sparsebench.export_c import export_c, resolve_encoding
+    from sparsebench.outputs import check_output_dir
 
     resolve_encoding(args.encoding)
+    check_output_dir(args.out, args.force, "--out")
     loaded = load(args)
     exp = export_c(loaded.module, loaded.input_shape, args.out, encoding=args.encoding,
                    name=Path(args.model).stem, seed=args.seed)
@@ -138,9 +154,9 @@ def run_export(args: argparse.Namespace, con: Any) -> int:
 
 
 def _write(path: Path, text: str) -> None:
-    from sparsebench.io import atomic_write_bytes
+    from sparsebench.outputs import atomic_write_text
 
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+    atomic_write_text(path, text)
 
 
 def _jsonable(obj: Any) -> Any:
