@@ -692,7 +692,7 @@ command("claims", "reproduce the papers' claim at small scale: several seeds per
 
 
 # --------------------------------------------------------------------------------------------
-# targets / profile / export-c (logic in sparsebench.profiling.command)
+# targets / profile / export-c (logic in sparsebench.embedded.command)
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -706,7 +706,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _targets(args: argparse.Namespace) -> int:
-    from sparsebench.profiling.command import run_targets
+    from sparsebench.embedded.command import run_targets
 
     return run_targets(args, console())
 
@@ -722,7 +722,7 @@ command("targets", "list the embedded targets profile knows (RAM, flash, clock, 
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from sparsebench.profiling.command import run_profile
+    from sparsebench.embedded.command import run_profile
 
     return run_profile(args, console())
 
@@ -755,7 +755,7 @@ command("profile", "does this model fit an embedded target, and how fast will it
 
 
 def _export_c(args: argparse.Namespace) -> int:
-    from sparsebench.profiling.command import run_export
+    from sparsebench.embedded.command import run_export
 
     return run_export(args, console())
 

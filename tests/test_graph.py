@@ -16,15 +16,15 @@ from sparsebench.archs import ARCHS, create_model
 from sparsebench.backends.onnxrt import export_onnx
 from sparsebench.checkpoint import save_checkpoint
 from sparsebench.cli import main
-from sparsebench.export_c import export_c
+from sparsebench.embedded.export_c import export_c
 from sparsebench.formats.fold import fold_batchnorm
 from sparsebench.graph import from_module
 from sparsebench.graph.onnx_torch import to_torch
 from sparsebench.graph.passes import fold_batchnorm as fold_graph
 from sparsebench.graph.passes import fuse_activations
 from sparsebench.graph.reference import output
-from sparsebench.profiling.summary import profile_model, to_dict
-from sparsebench.targets import load_target
+from sparsebench.embedded.summary import profile_model, to_dict
+from sparsebench.embedded.targets import load_target
 
 
 def _pruned(arch: str) -> nn.Module:

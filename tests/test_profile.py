@@ -19,14 +19,14 @@ from sparsebench.archs import create_model
 from sparsebench.checkpoint import save_checkpoint
 from sparsebench.cli import main
 from sparsebench.errors import SparsebenchError
-from sparsebench.export_c import export_c, weight_arrays
+from sparsebench.embedded.export_c import export_c, weight_arrays
 from sparsebench.formats import csr_nbytes
-from sparsebench.profiling.arena import Buffer, plan, plan_graph
-from sparsebench.profiling.encodings import (ENCODINGS, break_even, cheapest, layer_bytes, pad4,
+from sparsebench.embedded.arena import Buffer, plan, plan_graph
+from sparsebench.embedded.encodings import (ENCODINGS, break_even, cheapest, layer_bytes, pad4,
                                              quantize_rows)
-from sparsebench.profiling.graph import trace
-from sparsebench.profiling.summary import profile_model
-from sparsebench.targets import builtin_names, list_targets, load_target
+from sparsebench.embedded.lowering import trace
+from sparsebench.embedded.summary import profile_model
+from sparsebench.embedded.targets import builtin_names, list_targets, load_target
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "models"
@@ -382,7 +382,7 @@ def test_build_cortex_m7_matches_the_analytic_sizes_and_torch(tmp_path, capsys):
 @pytest.mark.skipif(not HAS_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 def test_build_for_a_board_too_small_says_so(tmp_path, capsys):
     path = tmp_path / "small.toml"
-    m7 = (ROOT / "sparsebench" / "targets" / "cortex-m7.toml").read_text()
+    m7 = (ROOT / "sparsebench" / "embedded" / "targets" / "cortex-m7.toml").read_text()
     path.write_text(m7.replace("flash_length = 0x00400000", "flash_length = 0x00008000"))
     code, _, err = run_cli(["profile", str(zoo("lenet5_dense", tmp_path)), "--target", str(path),
                             "--build", "--no-host"], capsys)

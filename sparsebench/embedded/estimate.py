@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 
-from sparsebench.profiling.encodings import MatrixStats
-from sparsebench.profiling.graph import Op
-from sparsebench.targets import Target
+from sparsebench.embedded.encodings import MatrixStats
+from sparsebench.embedded.lowering import Op
+from sparsebench.embedded.targets import Target
 
 
 def op_seconds(op: Op, target: Target, enc: str | None = None, stats: MatrixStats | None = None,

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.profiling.arena import ArenaPlan, plan_graph
-from sparsebench.profiling.encodings import (C_ENCODINGS, ENCODINGS, LOSSLESS, MatrixStats,
+from sparsebench.embedded.arena import ArenaPlan, plan_graph
+from sparsebench.embedded.encodings import (C_ENCODINGS, ENCODINGS, LOSSLESS, MatrixStats,
                                              cheapest, encoding_label, layer_bytes)
-from sparsebench.profiling.estimate import op_seconds
-from sparsebench.profiling.graph import Graph, Op, trace
-from sparsebench.targets import Target
+from sparsebench.embedded.estimate import op_seconds
+from sparsebench.embedded.lowering import Graph, Op, trace
+from sparsebench.embedded.targets import Target
 
 POLICIES = {"best": "cheapest per layer",
             "lossless": "cheapest fp32 per layer",
@@ -179,7 +179,7 @@ def int8_weight_error(module: torch.nn.Module, input_shape: tuple[int, ...]) -> 
     quantized to symmetric per-row int8 (before any BatchNorm folding)."""
     import copy
 
-    from sparsebench.profiling.encodings import quantize_rows
+    from sparsebench.embedded.encodings import quantize_rows
 
     x = torch.rand(1, *input_shape, generator=torch.Generator().manual_seed(0))
     quant = copy.deepcopy(module).float().eval()

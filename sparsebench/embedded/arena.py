@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sparsebench.profiling.graph import Graph
+from sparsebench.embedded.lowering import Graph
 
 ALIGN = 16
 

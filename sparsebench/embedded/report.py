@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sparsebench.profiling.encodings import ENCODINGS, encoding_label
-from sparsebench.profiling.graph import Op
-from sparsebench.profiling.summary import Profile, fmt_bytes, fmt_count, fmt_seconds, percent
+from sparsebench.embedded.encodings import ENCODINGS, encoding_label
+from sparsebench.embedded.lowering import Op
+from sparsebench.embedded.summary import Profile, fmt_bytes, fmt_count, fmt_seconds, percent
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """``sparsebench export-c``: a model as self-contained C99 with a test vector.
 
 The export is a folder: ``sb_model.c``/``.h`` (weights as ``const`` arrays in the chosen
-encodings, one static arena planned as in ``profiling.arena``, ``sb_run()`` calling the
+encodings, one static arena planned as in ``embedded.arena``, ``sb_run()`` calling the
 reference kernels in execution order), ``sb_kernels.c``/``.h`` (plain C99, float32, no
 allocation, no libm), ``sb_test_vector.h`` (a seeded input and PyTorch's output for it),
 ``main.c`` (runs the test vector, prints the outputs and the max abs error, exit code 0 when it
@@ -33,11 +33,11 @@ import torch
 
 from sparsebench.errors import SparsebenchError
 from sparsebench.graph.reference import output
-from sparsebench.profiling.arena import ArenaPlan, plan_graph
-from sparsebench.profiling.encodings import C_ENCODINGS, cheapest, layer_bytes
-from sparsebench.profiling.graph import Graph, Op, trace
+from sparsebench.embedded.arena import ArenaPlan, plan_graph
+from sparsebench.embedded.encodings import C_ENCODINGS, cheapest, layer_bytes
+from sparsebench.embedded.lowering import Graph, Op, trace
 
-CSRC = Path(__file__).resolve().parent / "profiling" / "csrc"
+CSRC = Path(__file__).resolve().parent / "csrc"
 SUPPORTED_OPS = ("conv2d (groups=1, zero padding), linear, relu, maxpool2d, avgpool2d, "
                  "adaptive avgpool (whole windows), batchnorm, add, mul/add by a per-channel "
                  "constant")

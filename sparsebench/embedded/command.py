@@ -44,8 +44,8 @@ def load(args: argparse.Namespace) -> Any:
 def run_targets(args: argparse.Namespace, con: Any) -> int:
     from rich.table import Table
 
-    from sparsebench.profiling.summary import fmt_bytes
-    from sparsebench.targets import list_targets, load_target
+    from sparsebench.embedded.summary import fmt_bytes
+    from sparsebench.embedded.targets import list_targets, load_target
 
     targets = [load_target(p) for p in args.files] if args.files else list_targets()
     if args.json:
@@ -70,9 +70,9 @@ def run_targets(args: argparse.Namespace, con: Any) -> int:
 
 
 def run_profile(args: argparse.Namespace, con: Any) -> int:
-    from sparsebench.profiling.report import markdown, print_profile, verdict_line
-    from sparsebench.profiling.summary import check_policy, host_latency, profile_model, to_dict
-    from sparsebench.targets import load_target
+    from sparsebench.embedded.report import markdown, print_profile, verdict_line
+    from sparsebench.embedded.summary import check_policy, host_latency, profile_model, to_dict
+    from sparsebench.embedded.targets import load_target
 
     from sparsebench.outputs import check_output_dir, check_output_file
 
@@ -85,7 +85,7 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
     if args.build:
         check_output_dir(args.build_dir, args.force, "--build-dir")
     if args.build:
-        from sparsebench.profiling.build import check_tools
+        from sparsebench.embedded.build import check_tools
 
         check_tools(target)   # fail before the slow part
     loaded = load(args)
@@ -96,9 +96,9 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
     if not args.no_host:
         prof.host = host_latency(loaded.module, loaded.input_shape)
     if args.build:
-        from sparsebench.export_c import resolve_encoding
-        from sparsebench.profiling.build import build_and_run
-        from sparsebench.profiling.summary import choose
+        from sparsebench.embedded.export_c import resolve_encoding
+        from sparsebench.embedded.build import build_and_run
+        from sparsebench.embedded.summary import choose
 
         enc = resolve_encoding(args.build_encoding)
         est = choose(prof.graph, prof.layers, prof.other_bytes, prof.arena, target,
@@ -135,7 +135,7 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
 
 
 def run_export(args: argparse.Namespace, con: Any) -> int:
-    from sparsebench.export_c import export_c, resolve_encoding
+    from sparsebench.embedded.export_c import export_c, resolve_encoding
     from sparsebench.outputs import check_output_dir
 
     resolve_encoding(args.encoding)

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.export_c import Export, export_c
-from sparsebench.profiling.elf import memory_sizes, read_elf
-from sparsebench.profiling.encodings import layer_bytes
-from sparsebench.targets import BuildSpec, Target
+from sparsebench.embedded.export_c import Export, export_c
+from sparsebench.embedded.elf import memory_sizes, read_elf
+from sparsebench.embedded.encodings import layer_bytes
+from sparsebench.embedded.targets import BuildSpec, Target
 
 TOLERANCE = 1e-4
 APT_HINT = {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
@@ -188,7 +188,7 @@ def analytic_weight_bytes(exp: Export) -> int:
         if op.kind == "bn":
             total += 4 * (op.consts["scale"].size + op.consts["shift"].size)
         else:
-            from sparsebench.export_c import _channel_const
+            from sparsebench.embedded.export_c import _channel_const
 
             value = _channel_const(op)
             total += 4 * (value.size if value is not None else 0)

@@ -1,0 +1,13 @@
+"""The embedded wing: what a model costs on a microcontroller or a small Linux board.
+
+* ``targets/``: the boards (TOML, each citing its sources), ``load_target(name or path)``;
+* ``lowering``: the model graph (``sparsebench.graph``) as the C runtime sees it;
+* ``encodings``, ``arena``, ``estimate``, ``summary``, ``report``: per-layer bytes under twelve
+  weight encodings, the static arena, a labelled latency estimate, the fits-or-not verdict;
+* ``export_c`` (+ ``csrc/``): the model as self-contained C99; ``build`` + ``elf``: a real
+  cross-build run under QEMU;
+* ``command``: what the ``targets``, ``profile`` and ``export-c`` commands do.
+
+``summary.profile_model(module, input_shape, load_target("cortex-m7"))`` returns a ``Profile``.
+See docs/profile.md.
+"""
