@@ -85,17 +85,20 @@ command("presets", "list the paper's training presets")(_presets).configure = la
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
+    from sparsebench.archs import ARCHS
+    from sparsebench.data import DATASETS
     from sparsebench.pruning import REENTRY_MODES, SCORES, TARGETS
     from sparsebench.train import METHODS
 
     g = p.add_argument_group("what to train")
-    g.add_argument("--arch", help="architecture name (see `sparsebench archs`)")
+    g.add_argument("--arch", help=f"architecture: {', '.join(ARCHS.names())} (see `sparsebench "
+                   "archs`)")
     g.add_argument("--width", type=float, help="channel multiplier for vgg11_bn / resnet18 "
                    "(e.g. 0.25: vgg11_bn 16-32-64-64-128-128-128-128, Linear(128, classes))")
     g.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="an architecture argument, repeatable (e.g. --arch-arg d_hidden=2048)")
     g.add_argument("--dataset", default="fashion-mnist",
-                   help="fashion-mnist (default), cifar10 or synthetic")
+                   help=f"{', '.join(DATASETS.names())} (default fashion-mnist)")
     g.add_argument("--data-dir", help="dataset folder (fashion-mnist default: "
                    "/usr/share/datasets/fashion-mnist; cifar10: cifar-10-batches-py)")
     g.add_argument("--method", help=f"one of: {', '.join(METHODS)} (default dense, or the "
@@ -728,8 +731,11 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _profile_flags(p: argparse.ArgumentParser) -> None:
+    from sparsebench.embedded.targets import builtin_names
+
     _model_flags(p)
-    p.add_argument("--target", required=True, help="a target name (see `sparsebench targets`) "
+    p.add_argument("--target", required=True, help=f"a target name ({', '.join(builtin_names())};"
+                   " see `sparsebench targets`) "
                    "or a TOML file describing your board")
     p.add_argument("--encoding", default="best", help="weights for the verdict: best (cheapest "
                    "per layer, default), lossless (cheapest fp32), c (what export-c writes), or "
