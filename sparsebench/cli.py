@@ -682,9 +682,10 @@ def _claims(args: argparse.Namespace) -> int:
         raise SparsebenchError("--jobs and --threads must be at least 1")
     runs = Path(args.runs)
     summaries = Path(args.summaries) if args.summaries else runs / "summaries"
-    for out_path in (args.markdown, args.plot):
-        if out_path and Path(out_path).is_dir():
-            raise SparsebenchError(f"{out_path} is a directory, not a file")
+    from sparsebench.outputs import check_output_file
+
+    check_output_file(args.markdown, args.force, "--markdown")
+    check_output_file(args.plot, args.force, "--plot")
     out = console()
     if not args.table_only:
         total = len(grid.runs())
@@ -752,6 +753,7 @@ def _claims_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gate", action="store_true", help="print the regime checks: dense "
                    "overfitting, lowest post-event accuracy, plateau after the last event")
     g.add_argument("--table-only", action="store_true", help="do not train; tabulate only")
+    force_flag(g)
 
 
 command("claims", "reproduce the papers' claim at small scale: several seeds per method, "
