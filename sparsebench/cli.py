@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from sparsebench import __version__
 from sparsebench.errors import SparsebenchError
+from sparsebench.report import add_html_flag, html_output
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "lenet5_prune_l.pt"
@@ -389,6 +390,7 @@ def _measure(args: argparse.Namespace) -> int:
         index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout,
         inject_slowdown=args.inject_slowdown)
     cfg.validate()
+    html = html_output(args)
     ab = None
     if args.ab:
         from sparsebench.measure.ab import ABRunner
@@ -438,6 +440,8 @@ def _measure(args: argparse.Namespace) -> int:
         text = markdown(results.doc)
         atomic_write_bytes(Path(args.markdown), lambda fh: fh.write(text.encode()))
         out.print(f"wrote {args.markdown}")
+    if html:
+        html(results.doc, out)
     if args.json:
         out.print(f"wrote {args.json}")
     return 0
@@ -484,6 +488,7 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inject-slowdown", type=float, metavar="FRACTION", help="testing aid: "
                    "after every timed call, busy-wait FRACTION of its duration (with --ab: the "
                    "new side only)")
+    add_html_flag(p)
 
 
 command("measure", "measure latency, memory, size and accuracy of models across formats and "
@@ -504,6 +509,7 @@ def _compare(args: argparse.Namespace) -> int:
     cfg = GateConfig(alpha=args.alpha, threshold=args.threshold, blocks=args.blocks,
                      resamples=args.resamples, seed=args.seed, rss_tolerance=args.rss_tolerance,
                      rss_min_bytes=round(args.rss_min_mib * 1024 ** 2))
+    html = html_output(args)
     result = compare_files(args.files, cfg, args.allow_machine_mismatch)
     out = console()
     print_comparison(result, out)
@@ -512,6 +518,10 @@ def _compare(args: argparse.Namespace) -> int:
         if path:
             atomic_write_bytes(Path(path), lambda fh, t=text(): fh.write(t.encode()))
             out.print(f"wrote {path}")
+    if html:
+        from sparsebench.report import from_comparison
+
+        html(from_comparison(result, args.files), out)
     return result.exit_code
 
 
@@ -534,6 +544,7 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", metavar="OUT", help="write the comparison as Markdown (a "
                    "pull-request comment)")
     p.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
+    add_html_flag(p)
 
 
 command("compare", "regression gate: compare two results files (or one A/B file); exit 1 on "
@@ -704,6 +715,7 @@ def _profile_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--build-dir", help="keep the sources and the ELF here (default: a temporary "
                    "folder)")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds per emulator run")
+    add_html_flag(p)
 
 
 command("profile", "does this model fit an embedded target, and how fast will it run? "
@@ -771,6 +783,26 @@ def _build_kernels_flags(p: argparse.ArgumentParser) -> None:
 
 command("build-kernels", "compile the native kernels (kernels/) for this CPU into the cache")(
     _build_kernels).configure = _build_kernels_flags
+
+
+# --------------------------------------------------------------------------------------------
+# report (sparsebench/report/)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sparsebench.report import run_report
+
+    return run_report(args, console())
+
+
+def _report_flags(p: argparse.ArgumentParser) -> None:
+    from sparsebench.report import add_report_flags
+
+    add_report_flags(p)
+
+
+command("report", "an HTML report (one self-contained file) of results from measure, sweep, "
+        "compare or profile (their --json)")(_report).configure = _report_flags
 
 
 # --------------------------------------------------------------------------------------------

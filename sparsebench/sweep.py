@@ -343,6 +343,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    "(default: a temporary folder)")
     add_timing_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input")
+    from sparsebench.report import add_html_flag
+
+    add_html_flag(p)
 
 
 def run_sweep(args: argparse.Namespace, out: Any,
@@ -360,6 +363,9 @@ def run_sweep(args: argparse.Namespace, out: Any,
 
         ARCHS.check(args.arch)
     sparsities = _sparsities(args.sparsities)
+    from sparsebench.report import html_output
+
+    html = html_output(args)
     plot_path = None if args.no_plot else args.plot
     if not args.no_plot:
         check_matplotlib()  # fail before measuring, not after
@@ -414,6 +420,8 @@ def run_sweep(args: argparse.Namespace, out: Any,
     if plot_path:
         plot(results.doc, plot_path)
         out.print(f"wrote {plot_path}")
+    if html:
+        html(results.doc, out)
     if args.json:
         out.print(f"wrote {args.json}")
     return 0

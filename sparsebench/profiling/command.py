@@ -67,6 +67,9 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
     from sparsebench.profiling.summary import check_policy, host_latency, profile_model, to_dict
     from sparsebench.targets import load_target
 
+    from sparsebench.report import html_output
+
+    html = html_output(args)
     target = load_target(args.target)
     policy = check_policy(args.encoding)
     block = parse_block(args.block)
@@ -109,6 +112,8 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
     if args.markdown:
         _write(Path(args.markdown), markdown(prof))
         con.print(f"wrote {args.markdown}")
+    if html:
+        html(json.loads(json.dumps(to_dict(prof), default=_jsonable)), con)
     if prof.build and not prof.build["output_ok"]:
         status = prof.build["status"]
         con.print(f"[bold red]the emulated output does not match torch[/]: max abs error "
