@@ -78,11 +78,11 @@ class Scale:
 
 def label_width(labels: Iterable[str], least: int = 120, most: int = 330) -> int:
     """Pixels for a column of left labels (about 6.3 px per character at 11 px)."""
-    return max(least, min(most, 14 + int(6.3 * max((len(t) for t in labels), default=0))))
+    return max(least, min(most, 14 + math.ceil(6.3 * max((len(t) for t in labels), default=0))))
 
 
 def clip(text: str, pixels: int) -> str:
-    n = max(4, int((pixels - 14) / 6.3))
+    n = max(4, math.floor((pixels - 14) / 6.3 + 0.999))
     return text if len(text) <= n else text[:n - 1] + "\u2026"
 
 
@@ -256,7 +256,8 @@ def hbars(bars: Sequence[Bar], title: str, axis_label: str, log: bool = False,
         hi = hi + 0.04 * (hi - lo or 1)
     xs = Scale(lo, hi, left, width - right, log=log)
     height = top + (bar_h + 4) * len(bars) + 40
-    body: list[str] = []
+    axis_y = top + (bar_h + 4) * len(bars)
+    body: list[str] = _x_axis(xs, axis_y, top, axis_label, fmt)  # grid behind the bars
     x0 = xs(origin)
     for i, b in enumerate(bars):
         y = top + i * (bar_h + 4)
@@ -267,8 +268,6 @@ def hbars(bars: Sequence[Bar], title: str, axis_label: str, log: bool = False,
         body.append(_text(left - 8, y + bar_h - 5, clip(b.label, left), "end"))
         body.append(_text(max(x0, x1) + 5, y + bar_h - 5, b.text))
         body.append("</g>")
-    axis_y = top + (bar_h + 4) * len(bars)
-    body += _x_axis(xs, axis_y, top, axis_label, fmt)
     if ref is not None:
         xr = xs(ref)
         body.append(f'<line x1="{xr:.1f}" y1="{top - 4}" x2="{xr:.1f}" y2="{axis_y:.1f}" '
