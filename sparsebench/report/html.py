@@ -12,7 +12,7 @@ import datetime as _dt
 import math
 from typing import Any, Callable, Iterable, Sequence
 
-from sparsebench.report import svg
+import sparsebench.report.svg as svg
 from sparsebench.report.svg import BAD, GOOD, MUTED, NEUTRAL, Bar, Interval, Lane, Series, esc
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
