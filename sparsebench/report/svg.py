@@ -318,7 +318,9 @@ def lines(series: Sequence[Series], title: str, x_label: str, y_label: str,
         body.append(f'<g class="vmark"><line x1="{xv:.1f}" y1="{top}" x2="{xv:.1f}" '
                     f'y2="{height - bottom}" stroke="{stroke}" stroke-dasharray="5,3" '
                     f'stroke-width="1.5"><title>{esc(label)}</title></line>'
-                    + _text(xv + 3, top + 12 + 12 * (k % 4), label, size=10) + "</g>")
+                    + (_text(xv - 4, top + 12 + 12 * (k % 4), label, "end", size=10)
+                       if xv > (left + width - right) / 2  # keep clear of the legend
+                       else _text(xv + 4, top + 12 + 12 * (k % 4), label, size=10)) + "</g>")
     for i, s in enumerate(series):
         pts = [(xs(x), ys(y)) for x, y in s.points if y > 0 or not ylog]
         dash = ' stroke-dasharray="6,3"' if s.dashed else ""
