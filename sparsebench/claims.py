@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from sparsebench.checkpoint import atomic_write_bytes, load_checkpoint
+from sparsebench.checkpoint import load_checkpoint
+from sparsebench.outputs import atomic_write_bytes, atomic_write_text
 from sparsebench.errors import SparsebenchError
 
 PRUNED_METHODS = ("prune-l", "prune-s", "prune-r", "reentry", "scratch")
@@ -147,8 +148,7 @@ def summary_record(ckpt: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def write_summary(record: dict[str, Any], path: Path) -> None:
-    text = json.dumps(record, indent=1, default=str) + "\n"
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+    atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
 
 
 def read_summary(path: Path) -> dict[str, Any] | None:
@@ -422,4 +422,4 @@ def plot(grid: Grid, results: dict[str, list[dict[str, Any]]], path: Path) -> No
 
 
 def write_markdown(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+    atomic_write_text(path, text)

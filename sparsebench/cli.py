@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 from sparsebench import __version__
 from sparsebench.errors import SparsebenchError
+from sparsebench.report import add_html_flag, html_output
 from sparsebench.ui import (command_line, console, floats, force_flag, ints, no_success_exit,
                             progress_display, record_argv, warn_threads)
 
@@ -389,6 +390,7 @@ def _measure(args: argparse.Namespace) -> int:
         max_memory=parse_size(args.max_memory), inject_slowdown=args.inject_slowdown)
     cfg.validate()
     warn_threads(cfg.threads)
+    html = html_output(args)
     ab = None
     if args.ab:
         from sparsebench.measure.ab import ABRunner
@@ -397,14 +399,14 @@ def _measure(args: argparse.Namespace) -> int:
     check_output_file(args.markdown, args.force, "--markdown")
     claim = claim_results(args.json, append=args.append, force=args.force)
     try:
-        return _measure_claimed(args, cfg, paths, input_shape, ab, claim)
+        return _measure_claimed(args, cfg, paths, input_shape, ab, claim, html)
     finally:
         if claim:
             claim.release()
 
 
 def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input_shape: Any,
-                     ab: Any, claim: Any) -> int:
+                     ab: Any, claim: Any, html: Callable[..., Any] | None) -> int:
     """``measure`` once its outputs are checked and the results file is claimed."""
     from sparsebench.loading import load_model
     from sparsebench.measure.harness import footprint, model_info, plan, run_plan
@@ -464,6 +466,8 @@ def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input
 
         atomic_write_text(args.markdown, markdown(results.doc))
         out.print(f"wrote {args.markdown}")
+    if html:
+        html(results.doc, out)
     if args.json:
         out.print(f"wrote {args.json}" if results.rows else f"{args.json} not written: no rows")
     return no_success_exit(results.rows)
@@ -517,6 +521,7 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inject-slowdown", type=float, metavar="FRACTION", help="testing aid: "
                    "after every timed call, busy-wait FRACTION of its duration (with --ab: the "
                    "new side only)")
+    add_html_flag(p)
 
 
 command("measure", "measure latency, memory, size and accuracy of models across formats and "
@@ -540,6 +545,7 @@ def _compare(args: argparse.Namespace) -> int:
                      allow_missing=args.allow_missing)
     check_output_file(args.markdown, args.force, "--markdown")
     check_output_file(args.json, args.force, "--json")
+    html = html_output(args)
     result = compare_files(args.files, cfg, args.allow_machine_mismatch)
     out = console()
     print_comparison(result, out)
@@ -548,6 +554,10 @@ def _compare(args: argparse.Namespace) -> int:
         if path:
             atomic_write_text(path, text())
             out.print(f"wrote {path}")
+    if html:
+        from sparsebench.report import from_comparison
+
+        html(from_comparison(result, args.files), out)
     return result.exit_code
 
 
@@ -580,6 +590,7 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
                    "pull-request comment)")
     p.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
     force_flag(p)
+    add_html_flag(p)
 
 
 command("compare", "regression gate: compare two results files (or one A/B file); exit 1 on "
@@ -618,9 +629,10 @@ def _claims(args: argparse.Namespace) -> int:
         raise SparsebenchError("--jobs and --threads must be at least 1")
     runs = Path(args.runs)
     summaries = Path(args.summaries) if args.summaries else runs / "summaries"
-    for out_path in (args.markdown, args.plot):
-        if out_path and Path(out_path).is_dir():
-            raise SparsebenchError(f"{out_path} is a directory, not a file")
+    from sparsebench.outputs import check_output_file
+
+    check_output_file(args.markdown, args.force, "--markdown")
+    check_output_file(args.plot, args.force, "--plot")
     out = console()
     if not args.table_only:
         total = len(grid.runs())
@@ -688,6 +700,7 @@ def _claims_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gate", action="store_true", help="print the regime checks: dense "
                    "overfitting, lowest post-event accuracy, plateau after the last event")
     g.add_argument("--table-only", action="store_true", help="do not train; tabulate only")
+    force_flag(g)
 
 
 command("claims", "reproduce the papers' claim at small scale: several seeds per method, "
@@ -754,6 +767,7 @@ def _profile_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--build-dir", help="keep the sources and the ELF here (default: a temporary "
                    "folder)")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds per emulator run")
+    add_html_flag(p)
 
 
 command("profile", "does this model fit an embedded target, and how fast will it run? "
@@ -822,6 +836,26 @@ def _build_kernels_flags(p: argparse.ArgumentParser) -> None:
 
 command("build-kernels", "compile the native kernels (kernels/) for this CPU into the cache")(
     _build_kernels).configure = _build_kernels_flags
+
+
+# --------------------------------------------------------------------------------------------
+# report (sparsebench/report/)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sparsebench.report import run_report
+
+    return run_report(args, console())
+
+
+def _report_flags(p: argparse.ArgumentParser) -> None:
+    from sparsebench.report import add_report_flags
+
+    add_report_flags(p)
+
+
+command("report", "an HTML report (one self-contained file) of results from measure, sweep, "
+        "compare or profile (their --json)")(_report).configure = _report_flags
 
 
 # --------------------------------------------------------------------------------------------

@@ -349,6 +349,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     add_timing_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input")
     force_flag(p)
+    from sparsebench.report import add_html_flag
+
+    add_html_flag(p)
 
 
 def run_sweep(args: argparse.Namespace, out: Any,
@@ -366,6 +369,9 @@ def run_sweep(args: argparse.Namespace, out: Any,
 
         ARCHS.check(args.arch)
     sparsities = _sparsities(args.sparsities)
+    from sparsebench.report import html_output
+
+    html = html_output(args)
     if not args.no_plot:
         check_matplotlib()  # fail before measuring, not after
     cfg = MeasureConfig(
@@ -382,7 +388,8 @@ def run_sweep(args: argparse.Namespace, out: Any,
     check_output_dir(args.save_models, args.force, "--save-models")
     claim = claim_results(args.json, force=args.force)
     try:
-        return _sweep_claimed(args, out, progress_display, cfg, sparsities, plot_path, claim)
+        return _sweep_claimed(args, out, progress_display, cfg, sparsities, plot_path, claim,
+                              html)
     finally:
         if claim:
             claim.release()
@@ -390,7 +397,7 @@ def run_sweep(args: argparse.Namespace, out: Any,
 
 def _sweep_claimed(args: argparse.Namespace, out: Any, progress_display: Callable[[], Any],
                    cfg: Any, sparsities: list[float], plot_path: str | None,
-                   claim: Any) -> int:
+                   claim: Any, html: Callable[..., Any] | None) -> int:
     """``sweep`` once its outputs are checked and the results file is claimed."""
     from sparsebench.ui import command_line, no_success_exit
     from sparsebench.loading import load_model
@@ -442,6 +449,8 @@ def _sweep_claimed(args: argparse.Namespace, out: Any, progress_display: Callabl
     if plot_path:
         plot(results.doc, plot_path)
         out.print(f"wrote {plot_path}")
+    if html:
+        html(results.doc, out)
     if args.json:
         out.print(f"wrote {args.json}")
     return no_success_exit(results.rows)

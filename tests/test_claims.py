@@ -51,7 +51,9 @@ def test_grid_runs_each_configuration_with_its_own_flags_and_resumes(tmp_path, c
     # the summaries alone regenerate the table, and nothing is trained again
     shutil.rmtree(runs)
     before = {p: p.stat().st_mtime_ns for p in summ.iterdir()}
-    assert main(args) == 0
+    assert main(args) == 2                     # the table exists: not overwritten unasked
+    assert "--markdown" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0
     assert not list(runs.glob("*.pt"))
     assert {p: p.stat().st_mtime_ns for p in summ.iterdir()} == before
     assert md.read_text().split("\n", 1)[1] == text.split("\n", 1)[1]

@@ -75,3 +75,17 @@ def test_no_import_cycle() -> None:
         if v not in index:
             visit(v)
     assert cycles == []
+
+
+def test_every_subcommand_help_renders(capsys) -> None:
+    """argparse formats help texts with %: a stray % breaks --help (exit 0 and text expected)."""
+    import pytest
+
+    from sparsebench.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    for name in sorted(COMMANDS):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([name, "--help"])
+        assert info.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out, name

@@ -76,6 +76,9 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
 
     from sparsebench.outputs import check_output_dir, check_output_file
 
+    from sparsebench.report import html_output
+
+    html = html_output(args)
     target = load_target(args.target)
     policy = check_policy(args.encoding)
     block = parse_block(args.block)
@@ -123,6 +126,8 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
     if args.markdown:
         _write(Path(args.markdown), markdown(prof))
         con.print(f"wrote {args.markdown}")
+    if html:
+        html(json.loads(json.dumps(to_dict(prof), default=_jsonable)), con)
     if prof.build and not prof.build["output_ok"]:
         status = prof.build["status"]
         con.print(f"[bold red]the emulated output does not match torch[/]: max abs error "

@@ -132,7 +132,8 @@ def markdown(c: Comparison) -> str:
 
 def to_json(c: Comparison) -> dict[str, Any]:
     """The comparison without raw samples."""
-    return {"base": c.base_label, "new": c.new_label, "mode": c.mode, "config": asdict(c.config),
+    return {"schema": "sparsebench-compare", "schema_version": 1,
+            "base": c.base_label, "new": c.new_label, "mode": c.mode, "config": asdict(c.config),
             "exit_code": c.exit_code, "summary": summary(c),
             "rows": [{"key": list(r.key), "latency": r.latency,
                       "change": asdict(r.change) if r.change else None,

@@ -33,7 +33,7 @@ def add_timing_flags(p: Any) -> None:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per execution")
     p.add_argument("--max-memory", metavar="SIZE", help="skip an execution whose estimated "
                    "worker memory (weights + activations) exceeds SIZE, e.g. 4G, 512M (default: "
-                   f"{MEMORY_FRACTION:.0%} of the memory available; 'none': no limit)")
+                   f"{MEMORY_FRACTION * 100:.0f}%% of the memory available; 'none': no limit)")
 
 
 def timing_from_args(args: Any) -> dict[str, Any]:
