@@ -86,10 +86,7 @@ command("presets", "list the paper's training presets")(_presets).configure = la
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.archs import ARCHS
-    from sparsebench.data import DATASETS
-    from sparsebench.pruning import REENTRY_MODES, SCORES, TARGETS
-    from sparsebench.train import METHODS
+    from sparsebench.catalog import ARCHS, DATASETS, METHODS, REENTRY_MODES, SCORES, TARGETS
 
     g = p.add_argument_group("what to train")
     g.add_argument("--arch", help=f"architecture: {', '.join(ARCHS.names())} (see `sparsebench "
@@ -151,20 +148,31 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    "covariance trace (stored in the checkpoint, shown by `info`)")
 
 
-def resolve_config(args: argparse.Namespace) -> Any:
-    """Turn train flags (and an optional preset) into a TrainConfig."""
-    from sparsebench.archs import ARCHS, create_model
-    from sparsebench.pruning import PRESETS, build_schedules
-    from sparsebench.pruning.schedule import default_schedule_epochs
-    from sparsebench.train import METHODS, TrainConfig
+def _check_train_names(args: argparse.Namespace) -> None:
+    """The train flag errors found without importing torch (a fast one-line error)."""
+    from sparsebench.catalog import ARCHS, METHODS
 
-    preset = PRESETS.get(args.preset) if args.preset else None
-    arch = args.arch or (preset.arch if preset else None)
-    if not arch:
+    if not (args.arch or args.preset):
         raise SparsebenchError("--arch is required (or a --preset); choose from: "
                                + ", ".join(ARCHS.names()))
-    if not arch.startswith("torchvision."):
-        ARCHS.check(arch)
+    if args.arch and not args.arch.startswith("torchvision."):
+        ARCHS.check(args.arch)
+    if args.method and args.method not in METHODS:
+        raise SparsebenchError(f"unknown method {args.method!r}; choose from: "
+                               f"{', '.join(METHODS)}")
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    """Turn train flags (and an optional preset) into a TrainConfig."""
+    _check_train_names(args)
+    from sparsebench.archs import create_model
+    from sparsebench.catalog import METHODS
+    from sparsebench.pruning import PRESETS, build_schedules
+    from sparsebench.pruning.schedule import default_schedule_epochs
+    from sparsebench.train import TrainConfig
+
+    preset = PRESETS.get(args.preset) if args.preset else None
+    arch = args.arch or preset.arch
     if preset and preset.arch != arch:
         raise SparsebenchError(f"preset {args.preset!r} is for {preset.arch}, not {arch}")
     arch_kwargs = arch_arguments(args.arch_arg, args.width)
@@ -275,6 +283,8 @@ def _recorded_run(command: str | None) -> argparse.Namespace | None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if not args.resume:
+        _check_train_names(args)
     import torch
 
     from sparsebench.checkpoint import load_checkpoint
@@ -370,15 +380,18 @@ def _auto_data(loaded: Any) -> str | None:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from sparsebench.backends import BACKENDS
-    from sparsebench.loading import parse_input_shape
+    from sparsebench.catalog import BACKENDS
     from sparsebench.measure.harness import MeasureConfig, parse_size, timing_from_args
     from sparsebench.measure.results import claim_results
     from sparsebench.outputs import check_output_file
     from sparsebench.registry import split_list
 
     paths = args.models or [str(DEFAULT_MODEL)]
-    input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    input_shape = None
+    if args.input_shape:
+        from sparsebench.loading import parse_input_shape
+
+        input_shape = parse_input_shape(args.input_shape)
     cfg = MeasureConfig(
         models=paths, formats=split_list(args.formats), backends=split_list(args.backends)
         or BACKENDS.names(), batches=args.batch, threads=args.threads,
@@ -474,8 +487,7 @@ def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input
 
 
 def _measure_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.backends import BACKENDS
-    from sparsebench.formats import FORMATS
+    from sparsebench.catalog import BACKENDS, FORMATS
     from sparsebench.measure.harness import DEFAULT_FORMATS, add_timing_flags
 
     p.add_argument("models", nargs="*", help="checkpoints, state_dicts (with --arch), pickled "
@@ -562,7 +574,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _compare_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.gate.compare import GateConfig
+    from sparsebench.gate.config import GateConfig
 
     d = GateConfig()
     p.add_argument("files", nargs="+", metavar="FILE", help="BASE.json NEW.json (from `measure "
@@ -663,8 +675,7 @@ def _claims(args: argparse.Namespace) -> int:
 
 
 def _claims_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.claims import EXECUTORS
-    from sparsebench.train import METHODS
+    from sparsebench.catalog import EXECUTORS, METHODS
 
     g = p.add_argument_group("the grid (a TOML file, or flags)")
     g.add_argument("--grid", metavar="FILE.toml", help="a grid file: arch, dataset, seeds, "
@@ -798,15 +809,52 @@ command("export-c", "write a model as self-contained C99 (const weights, static 
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from sparsebench.catalog import ARCHS
+
+    if bool(args.arch) == bool(args.model):  # checked again by run_sweep; here before torch
+        raise SparsebenchError("give either --arch NAME or a model file")
+    if args.arch:
+        ARCHS.check(args.arch)
     from sparsebench.sweep import run_sweep
 
     return run_sweep(args, console(), progress_display)
 
 
 def _sweep_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.sweep import add_flags
+    from sparsebench.catalog import ARCHS, DEFAULT_SPARSITIES
+    from sparsebench.measure.harness import add_timing_flags
 
-    add_flags(p)
+    p.add_argument("model", nargs="?", help="a model file to prune (instead of --arch)")
+    p.add_argument("--arch", help="architecture to create randomly initialised: "
+                   + ", ".join(ARCHS.names()))
+    p.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
+                   help=f"percent of each pruned layer's weights zeroed (default "
+                        f"{DEFAULT_SPARSITIES})")
+    p.add_argument("--formats", default="dense,csr", help="formats (default dense,csr)")
+    p.add_argument("--backends", default="torch,onnxruntime,native",
+                   help="backends (default torch,onnxruntime,native; onnxruntime is the "
+                        "crossover baseline)")
+    p.add_argument("--batch", type=ints, default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
+    p.add_argument("--threads", type=ints, default="1",
+                   help="thread counts, e.g. 1,2 (default 1)")
+    p.add_argument("--in-channels", type=int, help="input channels for --arch (default: per "
+                   "architecture, e.g. ffn 1024, vgg11_bn 3)")
+    p.add_argument("--input-size", type=int, help="input side for --arch (ffn: 1 = vectors)")
+    p.add_argument("--input-shape", help="per-sample input shape of a model file that does not "
+                   "record it")
+    p.add_argument("--trust", action="store_true", help="allow full unpickling of the model file")
+    p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"))
+    p.add_argument("--json", metavar="OUT", help="results JSON (rows, raw samples, crossovers)")
+    p.add_argument("--markdown", metavar="OUT", help="the sweep tables as Markdown")
+    p.add_argument("--plot", metavar="OUT.png", help="latency/speedup plot (default: "
+                   "sweep-NAME.png in the current folder)")
+    p.add_argument("--no-plot", action="store_true", help="skip the plot")
+    p.add_argument("--save-models", metavar="DIR", help="keep the pruned checkpoints here "
+                   "(default: a temporary folder)")
+    add_timing_flags(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input")
+    force_flag(p)
+    add_html_flag(p)
 
 
 command("sweep", "prune an architecture (or a model) to a list of sparsities, measure every "

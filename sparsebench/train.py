@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from sparsebench.catalog import METHODS
 from sparsebench.archs import create_model
 from sparsebench.checkpoint import library_versions, save_checkpoint
 from sparsebench.data import Dataset, iterate_batches
@@ -27,7 +28,6 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.pruning import Pruner
 from sparsebench.pruning.schedule import LayerSchedule
 
-METHODS = ("dense", "dropout", "prune-l", "prune-s", "prune-r", "reentry", "scratch")
 TRAIN_EVAL_SAMPLES = 10_000
 
 
