@@ -11,11 +11,11 @@ from typing import Any, Callable, Sequence
 from sparsebench import __version__
 from sparsebench.errors import SparsebenchError
 from sparsebench.report import add_html_flag, html_output
+from sparsebench.shipped import DEFAULT_MODEL  # models/lenet5_prune_l.pt, shipped in the wheel
 from sparsebench.ui import (command_line, console, floats, force_flag, ints, no_success_exit,
                             progress_display, record_argv, warn_threads)
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "lenet5_prune_l.pt"
 
 
 def command(name: str, help: str) -> Callable[[Callable], Callable]:
