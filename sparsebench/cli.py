@@ -103,13 +103,16 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    "preset's target)")
     g.add_argument("--preset", help="a paper configuration (see `sparsebench presets`)")
     g.add_argument("--epochs", type=int, help="epochs (default 10; with a preset, rescales it)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order "
+                   "and the subsets (default 0)")
     g.add_argument("--out", help="checkpoint path (default runs/ARCH-METHOD-sSEED.pt)")
     g.add_argument("--resume", metavar="CKPT", help="continue an interrupted run (with the "
                    "run's --threads, --device and --data-dir unless given again)")
     force_flag(g)
     g = p.add_argument_group("pruning")
-    g.add_argument("--granularity", choices=("filter", "weight"), default="filter")
+    g.add_argument("--granularity", choices=("filter", "weight"), default="filter",
+                   help="what an event removes: whole filters/neurons (default) or single "
+                        "weights")
     g.add_argument("--layers", help="comma-separated layers to prune (default: the arch's "
                    "default set; see `sparsebench info`)")
     g.add_argument("--fractions", type=floats, help="final fraction removed per layer, in "
@@ -122,14 +125,23 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help="target rule for reentry and scratch (default prune-l)")
     g.add_argument("--reentry-batches", type=int, default=50, help="M: batches a re-entry "
                    "target is perturbed (paper: 1, 50, 1105)")
-    g.add_argument("--reentry-mode", choices=REENTRY_MODES, default="zero")
+    g.add_argument("--reentry-mode", choices=REENTRY_MODES, default="zero",
+                   help="what a re-entering unit restarts from: zero (default), gaussian noise, "
+                        "or its weights when pruned (restore)")
+    g.add_argument("--allow-final-event", action="store_true", help="allow a schedule whose "
+                   "last event is at the last epoch (no retraining after it; the reported "
+                   "accuracy is then the post-prune one)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=("adam", "sgd"), help="default adam (lr 1e-3)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--lr", type=float, help="learning rate (default 1e-3 for adam, 0.1 for sgd, "
+                   "or the preset's)")
+    g.add_argument("--momentum", type=float, help="SGD momentum in [0, 1) (default 0.9, or the "
+                   "preset's)")
+    g.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0, or the "
+                   "preset's)")
     g.add_argument("--milestones", type=ints, help="epochs where lr is multiplied by 0.1")
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--batch-size", type=int, help="training batch size (default 128, or the "
+                   "preset's)")
     g.add_argument("--dropout", type=float, help="dropout probability (default 0.5 for "
                    "--method dropout, else 0)")
     g.add_argument("--augment", action="store_true", default=None,
@@ -212,6 +224,13 @@ def resolve_config(args: argparse.Namespace) -> Any:
         if late:
             raise SparsebenchError(f"no pruning event falls within {epochs} epochs for "
                                    f"{', '.join(late)}: lower --start or raise --epochs")
+        last = max((e for s in scheds for e in s.event_epochs() if e <= epochs), default=0)
+        if last >= epochs and not args.allow_final_event:
+            raise SparsebenchError(
+                f"the last pruning event is at epoch {last} of {epochs}: no epoch would retrain "
+                "the pruned model, so its accuracy would be the post-prune one; raise --epochs "
+                "(the default schedule ends at epochs-1), set --end below --epochs, or pass "
+                "--allow-final-event")
         schedules = [s.to_dict() for s in scheds]
 
     def pick(name: str, default: Any) -> Any:
@@ -290,7 +309,7 @@ def _train(args: argparse.Namespace) -> int:
     from sparsebench.checkpoint import load_checkpoint
     from sparsebench.data import load_dataset
     from sparsebench.outputs import check_output_file
-    from sparsebench.train import TrainConfig, Trainer
+    from sparsebench.train import TrainConfig, Trainer, accuracy_phrase, stability_phrase
 
     resumed = load_checkpoint(args.resume) if args.resume else None
     recorded = _recorded_run((resumed or {}).get("command"))
@@ -338,9 +357,8 @@ def _train(args: argparse.Namespace) -> int:
     s = ckpt["summary"]
     out_console.print(
         f"done: {cfg.arch} {cfg.method} seed {cfg.seed} -> {out}\n"
-        f"  best test acc after last event {s['best_test_acc']:.2f}% (epoch {s['best_epoch']}), "
-        f"generalization gap {s['generalization_gap']:.2f}, mean stability "
-        f"{s['mean_stability']:.2f}, params removed {100 * s['params_removed_frac']:.1f}% "
+        f"  {accuracy_phrase(s)}, generalization gap {s['generalization_gap']:.2f}, "
+        f"{stability_phrase(s)}, params removed {100 * s['params_removed_frac']:.1f}% "
         f"({s['params_nonzero']:,}/{s['params_total']:,} nonzero), {s['wall_seconds']:.0f}s")
     return 0
 
@@ -724,10 +742,12 @@ command("claims", "reproduce the papers' claim at small scale: several seeds per
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
-                   help="a checkpoint, state_dict (with --arch) or pickled torch module, "
-                        "traceable by torch.fx (default: the zoo's lenet5 prune-l)")
+                   help="a checkpoint, state_dict (with --arch), pickled torch module (traceable "
+                        "by torch.fx), TorchScript (with --input-shape) or ONNX file (default: "
+                        "the zoo's lenet5 prune-l)")
     p.add_argument("--arch", help="architecture for a state_dict")
-    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (needed for "
+                   "TorchScript, which does not record it)")
     p.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from "
                    "the file: only for files you trust)")
 
@@ -843,7 +863,8 @@ def _sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", help="per-sample input shape of a model file that does not "
                    "record it")
     p.add_argument("--trust", action="store_true", help="allow full unpickling of the model file")
-    p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"))
+    p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"),
+                   help="CSR/BSR column index width (auto: int16 when the columns fit)")
     p.add_argument("--json", metavar="OUT", help="results JSON (rows, raw samples, crossovers)")
     p.add_argument("--markdown", metavar="OUT", help="the sweep tables as Markdown")
     p.add_argument("--plot", metavar="OUT.png", help="latency/speedup plot (default: "
@@ -922,8 +943,11 @@ def _info(args: argparse.Namespace) -> int:
     model = model_from_checkpoint(ckpt)
     out = console()
     cfg = ckpt.get("config", {})
+    method = ckpt.get("method")
+    if method not in ("dense", "dropout", None):  # granularity only means something when pruned
+        method = f"{method} ({cfg.get('granularity', '-')})"
     out.print(f"[bold]{args.model}[/]: {ckpt['arch']} {ckpt.get('arch_kwargs')} | method "
-              f"{ckpt.get('method')} ({cfg.get('granularity', '-')}) | dataset "
+              f"{method} | dataset "
               f"{(ckpt.get('dataset') or {}).get('name')} | seed {ckpt.get('seed')} | "
               f"input {ckpt.get('input_shape')}")
     table = Table("layer", "type", "shape", "params", "nonzero", "sparsity", "units alive")
@@ -938,10 +962,10 @@ def _info(args: argparse.Namespace) -> int:
     out.print(table)
     s = ckpt.get("summary") or {}
     if s:
-        out.print(f"best test acc after last event {s['best_test_acc']:.2f}% (epoch "
-                  f"{s['best_epoch']}), generalization gap {s['generalization_gap']:.2f}, "
-                  f"mean stability {s['mean_stability']:.2f} over {s['events']} events, "
-                  f"trained {s['wall_seconds']:.0f}s")
+        from sparsebench.train import accuracy_phrase, stability_phrase
+
+        out.print(f"{accuracy_phrase(s)}, generalization gap {s['generalization_gap']:.2f}, "
+                  f"{stability_phrase(s)}, trained {s['wall_seconds']:.0f}s")
     flat = (ckpt.get("history") or {}).get("flatness")
     if flat:
         out.print(f"flatness on {flat['samples']} test images: Hessian top-{flat['hessian_top_k']}"
