@@ -103,8 +103,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    "preset's target)")
     g.add_argument("--preset", help="a paper configuration (see `sparsebench presets`)")
     g.add_argument("--epochs", type=int, help="epochs (default 10; with a preset, rescales it)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order "
-                   "and the subsets (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the batch "
+                   "order, augmentation and synthetic data (default 0)")
     g.add_argument("--out", help="checkpoint path (default runs/ARCH-METHOD-sSEED.pt)")
     g.add_argument("--resume", metavar="CKPT", help="continue an interrupted run (with the "
                    "run's --threads, --device and --data-dir unless given again)")
