@@ -25,9 +25,7 @@ import torch
 from torch import nn
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.registry import Registry
-
-ARCHS = Registry("architecture")
+from sparsebench.catalog import ARCHS
 
 
 @dataclass(frozen=True)
@@ -262,26 +260,13 @@ class FFN(nn.Module):
         return self.head(self.fc2(self.drop(nn.functional.gelu(self.fc1(x)))))
 
 
-def _ffn_kwargs(state: dict[str, Any]) -> dict[str, Any]:
+def ffn_kwargs(state: dict[str, Any]) -> dict[str, Any]:
     """FFN's widths, read from its weights."""
     w = state.get("fc1.weight")
     return {} if w is None else {"d_model": int(w.shape[1]), "d_hidden": int(w.shape[0])}
 
 
-# Facts per entry (timm-style): ``input`` the default (in_channels, input_size), ``classifier``
-# the head module, ``small`` constructor arguments of a quick test-size instance, ``from_state``
-# constructor arguments readable from a state_dict. ``default_pruned`` is on the built model.
-ARCHS.register("lenet300", LeNet300, "784-300-100-10 MLP", input=(1, 28), classifier="fc3",
-               small={})
-ARCHS.register("lenet5", LeNet5, "LeNet-5 (2 convs, 3 fc), ReLU, max-pool", input=(1, 28),
-               classifier="fc3", small={})
-ARCHS.register("vgg11_bn", VGG11BN, "VGG11-BN, CIFAR form, single Linear(512, classes) head",
-               input=(3, 32), classifier="classifier", small={"in_channels": 3, "input_size": 16})
-ARCHS.register("resnet18", ResNet18, "ResNet18, CIFAR form (3x3 stem, no max-pool)",
-               input=(3, 32), classifier="fc", small={"in_channels": 3, "input_size": 8})
-ARCHS.register("ffn", FFN, "transformer FFN block 1024-4096-1024 with GELU, on vectors",
-               input=(1024, 1), classifier="head", from_state=_ffn_kwargs,
-               small={"in_channels": 64, "input_size": 1, "d_model": 64, "d_hidden": 128})
+# The entries (names, summaries, facts) are declared in sparsebench/catalog.py.
 
 
 def default_input(name: str) -> tuple[int, int]:

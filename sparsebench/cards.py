@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from sparsebench.sparsity import layer_rows
+from sparsebench.train import accuracy_phrase, stability_phrase
 
 
 def card_markdown(name: str, ckpt: dict[str, Any], model: nn.Module) -> str:
@@ -20,11 +21,10 @@ def card_markdown(name: str, ckpt: dict[str, Any], model: nn.Module) -> str:
              "| metric | value |", "|---|---|"]
     if s:
         lines += [
-            f"| best test accuracy after the last event | {s['best_test_acc']:.2f}% "
-            f"(epoch {s['best_epoch']}) |",
+            f"| reported test accuracy | {accuracy_phrase(s)} |",
             f"| train accuracy at that epoch | {s['train_acc_at_best']:.2f}% |",
             f"| generalization gap | {s['generalization_gap']:.2f} |",
-            f"| mean stability | {s['mean_stability']:.2f} over {s['events']} events |",
+            f"| pruning events | {stability_phrase(s)} |",
             f"| parameters | {s['params_total']:,} ({s['params_nonzero']:,} nonzero, "
             f"{100 * s['params_removed_frac']:.1f}% removed) |",
             f"| training wall time | {s['wall_seconds']:.0f} s on this machine |"]

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from sparsebench.catalog import EXECUTORS
 from sparsebench.checkpoint import load_checkpoint
 from sparsebench.outputs import atomic_write_bytes, atomic_write_text
 from sparsebench.errors import SparsebenchError
 
 PRUNED_METHODS = ("prune-l", "prune-s", "prune-r", "reentry", "scratch")
-EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from typing import Any, Callable, Sequence
 from sparsebench import __version__
 from sparsebench.errors import SparsebenchError
 from sparsebench.report import add_html_flag, html_output
+from sparsebench.shipped import DEFAULT_MODEL  # models/lenet5_prune_l.pt, shipped in the wheel
 from sparsebench.ui import (command_line, console, floats, force_flag, ints, no_success_exit,
                             progress_display, record_argv, warn_threads)
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "lenet5_prune_l.pt"
 
 
 def command(name: str, help: str) -> Callable[[Callable], Callable]:
@@ -86,10 +86,7 @@ command("presets", "list the paper's training presets")(_presets).configure = la
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.archs import ARCHS
-    from sparsebench.data import DATASETS
-    from sparsebench.pruning import REENTRY_MODES, SCORES, TARGETS
-    from sparsebench.train import METHODS
+    from sparsebench.catalog import ARCHS, DATASETS, METHODS, REENTRY_MODES, SCORES, TARGETS
 
     g = p.add_argument_group("what to train")
     g.add_argument("--arch", help=f"architecture: {', '.join(ARCHS.names())} (see `sparsebench "
@@ -106,13 +103,16 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    "preset's target)")
     g.add_argument("--preset", help="a paper configuration (see `sparsebench presets`)")
     g.add_argument("--epochs", type=int, help="epochs (default 10; with a preset, rescales it)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the batch "
+                   "order, augmentation and synthetic data (default 0)")
     g.add_argument("--out", help="checkpoint path (default runs/ARCH-METHOD-sSEED.pt)")
     g.add_argument("--resume", metavar="CKPT", help="continue an interrupted run (with the "
                    "run's --threads, --device and --data-dir unless given again)")
     force_flag(g)
     g = p.add_argument_group("pruning")
-    g.add_argument("--granularity", choices=("filter", "weight"), default="filter")
+    g.add_argument("--granularity", choices=("filter", "weight"), default="filter",
+                   help="what an event removes: whole filters/neurons (default) or single "
+                        "weights")
     g.add_argument("--layers", help="comma-separated layers to prune (default: the arch's "
                    "default set; see `sparsebench info`)")
     g.add_argument("--fractions", type=floats, help="final fraction removed per layer, in "
@@ -125,14 +125,23 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help="target rule for reentry and scratch (default prune-l)")
     g.add_argument("--reentry-batches", type=int, default=50, help="M: batches a re-entry "
                    "target is perturbed (paper: 1, 50, 1105)")
-    g.add_argument("--reentry-mode", choices=REENTRY_MODES, default="zero")
+    g.add_argument("--reentry-mode", choices=REENTRY_MODES, default="zero",
+                   help="what a re-entering unit restarts from: zero (default), gaussian noise, "
+                        "or its weights when pruned (restore)")
+    g.add_argument("--allow-final-event", action="store_true", help="allow a schedule whose "
+                   "last event is at the last epoch (no retraining after it; the reported "
+                   "accuracy is then the post-prune one)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=("adam", "sgd"), help="default adam (lr 1e-3)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--lr", type=float, help="learning rate (default 1e-3 for adam, 0.1 for sgd, "
+                   "or the preset's)")
+    g.add_argument("--momentum", type=float, help="SGD momentum in [0, 1) (default 0.9, or the "
+                   "preset's)")
+    g.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0, or the "
+                   "preset's)")
     g.add_argument("--milestones", type=ints, help="epochs where lr is multiplied by 0.1")
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--batch-size", type=int, help="training batch size (default 128, or the "
+                   "preset's)")
     g.add_argument("--dropout", type=float, help="dropout probability (default 0.5 for "
                    "--method dropout, else 0)")
     g.add_argument("--augment", action="store_true", default=None,
@@ -151,20 +160,31 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    "covariance trace (stored in the checkpoint, shown by `info`)")
 
 
-def resolve_config(args: argparse.Namespace) -> Any:
-    """Turn train flags (and an optional preset) into a TrainConfig."""
-    from sparsebench.archs import ARCHS, create_model
-    from sparsebench.pruning import PRESETS, build_schedules
-    from sparsebench.pruning.schedule import default_schedule_epochs
-    from sparsebench.train import METHODS, TrainConfig
+def _check_train_names(args: argparse.Namespace) -> None:
+    """The train flag errors found without importing torch (a fast one-line error)."""
+    from sparsebench.catalog import ARCHS, METHODS
 
-    preset = PRESETS.get(args.preset) if args.preset else None
-    arch = args.arch or (preset.arch if preset else None)
-    if not arch:
+    if not (args.arch or args.preset):
         raise SparsebenchError("--arch is required (or a --preset); choose from: "
                                + ", ".join(ARCHS.names()))
-    if not arch.startswith("torchvision."):
-        ARCHS.check(arch)
+    if args.arch and not args.arch.startswith("torchvision."):
+        ARCHS.check(args.arch)
+    if args.method and args.method not in METHODS:
+        raise SparsebenchError(f"unknown method {args.method!r}; choose from: "
+                               f"{', '.join(METHODS)}")
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    """Turn train flags (and an optional preset) into a TrainConfig."""
+    _check_train_names(args)
+    from sparsebench.archs import create_model
+    from sparsebench.catalog import METHODS
+    from sparsebench.pruning import PRESETS, build_schedules
+    from sparsebench.pruning.schedule import default_schedule_epochs
+    from sparsebench.train import TrainConfig
+
+    preset = PRESETS.get(args.preset) if args.preset else None
+    arch = args.arch or preset.arch
     if preset and preset.arch != arch:
         raise SparsebenchError(f"preset {args.preset!r} is for {preset.arch}, not {arch}")
     arch_kwargs = arch_arguments(args.arch_arg, args.width)
@@ -204,6 +224,13 @@ def resolve_config(args: argparse.Namespace) -> Any:
         if late:
             raise SparsebenchError(f"no pruning event falls within {epochs} epochs for "
                                    f"{', '.join(late)}: lower --start or raise --epochs")
+        last = max((e for s in scheds for e in s.event_epochs() if e <= epochs), default=0)
+        if last >= epochs and not args.allow_final_event:
+            raise SparsebenchError(
+                f"the last pruning event is at epoch {last} of {epochs}: no epoch would retrain "
+                "the pruned model, so its accuracy would be the post-prune one; raise --epochs "
+                "(the default schedule ends at epochs-1), set --end below --epochs, or pass "
+                "--allow-final-event")
         schedules = [s.to_dict() for s in scheds]
 
     def pick(name: str, default: Any) -> Any:
@@ -275,12 +302,14 @@ def _recorded_run(command: str | None) -> argparse.Namespace | None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if not args.resume:
+        _check_train_names(args)
     import torch
 
     from sparsebench.checkpoint import load_checkpoint
     from sparsebench.data import load_dataset
     from sparsebench.outputs import check_output_file
-    from sparsebench.train import TrainConfig, Trainer
+    from sparsebench.train import TrainConfig, Trainer, accuracy_phrase, stability_phrase
 
     resumed = load_checkpoint(args.resume) if args.resume else None
     recorded = _recorded_run((resumed or {}).get("command"))
@@ -328,9 +357,8 @@ def _train(args: argparse.Namespace) -> int:
     s = ckpt["summary"]
     out_console.print(
         f"done: {cfg.arch} {cfg.method} seed {cfg.seed} -> {out}\n"
-        f"  best test acc after last event {s['best_test_acc']:.2f}% (epoch {s['best_epoch']}), "
-        f"generalization gap {s['generalization_gap']:.2f}, mean stability "
-        f"{s['mean_stability']:.2f}, params removed {100 * s['params_removed_frac']:.1f}% "
+        f"  {accuracy_phrase(s)}, generalization gap {s['generalization_gap']:.2f}, "
+        f"{stability_phrase(s)}, params removed {100 * s['params_removed_frac']:.1f}% "
         f"({s['params_nonzero']:,}/{s['params_total']:,} nonzero), {s['wall_seconds']:.0f}s")
     return 0
 
@@ -370,15 +398,18 @@ def _auto_data(loaded: Any) -> str | None:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from sparsebench.backends import BACKENDS
-    from sparsebench.loading import parse_input_shape
+    from sparsebench.catalog import BACKENDS
     from sparsebench.measure.harness import MeasureConfig, parse_size, timing_from_args
     from sparsebench.measure.results import claim_results
     from sparsebench.outputs import check_output_file
     from sparsebench.registry import split_list
 
     paths = args.models or [str(DEFAULT_MODEL)]
-    input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    input_shape = None
+    if args.input_shape:
+        from sparsebench.loading import parse_input_shape
+
+        input_shape = parse_input_shape(args.input_shape)
     cfg = MeasureConfig(
         models=paths, formats=split_list(args.formats), backends=split_list(args.backends)
         or BACKENDS.names(), batches=args.batch, threads=args.threads,
@@ -474,8 +505,7 @@ def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input
 
 
 def _measure_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.backends import BACKENDS
-    from sparsebench.formats import FORMATS
+    from sparsebench.catalog import BACKENDS, FORMATS
     from sparsebench.measure.harness import DEFAULT_FORMATS, add_timing_flags
 
     p.add_argument("models", nargs="*", help="checkpoints, state_dicts (with --arch), pickled "
@@ -562,7 +592,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _compare_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.gate.compare import GateConfig
+    from sparsebench.gate.config import GateConfig
 
     d = GateConfig()
     p.add_argument("files", nargs="+", metavar="FILE", help="BASE.json NEW.json (from `measure "
@@ -663,8 +693,7 @@ def _claims(args: argparse.Namespace) -> int:
 
 
 def _claims_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.claims import EXECUTORS
-    from sparsebench.train import METHODS
+    from sparsebench.catalog import EXECUTORS, METHODS
 
     g = p.add_argument_group("the grid (a TOML file, or flags)")
     g.add_argument("--grid", metavar="FILE.toml", help="a grid file: arch, dataset, seeds, "
@@ -713,10 +742,12 @@ command("claims", "reproduce the papers' claim at small scale: several seeds per
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
-                   help="a checkpoint, state_dict (with --arch) or pickled torch module, "
-                        "traceable by torch.fx (default: the zoo's lenet5 prune-l)")
+                   help="a checkpoint, state_dict (with --arch), pickled torch module (traceable "
+                        "by torch.fx), TorchScript (with --input-shape) or ONNX file (default: "
+                        "the zoo's lenet5 prune-l)")
     p.add_argument("--arch", help="architecture for a state_dict")
-    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (needed for "
+                   "TorchScript, which does not record it)")
     p.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from "
                    "the file: only for files you trust)")
 
@@ -798,15 +829,53 @@ command("export-c", "write a model as self-contained C99 (const weights, static 
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from sparsebench.catalog import ARCHS
+
+    if bool(args.arch) == bool(args.model):  # checked again by run_sweep; here before torch
+        raise SparsebenchError("give either --arch NAME or a model file")
+    if args.arch:
+        ARCHS.check(args.arch)
     from sparsebench.sweep import run_sweep
 
     return run_sweep(args, console(), progress_display)
 
 
 def _sweep_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.sweep import add_flags
+    from sparsebench.catalog import ARCHS, DEFAULT_SPARSITIES
+    from sparsebench.measure.harness import add_timing_flags
 
-    add_flags(p)
+    p.add_argument("model", nargs="?", help="a model file to prune (instead of --arch)")
+    p.add_argument("--arch", help="architecture to create randomly initialised: "
+                   + ", ".join(ARCHS.names()))
+    p.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
+                   help=f"percent of each pruned layer's weights zeroed (default "
+                        f"{DEFAULT_SPARSITIES})")
+    p.add_argument("--formats", default="dense,csr", help="formats (default dense,csr)")
+    p.add_argument("--backends", default="torch,onnxruntime,native",
+                   help="backends (default torch,onnxruntime,native; onnxruntime is the "
+                        "crossover baseline)")
+    p.add_argument("--batch", type=ints, default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
+    p.add_argument("--threads", type=ints, default="1",
+                   help="thread counts, e.g. 1,2 (default 1)")
+    p.add_argument("--in-channels", type=int, help="input channels for --arch (default: per "
+                   "architecture, e.g. ffn 1024, vgg11_bn 3)")
+    p.add_argument("--input-size", type=int, help="input side for --arch (ffn: 1 = vectors)")
+    p.add_argument("--input-shape", help="per-sample input shape of a model file that does not "
+                   "record it")
+    p.add_argument("--trust", action="store_true", help="allow full unpickling of the model file")
+    p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"),
+                   help="CSR/BSR column index width (auto: int16 when the columns fit)")
+    p.add_argument("--json", metavar="OUT", help="results JSON (rows, raw samples, crossovers)")
+    p.add_argument("--markdown", metavar="OUT", help="the sweep tables as Markdown")
+    p.add_argument("--plot", metavar="OUT.png", help="latency/speedup plot (default: "
+                   "sweep-NAME.png in the current folder)")
+    p.add_argument("--no-plot", action="store_true", help="skip the plot")
+    p.add_argument("--save-models", metavar="DIR", help="keep the pruned checkpoints here "
+                   "(default: a temporary folder)")
+    add_timing_flags(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input")
+    force_flag(p)
+    add_html_flag(p)
 
 
 command("sweep", "prune an architecture (or a model) to a list of sparsities, measure every "
@@ -874,8 +943,11 @@ def _info(args: argparse.Namespace) -> int:
     model = model_from_checkpoint(ckpt)
     out = console()
     cfg = ckpt.get("config", {})
+    method = ckpt.get("method")
+    if method not in ("dense", "dropout", None):  # granularity only means something when pruned
+        method = f"{method} ({cfg.get('granularity', '-')})"
     out.print(f"[bold]{args.model}[/]: {ckpt['arch']} {ckpt.get('arch_kwargs')} | method "
-              f"{ckpt.get('method')} ({cfg.get('granularity', '-')}) | dataset "
+              f"{method} | dataset "
               f"{(ckpt.get('dataset') or {}).get('name')} | seed {ckpt.get('seed')} | "
               f"input {ckpt.get('input_shape')}")
     table = Table("layer", "type", "shape", "params", "nonzero", "sparsity", "units alive")
@@ -890,10 +962,10 @@ def _info(args: argparse.Namespace) -> int:
     out.print(table)
     s = ckpt.get("summary") or {}
     if s:
-        out.print(f"best test acc after last event {s['best_test_acc']:.2f}% (epoch "
-                  f"{s['best_epoch']}), generalization gap {s['generalization_gap']:.2f}, "
-                  f"mean stability {s['mean_stability']:.2f} over {s['events']} events, "
-                  f"trained {s['wall_seconds']:.0f}s")
+        from sparsebench.train import accuracy_phrase, stability_phrase
+
+        out.print(f"{accuracy_phrase(s)}, generalization gap {s['generalization_gap']:.2f}, "
+                  f"{stability_phrase(s)}, trained {s['wall_seconds']:.0f}s")
     flat = (ckpt.get("history") or {}).get("flatness")
     if flat:
         out.print(f"flatness on {flat['samples']} test images: Hessian top-{flat['hessian_top_k']}"

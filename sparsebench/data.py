@@ -48,9 +48,7 @@ import numpy as np
 import torch
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.registry import Registry
-
-DATASETS = Registry("dataset")
+from sparsebench.catalog import DATASETS
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_HINT = "install it with `apt-get install -y dataset-fashion-mnist` or pass --data-dir"
@@ -304,11 +302,7 @@ def _load_synthetic(seed: int = 0, synthetic_shape: Sequence[int] = (1, 28, 28),
     return _Raw(x_np[:sizes[0]], y_np[:sizes[0]], x_np[sizes[0]:], y_np[sizes[0]:], num_classes)
 
 
-DATASETS.register("fashion-mnist", _load_fashion_mnist,
-                  "Fashion-MNIST, 60k/10k 28x28 grey (Debian dataset-fashion-mnist)")
-DATASETS.register("cifar10", _load_cifar10, "CIFAR-10, 50k/10k 32x32 RGB (python version, "
-                                            "--data-dir)")
-DATASETS.register("synthetic", _load_synthetic, "seeded random data with a linear teacher")
+# The names are declared in sparsebench/catalog.py (DATASETS).
 
 
 # --------------------------------------------------------------------------- processing

@@ -27,6 +27,7 @@ from sparsebench.archs import ARCHS, create_model
 from sparsebench.checkpoint import (check_file, first_sentence, model_from_checkpoint,
                                    refused_global, validate_checkpoint)
 from sparsebench.errors import SparsebenchError
+from sparsebench.registry import resolve
 
 KINDS = ("checkpoint", "state-dict", "pickled-module", "torchscript", "onnx")
 _NEITHER = "is neither a sparsebench checkpoint, a state_dict, a torch module, TorchScript nor ONNX"
@@ -422,7 +423,7 @@ def _from_registry(p: Path, arch: str, state: dict[str, torch.Tensor],
     if not weights:
         raise SparsebenchError(f"{p} has no 2-D or 4-D weights; it is not a state_dict of {arch}")
     classes = num_classes or int(weights[-1].shape[0])
-    from_state = ARCHS.meta(arch).get("from_state") if arch in ARCHS else None
+    from_state = resolve(ARCHS.meta(arch).get("from_state")) if arch in ARCHS else None
     kwargs = from_state(state) if from_state else {}
     candidates = [input_shape] if input_shape else _guess_shapes(weights[0])
     problems = []

@@ -64,13 +64,20 @@ class Registry:
         """The registered object, importing a "module:attr" target on first use."""
         target = self._targets[self.check(name)]
         if isinstance(target, str) and ":" in target:
-            module, _, attr = target.partition(":")
             try:
-                target = getattr(importlib.import_module(module), attr)
+                target = resolve(target)
             except ImportError as exc:
                 raise SparsebenchError(f"{self.kind} {name!r} is unavailable: {exc}") from exc
             self._targets[name] = target
         return target
+
+
+def resolve(target: Any) -> Any:
+    """A "module:attr" string imported (the object itself for anything else)."""
+    if not (isinstance(target, str) and ":" in target):
+        return target
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def split_list(text: str | None, cast: Callable[[str], Any] = str) -> list[Any]:

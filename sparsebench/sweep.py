@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparsebench.catalog import DEFAULT_SPARSITIES
 from sparsebench.errors import SparsebenchError
 
-DEFAULT_SPARSITIES = "0,50,70,80,90,95,98"
 BASELINE = ("dense", "onnxruntime")
 
 
@@ -312,46 +312,6 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- command
-
-
-def add_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.archs import ARCHS
-    from sparsebench.ui import force_flag, ints
-    from sparsebench.measure.harness import add_timing_flags
-
-    p.add_argument("model", nargs="?", help="a model file to prune (instead of --arch)")
-    p.add_argument("--arch", help="architecture to create randomly initialised: "
-                   + ", ".join(ARCHS.names()))
-    p.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
-                   help=f"percent of each pruned layer's weights zeroed (default "
-                        f"{DEFAULT_SPARSITIES})")
-    p.add_argument("--formats", default="dense,csr", help="formats (default dense,csr)")
-    p.add_argument("--backends", default="torch,onnxruntime,native",
-                   help="backends (default torch,onnxruntime,native; onnxruntime is the "
-                        "crossover baseline)")
-    p.add_argument("--batch", type=ints, default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
-    p.add_argument("--threads", type=ints, default="1",
-                   help="thread counts, e.g. 1,2 (default 1)")
-    p.add_argument("--in-channels", type=int, help="input channels for --arch (default: per "
-                   "architecture, e.g. ffn 1024, vgg11_bn 3)")
-    p.add_argument("--input-size", type=int, help="input side for --arch (ffn: 1 = vectors)")
-    p.add_argument("--input-shape", help="per-sample input shape of a model file that does not "
-                   "record it")
-    p.add_argument("--trust", action="store_true", help="allow full unpickling of the model file")
-    p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"))
-    p.add_argument("--json", metavar="OUT", help="results JSON (rows, raw samples, crossovers)")
-    p.add_argument("--markdown", metavar="OUT", help="the sweep tables as Markdown")
-    p.add_argument("--plot", metavar="OUT.png", help="latency/speedup plot (default: "
-                   "sweep-NAME.png in the current folder)")
-    p.add_argument("--no-plot", action="store_true", help="skip the plot")
-    p.add_argument("--save-models", metavar="DIR", help="keep the pruned checkpoints here "
-                   "(default: a temporary folder)")
-    add_timing_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input")
-    force_flag(p)
-    from sparsebench.report import add_html_flag
-
-    add_html_flag(p)
 
 
 def run_sweep(args: argparse.Namespace, out: Any,

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from sparsebench.catalog import METHODS
 from sparsebench.archs import create_model
 from sparsebench.checkpoint import library_versions, save_checkpoint
 from sparsebench.data import Dataset, iterate_batches
@@ -27,7 +28,6 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.pruning import Pruner
 from sparsebench.pruning.schedule import LayerSchedule
 
-METHODS = ("dense", "dropout", "prune-l", "prune-s", "prune-r", "reentry", "scratch")
 TRAIN_EVAL_SAMPLES = 10_000
 
 
@@ -120,6 +120,7 @@ def summarize(history: dict[str, list[dict]], method: str, total: int, nonzero: 
     epochs, events = history["epochs"], history["events"]
     last_event = max((e["epoch"] for e in events), default=0)
     after = [e for e in epochs if e["epoch"] > last_event]
+    epochs_after = len(after)
     if not after and events:
         final = next(e for e in epochs if e["epoch"] == last_event)
         after = [{**final, "test_acc": events[-1]["post_acc"]}]
@@ -132,12 +133,35 @@ def summarize(history: dict[str, list[dict]], method: str, total: int, nonzero: 
         "generalization_gap": (best["train_acc"] - best["test_acc"]) if best else None,
         "mean_stability": sum(stabilities) / len(stabilities) if stabilities else 100.0,
         "events": len(events),
+        "epochs_after_last_event": epochs_after,
         "params_total": total,
         "params_nonzero": nonzero,
         "params_removed_frac": 1.0 - nonzero / total if total else 0.0,
         "wall_seconds": sum(e["seconds"] for e in epochs),
         "flatness": history.get("flatness"),
     }
+
+
+def accuracy_phrase(s: dict[str, Any]) -> str:
+    """The summary's reported accuracy, saying which one it is: the best after the last event,
+    the best of a run without events, or (no epoch trained after the last event) the post-prune
+    accuracy of that event."""
+    if s.get("best_test_acc") is None:
+        return "no test accuracy"
+    acc, epoch = s["best_test_acc"], s["best_epoch"]
+    if not s.get("events"):
+        return f"best test acc {acc:.2f}% (epoch {epoch})"
+    if s.get("epochs_after_last_event") == 0:
+        return (f"test acc {acc:.2f}% right after the last event (epoch {epoch}; no epoch "
+                "retrained after it)")
+    return f"best test acc after last event {acc:.2f}% (epoch {epoch})"
+
+
+def stability_phrase(s: dict[str, Any]) -> str:
+    """``mean stability S over N events``, or ``no pruning events``."""
+    if not s.get("events"):
+        return "no pruning events"
+    return f"mean stability {s['mean_stability']:.2f} over {s['events']} events"
 
 
 class Trainer:

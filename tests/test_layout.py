@@ -89,3 +89,17 @@ def test_every_subcommand_help_renders(capsys) -> None:
             parser.parse_args([name, "--help"])
         assert info.value.code == 0, name
         assert "usage:" in capsys.readouterr().out, name
+
+
+def test_every_option_has_help() -> None:
+    """Every flag and positional of every subcommand says what it does in --help."""
+    import argparse
+
+    from sparsebench.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}"
+               for name, p in sub.choices.items() for a in p._actions
+               if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []

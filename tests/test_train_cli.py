@@ -272,3 +272,55 @@ def test_torchvision_architectures_are_optional():
         assert "\n" not in str(info.value)
     else:
         assert create_model("torchvision.resnet18", 3, 32).input_shape == (3, 32, 32)
+
+
+# -------------------------------------------------------------- issue 15's small items
+
+ZOO_PRUNED = Path(__file__).resolve().parents[1] / "models" / "lenet5_prune_l.pt"
+QUICK = ["train", "--arch", "lenet5", "--dataset", "synthetic", "--limit-train", "128",
+         "--limit-test", "64", "--batch-size", "64", "--quiet"]
+
+
+def test_one_epoch_pruning_run_is_refused_unless_asked(tmp_path, capsys):
+    """With --epochs 1 the default schedule's only event is at the last epoch: nothing retrains
+    the pruned model, so the run is refused; --allow-final-event runs it and says which accuracy
+    it reports (the post-prune one), not "best test acc after last event"."""
+    out = tmp_path / "one.pt"
+    code, _, err = run_cli([*QUICK, "--method", "prune-l", "--epochs", "1", "--out", str(out)],
+                           capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "last pruning event is at epoch 1 of 1" in err and "--allow-final-event" in err
+    assert not out.exists()
+    code, stdout, err = run_cli([*QUICK, "--method", "prune-l", "--epochs", "1",
+                                 "--allow-final-event", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "right after the last event" in stdout and "after last event" not in stdout
+    s = checkpoint.load_checkpoint(out)["summary"]
+    assert s["epochs_after_last_event"] == 0 and s["events"] == 1
+    code, stdout, _ = run_cli(["info", str(out)], capsys)
+    assert code == 0 and "right after the last event" in stdout
+
+
+def test_two_epoch_default_schedule_retrains_after_the_event(tmp_path, capsys):
+    out = tmp_path / "two.pt"
+    code, stdout, err = run_cli([*QUICK, "--method", "prune-l", "--epochs", "2", "--out",
+                                 str(out)], capsys)
+    assert code == 0, err
+    assert "best test acc after last event" in stdout and "(epoch 2)" in stdout
+    assert checkpoint.load_checkpoint(out)["summary"]["epochs_after_last_event"] == 1
+
+
+def test_info_on_a_dense_model_says_dense_and_no_pruning_events(tmp_path, capsys):
+    out = tmp_path / "dense.pt"
+    assert run_cli([*QUICK, "--epochs", "1", "--out", str(out)], capsys)[0] == 0
+    code, stdout, _ = run_cli(["info", str(out), "--card", str(tmp_path / "card.md")], capsys)
+    assert code == 0
+    text = " ".join(stdout.split())
+    assert "method dense |" in text and "(filter)" not in text
+    assert "no pruning events" in text and "over 0 events" not in text
+    assert "best test acc " in text and "after last event" not in text
+    card = (tmp_path / "card.md").read_text()
+    assert "no pruning events" in card and "over 0 events" not in card
+    code, stdout, _ = run_cli(["info", str(ZOO_PRUNED)], capsys)  # a pruned one keeps both
+    assert code == 0 and "prune-l (filter)" in stdout and "over 5 events" in " ".join(
+        stdout.split())

@@ -7,27 +7,13 @@ one-line reason the harness records on the skipped row.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sparsebench.backends.base import Backend, Prepared, Unsupported
-from sparsebench.registry import Registry
+from sparsebench.catalog import BACKENDS  # the names: sparsebench/catalog.py
 
 if TYPE_CHECKING:
     from sparsebench.formats import ConvertedModel
-
-BACKENDS = Registry("backend")
-BACKENDS.register("torch", "sparsebench.backends.torch_eager:TorchBackend",
-                  "eager torch on dense/structured models")
-BACKENDS.register("torch-sparse", "sparsebench.backends.torch_sparse:TorchSparseBackend",
-                  "torch.sparse CSR/BSR matmul (im2col for convs)")
-BACKENDS.register("scipy", "sparsebench.backends.scipy_sparse:ScipyBackend",
-                  "scipy.sparse CSR/BSR matmul, single-threaded")
-BACKENDS.register("onnxruntime", "sparsebench.backends.onnxrt:OnnxRuntimeBackend",
-                  "ONNX Runtime CPU execution provider on dense/structured models")
-if Path(__file__).with_name("kernel_plan.py").exists():
-    BACKENDS.register("native", "sparsebench.backends.kernel_plan:NativeBackend",
-                      "compiled sparse kernels (kernels/)")
 
 __all__ = ["BACKENDS", "Backend", "Prepared", "Unsupported", "get_backend", "list_backends",
            "onnx_sizes"]

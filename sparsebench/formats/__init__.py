@@ -13,20 +13,7 @@ from torch import nn
 from sparsebench.errors import SparsebenchError
 from sparsebench.formats.base import (INDEX_DTYPES, ConvertedModel, LayerStorage, SparseWeight,
                                       bsr_nbytes, csr_nbytes, dense_nbytes, has_nonfinite)
-from sparsebench.registry import Registry
-
-FORMATS = Registry("format")
-FORMATS.register("dense", "sparsebench.formats.dense:convert_dense",
-                 "float32 copy of the masked model")
-FORMATS.register("structured", "sparsebench.formats.structured:convert_structured",
-                 "pruned channels/neurons physically removed (smaller dense model)")
-FORMATS.register("csr", "sparsebench.formats.sparse:convert_csr",
-                 "CSR weights (int16 column indices when they fit)")
-FORMATS.register("bsr", "sparsebench.formats.sparse:convert_bsr", "block-sparse rows, 4x4 blocks")
-BSR_BLOCKS = {"bsr-1x4": (1, 4), "bsr-4x4": (4, 4), "bsr-8x8": (8, 8), "bsr-16x1": (16, 1)}
-for _name, (_r, _c) in BSR_BLOCKS.items():
-    FORMATS.register(_name, "sparsebench.formats.sparse:convert_bsr",
-                     f"block-sparse rows, {_r}x{_c} blocks")
+from sparsebench.catalog import BSR_BLOCKS, FORMATS  # the names: sparsebench/catalog.py
 
 __all__ = ["FORMATS", "ConvertedModel", "LayerStorage", "SparseWeight", "bsr_nbytes", "convert",
            "csr_nbytes", "dense_nbytes", "format_family", "has_nonfinite", "list_formats"]

@@ -127,8 +127,7 @@ class MeasureConfig:
     inject_slowdown: float | None = None  # testing aid: see measure/inject.py
 
     def validate(self) -> None:
-        from sparsebench.backends import BACKENDS
-        from sparsebench.formats import FORMATS
+        from sparsebench.catalog import BACKENDS, FORMATS
 
         if not self.models:
             raise SparsebenchError("no model given")
@@ -152,7 +151,7 @@ class MeasureConfig:
             raise SparsebenchError(f"--inject-slowdown must be in [0, 10], got "
                                    f"{self.inject_slowdown}")
         if self.data is not None:
-            from sparsebench.data import DATASETS
+            from sparsebench.catalog import DATASETS
 
             DATASETS.check(self.data)
 

@@ -18,8 +18,9 @@ from typing import Any, Sequence
 
 from sparsebench.errors import SparsebenchError
 from sparsebench.native.abi import _SIGNATURES, ABI_VERSION
+from sparsebench.shipped import KERNEL_SOURCES
 
-KERNEL_SRC = Path(__file__).resolve().parents[2] / "kernels"
+KERNEL_SRC = KERNEL_SOURCES  # the checkout's kernels/, or the copy a wheel ships
 SOURCES = ("api.cpp", "csr_linear.cpp", "bsr_linear.cpp", "csr_conv.cpp", "threadpool.cpp")
 HEADERS = ("sparsebench_kernels.h", "common.hpp")
 CXXFLAGS = ("-O3", "-march=native", "-pthread", "-fPIC", "-shared", "-std=c++17")
@@ -61,8 +62,8 @@ def _cpu_signature() -> str:
 def _check_sources() -> None:
     if not (KERNEL_SRC / SOURCES[0]).is_file():
         raise SparsebenchError(
-            f"kernel sources not found at {KERNEL_SRC} (sparsebench seems installed without the "
-            "repository's kernels/ folder; use an editable install: pip install -e .)"
+            f"kernel sources not found at {KERNEL_SRC} (a wheel carries them in "
+            "sparsebench/_shipped/kernels; reinstall sparsebench, or use a checkout)"
         )
 
 
@@ -93,7 +94,7 @@ def _first_error(stderr: str, returncode: int) -> str:
 
 
 def build(force: bool = False) -> Path:
-    """Compile kernels/ (once per source/flag/compiler/CPU combination) and return the .so path."""
+    """Compile the kernel sources (once per source/flag/compiler/CPU combination) and return the .so path."""
     if _disabled():
         raise SparsebenchError("native kernels disabled by SPARSEBENCH_NO_NATIVE=1")
     cmd = _compiler()

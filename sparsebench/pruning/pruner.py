@@ -34,12 +34,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsebench.catalog import REENTRY_MODES
 from sparsebench.archs import PrunableLayer, prunable_layers
 from sparsebench.errors import SparsebenchError
 from sparsebench.pruning.schedule import LayerSchedule
 from sparsebench.pruning.scoring import SCORES, ActivationTracker, filter_scores, select_targets
-
-REENTRY_MODES = ("zero", "gaussian", "restore")
 
 
 @dataclass

@@ -5,10 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sparsebench.catalog import SCORES, TARGETS
 from sparsebench.errors import SparsebenchError
-
-SCORES = ("l2", "l1", "activation")
-TARGETS = ("prune-l", "prune-s", "prune-r")
 
 
 def filter_scores(weight: torch.Tensor, score: str) -> torch.Tensor:
