@@ -19,11 +19,12 @@ from sparsebench.archs import create_model
 from sparsebench.checkpoint import save_checkpoint
 from sparsebench.cli import main
 from sparsebench.errors import SparsebenchError
-from sparsebench.embedded.export_c import export_c, weight_arrays
+from sparsebench.embedded import quant
+from sparsebench.embedded.export_c import export_c, weight_arrays, weight_arrays_int8
 from sparsebench.formats import csr_nbytes
 from sparsebench.embedded.arena import Buffer, plan, plan_graph
-from sparsebench.embedded.encodings import (ENCODINGS, break_even, cheapest, layer_bytes, pad4,
-                                             quantize_rows)
+from sparsebench.embedded.encodings import (BUILDABLE, ENCODINGS, INT8_C_ENCODINGS, break_even,
+                                             cheapest, layer_bytes, pad4, quantize_rows)
 from sparsebench.embedded.lowering import trace
 from sparsebench.embedded.summary import profile_model
 from sparsebench.embedded.targets import builtin_names, list_targets, load_target
@@ -131,11 +132,13 @@ def test_encoding_bytes_worked_example():
     assert b["fp32-dense"] == 112                       # formats: dense 112
     assert b["fp32-csr16"] == 78 + 2                    # formats: csr-i16 78, + 2 alignment
     assert b["fp32-csr32"] == 92                        # formats: csr-i32 92
-    assert b["int8-dense"] == 24 + 16 + 16              # values, 4 scales, bias
+    assert b["int8-dense"] == 24 + 16 + 4 + 16          # values, 4 multipliers, shifts, bias
     assert b["fp32-bitmask"] == 4 + 28 + 16             # 24 bits -> 3 B -> 4, values, bias
-    assert b["int8-csr8"] == 8 + 8 + 20 + 16 + 16       # values, idx, rowptr, scales, bias
+    assert b["int8-csr8"] == 8 + 8 + 20 + 16 + 4 + 16   # values, idx, rowptr, requant, bias
     assert b["fp32-bsr"] == 80 + 12 + 12 + 16           # 5 2x2 blocks, 5 u16 idx, 3 ptrs, bias
-    assert cheapest(b) == "int8-bitmask"
+    assert b["int8-bitmask"] == 4 + 8 + 16 + 4 + 16     # mask, values, requant, bias
+    assert cheapest(b) == "fp32-bitmask"                # a tie at 48 B: goes to the first listed
+    assert cheapest(b, INT8_C_ENCODINGS) == "int8-bitmask"
     assert cheapest(b, ("fp32-dense", "fp32-csr16")) == "fp32-csr16"
 
 
@@ -166,15 +169,45 @@ def test_export_arrays_match_the_byte_formulas(rows, cols, density, seed, bias):
         np.float32)
     op = trace(nn.Sequential(nn.Flatten(), nn.Linear(cols, rows, bias=bias)), (cols,)).ops[0]
     op.weight = w
+    if bias:
+        op.bias = rng.standard_normal(rows).astype(np.float32)
     _, sizes = layer_bytes(w, op.bias_len)
-    for enc in ("fp32-dense", "fp32-csr16"):
-        arrays, _ = weight_arrays("fc", op, enc)
+    layer = quant._qlayer(op, quant.QParams(0.05, -3), quant.QParams(0.1, 5))
+    for enc in BUILDABLE:
+        arrays, _ = weight_arrays_int8("fc", op, enc, layer) if enc.startswith("int8") else \
+            weight_arrays("fc", op, enc)
         assert sum(a.nbytes for a in arrays) == sizes[enc], enc
     nnz = int(np.count_nonzero(w))
     assert sizes["fp32-csr16"] - pad4(2 * nnz) + 2 * nnz == csr_nbytes(nnz, rows, 2, op.bias_len)
     assert all(v is None or v % 4 == 0 for v in sizes.values())
     q, scale = quantize_rows(w)
     assert np.all(np.abs(q.astype(np.float32) * scale[:, None] - w) <= scale[:, None] / 2 + 1e-7)
+
+
+def test_int8_requantisation_is_tflites():
+    """QuantizeMultiplier + MultiplyByQuantizedMultiplier: Q31 multiplier, rounding half away
+    from zero, against exact rational arithmetic."""
+    assert quant.quantize_multiplier(0.5) == (1 << 30, 0)
+    assert quant.quantize_multiplier(0.25) == (1 << 30, -1)
+    assert quant.quantize_multiplier(1.0) == (1 << 30, 1)
+    assert quant.quantize_multiplier(0.0) == (0, 0)
+    rng = np.random.default_rng(0)
+    for m in np.exp(rng.uniform(np.log(1e-6), np.log(3.0), 200)):
+        m0, shift = quant.quantize_multiplier(float(m))
+        assert 1 << 30 <= m0 < 1 << 31 and abs(m0 * 2.0 ** (shift - 31) / m - 1) < 1e-9
+        acc = rng.integers(-(1 << 24), 1 << 24, 64)
+        got = quant.requantize(acc, m0, shift)
+        exact = acc * (m0 * 2.0 ** (shift - 31))
+        # one rounding for a left shift, two (<= 0.5 + 0.25) for a right shift, as TFLite
+        bound = 0.5 if shift >= 0 else 0.5 + 2.0 ** (shift - 1)
+        assert np.all(np.abs(got - exact) <= bound + 1e-9)
+    # gemmlowp's doubling high multiply rounds halves up (-1.5 -> -1), the divide by a power
+    # of two rounds them away from zero (-1.5 -> -2)
+    assert quant.requantize(np.array([3, -3, 1, -1]), 1 << 30, 0).tolist() == [2, -1, 1, 0]
+    assert quant.requantize(np.array([6, -6, 2, -2]), 1 << 30, -1).tolist() == [2, -2, 1, -1]
+    assert quant.round_div(np.array([5, -5, 4, -4]), 2).tolist() == [3, -3, 2, -2]
+    p = quant.choose_qparams(-1.0, 3.0)
+    assert p.zero_point == -64 and p.quantize(np.array([0.0]))[0] == p.zero_point
 
 
 # ------------------------------------------------------------------------------------ arena
@@ -317,8 +350,16 @@ def test_export_c_names_the_layer_it_cannot_handle(tmp_path, capsys):
     assert code == 2
     assert "export-c cannot handle layer 'gelu' (F.gelu: no C kernel for this op)" in err
     code, _, err = run_cli(["export-c", str(zoo("lenet5_prune_l", tmp_path)), "--encoding",
-                            "int8-csr16", "--out", str(tmp_path / "c")], capsys)
-    assert code == 2 and "int8 encodings are profiled but not exported" in err
+                            "int8-bsr", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "block-sparse is profiled but not exported" in err
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(SparsebenchError, match=r"int8 export cannot handle layer 'add' "
+                       r"\(residual add\)"):
+        quant.check_int8(trace(_Block().eval(), (3, 16, 16)))
+    with pytest.raises(SparsebenchError, match="mix fp32 and int8"):
+        export_c(create_model("lenet5").eval(), (1, 28, 28), tmp_path / "mix",
+                 encoding={"conv1": "int8-dense", "conv2": "fp32-dense", "fc1": "fp32-dense",
+                           "fc2": "fp32-dense", "fc3": "fp32-dense"})
 
 
 def _make_and_run(out: Path) -> str:
@@ -346,6 +387,58 @@ def test_export_c_runs_on_the_host(tmp_path, capsys):
     exp = export_c(lenet300, lenet300.input_shape, tmp_path / "l300", encoding="dense")
     assert set(exp.encodings.values()) == {"fp32-dense"}
     assert "sb: PASS" in _make_and_run(exp.out_dir)
+
+
+class _Int8Net(nn.Module):
+    """Every op the int8 runtime has: padded/strided/dilated convs, a standalone ReLU, max and
+    avg pooling (with padding, both count_include_pad settings), adaptive pooling, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_shape = (2, 12, 12)
+        self.c1 = nn.Conv2d(2, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 8, 3, stride=2, padding=2, dilation=2, bias=False)
+        self.fc = nn.Linear(8 * 2 * 2, 7)
+        with torch.no_grad():
+            self.c2.weight[:, :, 1] = 0
+            self.fc.weight[:, ::3] = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.c1(x))
+        y = nn.functional.max_pool2d(y, 2, stride=1, padding=1)
+        y = torch.relu(nn.functional.avg_pool2d(self.c2(y), 3, 1, 1, count_include_pad=False))
+        y = nn.functional.avg_pool2d(y, 2, 1, 1)
+        y = nn.functional.adaptive_avg_pool2d(y, 2)
+        return self.fc(torch.flatten(y, 1))
+
+
+@pytest.mark.skipif(not HAS_CC or shutil.which("make") is None, reason="needs cc and make")
+@pytest.mark.parametrize("enc", INT8_C_ENCODINGS + ("int8", "fp32-csr8", "fp32-csr32",
+                                                    "fp32-bitmask"))
+def test_int8_and_sparse_exports_are_bit_exact_on_the_host(enc, tmp_path):
+    """The C int8 kernels reproduce the Python integer reference exactly (main.c compares every
+    output), the weight arrays are the analytic bytes, and the fp32 gather kernels match torch."""
+    from sparsebench.loading import load_model
+
+    torch.manual_seed(0)
+    for model in (_Int8Net().eval(), load_model(zoo("lenet5_prune_l", tmp_path)).module):
+        shape = tuple(getattr(model, "input_shape", (1, 28, 28)))
+        graph = trace(model, shape)
+        samples = np.random.default_rng(1).standard_normal((32, *shape)).astype(np.float32)
+        qm = quant.calibrate(graph, samples, "32 normal samples")
+        exp = export_c(model, shape, tmp_path / type(model).__name__, encoding=enc, qmodel=qm,
+                       test_input=samples[3])
+        analytic = sum(layer_bytes(op.weight, op.bias_len)[1][exp.encodings[op.weight_key or
+                                                                          op.name]]
+                       for op in graph.weight_ops())
+        assert exp.weight_bytes == analytic
+        text = _make_and_run(exp.out_dir)
+        assert "sb: PASS" in text
+        if enc.startswith("int8"):
+            assert "sb: mismatches = 0" in text
+            got = [int(line.rsplit("= ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("sb: qoutput[")]
+            assert got == exp.expected_q.tolist() and len(got) == exp.expected.size
 
 
 # ------------------------------------------------------------------------------------ build

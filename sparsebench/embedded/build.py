@@ -43,7 +43,8 @@ APT_HINT = {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
             "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
             "qemu-aarch64": "qemu-user"}
 _LINE = re.compile(r"^sb: (output\[(\d+)\] = .*\(0x([0-9a-f]{8})\)|ticks = (\d+)|"
-                   r"stack_used = (\d+)|(PASS|FAIL|FAULT))")
+                   r"stack_used = (\d+)|(PASS|FAIL|FAULT)|qoutput\[(\d+)\] = (-?\d+)|"
+                   r"mismatches = (\d+))")
 
 
 def _spec(target: Target) -> BuildSpec:
@@ -128,7 +129,9 @@ def run_command(target: Target, elf: Path) -> list[str]:
 def parse_output(text: str, n_out: int) -> dict[str, Any]:
     """Outputs (exact float32 from their bits), ticks, stack use and the verdict line."""
     out = np.full(n_out, np.nan, dtype=np.float32)
-    found: dict[str, Any] = {"status": None, "ticks": None, "stack_used": None}
+    qout = np.full(n_out, -1000, dtype=np.int64)       # int8 models: -1000 = not printed
+    found: dict[str, Any] = {"status": None, "ticks": None, "stack_used": None,
+                             "mismatches": None}
     for line in text.splitlines():
         m = _LINE.match(line.strip())
         if not m:
@@ -141,7 +144,12 @@ def parse_output(text: str, n_out: int) -> dict[str, Any]:
             found["stack_used"] = int(m.group(5))
         elif m.group(6) is not None:
             found["status"] = m.group(6)
+        elif m.group(7) is not None and int(m.group(7)) < n_out:
+            qout[int(m.group(7))] = int(m.group(8))
+        elif m.group(9) is not None:
+            found["mismatches"] = int(m.group(9))
     found["outputs"] = out
+    found["qoutputs"] = qout
     return found
 
 
@@ -183,7 +191,7 @@ def analytic_weight_bytes(exp: Export) -> int:
         assert op.weight is not None
         _, sizes = layer_bytes(op.weight, op.bias_len)
         total += sizes[exp.encodings[key]] or 0
-    consts = [op for op in exp.graph.ops if op.weight is None and op.consts]
+    consts = [op for op in exp.graph.ops if op.weight is None and op.consts and not exp.int8]
     for op in consts:
         if op.kind == "bn":
             total += 4 * (op.consts["scale"].size + op.consts["shift"].size)
@@ -196,10 +204,13 @@ def analytic_weight_bytes(exp: Export) -> int:
 
 
 def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target: Target, *,
-                  encoding: str = "auto", work_dir: str | Path | None = None,
+                  encoding: str | dict[str, str] = "auto", work_dir: str | Path | None = None,
                   timeout: float = 300.0, name: str = "model", count: bool = True,
-                  est_seconds: float | None = None) -> dict[str, Any]:
-    """Export, cross-compile, measure and run ``module`` for ``target`` (see the docstring)."""
+                  est_seconds: float | None = None, qmodel: Any = None,
+                  test_input: np.ndarray | None = None) -> dict[str, Any]:
+    """Export, cross-compile, measure and run ``module`` for ``target`` (see the docstring).
+    int8 encodings need ``qmodel``; their emulated int8 output must equal the Python integer
+    reference's exactly."""
     spec = _spec(target)
     check_tools(target)
     tmp = None
@@ -210,7 +221,8 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
         work = Path(work_dir)
         work.mkdir(parents=True, exist_ok=True)
     try:
-        exp = export_c(module, input_shape, work / "src", encoding=encoding, name=name)
+        exp = export_c(module, input_shape, work / "src", encoding=encoding, name=name,
+                       qmodel=qmodel, test_input=test_input)
         elf_path, cmd = compile_export(exp, target, work)
         elf = read_elf(elf_path)
         sizes = memory_sizes(elf)
@@ -226,8 +238,21 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             raise SparsebenchError(f"the emulated run printed no result (exit code "
                                    f"{proc.returncode}): {' | '.join(tail)[:300]}")
-        err = float(np.max(np.abs(parsed["outputs"].astype(np.float64)
-                                  - exp.expected.astype(np.float64))))  # type: ignore[union-attr]
+        int8: dict[str, Any] = {"int8": exp.int8}
+        if exp.int8:
+            got = parsed["qoutputs"]
+            want = np.asarray(exp.expected_q, dtype=np.int64)
+            equal = int((got == want).sum())
+            deq = exp.qmodel.output.dequantize(np.clip(got, -128, 127))
+            err = float(np.max(np.abs(deq - exp.expected.astype(np.float64))))  # type: ignore
+            int8.update(bit_exact=equal == want.size, outputs_equal=equal,
+                        outputs=want.size, emulated_q=got.tolist(), reference_q=want.tolist(),
+                        dequantized_err_vs_torch=err)
+            ok = equal == want.size
+        else:
+            err = float(np.max(np.abs(parsed["outputs"].astype(np.float64)
+                                      - exp.expected.astype(np.float64))))  # type: ignore
+            ok = bool(err <= TOLERANCE)
         instructions, note = None, ""
         if spec.kind == "baremetal-m" and parsed["ticks"] is not None:
             per_tick = 1e9 / spec.sysclk_hz
@@ -257,8 +282,8 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
             "stack_used": parsed["stack_used"], "stack_reserved": stack_sec,
             "instructions": instructions, "instructions_note": note,
             "estimated_cycles": est_seconds * target.clock_mhz * 1e6 if est_seconds else None,
-            "max_abs_err": err, "tolerance": TOLERANCE,
-            "output_ok": bool(err <= TOLERANCE) and parsed["status"] == "PASS",
+            "max_abs_err": err, "tolerance": TOLERANCE, **int8,
+            "output_ok": ok and parsed["status"] == "PASS",
             "status": parsed["status"], "exit_code": proc.returncode,
             "work_dir": str(work) if tmp is None else None,
         }
