@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "models"
 HAS_CC = shutil.which("cc") is not None
 HAS_ARM = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm"))
+HAS_FMNIST = Path("/usr/share/datasets/fashion-mnist").is_dir()
 TARGET_KEYS = ('name = "tiny"\ndescription = "tiny MCU"\nclock_mhz = 48\nram_kib = 16\n'
                'flash_kib = 64\nfp32_mac_cycles = 4\nint8_mac_cycles = 1\n'
                'sparse_fp32_mac_cycles = 8\nsparse_int8_mac_cycles = 6\n')
@@ -306,6 +307,13 @@ def test_profile_table_json_markdown(tmp_path, capsys):
     assert doc["arena"]["bytes"] == 4 * (6 * 28 * 28 + 6 * 14 * 14)
     assert doc["host"]["p50_ms"] > 0
     assert "| layer | matrix | sparsity | fp32-dense |" in md.read_text()
+    verdict = next(c for c in doc["choices"] if c["policy"] == "best")
+    assert set(verdict["per_layer"].values()) <= set(BUILDABLE)     # what --build can write
+    assert verdict["ram_needed"] == doc["arena"]["int8_activations_bytes"]   # int8 arena
+    if HAS_FMNIST and (ZOO / "lenet5_prune_l.pt").exists():   # the real test set
+        acc = doc["accuracy"]
+        assert acc["samples"] == 10_000 and abs(acc["int8"] - acc["fp32"]) <= 1.0
+        assert "accuracy on the fashion-mnist test set (10,000 images): fp32" in text
 
 
 def test_profile_verdict_does_not_fit_exits_1(tmp_path, capsys):
@@ -459,7 +467,8 @@ def test_build_without_the_tools_is_a_clear_error(tmp_path, capsys):
 def test_build_cortex_m7_matches_the_analytic_sizes_and_torch(tmp_path, capsys):
     out = tmp_path / "p.json"
     code, text, _ = run_cli(["profile", str(zoo("lenet5_prune_l", tmp_path)), "--target",
-                             "cortex-m7", "--build", "--no-host", "--json", str(out)], capsys)
+                             "cortex-m7", "--build", "--build-encoding", "auto", "--no-host",
+                             "--no-accuracy", "--json", str(out)], capsys)
     assert code == 0, text
     b = json.loads(out.read_text())["build"]
     assert b["output_ok"] and b["max_abs_err"] <= 1e-4 and b["status"] == "PASS"
@@ -473,12 +482,73 @@ def test_build_cortex_m7_matches_the_analytic_sizes_and_torch(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not HAS_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+def test_build_int8_csr8_on_cortex_m7_is_bit_exact_and_the_analytic_size(tmp_path, capsys):
+    """The issue's acceptance: image flash = analytic weights + test vector + runtime, the
+    emulated int8 output equal to the Python integer reference, accuracy within 1 point."""
+    out = tmp_path / "p.json"
+    code, text, _ = run_cli(["profile", str(zoo("lenet5_prune_l", tmp_path)), "--target",
+                             "cortex-m7", "--build", "--build-encoding", "int8-csr8",
+                             "--no-host", "--calibration", "200", "--json", str(out)], capsys)
+    assert code == 0, text
+    doc = json.loads(out.read_text())
+    b = doc["build"]
+    assert b["int8"] and b["bit_exact"] and b["output_ok"] and b["status"] == "PASS"
+    assert b["emulated_q"] == b["reference_q"] and b["outputs"] == 10
+    assert set(b["encodings"].split(", ")) == {f"{k}=int8-csr8" for k in
+                                               ("conv1", "conv2", "fc1", "fc2", "fc3")}
+    assert b["weights_measured"] == b["weights_analytic"] == doc["totals"]["int8-csr8"]
+    assert b["flash"] == b["weights_measured"] + b["test_vector"] + b["runtime_flash"]
+    assert b["test_vector"] == 784 + 12                        # int8 input and output
+    assert b["arena_measured"] == b["arena_analytic"] == doc["arena"]["int8_activations_bytes"]
+    assert 0 < b["runtime_flash"] < 16 * 1024 and b["runtime_ram"] < 64
+    assert "bit-exact with the Python integer reference (10/10 outputs equal)" in text
+    if HAS_FMNIST and (ZOO / "lenet5_prune_l.pt").exists():
+        assert abs(doc["accuracy"]["int8"] - doc["accuracy"]["fp32"]) <= 1.0
+    # by default --build builds what the verdict names (one value type, all buildable)
+    code, text, _ = run_cli(["profile", str(zoo("lenet5_prune_l", tmp_path)), "--target",
+                             "cortex-m7", "--build", "--no-host", "--no-accuracy", "--json",
+                             str(out), "--force", "--calibration", "50"], capsys)
+    assert code == 0, text
+    doc = json.loads(out.read_text())
+    verdict = next(c for c in doc["choices"] if c["policy"] == "best")
+    assert doc["build"]["encodings"] == ", ".join(f"{k}={v}"
+                                                  for k, v in verdict["per_layer"].items())
+    assert doc["build"]["weights_measured"] == verdict["weight_bytes"]
+    assert doc["build"]["arena_measured"] == verdict["ram_needed"] and doc["build"]["bit_exact"]
+
+
+def test_unbuildable_encodings_and_bad_calibration_are_exit_2(tmp_path, capsys):
+    ckpt = str(zoo("lenet5_prune_l", tmp_path))
+    code, _, err = run_cli(["profile", ckpt, "--target", "host", "--encoding", "int8-bsr",
+                            "--build", "--no-host"], capsys)
+    assert code == 2 and "int8-bsr4x4 has no C kernel" in err and len(err.splitlines()) == 1
+    code, _, err = run_cli(["profile", ckpt, "--target", "host", "--build-encoding", "fp32-bsr",
+                            "--build", "--no-host"], capsys)
+    assert code == 2 and "block-sparse is profiled but not exported" in err
+    code, _, err = run_cli(["profile", ckpt, "--target", "host", "--calibration", "0"], capsys)
+    assert code == 2 and "--calibration 0" in err
+    code, _, err = run_cli(["export-c", ckpt, "--encoding", "int8", "--calibration", "-1",
+                            "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "--calibration -1" in err and not (tmp_path / "c").exists()
+
+
+@pytest.mark.skipif(not HAS_CC or shutil.which("make") is None, reason="needs cc and make")
+def test_export_c_int8_cli_runs_on_the_host(tmp_path, capsys):
+    out = tmp_path / "q"
+    code, text, _ = run_cli(["export-c", str(zoo("lenet5_prune_l", tmp_path)), "--encoding",
+                             "int8", "--calibration", "50", "--out", str(out)], capsys)
+    assert code == 0 and "int8 (TFLite scheme), calibrated on 50" in text
+    assert "#define SB_INT8 1" in (out / "sb_model.h").read_text()
+    assert "sb: mismatches = 0" in _make_and_run(out)
+
+
+@pytest.mark.skipif(not HAS_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 def test_build_for_a_board_too_small_says_so(tmp_path, capsys):
     path = tmp_path / "small.toml"
     m7 = (ROOT / "sparsebench" / "embedded" / "targets" / "cortex-m7.toml").read_text()
     path.write_text(m7.replace("flash_length = 0x00400000", "flash_length = 0x00008000"))
     code, _, err = run_cli(["profile", str(zoo("lenet5_dense", tmp_path)), "--target", str(path),
-                            "--build", "--no-host"], capsys)
+                            "--build", "--build-encoding", "auto", "--no-host"], capsys)
     assert code == 2 and "does not fit the emulated board's FLASH" in err, err
 
 

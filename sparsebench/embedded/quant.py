@@ -346,3 +346,23 @@ def accuracy(model: QModel, module: Any, data: Any, batch: int = 1000) -> dict[s
     return {"dataset": data.name, "split": "test", "samples": n,
             "fp32": 100.0 * right32 / n, "int8": 100.0 * right8 / n,
             "agreement": 100.0 * agree / n, "calibration": model.calibration}
+
+
+def prepare(module: Any, graph: Graph, checkpoint: dict[str, Any] | None,
+            input_shape: tuple[int, ...], n: int, data_dir: str | None = None
+            ) -> tuple[QModel, Any, list[str]]:
+    """Calibrate ``graph`` on ``n`` images of the checkpoint's dataset (seeded uniform inputs
+    when it names none or the data cannot be read: said in the notes); returns the model, the
+    dataset (or None) and notes."""
+    notes: list[str] = []
+    data = None
+    try:
+        data = load_data(checkpoint, input_shape, data_dir)
+    except SparsebenchError as exc:
+        notes.append(f"the checkpoint's dataset could not be read ({exc}); int8 calibrated on "
+                     f"seeded uniform inputs, accuracy not measured")
+    if data is None and not notes:
+        notes.append("the model records no dataset: int8 calibrated on seeded uniform inputs, "
+                     "accuracy not measured")
+    samples, desc = calibration_samples(data, input_shape, n)
+    return calibrate(graph, samples, desc), data, notes
