@@ -799,7 +799,8 @@ def _export_c_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", default="auto", help="auto (smaller of fp32 dense/csr16 per "
                    "layer, default), dense (fp32), csr (fp32 values, 16-bit indices), int8 "
                    "(smallest int8 per layer), or one of fp32-/int8-dense, -csr8, -csr16, "
-                   "-csr32, -bitmask")
+                   "-csr32, -bitmask, -bsr")
+    p.add_argument("--block", default="4x4", help="block of the block-sparse encodings (RxC)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the test vector's input (fp32; "
                    "int8 uses the first test image of the checkpoint's dataset)")

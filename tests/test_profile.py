@@ -178,6 +178,11 @@ def test_export_arrays_match_the_byte_formulas(rows, cols, density, seed, bias):
         arrays, _ = weight_arrays_int8("fc", op, enc, layer) if enc.startswith("int8") else \
             weight_arrays("fc", op, enc)
         assert sum(a.nbytes for a in arrays) == sizes[enc], enc
+    _, sizes = layer_bytes(w, op.bias_len, (3, 5))
+    for enc in ("fp32-bsr", "int8-bsr"):
+        arrays, _ = weight_arrays_int8("fc", op, enc, layer, (3, 5)) if "int8" in enc else \
+            weight_arrays("fc", op, enc, (3, 5))
+        assert sum(a.nbytes for a in arrays) == sizes[enc], enc
     nnz = int(np.count_nonzero(w))
     assert sizes["fp32-csr16"] - pad4(2 * nnz) + 2 * nnz == csr_nbytes(nnz, rows, 2, op.bias_len)
     assert all(v is None or v % 4 == 0 for v in sizes.values())
@@ -358,8 +363,8 @@ def test_export_c_names_the_layer_it_cannot_handle(tmp_path, capsys):
     assert code == 2
     assert "export-c cannot handle layer 'gelu' (F.gelu: no C kernel for this op)" in err
     code, _, err = run_cli(["export-c", str(zoo("lenet5_prune_l", tmp_path)), "--encoding",
-                            "int8-bsr", "--out", str(tmp_path / "c")], capsys)
-    assert code == 2 and "block-sparse is profiled but not exported" in err
+                            "int8-bsr4x4", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "'int8-bsr4x4' is not supported" in err and "--block" in err
     assert not (tmp_path / "c").exists()
     with pytest.raises(SparsebenchError, match=r"int8 export cannot handle layer 'add' "
                        r"\(residual add\)"):
@@ -422,7 +427,7 @@ class _Int8Net(nn.Module):
 
 @pytest.mark.skipif(not HAS_CC or shutil.which("make") is None, reason="needs cc and make")
 @pytest.mark.parametrize("enc", INT8_C_ENCODINGS + ("int8", "fp32-csr8", "fp32-csr32",
-                                                    "fp32-bitmask"))
+                                                    "fp32-bitmask", "fp32-bsr"))
 def test_int8_and_sparse_exports_are_bit_exact_on_the_host(enc, tmp_path):
     """The C int8 kernels reproduce the Python integer reference exactly (main.c compares every
     output), the weight arrays are the analytic bytes, and the fp32 gather kernels match torch."""
@@ -434,11 +439,11 @@ def test_int8_and_sparse_exports_are_bit_exact_on_the_host(enc, tmp_path):
         graph = trace(model, shape)
         samples = np.random.default_rng(1).standard_normal((32, *shape)).astype(np.float32)
         qm = quant.calibrate(graph, samples, "32 normal samples")
+        block = (3, 2) if isinstance(model, _Int8Net) else (4, 4)   # padded blocks too
         exp = export_c(model, shape, tmp_path / type(model).__name__, encoding=enc, qmodel=qm,
-                       test_input=samples[3])
-        analytic = sum(layer_bytes(op.weight, op.bias_len)[1][exp.encodings[op.weight_key or
-                                                                          op.name]]
-                       for op in graph.weight_ops())
+                       test_input=samples[3], block=block)
+        analytic = sum(layer_bytes(op.weight, op.bias_len, block)[1][
+            exp.encodings[op.weight_key or op.name]] for op in graph.weight_ops())
         assert exp.weight_bytes == analytic
         text = _make_and_run(exp.out_dir)
         assert "sb: PASS" in text
@@ -519,12 +524,15 @@ def test_build_int8_csr8_on_cortex_m7_is_bit_exact_and_the_analytic_size(tmp_pat
 
 def test_unbuildable_encodings_and_bad_calibration_are_exit_2(tmp_path, capsys):
     ckpt = str(zoo("lenet5_prune_l", tmp_path))
-    code, _, err = run_cli(["profile", ckpt, "--target", "host", "--encoding", "int8-bsr",
+    code, _, err = run_cli(["profile", ckpt, "--target", "host", "--build-encoding", "int8-bsr8",
                             "--build", "--no-host"], capsys)
-    assert code == 2 and "int8-bsr4x4 has no C kernel" in err and len(err.splitlines()) == 1
-    code, _, err = run_cli(["profile", ckpt, "--target", "host", "--build-encoding", "fp32-bsr",
-                            "--build", "--no-host"], capsys)
-    assert code == 2 and "block-sparse is profiled but not exported" in err
+    assert code == 2 and "give the block with --block" in err and len(err.splitlines()) == 1
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(70_000, 2))
+    with pytest.raises(SparsebenchError, match="layer '1' cannot be built as int8-csr16: 70000 "
+                       "columns are too many for 16-bit"):
+        from sparsebench.embedded.export_c import choose_encodings
+
+        choose_encodings(trace(wide, (70_000,)), "int8-csr16")
     code, _, err = run_cli(["profile", ckpt, "--target", "host", "--calibration", "0"], capsys)
     assert code == 2 and "--calibration 0" in err
     code, _, err = run_cli(["export-c", ckpt, "--encoding", "int8", "--calibration", "-1",

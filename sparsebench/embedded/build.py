@@ -34,7 +34,7 @@ import torch
 from sparsebench.errors import SparsebenchError
 from sparsebench.embedded.export_c import Export, export_c
 from sparsebench.embedded.elf import memory_sizes, read_elf
-from sparsebench.embedded.encodings import layer_bytes
+from sparsebench.embedded.encodings import encoding_label, layer_bytes
 from sparsebench.embedded.targets import BuildSpec, Target
 
 TOLERANCE = 1e-4
@@ -183,13 +183,13 @@ def count_user_instructions(target: Target, elf: Path, timeout: float) -> int | 
     return count
 
 
-def analytic_weight_bytes(exp: Export) -> int:
+def analytic_weight_bytes(exp: Export, block: tuple[int, int] = (4, 4)) -> int:
     """The exported encodings' bytes by the profile's formulas (independent of the arrays)."""
     total = 0
     for op in exp.graph.weight_ops():
         key = op.weight_key or op.name
         assert op.weight is not None
-        _, sizes = layer_bytes(op.weight, op.bias_len)
+        _, sizes = layer_bytes(op.weight, op.bias_len, block)
         total += sizes[exp.encodings[key]] or 0
     consts = [op for op in exp.graph.ops if op.weight is None and op.consts and not exp.int8]
     for op in consts:
@@ -207,7 +207,8 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
                   encoding: str | dict[str, str] = "auto", work_dir: str | Path | None = None,
                   timeout: float = 300.0, name: str = "model", count: bool = True,
                   est_seconds: float | None = None, qmodel: Any = None,
-                  test_input: np.ndarray | None = None) -> dict[str, Any]:
+                  test_input: np.ndarray | None = None, block: tuple[int, int] = (4, 4)
+                  ) -> dict[str, Any]:
     """Export, cross-compile, measure and run ``module`` for ``target`` (see the docstring).
     int8 encodings need ``qmodel``; their emulated int8 output must equal the Python integer
     reference's exactly."""
@@ -222,7 +223,7 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
         work.mkdir(parents=True, exist_ok=True)
     try:
         exp = export_c(module, input_shape, work / "src", encoding=encoding, name=name,
-                       qmodel=qmodel, test_input=test_input)
+                       qmodel=qmodel, test_input=test_input, block=block)
         elf_path, cmd = compile_export(exp, target, work)
         elf = read_elf(elf_path)
         sizes = memory_sizes(elf)
@@ -267,11 +268,12 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
             if instructions is not None:
                 note += (f"; at 1 instruction/cycle {instructions / (target.clock_mhz * 1e3):.2f}"
                          f" ms at {target.clock_mhz:g} MHz")
-        analytic_w = analytic_weight_bytes(exp)
+        analytic_w = analytic_weight_bytes(exp, block)
         return {
             "compiler": " ".join([spec.cc, *spec.cflags]),
             "runner": " ".join(run[:-1]) + " model.elf" if spec.kind != "host" else "native",
-            "command": cmd, "encodings": ", ".join(f"{k}={v}" for k, v in exp.encodings.items()),
+            "command": cmd, "encodings": ", ".join(f"{k}={encoding_label(v, block)}"
+                                                  for k, v in exp.encodings.items()),
             "sections": {s.name: s.size for s in elf.sections if s.alloc},
             "flash": sizes["flash"], "ram": sizes["ram"],
             "analytic_flash": analytic_w, "analytic_ram": exp.arena.size,

@@ -77,16 +77,10 @@ def check_calibration(args: argparse.Namespace) -> None:
 
 def build_encoding(args: argparse.Namespace) -> str:
     """``--build-encoding``, checked before any work: ``verdict`` or an export-c encoding."""
-    from sparsebench.embedded.encodings import encoding_label
     from sparsebench.embedded.export_c import resolve_encoding
 
     if args.build_encoding != "verdict":
         return resolve_encoding(args.build_encoding)
-    if args.encoding.endswith("bsr"):
-        raise SparsebenchError(f"--build builds the verdict's encodings, and "
-                               f"{encoding_label(args.encoding, parse_block(args.block))} has "
-                               f"no C kernel (block-sparse is profiled but not exported); pass "
-                               f"--build-encoding or another --encoding")
     return "verdict"
 
 
@@ -161,14 +155,14 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
         from sparsebench.embedded.export_c import choose_encodings
 
         assert encodings is not None
-        per_layer = choose_encodings(prof.graph, encodings)   # names an unbuildable layer
+        per_layer = choose_encodings(prof.graph, encodings, block)   # names unbuildable layers
         est = estimate_seconds(prof, per_layer)
         test_input = data.test_x[0].numpy() if data is not None and wants_int8 else None
         prof.build = build_and_run(loaded.module, loaded.input_shape, target,
                                    encoding=per_layer, work_dir=args.build_dir,
                                    timeout=args.timeout, name=info["name"], est_seconds=est,
                                    qmodel=qmodel if wants_int8 else None,
-                                   test_input=test_input)
+                                   test_input=test_input, block=block)
     to_stdout = args.json == "-"
     if to_stdout:   # keep stdout pure JSON; messages go to stderr
         from sparsebench.ui import console
@@ -210,6 +204,7 @@ def run_export(args: argparse.Namespace, con: Any) -> int:
     from sparsebench.embedded.export_c import is_int8
 
     enc = resolve_encoding(args.encoding)
+    block = parse_block(getattr(args, "block", "4x4"))
     check_calibration(args)
     check_output_dir(args.out, args.force, "--out")
     loaded = load(args)
@@ -228,7 +223,7 @@ def run_export(args: argparse.Namespace, con: Any) -> int:
             test_input = data.test_x[0].numpy()
     exp = export_c(loaded.module, loaded.input_shape, args.out, encoding=enc,
                    name=Path(args.model).stem, seed=args.seed, qmodel=qmodel,
-                   test_input=test_input)
+                   test_input=test_input, block=block)
     con.print(f"wrote {len(exp.files)} files to {exp.out_dir}: weights {exp.weight_bytes:,} B "
               f"(const), arena {exp.arena.size:,} B (static{', int8' if exp.int8 else ''}), "
               f"test vector {exp.test_vector_bytes:,} B")

@@ -41,8 +41,10 @@ ENCODINGS = ("fp32-dense", "int8-dense", "fp32-csr8", "fp32-csr16", "fp32-csr32"
              "int8-csr16", "int8-csr32", "fp32-bitmask", "int8-bitmask", "fp32-bsr", "int8-bsr")
 LOSSLESS = tuple(e for e in ENCODINGS if e.startswith("fp32"))
 C_ENCODINGS = ("fp32-dense", "fp32-csr16")   # export-c's ``auto`` and ``c`` choose from these
-FP32_C_ENCODINGS = ("fp32-dense", "fp32-csr8", "fp32-csr16", "fp32-csr32", "fp32-bitmask")
-INT8_C_ENCODINGS = ("int8-dense", "int8-csr8", "int8-csr16", "int8-csr32", "int8-bitmask")
+FP32_C_ENCODINGS = ("fp32-dense", "fp32-csr8", "fp32-csr16", "fp32-csr32", "fp32-bitmask",
+                    "fp32-bsr")
+INT8_C_ENCODINGS = ("int8-dense", "int8-csr8", "int8-csr16", "int8-csr32", "int8-bitmask",
+                    "int8-bsr")
 BUILDABLE = FP32_C_ENCODINGS + INT8_C_ENCODINGS   # everything export-c (and --build) writes
 
 

@@ -14,7 +14,8 @@ pointers) per layer; ``auto`` picks the smaller of the two for each layer. int8 
 layer) is a full-integer model in TensorFlow Lite's scheme (``embedded.quant``): int8 weights
 and activations, int32 accumulators, calibrated scales; the test vector then holds the int8
 input and the Python integer reference's int8 output, which the C must reproduce exactly. One
-value type per model (no fp32/int8 mix). BSR is profiled but not exported.
+value type per model (no fp32/int8 mix). Block-sparse (``fp32-bsr``/``int8-bsr``, the block
+given by ``block``) is exported too.
 
 Layer types: Conv2d (groups=1, numeric zero padding), Linear, ReLU, MaxPool2d, AvgPool2d
 (ceil_mode off), AdaptiveAvgPool2d with whole windows, BatchNorm (folded into the preceding
@@ -39,7 +40,7 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.graph.reference import output
 from sparsebench.embedded.arena import ArenaPlan, plan_graph
 from sparsebench.embedded.encodings import (BUILDABLE, C_ENCODINGS, INT8_C_ENCODINGS, cheapest,
-                                             layer_bytes, pad4)
+                                             encoding_label, layer_bytes, pad4)
 from sparsebench.embedded.lowering import Graph, Op, trace
 
 CSRC = Path(__file__).resolve().parent / "csrc"
@@ -50,7 +51,7 @@ SUPPORTED_ARCHS = ("lenet300", "lenet5", "vgg11_bn", "resnet18")
 ENCODING_NAMES = {"auto": "auto", "dense": "fp32-dense", "csr": "fp32-csr16", "c": "auto",
                   "int8": "int8", **{e: e for e in BUILDABLE}}
 SBQ_ENC = {"int8-dense": "SBQ_DENSE", "int8-csr8": "SBQ_CSR8", "int8-csr16": "SBQ_CSR16",
-           "int8-csr32": "SBQ_CSR32", "int8-bitmask": "SBQ_BITMASK"}
+           "int8-csr32": "SBQ_CSR32", "int8-bitmask": "SBQ_BITMASK", "int8-bsr": "SBQ_BSR"}
 KERNEL_FILES = ("sb_kernels.c", "sb_kernels.h", "main.c")
 PORT_FILES = ("sb_port.h", "port_cm.c", "link_cm.ld", "port_linux.c")
 
@@ -106,7 +107,8 @@ class Export:
 
 def resolve_encoding(name: str) -> str:
     if name not in ENCODING_NAMES:
-        extra = " (block-sparse is profiled but not exported)" if "bsr" in name else ""
+        extra = " (give the block with --block, e.g. int8-bsr --block 4x4)" if "bsr" in name \
+            else ""
         raise SparsebenchError(f"export-c encoding {name!r} is not supported{extra}; choose "
                                f"from: auto, dense, csr, int8, {', '.join(BUILDABLE)}")
     return ENCODING_NAMES[name]
@@ -184,28 +186,29 @@ def check_exportable(graph: Graph) -> None:
                                f"{', '.join(SUPPORTED_ARCHS)})")
 
 
-def choose_encodings(graph: Graph, encoding: str | dict[str, str]) -> dict[str, str]:
+def choose_encodings(graph: Graph, encoding: str | dict[str, str],
+                     block: tuple[int, int] = (4, 4)) -> dict[str, str]:
     """Weight layer -> encoding: one for every layer, ``auto`` (the smaller fp32 one), ``int8``
     (the smallest int8 one) or a given layer -> encoding map (the profile's verdict)."""
     out = {}
     for op in graph.weight_ops():
         key = op.weight_key or op.name
         assert op.weight is not None
-        _, sizes = layer_bytes(op.weight, op.bias_len)
+        _, sizes = layer_bytes(op.weight, op.bias_len, block)
         enc = encoding.get(key, "") if isinstance(encoding, dict) else encoding
         if enc == "auto":
             out[key] = cheapest(sizes, C_ENCODINGS)
         elif enc == "int8":
             out[key] = cheapest(sizes, INT8_C_ENCODINGS)
         elif enc not in BUILDABLE:
-            from sparsebench.embedded.encodings import encoding_label
-
-            why = "block-sparse has no C kernel" if "bsr" in enc else "no C kernel"
-            raise SparsebenchError(f"layer {key!r} cannot be built as {encoding_label(enc, (4, 4)) if enc else '?'}: "
-                                   f"{why}; export-c writes {', '.join(BUILDABLE)}")
+            raise SparsebenchError(f"layer {key!r} cannot be built as "
+                                   f"{encoding_label(enc, block) if enc else '(none given)'}: "
+                                   f"no C kernel; export-c writes {', '.join(BUILDABLE)}")
         elif sizes[enc] is None:
-            raise SparsebenchError(f"layer {key!r} has {op.weight.shape[1]} columns: too many "
-                                   f"for 16-bit indices; use --encoding dense or auto")
+            raise SparsebenchError(f"layer {key!r} cannot be built as "
+                                   f"{encoding_label(enc, block)}: {op.weight.shape[1]} columns "
+                                   f"are too many for 16-bit (block) column indices; use a "
+                                   f"dense, csr8, csr32 or bitmask encoding")
         else:
             out[key] = enc
     return out
@@ -228,7 +231,8 @@ def _c_array(arr: CArray) -> str:
     return (f"static const {arr.ctype} {arr.symbol}[{arr.values.size}] = {{\n    {body}\n}};\n")
 
 
-def weight_arrays(key: str, op: Op, enc: str) -> tuple[list[CArray], dict[str, str]]:
+def weight_arrays(key: str, op: Op, enc: str, block: tuple[int, int] = (4, 4)
+                  ) -> tuple[list[CArray], dict[str, str]]:
     """The arrays of one layer and the C expressions the kernel call uses."""
     name = f"sbw_{_cname(key)}"
     w = op.weight
@@ -243,7 +247,8 @@ def weight_arrays(key: str, op: Op, enc: str) -> tuple[list[CArray], dict[str, s
         refs["w"] = f"{name}_w"
         return arrays, refs
     if enc != "fp32-csr16":          # CSR-8/-32 and bitmask: the layouts of the int8 kernels
-        new, more = _sparse_arrays(name, w.astype(np.float32), enc.split("-", 1)[1], "float")
+        new, more = _sparse_arrays(name, w.astype(np.float32), enc.split("-", 1)[1], "float",
+                                   block)
         refs.update(more)
         return arrays + new, refs
     rows, cols = np.nonzero(w != 0)
@@ -259,13 +264,29 @@ def weight_arrays(key: str, op: Op, enc: str) -> tuple[list[CArray], dict[str, s
     return arrays, refs
 
 
-def _sparse_arrays(name: str, q: np.ndarray, kind: str, vtype: str
-                   ) -> tuple[list[CArray], dict[str, str]]:
+def _sparse_arrays(name: str, q: np.ndarray, kind: str, vtype: str,
+                   block: tuple[int, int] = (4, 4)) -> tuple[list[CArray], dict[str, str]]:
     """Values, indices and row pointers (or the bitmask) of ``q`` in ``kind`` (csr8, csr16,
-    csr32, bitmask), as the ``SBQ_*`` layouts of sb_kernels.h."""
+    csr32, bitmask, bsr), as the ``SBQ_*`` layouts of sb_kernels.h."""
     arrays: list[CArray] = []
     refs = {"idx": "0", "rowptr": "0", "val": "0"}
-    if kind == "bitmask":
+    if kind == "bsr":
+        br, bc = block
+        rows, cols = q.shape
+        prow, pcol = -(-rows // br) * br, -(-cols // bc) * bc
+        padded = np.zeros((prow, pcol), dtype=q.dtype)
+        padded[:rows, :cols] = q
+        blocks = padded.reshape(prow // br, br, pcol // bc, bc).transpose(0, 2, 1, 3)
+        held = (blocks != 0).any(axis=(2, 3))
+        values = blocks[held].reshape(-1)
+        bptr = np.concatenate([[0], np.cumsum(held.sum(axis=1))]).astype(np.int32)
+        if values.size:
+            arrays.append(CArray(f"{name}_col", "uint16_t",
+                                 np.nonzero(held)[1].astype(np.uint16)))
+            refs["idx"] = f"{name}_col"
+        arrays.append(CArray(f"{name}_rowptr", "int32_t", bptr))
+        refs.update(rowptr=f"{name}_rowptr", block=f"{br}, {bc}")
+    elif kind == "bitmask":
         bits = np.packbits((q != 0).reshape(-1), bitorder="little")
         values = q[q != 0]
         arrays.append(CArray(f"{name}_mask", "uint8_t", bits.astype(np.uint8)))
@@ -311,7 +332,7 @@ def csr8_entries(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.array(rowptr, dtype=np.int32))
 
 
-def weight_arrays_int8(key: str, op: Op, enc: str, layer: Any
+def weight_arrays_int8(key: str, op: Op, enc: str, layer: Any, block: tuple[int, int] = (4, 4)
                        ) -> tuple[list[CArray], dict[str, str]]:
     """The int8 arrays of one layer (``quant.QLayer``) and the C expressions the call uses."""
     name = f"sbw_{_cname(key)}"
@@ -329,7 +350,7 @@ def weight_arrays_int8(key: str, op: Op, enc: str, layer: Any
         arrays.append(CArray(f"{name}_w", "int8_t", q.reshape(-1).astype(np.int8)))
         refs["val"] = f"{name}_w"
         return arrays, refs
-    new, more = _sparse_arrays(name, q.astype(np.int8), kind, "int8_t")
+    new, more = _sparse_arrays(name, q.astype(np.int8), kind, "int8_t", block)
     refs.update(more)
     return arrays + new, refs
 
@@ -345,7 +366,7 @@ def _call_int8(op: Op, graph: Graph, plan: ArenaPlan, enc: str | None, refs: dic
     if op.kind in ("conv", "linear"):
         zp_out = qm.params[op.output].zero_point
         lo, hi = qm.act_range(op)
-        head = (f"{SBQ_ENC[enc or '']}, {x}, {y}, {refs['val']}, {refs['idx']}, {refs['rowptr']}, "
+        head = (f"{SBQ_ENC[enc or '']}, {refs.get('block', '0, 0')}, {x}, {y}, {refs['val']}, {refs['idx']}, {refs['rowptr']}, "
                 f"{refs['bias']}, {refs['m0']}, {refs['shift']}, {zp_in}, {zp_out}, {lo}, {hi}")
         if op.kind == "conv":
             cin, h, wd = op.in_shape
@@ -388,7 +409,8 @@ def _call(op: Op, graph: Graph, plan: ArenaPlan, enc: str | None, refs: dict[str
         if enc == "fp32-dense":
             return f"sbk_conv2d_dense({x}, {y}, {refs['w']}, {refs['bias']}, {geo});"
         if enc != "fp32-csr16":
-            return (f"sbk_conv2d_sparse({SBQ_ENC['int8-' + (enc or '').split('-')[1]]}, {x}, {y}, "
+            return (f"sbk_conv2d_sparse({SBQ_ENC['int8-' + (enc or '').split('-')[1]]}, "
+                    f"{refs.get('block', '0, 0')}, {x}, {y}, "
                     f"{refs['val']}, {refs['idx']}, {refs['rowptr']}, {refs['bias']}, {geo});")
         return (f"sbk_conv2d_csr16({x}, {y}, {refs['val']}, {refs['col']}, {refs['rowptr']}, "
                 f"{refs['bias']}, {geo});")
@@ -399,7 +421,8 @@ def _call(op: Op, graph: Graph, plan: ArenaPlan, enc: str | None, refs: dict[str
             return (f"sbk_linear_dense({x}, {y}, {refs['w']}, {refs['bias']}, {fin}, {fout}, "
                     f"{npos}, {relu});")
         if enc != "fp32-csr16":
-            return (f"sbk_linear_sparse({SBQ_ENC['int8-' + (enc or '').split('-')[1]]}, {x}, {y}, "
+            return (f"sbk_linear_sparse({SBQ_ENC['int8-' + (enc or '').split('-')[1]]}, "
+                    f"{refs.get('block', '0, 0')}, {x}, {y}, "
                     f"{refs['val']}, {refs['idx']}, {refs['rowptr']}, {refs['bias']}, {fin}, "
                     f"{fout}, {npos}, {relu});")
         return (f"sbk_linear_csr16({x}, {y}, {refs['val']}, {refs['col']}, {refs['rowptr']}, "
@@ -468,7 +491,8 @@ def check_against_reference(graph: Graph, x: np.ndarray, expected: np.ndarray) -
 
 def export_c(module: torch.nn.Module, input_shape: tuple[int, ...], out_dir: str | Path, *,
              encoding: str | dict[str, str] = "auto", name: str = "model", seed: int = 0,
-             qmodel: Any = None, test_input: np.ndarray | None = None) -> Export:
+             qmodel: Any = None, test_input: np.ndarray | None = None,
+             block: tuple[int, int] = (4, 4)) -> Export:
     """Write the C export of ``module`` to ``out_dir`` (see the module docstring). int8
     encodings need ``qmodel`` (``quant.calibrate`` on the same graph); ``test_input`` (one
     float sample) replaces the seeded uniform test input."""
@@ -487,7 +511,7 @@ def export_c(module: torch.nn.Module, input_shape: tuple[int, ...], out_dir: str
         check_int8(graph)
         if qmodel is None:
             raise SparsebenchError("an int8 export needs calibration (quant.calibrate)")
-    encodings = choose_encodings(graph, encoding)
+    encodings = choose_encodings(graph, encoding, block)
     plan = plan_graph(graph, elem_bytes=1 if int8 else 4)
     x, expected = test_vector(module, tuple(input_shape), seed, test_input)
     check_against_reference(graph, x.reshape(1, *input_shape), expected)
@@ -508,9 +532,10 @@ def export_c(module: torch.nn.Module, input_shape: tuple[int, ...], out_dir: str
             if key not in emitted:
                 if int8:
                     new, emitted[key] = weight_arrays_int8(key, op, enc or "",
-                                                           qmodel.layers[op.name])
+                                                           qmodel.layers[op.name], block)
                 else:
-                    new, emitted[key] = weight_arrays(key, op, enc)  # type: ignore[arg-type]
+                    new, emitted[key] = weight_arrays(key, op, enc,  # type: ignore[arg-type]
+                                                      block)
                 arrays += new
             refs = emitted[key]
         elif op.kind in ("bn", "mul_const", "add_const"):

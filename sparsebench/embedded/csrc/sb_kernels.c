@@ -235,7 +235,7 @@ static int32_t sbq_conv_in(const int8_t *x, int32_t col, int khw, int kw, int h,
 }
 
 /* ACC += sum over the stored weights of row ROW: w * INPUT(col) */
-#define SB_ROW_DOT(ACC, VT, AT, ENC, VAL, IDX, ROWPTR, VSTART, ROW, COLS, INPUT)               \
+#define SB_ROW_DOT(ACC, VT, AT, ENC, VAL, IDX, ROWPTR, VSTART, ROW, COLS, INPUT, BR, BC)       \
     do {                                                                                  \
         int32_t k_, c_;                                                                   \
         switch (ENC) {                                                                    \
@@ -261,6 +261,17 @@ static int32_t sbq_conv_in(const int8_t *x, int32_t col, int khw, int kw, int h,
             for (k_ = (ROWPTR)[ROW]; k_ < (ROWPTR)[(ROW) + 1]; ++k_)                      \
                 ACC += (AT)(VAL)[k_] * INPUT((int32_t)i_[k_]);                            \
         } break;                                                                          \
+        case SBQ_BSR: {                                                                   \
+            const uint16_t *i_ = (const uint16_t *)(IDX);                                 \
+            int r_ = (ROW) / (BR), j_;                                                    \
+            for (k_ = (ROWPTR)[r_]; k_ < (ROWPTR)[r_ + 1]; ++k_) {                        \
+                const VT *b_ = (VAL) + ((long)k_ * (BR) + (ROW) - r_ * (BR)) * (BC);      \
+                for (j_ = 0; j_ < (BC); ++j_) {                                           \
+                    c_ = (int32_t)i_[k_] * (BC) + j_;                                     \
+                    if (b_[j_] != 0 && c_ < (COLS)) ACC += (AT)b_[j_] * INPUT(c_);        \
+                }                                                                         \
+            }                                                                             \
+        } break;                                                                          \
         default: {                                                                        \
             const uint8_t *m_ = (const uint8_t *)(IDX);                                   \
             long b_ = (long)(ROW) * (COLS), v_ = (VSTART);                                \
@@ -270,8 +281,8 @@ static int32_t sbq_conv_in(const int8_t *x, int32_t col, int khw, int kw, int h,
         }                                                                                 \
     } while (0)
 
-void sbq_conv2d(int enc, const int8_t *x, int8_t *y, const int8_t *val, const void *idx,
-                const int32_t *rowptr, const int32_t *bias, const int32_t *m0,
+void sbq_conv2d(int enc, int br, int bc, const int8_t *x, int8_t *y, const int8_t *val,
+                const void *idx, const int32_t *rowptr, const int32_t *bias, const int32_t *m0,
                 const int8_t *shift, int in_zp, int out_zp, int act_min, int act_max,
                 int cin, int h, int wd, int cout, int ho, int wo, int kh, int kw,
                 int sh, int sw, int ph, int pw, int dh, int dw)
@@ -300,7 +311,7 @@ void sbq_conv2d(int enc, const int8_t *x, int8_t *y, const int8_t *val, const vo
                     }
                 } else {
 #define SBQ_CONV_IN(col) sbq_conv_in(x, (col), khw, kw, h, wd, iy0, ix0, dh, dw, in_zp)
-                    SB_ROW_DOT(acc, int8_t, int32_t, enc, val, idx, rowptr, vstart, co, cols, SBQ_CONV_IN);
+                    SB_ROW_DOT(acc, int8_t, int32_t, enc, val, idx, rowptr, vstart, co, cols, SBQ_CONV_IN, br, bc);
 #undef SBQ_CONV_IN
                 }
                 y[((long)co * ho + oy) * wo + ox] = sbq_out(acc, m0[co], shift[co], out_zp,
@@ -311,8 +322,8 @@ void sbq_conv2d(int enc, const int8_t *x, int8_t *y, const int8_t *val, const vo
     }
 }
 
-void sbq_linear(int enc, const int8_t *x, int8_t *y, const int8_t *val, const void *idx,
-                const int32_t *rowptr, const int32_t *bias, const int32_t *m0,
+void sbq_linear(int enc, int br, int bc, const int8_t *x, int8_t *y, const int8_t *val,
+                const void *idx, const int32_t *rowptr, const int32_t *bias, const int32_t *m0,
                 const int8_t *shift, int in_zp, int out_zp, int act_min, int act_max,
                 int in, int out, int npos)
 {
@@ -323,7 +334,7 @@ void sbq_linear(int enc, const int8_t *x, int8_t *y, const int8_t *val, const vo
             const int8_t *xp = x + (long)p * in;
             int32_t acc = bias ? bias[o] : 0;
 #define SBQ_LIN_IN(col) ((int32_t)xp[col] - in_zp)
-            SB_ROW_DOT(acc, int8_t, int32_t, enc, val, idx, rowptr, vstart, o, in, SBQ_LIN_IN);
+            SB_ROW_DOT(acc, int8_t, int32_t, enc, val, idx, rowptr, vstart, o, in, SBQ_LIN_IN, br, bc);
 #undef SBQ_LIN_IN
             y[(long)p * out + o] = sbq_out(acc, m0[o], shift[o], out_zp, act_min, act_max);
         }
@@ -398,7 +409,7 @@ static float sb_conv_in(const float *x, int32_t col, int khw, int kw, int h, int
     return x[((long)ci * h + iy) * wd + ix];
 }
 
-void sbk_conv2d_sparse(int enc, const float *x, float *y, const float *val, const void *idx,
+void sbk_conv2d_sparse(int enc, int br, int bc, const float *x, float *y, const float *val, const void *idx,
                        const int32_t *rowptr, const float *bias,
                        int cin, int h, int wd, int cout, int ho, int wo, int kh, int kw,
                        int sh, int sw, int ph, int pw, int dh, int dw, int relu)
@@ -411,7 +422,7 @@ void sbk_conv2d_sparse(int enc, const float *x, float *y, const float *val, cons
                 int iy0 = oy * sh - ph, ix0 = ox * sw - pw;
                 float acc = bias ? bias[co] : 0.0f;
 #define SB_CONV_IN(col) sb_conv_in(x, (col), khw, kw, h, wd, iy0, ix0, dh, dw)
-                SB_ROW_DOT(acc, float, float, enc, val, idx, rowptr, vstart, co, cols, SB_CONV_IN);
+                SB_ROW_DOT(acc, float, float, enc, val, idx, rowptr, vstart, co, cols, SB_CONV_IN, br, bc);
 #undef SB_CONV_IN
                 y[((long)co * ho + oy) * wo + ox] = (relu && acc < 0.0f) ? 0.0f : acc;
             }
@@ -419,7 +430,7 @@ void sbk_conv2d_sparse(int enc, const float *x, float *y, const float *val, cons
     }
 }
 
-void sbk_linear_sparse(int enc, const float *x, float *y, const float *val, const void *idx,
+void sbk_linear_sparse(int enc, int br, int bc, const float *x, float *y, const float *val, const void *idx,
                        const int32_t *rowptr, const float *bias, int in, int out, int npos,
                        int relu)
 {
@@ -430,7 +441,7 @@ void sbk_linear_sparse(int enc, const float *x, float *y, const float *val, cons
             const float *xp = x + (long)p * in;
             float acc = bias ? bias[o] : 0.0f;
 #define SB_LIN_IN(col) (xp[col])
-            SB_ROW_DOT(acc, float, float, enc, val, idx, rowptr, vstart, o, in, SB_LIN_IN);
+            SB_ROW_DOT(acc, float, float, enc, val, idx, rowptr, vstart, o, in, SB_LIN_IN, br, bc);
 #undef SB_LIN_IN
             y[(long)p * out + o] = (relu && acc < 0.0f) ? 0.0f : acc;
         }
