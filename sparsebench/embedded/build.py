@@ -171,7 +171,7 @@ def count_user_instructions(target: Target, elf: Path, timeout: float) -> int | 
         assert proc.stderr is not None
         for line in proc.stderr:
             tail = line.rstrip().rsplit(b" ", 1)[-1]
-            if tail == b"sb_run" or tail.startswith(b"sbk_"):
+            if tail == b"sb_run" or tail.startswith((b"sbk_", b"sbq_", b"sb_conv")):
                 count += 1
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
