@@ -22,7 +22,9 @@ int32 requantisation multiplier and an int8 shift (``4*rows + pad4(rows)`` bytes
 | int8-bsrRxC | ``pad4(R*C*nb) + pad4(2*nb) + 4*(ceil(rows/R)+1) + scales`` |
 
 The int8 encodings count the nonzeros of the quantized matrix (weights below half a
-quantization step round to zero and are not stored). CSR column indices are unsigned: K=16 addresses up to 65536 columns (otherwise n/a), K=32
+quantization step round to zero and are not stored).
+
+CSR column indices are unsigned: K=16 addresses up to 65536 columns (otherwise n/a), K=32
 any. K=8 stores the *gap* to the previous stored column of the row (Deep Compression's relative
 indexing): a gap over 255 costs a filler entry (value 0), so ``n = nnz + fillers``; K=16/32
 have ``n = nnz``. The bitmask holds one bit per weight (row-major) and the nonzero values in

@@ -121,8 +121,9 @@ def is_int8(encoding: str | dict[str, str]) -> bool:
         return encoding.startswith("int8")
     kinds = {e.startswith("int8") for e in encoding.values()}
     if len(kinds) > 1:
+        listed = ", ".join(f"{k}={v}" for k, v in encoding.items())
         raise SparsebenchError("export-c writes one value type per model: these encodings mix "
-                               f"fp32 and int8 layers ({', '.join(f'{k}={v}' for k, v in encoding.items())})")
+                               f"fp32 and int8 layers ({listed})")
     return kinds == {True}
 
 
@@ -366,7 +367,8 @@ def _call_int8(op: Op, graph: Graph, plan: ArenaPlan, enc: str | None, refs: dic
     if op.kind in ("conv", "linear"):
         zp_out = qm.params[op.output].zero_point
         lo, hi = qm.act_range(op)
-        head = (f"{SBQ_ENC[enc or '']}, {refs.get('block', '0, 0')}, {x}, {y}, {refs['val']}, {refs['idx']}, {refs['rowptr']}, "
+        head = (f"{SBQ_ENC[enc or '']}, {refs.get('block', '0, 0')}, {x}, {y}, {refs['val']}, "
+                f"{refs['idx']}, {refs['rowptr']}, "
                 f"{refs['bias']}, {refs['m0']}, {refs['shift']}, {zp_in}, {zp_out}, {lo}, {hi}")
         if op.kind == "conv":
             cin, h, wd = op.in_shape

@@ -311,7 +311,8 @@ void sbq_conv2d(int enc, int br, int bc, const int8_t *x, int8_t *y, const int8_
                     }
                 } else {
 #define SBQ_CONV_IN(col) sbq_conv_in(x, (col), khw, kw, h, wd, iy0, ix0, dh, dw, in_zp)
-                    SB_ROW_DOT(acc, int8_t, int32_t, enc, val, idx, rowptr, vstart, co, cols, SBQ_CONV_IN, br, bc);
+                    SB_ROW_DOT(acc, int8_t, int32_t, enc, val, idx, rowptr, vstart, co, cols,
+                               SBQ_CONV_IN, br, bc);
 #undef SBQ_CONV_IN
                 }
                 y[((long)co * ho + oy) * wo + ox] = sbq_out(acc, m0[co], shift[co], out_zp,
@@ -334,7 +335,8 @@ void sbq_linear(int enc, int br, int bc, const int8_t *x, int8_t *y, const int8_
             const int8_t *xp = x + (long)p * in;
             int32_t acc = bias ? bias[o] : 0;
 #define SBQ_LIN_IN(col) ((int32_t)xp[col] - in_zp)
-            SB_ROW_DOT(acc, int8_t, int32_t, enc, val, idx, rowptr, vstart, o, in, SBQ_LIN_IN, br, bc);
+            SB_ROW_DOT(acc, int8_t, int32_t, enc, val, idx, rowptr, vstart, o, in, SBQ_LIN_IN,
+                       br, bc);
 #undef SBQ_LIN_IN
             y[(long)p * out + o] = sbq_out(acc, m0[o], shift[o], out_zp, act_min, act_max);
         }
@@ -409,7 +411,8 @@ static float sb_conv_in(const float *x, int32_t col, int khw, int kw, int h, int
     return x[((long)ci * h + iy) * wd + ix];
 }
 
-void sbk_conv2d_sparse(int enc, int br, int bc, const float *x, float *y, const float *val, const void *idx,
+void sbk_conv2d_sparse(int enc, int br, int bc, const float *x, float *y, const float *val,
+                       const void *idx,
                        const int32_t *rowptr, const float *bias,
                        int cin, int h, int wd, int cout, int ho, int wo, int kh, int kw,
                        int sh, int sw, int ph, int pw, int dh, int dw, int relu)
@@ -422,7 +425,8 @@ void sbk_conv2d_sparse(int enc, int br, int bc, const float *x, float *y, const 
                 int iy0 = oy * sh - ph, ix0 = ox * sw - pw;
                 float acc = bias ? bias[co] : 0.0f;
 #define SB_CONV_IN(col) sb_conv_in(x, (col), khw, kw, h, wd, iy0, ix0, dh, dw)
-                SB_ROW_DOT(acc, float, float, enc, val, idx, rowptr, vstart, co, cols, SB_CONV_IN, br, bc);
+                SB_ROW_DOT(acc, float, float, enc, val, idx, rowptr, vstart, co, cols, SB_CONV_IN,
+                           br, bc);
 #undef SB_CONV_IN
                 y[((long)co * ho + oy) * wo + ox] = (relu && acc < 0.0f) ? 0.0f : acc;
             }
@@ -430,7 +434,8 @@ void sbk_conv2d_sparse(int enc, int br, int bc, const float *x, float *y, const 
     }
 }
 
-void sbk_linear_sparse(int enc, int br, int bc, const float *x, float *y, const float *val, const void *idx,
+void sbk_linear_sparse(int enc, int br, int bc, const float *x, float *y, const float *val,
+                       const void *idx,
                        const int32_t *rowptr, const float *bias, int in, int out, int npos,
                        int relu)
 {
@@ -441,7 +446,8 @@ void sbk_linear_sparse(int enc, int br, int bc, const float *x, float *y, const 
             const float *xp = x + (long)p * in;
             float acc = bias ? bias[o] : 0.0f;
 #define SB_LIN_IN(col) (xp[col])
-            SB_ROW_DOT(acc, float, float, enc, val, idx, rowptr, vstart, o, in, SB_LIN_IN, br, bc);
+            SB_ROW_DOT(acc, float, float, enc, val, idx, rowptr, vstart, o, in, SB_LIN_IN,
+                       br, bc);
 #undef SB_LIN_IN
             y[(long)p * out + o] = (relu && acc < 0.0f) ? 0.0f : acc;
         }

@@ -59,11 +59,13 @@ void sbq_relu(const int8_t *x, int8_t *y, int n, int zp);
 
 /* fp32 weights in the CSR-8, CSR-32, bitmask or BSR (SBQ_CSR8, _CSR32, _BITMASK, _BSR) layouts
  * above, float values; a gather per output element (CSR-16 has the scatter kernels above). */
-void sbk_conv2d_sparse(int enc, int br, int bc, const float *x, float *y, const float *val, const void *idx,
+void sbk_conv2d_sparse(int enc, int br, int bc, const float *x, float *y, const float *val,
+                       const void *idx,
                        const int32_t *rowptr, const float *bias,
                        int cin, int h, int wd, int cout, int ho, int wo, int kh, int kw,
                        int sh, int sw, int ph, int pw, int dh, int dw, int relu);
-void sbk_linear_sparse(int enc, int br, int bc, const float *x, float *y, const float *val, const void *idx,
+void sbk_linear_sparse(int enc, int br, int bc, const float *x, float *y, const float *val,
+                       const void *idx,
                        const int32_t *rowptr, const float *bias, int in, int out, int npos,
                        int relu);
 
