@@ -793,12 +793,26 @@ def _profile_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cross-build (needs the target's compiler and QEMU)")
     g.add_argument("--build", action="store_true", help="export C, cross-compile, read the real "
                    "section sizes, run under QEMU, check against torch, count instructions")
-    g.add_argument("--build-encoding", default="auto", help="C encodings: auto (smaller of "
-                   "dense/csr per layer), dense or csr")
+    g.add_argument("--build-encoding", default="verdict", help="C encodings: verdict (the "
+                   "verdict's, default), auto (smaller of fp32 dense/csr16 per layer), int8 "
+                   "(smallest int8 per layer), dense, csr, or one encoding for every layer "
+                   "(int8-csr8, fp32-bitmask, ...)")
     g.add_argument("--build-dir", help="keep the sources and the ELF here (default: a temporary "
                    "folder)")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds per emulator run")
+    _int8_flags(p)
+    p.add_argument("--no-accuracy", action="store_true", help="skip the fp32/int8 accuracy on "
+                   "the checkpoint's test set")
     add_html_flag(p)
+
+
+def _int8_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("int8 (TFLite scheme: activation scales calibrated on real data)")
+    g.add_argument("--calibration", type=int, default=500, metavar="N", help="calibrate the "
+                   "int8 activation ranges on N training images of the checkpoint's dataset "
+                   "(default 500)")
+    g.add_argument("--data-dir", help="where the checkpoint's dataset is (default: its usual "
+                   "place)")
 
 
 command("profile", "does this model fit an embedded target, and how fast will it run? "
@@ -813,10 +827,15 @@ def _export_c(args: argparse.Namespace) -> int:
 
 def _export_c_flags(p: argparse.ArgumentParser) -> None:
     _model_flags(p)
-    p.add_argument("--encoding", default="auto", help="auto (smaller of dense/csr per layer, "
-                   "default), dense (fp32) or csr (fp32 values, 16-bit indices)")
+    p.add_argument("--encoding", default="auto", help="auto (smaller of fp32 dense/csr16 per "
+                   "layer, default), dense (fp32), csr (fp32 values, 16-bit indices), int8 "
+                   "(smallest int8 per layer), or one of fp32-/int8-dense, -csr8, -csr16, "
+                   "-csr32, -bitmask, -bsr")
+    p.add_argument("--block", default="4x4", help="block of the block-sparse encodings (RxC)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="seed of the test vector's input")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test vector's input (fp32; "
+                   "int8 uses the first test image of the checkpoint's dataset)")
+    _int8_flags(p)
     force_flag(p)
 
 

@@ -19,11 +19,12 @@ from sparsebench.archs import create_model
 from sparsebench.checkpoint import save_checkpoint
 from sparsebench.cli import main
 from sparsebench.errors import SparsebenchError
-from sparsebench.embedded.export_c import export_c, weight_arrays
+from sparsebench.embedded import quant
+from sparsebench.embedded.export_c import export_c, weight_arrays, weight_arrays_int8
 from sparsebench.formats import csr_nbytes
 from sparsebench.embedded.arena import Buffer, plan, plan_graph
-from sparsebench.embedded.encodings import (ENCODINGS, break_even, cheapest, layer_bytes, pad4,
-                                             quantize_rows)
+from sparsebench.embedded.encodings import (BUILDABLE, ENCODINGS, INT8_C_ENCODINGS, break_even,
+                                             cheapest, layer_bytes, pad4, quantize_rows)
 from sparsebench.embedded.lowering import trace
 from sparsebench.embedded.summary import profile_model
 from sparsebench.embedded.targets import builtin_names, list_targets, load_target
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "models"
 HAS_CC = shutil.which("cc") is not None
 HAS_ARM = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm"))
+HAS_FMNIST = Path("/usr/share/datasets/fashion-mnist").is_dir()
 TARGET_KEYS = ('name = "tiny"\ndescription = "tiny MCU"\nclock_mhz = 48\nram_kib = 16\n'
                'flash_kib = 64\nfp32_mac_cycles = 4\nint8_mac_cycles = 1\n'
                'sparse_fp32_mac_cycles = 8\nsparse_int8_mac_cycles = 6\n')
@@ -131,11 +133,13 @@ def test_encoding_bytes_worked_example():
     assert b["fp32-dense"] == 112                       # formats: dense 112
     assert b["fp32-csr16"] == 78 + 2                    # formats: csr-i16 78, + 2 alignment
     assert b["fp32-csr32"] == 92                        # formats: csr-i32 92
-    assert b["int8-dense"] == 24 + 16 + 16              # values, 4 scales, bias
+    assert b["int8-dense"] == 24 + 16 + 4 + 16          # values, 4 multipliers, shifts, bias
     assert b["fp32-bitmask"] == 4 + 28 + 16             # 24 bits -> 3 B -> 4, values, bias
-    assert b["int8-csr8"] == 8 + 8 + 20 + 16 + 16       # values, idx, rowptr, scales, bias
+    assert b["int8-csr8"] == 8 + 8 + 20 + 16 + 4 + 16   # values, idx, rowptr, requant, bias
     assert b["fp32-bsr"] == 80 + 12 + 12 + 16           # 5 2x2 blocks, 5 u16 idx, 3 ptrs, bias
-    assert cheapest(b) == "int8-bitmask"
+    assert b["int8-bitmask"] == 4 + 8 + 16 + 4 + 16     # mask, values, requant, bias
+    assert cheapest(b) == "fp32-bitmask"                # a tie at 48 B: goes to the first listed
+    assert cheapest(b, INT8_C_ENCODINGS) == "int8-bitmask"
     assert cheapest(b, ("fp32-dense", "fp32-csr16")) == "fp32-csr16"
 
 
@@ -166,15 +170,50 @@ def test_export_arrays_match_the_byte_formulas(rows, cols, density, seed, bias):
         np.float32)
     op = trace(nn.Sequential(nn.Flatten(), nn.Linear(cols, rows, bias=bias)), (cols,)).ops[0]
     op.weight = w
+    if bias:
+        op.bias = rng.standard_normal(rows).astype(np.float32)
     _, sizes = layer_bytes(w, op.bias_len)
-    for enc in ("fp32-dense", "fp32-csr16"):
-        arrays, _ = weight_arrays("fc", op, enc)
+    layer = quant._qlayer(op, quant.QParams(0.05, -3), quant.QParams(0.1, 5))
+    for enc in BUILDABLE:
+        arrays, _ = weight_arrays_int8("fc", op, enc, layer) if enc.startswith("int8") else \
+            weight_arrays("fc", op, enc)
+        assert sum(a.nbytes for a in arrays) == sizes[enc], enc
+    _, sizes = layer_bytes(w, op.bias_len, (3, 5))
+    for enc in ("fp32-bsr", "int8-bsr"):
+        arrays, _ = weight_arrays_int8("fc", op, enc, layer, (3, 5)) if "int8" in enc else \
+            weight_arrays("fc", op, enc, (3, 5))
         assert sum(a.nbytes for a in arrays) == sizes[enc], enc
     nnz = int(np.count_nonzero(w))
     assert sizes["fp32-csr16"] - pad4(2 * nnz) + 2 * nnz == csr_nbytes(nnz, rows, 2, op.bias_len)
     assert all(v is None or v % 4 == 0 for v in sizes.values())
     q, scale = quantize_rows(w)
     assert np.all(np.abs(q.astype(np.float32) * scale[:, None] - w) <= scale[:, None] / 2 + 1e-7)
+
+
+def test_int8_requantisation_is_tflites():
+    """QuantizeMultiplier + MultiplyByQuantizedMultiplier: Q31 multiplier, rounding half away
+    from zero, against exact rational arithmetic."""
+    assert quant.quantize_multiplier(0.5) == (1 << 30, 0)
+    assert quant.quantize_multiplier(0.25) == (1 << 30, -1)
+    assert quant.quantize_multiplier(1.0) == (1 << 30, 1)
+    assert quant.quantize_multiplier(0.0) == (0, 0)
+    rng = np.random.default_rng(0)
+    for m in np.exp(rng.uniform(np.log(1e-6), np.log(3.0), 200)):
+        m0, shift = quant.quantize_multiplier(float(m))
+        assert 1 << 30 <= m0 < 1 << 31 and abs(m0 * 2.0 ** (shift - 31) / m - 1) < 1e-9
+        acc = rng.integers(-(1 << 24), 1 << 24, 64)
+        got = quant.requantize(acc, m0, shift)
+        exact = acc * (m0 * 2.0 ** (shift - 31))
+        # one rounding for a left shift, two (<= 0.5 + 0.25) for a right shift, as TFLite
+        bound = 0.5 if shift >= 0 else 0.5 + 2.0 ** (shift - 1)
+        assert np.all(np.abs(got - exact) <= bound + 1e-9)
+    # gemmlowp's doubling high multiply rounds halves up (-1.5 -> -1), the divide by a power
+    # of two rounds them away from zero (-1.5 -> -2)
+    assert quant.requantize(np.array([3, -3, 1, -1]), 1 << 30, 0).tolist() == [2, -1, 1, 0]
+    assert quant.requantize(np.array([6, -6, 2, -2]), 1 << 30, -1).tolist() == [2, -2, 1, -1]
+    assert quant.round_div(np.array([5, -5, 4, -4]), 2).tolist() == [3, -3, 2, -2]
+    p = quant.choose_qparams(-1.0, 3.0)
+    assert p.zero_point == -64 and p.quantize(np.array([0.0]))[0] == p.zero_point
 
 
 # ------------------------------------------------------------------------------------ arena
@@ -273,6 +312,13 @@ def test_profile_table_json_markdown(tmp_path, capsys):
     assert doc["arena"]["bytes"] == 4 * (6 * 28 * 28 + 6 * 14 * 14)
     assert doc["host"]["p50_ms"] > 0
     assert "| layer | matrix | sparsity | fp32-dense |" in md.read_text()
+    verdict = next(c for c in doc["choices"] if c["policy"] == "best")
+    assert set(verdict["per_layer"].values()) <= set(BUILDABLE)     # what --build can write
+    assert verdict["ram_needed"] == doc["arena"]["int8_activations_bytes"]   # int8 arena
+    if HAS_FMNIST and (ZOO / "lenet5_prune_l.pt").exists():   # the real test set
+        acc = doc["accuracy"]
+        assert acc["samples"] == 10_000 and abs(acc["int8"] - acc["fp32"]) <= 1.0
+        assert "accuracy on the fashion-mnist test set (10,000 images): fp32" in text
 
 
 def test_profile_verdict_does_not_fit_exits_1(tmp_path, capsys):
@@ -317,8 +363,16 @@ def test_export_c_names_the_layer_it_cannot_handle(tmp_path, capsys):
     assert code == 2
     assert "export-c cannot handle layer 'gelu' (F.gelu: no C kernel for this op)" in err
     code, _, err = run_cli(["export-c", str(zoo("lenet5_prune_l", tmp_path)), "--encoding",
-                            "int8-csr16", "--out", str(tmp_path / "c")], capsys)
-    assert code == 2 and "int8 encodings are profiled but not exported" in err
+                            "int8-bsr4x4", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "'int8-bsr4x4' is not supported" in err and "--block" in err
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(SparsebenchError, match=r"int8 export cannot handle layer 'add' "
+                       r"\(residual add\)"):
+        quant.check_int8(trace(_Block().eval(), (3, 16, 16)))
+    with pytest.raises(SparsebenchError, match="mix fp32 and int8"):
+        export_c(create_model("lenet5").eval(), (1, 28, 28), tmp_path / "mix",
+                 encoding={"conv1": "int8-dense", "conv2": "fp32-dense", "fc1": "fp32-dense",
+                           "fc2": "fp32-dense", "fc3": "fp32-dense"})
 
 
 def _make_and_run(out: Path) -> str:
@@ -348,6 +402,58 @@ def test_export_c_runs_on_the_host(tmp_path, capsys):
     assert "sb: PASS" in _make_and_run(exp.out_dir)
 
 
+class _Int8Net(nn.Module):
+    """Every op the int8 runtime has: padded/strided/dilated convs, a standalone ReLU, max and
+    avg pooling (with padding, both count_include_pad settings), adaptive pooling, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_shape = (2, 12, 12)
+        self.c1 = nn.Conv2d(2, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 8, 3, stride=2, padding=2, dilation=2, bias=False)
+        self.fc = nn.Linear(8 * 2 * 2, 7)
+        with torch.no_grad():
+            self.c2.weight[:, :, 1] = 0
+            self.fc.weight[:, ::3] = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.c1(x))
+        y = nn.functional.max_pool2d(y, 2, stride=1, padding=1)
+        y = torch.relu(nn.functional.avg_pool2d(self.c2(y), 3, 1, 1, count_include_pad=False))
+        y = nn.functional.avg_pool2d(y, 2, 1, 1)
+        y = nn.functional.adaptive_avg_pool2d(y, 2)
+        return self.fc(torch.flatten(y, 1))
+
+
+@pytest.mark.skipif(not HAS_CC or shutil.which("make") is None, reason="needs cc and make")
+@pytest.mark.parametrize("enc", INT8_C_ENCODINGS + ("int8", "fp32-csr8", "fp32-csr32",
+                                                    "fp32-bitmask", "fp32-bsr"))
+def test_int8_and_sparse_exports_are_bit_exact_on_the_host(enc, tmp_path):
+    """The C int8 kernels reproduce the Python integer reference exactly (main.c compares every
+    output), the weight arrays are the analytic bytes, and the fp32 gather kernels match torch."""
+    from sparsebench.loading import load_model
+
+    torch.manual_seed(0)
+    for model in (_Int8Net().eval(), load_model(zoo("lenet5_prune_l", tmp_path)).module):
+        shape = tuple(getattr(model, "input_shape", (1, 28, 28)))
+        graph = trace(model, shape)
+        samples = np.random.default_rng(1).standard_normal((32, *shape)).astype(np.float32)
+        qm = quant.calibrate(graph, samples, "32 normal samples")
+        block = (3, 2) if isinstance(model, _Int8Net) else (4, 4)   # padded blocks too
+        exp = export_c(model, shape, tmp_path / type(model).__name__, encoding=enc, qmodel=qm,
+                       test_input=samples[3], block=block)
+        analytic = sum(layer_bytes(op.weight, op.bias_len, block)[1][
+            exp.encodings[op.weight_key or op.name]] for op in graph.weight_ops())
+        assert exp.weight_bytes == analytic
+        text = _make_and_run(exp.out_dir)
+        assert "sb: PASS" in text
+        if enc.startswith("int8"):
+            assert "sb: mismatches = 0" in text
+            got = [int(line.rsplit("= ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("sb: qoutput[")]
+            assert got == exp.expected_q.tolist() and len(got) == exp.expected.size
+
+
 # ------------------------------------------------------------------------------------ build
 
 
@@ -366,7 +472,8 @@ def test_build_without_the_tools_is_a_clear_error(tmp_path, capsys):
 def test_build_cortex_m7_matches_the_analytic_sizes_and_torch(tmp_path, capsys):
     out = tmp_path / "p.json"
     code, text, _ = run_cli(["profile", str(zoo("lenet5_prune_l", tmp_path)), "--target",
-                             "cortex-m7", "--build", "--no-host", "--json", str(out)], capsys)
+                             "cortex-m7", "--build", "--build-encoding", "auto", "--no-host",
+                             "--no-accuracy", "--json", str(out)], capsys)
     assert code == 0, text
     b = json.loads(out.read_text())["build"]
     assert b["output_ok"] and b["max_abs_err"] <= 1e-4 and b["status"] == "PASS"
@@ -380,12 +487,76 @@ def test_build_cortex_m7_matches_the_analytic_sizes_and_torch(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not HAS_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+def test_build_int8_csr8_on_cortex_m7_is_bit_exact_and_the_analytic_size(tmp_path, capsys):
+    """The issue's acceptance: image flash = analytic weights + test vector + runtime, the
+    emulated int8 output equal to the Python integer reference, accuracy within 1 point."""
+    out = tmp_path / "p.json"
+    code, text, _ = run_cli(["profile", str(zoo("lenet5_prune_l", tmp_path)), "--target",
+                             "cortex-m7", "--build", "--build-encoding", "int8-csr8",
+                             "--no-host", "--calibration", "200", "--json", str(out)], capsys)
+    assert code == 0, text
+    doc = json.loads(out.read_text())
+    b = doc["build"]
+    assert b["int8"] and b["bit_exact"] and b["output_ok"] and b["status"] == "PASS"
+    assert b["emulated_q"] == b["reference_q"] and b["outputs"] == 10
+    assert set(b["encodings"].split(", ")) == {f"{k}=int8-csr8" for k in
+                                               ("conv1", "conv2", "fc1", "fc2", "fc3")}
+    assert b["weights_measured"] == b["weights_analytic"] == doc["totals"]["int8-csr8"]
+    assert b["flash"] == b["weights_measured"] + b["test_vector"] + b["runtime_flash"]
+    assert b["test_vector"] == 784 + 12                        # int8 input and output
+    assert b["arena_measured"] == b["arena_analytic"] == doc["arena"]["int8_activations_bytes"]
+    assert 0 < b["runtime_flash"] < 16 * 1024 and b["runtime_ram"] < 64
+    assert "bit-exact with the Python integer reference (10/10 outputs equal)" in text
+    if HAS_FMNIST and (ZOO / "lenet5_prune_l.pt").exists():
+        assert abs(doc["accuracy"]["int8"] - doc["accuracy"]["fp32"]) <= 1.0
+    # by default --build builds what the verdict names (one value type, all buildable)
+    code, text, _ = run_cli(["profile", str(zoo("lenet5_prune_l", tmp_path)), "--target",
+                             "cortex-m7", "--build", "--no-host", "--no-accuracy", "--json",
+                             str(out), "--force", "--calibration", "50"], capsys)
+    assert code == 0, text
+    doc = json.loads(out.read_text())
+    verdict = next(c for c in doc["choices"] if c["policy"] == "best")
+    assert doc["build"]["encodings"] == ", ".join(f"{k}={v}"
+                                                  for k, v in verdict["per_layer"].items())
+    assert doc["build"]["weights_measured"] == verdict["weight_bytes"]
+    assert doc["build"]["arena_measured"] == verdict["ram_needed"] and doc["build"]["bit_exact"]
+
+
+def test_unbuildable_encodings_and_bad_calibration_are_exit_2(tmp_path, capsys):
+    ckpt = str(zoo("lenet5_prune_l", tmp_path))
+    code, _, err = run_cli(["profile", ckpt, "--target", "host", "--build-encoding", "int8-bsr8",
+                            "--build", "--no-host"], capsys)
+    assert code == 2 and "give the block with --block" in err and len(err.splitlines()) == 1
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(70_000, 2))
+    with pytest.raises(SparsebenchError, match="layer '1' cannot be built as int8-csr16: 70000 "
+                       "columns are too many for 16-bit"):
+        from sparsebench.embedded.export_c import choose_encodings
+
+        choose_encodings(trace(wide, (70_000,)), "int8-csr16")
+    code, _, err = run_cli(["profile", ckpt, "--target", "host", "--calibration", "0"], capsys)
+    assert code == 2 and "--calibration 0" in err
+    code, _, err = run_cli(["export-c", ckpt, "--encoding", "int8", "--calibration", "-1",
+                            "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "--calibration -1" in err and not (tmp_path / "c").exists()
+
+
+@pytest.mark.skipif(not HAS_CC or shutil.which("make") is None, reason="needs cc and make")
+def test_export_c_int8_cli_runs_on_the_host(tmp_path, capsys):
+    out = tmp_path / "q"
+    code, text, _ = run_cli(["export-c", str(zoo("lenet5_prune_l", tmp_path)), "--encoding",
+                             "int8", "--calibration", "50", "--out", str(out)], capsys)
+    assert code == 0 and "int8 (TFLite scheme), calibrated on 50" in text
+    assert "#define SB_INT8 1" in (out / "sb_model.h").read_text()
+    assert "sb: mismatches = 0" in _make_and_run(out)
+
+
+@pytest.mark.skipif(not HAS_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 def test_build_for_a_board_too_small_says_so(tmp_path, capsys):
     path = tmp_path / "small.toml"
     m7 = (ROOT / "sparsebench" / "embedded" / "targets" / "cortex-m7.toml").read_text()
     path.write_text(m7.replace("flash_length = 0x00400000", "flash_length = 0x00008000"))
     code, _, err = run_cli(["profile", str(zoo("lenet5_dense", tmp_path)), "--target", str(path),
-                            "--build", "--no-host"], capsys)
+                            "--build", "--build-encoding", "auto", "--no-host"], capsys)
     assert code == 2 and "does not fit the emulated board's FLASH" in err, err
 
 

@@ -34,7 +34,7 @@ import torch
 from sparsebench.errors import SparsebenchError
 from sparsebench.embedded.export_c import Export, export_c
 from sparsebench.embedded.elf import memory_sizes, read_elf
-from sparsebench.embedded.encodings import layer_bytes
+from sparsebench.embedded.encodings import encoding_label, layer_bytes
 from sparsebench.embedded.targets import BuildSpec, Target
 
 TOLERANCE = 1e-4
@@ -43,7 +43,8 @@ APT_HINT = {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
             "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
             "qemu-aarch64": "qemu-user"}
 _LINE = re.compile(r"^sb: (output\[(\d+)\] = .*\(0x([0-9a-f]{8})\)|ticks = (\d+)|"
-                   r"stack_used = (\d+)|(PASS|FAIL|FAULT))")
+                   r"stack_used = (\d+)|(PASS|FAIL|FAULT)|qoutput\[(\d+)\] = (-?\d+)|"
+                   r"mismatches = (\d+))")
 
 
 def _spec(target: Target) -> BuildSpec:
@@ -128,7 +129,9 @@ def run_command(target: Target, elf: Path) -> list[str]:
 def parse_output(text: str, n_out: int) -> dict[str, Any]:
     """Outputs (exact float32 from their bits), ticks, stack use and the verdict line."""
     out = np.full(n_out, np.nan, dtype=np.float32)
-    found: dict[str, Any] = {"status": None, "ticks": None, "stack_used": None}
+    qout = np.full(n_out, -1000, dtype=np.int64)       # int8 models: -1000 = not printed
+    found: dict[str, Any] = {"status": None, "ticks": None, "stack_used": None,
+                             "mismatches": None}
     for line in text.splitlines():
         m = _LINE.match(line.strip())
         if not m:
@@ -141,7 +144,12 @@ def parse_output(text: str, n_out: int) -> dict[str, Any]:
             found["stack_used"] = int(m.group(5))
         elif m.group(6) is not None:
             found["status"] = m.group(6)
+        elif m.group(7) is not None and int(m.group(7)) < n_out:
+            qout[int(m.group(7))] = int(m.group(8))
+        elif m.group(9) is not None:
+            found["mismatches"] = int(m.group(9))
     found["outputs"] = out
+    found["qoutputs"] = qout
     return found
 
 
@@ -163,7 +171,7 @@ def count_user_instructions(target: Target, elf: Path, timeout: float) -> int | 
         assert proc.stderr is not None
         for line in proc.stderr:
             tail = line.rstrip().rsplit(b" ", 1)[-1]
-            if tail == b"sb_run" or tail.startswith(b"sbk_"):
+            if tail == b"sb_run" or tail.startswith((b"sbk_", b"sbq_", b"sb_conv")):
                 count += 1
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -175,15 +183,15 @@ def count_user_instructions(target: Target, elf: Path, timeout: float) -> int | 
     return count
 
 
-def analytic_weight_bytes(exp: Export) -> int:
+def analytic_weight_bytes(exp: Export, block: tuple[int, int] = (4, 4)) -> int:
     """The exported encodings' bytes by the profile's formulas (independent of the arrays)."""
     total = 0
     for op in exp.graph.weight_ops():
         key = op.weight_key or op.name
         assert op.weight is not None
-        _, sizes = layer_bytes(op.weight, op.bias_len)
+        _, sizes = layer_bytes(op.weight, op.bias_len, block)
         total += sizes[exp.encodings[key]] or 0
-    consts = [op for op in exp.graph.ops if op.weight is None and op.consts]
+    consts = [op for op in exp.graph.ops if op.weight is None and op.consts and not exp.int8]
     for op in consts:
         if op.kind == "bn":
             total += 4 * (op.consts["scale"].size + op.consts["shift"].size)
@@ -196,10 +204,14 @@ def analytic_weight_bytes(exp: Export) -> int:
 
 
 def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target: Target, *,
-                  encoding: str = "auto", work_dir: str | Path | None = None,
+                  encoding: str | dict[str, str] = "auto", work_dir: str | Path | None = None,
                   timeout: float = 300.0, name: str = "model", count: bool = True,
-                  est_seconds: float | None = None) -> dict[str, Any]:
-    """Export, cross-compile, measure and run ``module`` for ``target`` (see the docstring)."""
+                  est_seconds: float | None = None, qmodel: Any = None,
+                  test_input: np.ndarray | None = None, block: tuple[int, int] = (4, 4)
+                  ) -> dict[str, Any]:
+    """Export, cross-compile, measure and run ``module`` for ``target`` (see the docstring).
+    int8 encodings need ``qmodel``; their emulated int8 output must equal the Python integer
+    reference's exactly."""
     spec = _spec(target)
     check_tools(target)
     tmp = None
@@ -210,7 +222,8 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
         work = Path(work_dir)
         work.mkdir(parents=True, exist_ok=True)
     try:
-        exp = export_c(module, input_shape, work / "src", encoding=encoding, name=name)
+        exp = export_c(module, input_shape, work / "src", encoding=encoding, name=name,
+                       qmodel=qmodel, test_input=test_input, block=block)
         elf_path, cmd = compile_export(exp, target, work)
         elf = read_elf(elf_path)
         sizes = memory_sizes(elf)
@@ -226,8 +239,21 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             raise SparsebenchError(f"the emulated run printed no result (exit code "
                                    f"{proc.returncode}): {' | '.join(tail)[:300]}")
-        err = float(np.max(np.abs(parsed["outputs"].astype(np.float64)
-                                  - exp.expected.astype(np.float64))))  # type: ignore[union-attr]
+        int8: dict[str, Any] = {"int8": exp.int8}
+        if exp.int8:
+            got = parsed["qoutputs"]
+            want = np.asarray(exp.expected_q, dtype=np.int64)
+            equal = int((got == want).sum())
+            deq = exp.qmodel.output.dequantize(np.clip(got, -128, 127))
+            err = float(np.max(np.abs(deq - exp.expected.astype(np.float64))))  # type: ignore
+            int8.update(bit_exact=equal == want.size, outputs_equal=equal,
+                        outputs=want.size, emulated_q=got.tolist(), reference_q=want.tolist(),
+                        dequantized_err_vs_torch=err)
+            ok = equal == want.size
+        else:
+            err = float(np.max(np.abs(parsed["outputs"].astype(np.float64)
+                                      - exp.expected.astype(np.float64))))  # type: ignore
+            ok = bool(err <= TOLERANCE)
         instructions, note = None, ""
         if spec.kind == "baremetal-m" and parsed["ticks"] is not None:
             per_tick = 1e9 / spec.sysclk_hz
@@ -242,11 +268,12 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
             if instructions is not None:
                 note += (f"; at 1 instruction/cycle {instructions / (target.clock_mhz * 1e3):.2f}"
                          f" ms at {target.clock_mhz:g} MHz")
-        analytic_w = analytic_weight_bytes(exp)
+        analytic_w = analytic_weight_bytes(exp, block)
         return {
             "compiler": " ".join([spec.cc, *spec.cflags]),
             "runner": " ".join(run[:-1]) + " model.elf" if spec.kind != "host" else "native",
-            "command": cmd, "encodings": ", ".join(f"{k}={v}" for k, v in exp.encodings.items()),
+            "command": cmd, "encodings": ", ".join(f"{k}={encoding_label(v, block)}"
+                                                  for k, v in exp.encodings.items()),
             "sections": {s.name: s.size for s in elf.sections if s.alloc},
             "flash": sizes["flash"], "ram": sizes["ram"],
             "analytic_flash": analytic_w, "analytic_ram": exp.arena.size,
@@ -257,8 +284,8 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
             "stack_used": parsed["stack_used"], "stack_reserved": stack_sec,
             "instructions": instructions, "instructions_note": note,
             "estimated_cycles": est_seconds * target.clock_mhz * 1e6 if est_seconds else None,
-            "max_abs_err": err, "tolerance": TOLERANCE,
-            "output_ok": bool(err <= TOLERANCE) and parsed["status"] == "PASS",
+            "max_abs_err": err, "tolerance": TOLERANCE, **int8,
+            "output_ok": ok and parsed["status"] == "PASS",
             "status": parsed["status"], "exit_code": proc.returncode,
             "work_dir": str(work) if tmp is None else None,
         }

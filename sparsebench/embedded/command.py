@@ -69,6 +69,38 @@ def run_targets(args: argparse.Namespace, con: Any) -> int:
     return 0
 
 
+def check_calibration(args: argparse.Namespace) -> None:
+    n = getattr(args, "calibration", 500)
+    if n < 1:
+        raise SparsebenchError(f"--calibration {n}: need at least one calibration image")
+
+
+def build_encoding(args: argparse.Namespace) -> str:
+    """``--build-encoding``, checked before any work: ``verdict`` or an export-c encoding."""
+    from sparsebench.embedded.export_c import resolve_encoding
+
+    if args.build_encoding != "verdict":
+        return resolve_encoding(args.build_encoding)
+    return "verdict"
+
+
+def estimate_seconds(prof: Any, per_layer: dict[str, str]) -> float:
+    """The estimated latency of the profile's model with these per-layer encodings."""
+    from sparsebench.embedded.estimate import op_seconds
+
+    by_key = {r.name: r for r in prof.layers}
+    total = 0.0
+    for op in prof.graph.ops:
+        key = op.weight_key or op.name
+        if op.weight is not None and key in by_key:
+            enc = per_layer[key]
+            total += op_seconds(op, prof.target, enc, by_key[key].stats,
+                                by_key[key].sizes[enc] or 0)
+        else:
+            total += op_seconds(op, prof.target)
+    return total
+
+
 def run_profile(args: argparse.Namespace, con: Any) -> int:
     from sparsebench.embedded.report import markdown, print_profile, verdict_line
     from sparsebench.embedded.summary import check_policy, host_latency, profile_model, to_dict
@@ -82,6 +114,8 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
     target = load_target(args.target)
     policy = check_policy(args.encoding)
     block = parse_block(args.block)
+    check_calibration(args)
+    benc = build_encoding(args) if args.build else None
     if args.json != "-":
         check_output_file(args.json, args.force, "--json")
     check_output_file(args.markdown, args.force, "--markdown")
@@ -96,19 +130,39 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
             "arch": loaded.arch}
     prof = profile_model(loaded.module, loaded.input_shape, target, policy=policy, block=block,
                          model_info=info)
+    encodings: str | dict[str, str] | None = None
+    if args.build:
+        encodings = prof.verdict.per_layer if benc == "verdict" else benc
+    qmodel = data = None
+    from sparsebench.embedded.export_c import is_int8
+
+    wants_int8 = encodings is not None and is_int8(encodings)
+    if wants_int8 and prof.int8_blocker:
+        raise SparsebenchError(prof.int8_blocker)
+    if prof.int8_blocker is None and (wants_int8 or not args.no_accuracy):
+        from sparsebench.embedded import quant
+
+        qmodel, data, notes = quant.prepare(loaded.module, prof.graph, loaded.checkpoint,
+                                            loaded.input_shape, args.calibration,
+                                            getattr(args, "data_dir", None))
+        prof.notes.extend(notes)
+        if data is not None and not args.no_accuracy:
+            prof.accuracy = quant.accuracy(qmodel, loaded.module, data)
     if not args.no_host:
         prof.host = host_latency(loaded.module, loaded.input_shape)
     if args.build:
-        from sparsebench.embedded.export_c import resolve_encoding
         from sparsebench.embedded.build import build_and_run
-        from sparsebench.embedded.summary import choose
+        from sparsebench.embedded.export_c import choose_encodings
 
-        enc = resolve_encoding(args.build_encoding)
-        est = choose(prof.graph, prof.layers, prof.other_bytes, prof.arena, target,
-                     "c" if enc == "auto" else enc, block).est_seconds
-        prof.build = build_and_run(loaded.module, loaded.input_shape, target, encoding=enc,
-                                   work_dir=args.build_dir, timeout=args.timeout,
-                                   name=info["name"], est_seconds=est)
+        assert encodings is not None
+        per_layer = choose_encodings(prof.graph, encodings, block)   # names unbuildable layers
+        est = estimate_seconds(prof, per_layer)
+        test_input = data.test_x[0].numpy() if data is not None and wants_int8 else None
+        prof.build = build_and_run(loaded.module, loaded.input_shape, target,
+                                   encoding=per_layer, work_dir=args.build_dir,
+                                   timeout=args.timeout, name=info["name"], est_seconds=est,
+                                   qmodel=qmodel if wants_int8 else None,
+                                   test_input=test_input, block=block)
     to_stdout = args.json == "-"
     if to_stdout:   # keep stdout pure JSON; messages go to stderr
         from sparsebench.ui import console
@@ -130,9 +184,13 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
         html(json.loads(json.dumps(to_dict(prof), default=_jsonable)), con)
     if prof.build and not prof.build["output_ok"]:
         status = prof.build["status"]
-        con.print(f"[bold red]the emulated output does not match torch[/]: max abs error "
-                  f"{prof.build['max_abs_err']:.3g} (tolerance {prof.build['tolerance']:g}), "
-                  f"program status {status}" + (" (a CPU fault)" if status == "FAULT" else ""))
+        b = prof.build
+        what = (f"the emulated int8 output differs from the Python integer reference in "
+                f"{b['outputs'] - b['outputs_equal']} of {b['outputs']} outputs" if b.get("int8")
+                else f"the emulated output does not match torch: max abs error "
+                     f"{b['max_abs_err']:.3g} (tolerance {b['tolerance']:g})")
+        con.print(f"[bold red]{what}[/], program status {status}"
+                  + (" (a CPU fault)" if status == "FAULT" else ""))
         return EXIT_DOES_NOT_FIT
     if to_stdout:
         con.print(verdict_line(prof))
@@ -143,14 +201,35 @@ def run_export(args: argparse.Namespace, con: Any) -> int:
     from sparsebench.embedded.export_c import export_c, resolve_encoding
     from sparsebench.outputs import check_output_dir
 
-    resolve_encoding(args.encoding)
+    from sparsebench.embedded.export_c import is_int8
+
+    enc = resolve_encoding(args.encoding)
+    block = parse_block(getattr(args, "block", "4x4"))
+    check_calibration(args)
     check_output_dir(args.out, args.force, "--out")
     loaded = load(args)
-    exp = export_c(loaded.module, loaded.input_shape, args.out, encoding=args.encoding,
-                   name=Path(args.model).stem, seed=args.seed)
+    qmodel = test_input = None
+    if is_int8(enc):
+        from sparsebench.embedded import quant
+        from sparsebench.embedded.lowering import trace
+
+        graph = trace(loaded.module, loaded.input_shape)
+        qmodel, data, notes = quant.prepare(loaded.module, graph, loaded.checkpoint,
+                                            loaded.input_shape, args.calibration,
+                                            getattr(args, "data_dir", None))
+        for note in notes:
+            con.print(f"note: {note}")
+        if data is not None:
+            test_input = data.test_x[0].numpy()
+    exp = export_c(loaded.module, loaded.input_shape, args.out, encoding=enc,
+                   name=Path(args.model).stem, seed=args.seed, qmodel=qmodel,
+                   test_input=test_input, block=block)
     con.print(f"wrote {len(exp.files)} files to {exp.out_dir}: weights {exp.weight_bytes:,} B "
-              f"(const), arena {exp.arena.size:,} B (static), test vector "
-              f"{exp.test_vector_bytes:,} B")
+              f"(const), arena {exp.arena.size:,} B (static{', int8' if exp.int8 else ''}), "
+              f"test vector {exp.test_vector_bytes:,} B")
+    if exp.int8:
+        con.print(f"int8 (TFLite scheme), calibrated on {exp.qmodel.calibration}; input scale "
+                  f"{exp.qmodel.input.scale:.6g}, zero point {exp.qmodel.input.zero_point}")
     for layer, enc in exp.encodings.items():
         con.print(f"  {layer}: {enc}")
     con.print(f"build and check on this machine: make -C {exp.out_dir} && "

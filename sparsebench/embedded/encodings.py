@@ -5,19 +5,24 @@ A layer's weight is a ``rows x cols`` matrix (rows = output units) with a float3
 is rounded up to a multiple of 4 (``pad4``); the bias is 4 bytes per entry. Row pointers are
 int32 (``rows + 1`` entries), as in ``sparsebench.formats``.
 
-int8 values are symmetric per output row: ``q = round(w / s)``, ``s = max|w_row| / 127``, one
-float32 scale per row (``4*rows`` bytes). They are weight-only int8: activations stay float32.
+int8 values are symmetric per output row: ``q = round(w / s)``, ``s = max|w_row| / 127``. The
+C runtime runs them with int8 activations (TFLite's scheme, ``embedded.quant``): per row an
+int32 requantisation multiplier and an int8 shift (``4*rows + pad4(rows)`` bytes, written
+``scales`` below), and the bias becomes int32 (still 4 bytes per entry).
 
 | encoding | bytes (before the bias) |
 |---|---|
 | fp32-dense | ``4*rows*cols`` |
-| int8-dense | ``pad4(rows*cols) + 4*rows`` |
+| int8-dense | ``pad4(rows*cols) + scales`` |
 | fp32-csrK | ``4*n + pad4(K/8*n) + 4*(rows+1)`` |
-| int8-csrK | ``pad4(n) + pad4(K/8*n) + 4*(rows+1) + 4*rows`` |
+| int8-csrK | ``pad4(n) + pad4(K/8*n) + 4*(rows+1) + scales`` |
 | fp32-bitmask | ``pad4(ceil(rows*cols/8)) + 4*nnz`` |
-| int8-bitmask | ``pad4(ceil(rows*cols/8)) + pad4(nnz) + 4*rows`` |
+| int8-bitmask | ``pad4(ceil(rows*cols/8)) + pad4(nnz) + scales`` |
 | fp32-bsrRxC | ``4*R*C*nb + pad4(2*nb) + 4*(ceil(rows/R)+1)`` |
-| int8-bsrRxC | ``pad4(R*C*nb) + pad4(2*nb) + 4*(ceil(rows/R)+1) + 4*rows`` |
+| int8-bsrRxC | ``pad4(R*C*nb) + pad4(2*nb) + 4*(ceil(rows/R)+1) + scales`` |
+
+The int8 encodings count the nonzeros of the quantized matrix (weights below half a
+quantization step round to zero and are not stored).
 
 CSR column indices are unsigned: K=16 addresses up to 65536 columns (otherwise n/a), K=32
 any. K=8 stores the *gap* to the previous stored column of the row (Deep Compression's relative
@@ -37,7 +42,12 @@ import numpy as np
 ENCODINGS = ("fp32-dense", "int8-dense", "fp32-csr8", "fp32-csr16", "fp32-csr32", "int8-csr8",
              "int8-csr16", "int8-csr32", "fp32-bitmask", "int8-bitmask", "fp32-bsr", "int8-bsr")
 LOSSLESS = tuple(e for e in ENCODINGS if e.startswith("fp32"))
-C_ENCODINGS = ("fp32-dense", "fp32-csr16")   # what export-c implements
+C_ENCODINGS = ("fp32-dense", "fp32-csr16")   # export-c's ``auto`` and ``c`` choose from these
+FP32_C_ENCODINGS = ("fp32-dense", "fp32-csr8", "fp32-csr16", "fp32-csr32", "fp32-bitmask",
+                    "fp32-bsr")
+INT8_C_ENCODINGS = ("int8-dense", "int8-csr8", "int8-csr16", "int8-csr32", "int8-bitmask",
+                    "int8-bsr")
+BUILDABLE = FP32_C_ENCODINGS + INT8_C_ENCODINGS   # everything export-c (and --build) writes
 
 
 def pad4(n: int) -> int:
@@ -88,7 +98,7 @@ def matrix_stats(w: np.ndarray, block: tuple[int, int] = (4, 4)) -> MatrixStats:
 def weight_bytes(enc: str, s: MatrixStats) -> int | None:
     """Bytes of the weight matrix alone in ``enc`` (no bias); None when not applicable."""
     value, _, kind = enc.partition("-")
-    scales = 4 * s.rows if value == "int8" else 0
+    scales = 4 * s.rows + pad4(s.rows) if value == "int8" else 0   # multiplier + shift
     vsize = 4 if value == "fp32" else 1
     if kind == "dense":
         return pad4(vsize * s.numel) + scales
@@ -114,9 +124,13 @@ def layer_bytes(w: np.ndarray, bias: int, block: tuple[int, int] = (4, 4)
                 ) -> tuple[MatrixStats, dict[str, int | None]]:
     """Exact bytes of one layer (weight + ``bias`` float32 entries) in every encoding."""
     s = matrix_stats(w, block)
+    s8 = s
+    if np.isfinite(w).all():     # int8 rounding zeroes small weights: count what is stored
+        q, _ = quantize_rows(w)
+        s8 = matrix_stats(q, block) if np.count_nonzero(q) != s.nnz else s
     out: dict[str, int | None] = {}
     for enc in ENCODINGS:
-        b = weight_bytes(enc, s)
+        b = weight_bytes(enc, s8 if enc.startswith("int8") else s)
         out[enc] = None if b is None else b + 4 * bias
     return s, out
 

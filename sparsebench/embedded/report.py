@@ -96,8 +96,9 @@ def storage_block(p: Profile) -> Block:
     totals = p.totals()
     footer.append(["total", "", ""] + ["n/a" if totals[e] is None else f"{totals[e]:,}"
                                        for e in encs])
-    title = ("weight storage in bytes, exact (values, indices, int32 row pointers, per-row int8 "
-             "scales, fp32 bias, each array 4-byte aligned); * = cheapest for the layer")
+    title = ("weight storage in bytes, exact (values, indices, int32 row pointers; int8: per-row "
+             "int32 multiplier + int8 shift, int32 bias; fp32 bias; each array 4-byte aligned); "
+             "* = cheapest for the layer")
     return Block(title, ["layer", "matrix", "sparsity"] + [encoding_label(e, p.block)
                                                            for e in encs], rows, footer)
 
@@ -132,6 +133,9 @@ def summary_lines(p: Profile) -> list[str]:
     if p.host:
         est += f"; measured on this host: {p.host['p50_ms']:.3f} ms p50 ({p.host['impl']})"
     lines.append(est)
+    acc = accuracy_line(p)
+    if acc:
+        lines.append(acc)
     lines.extend(f"note: {n}" for n in p.notes)
     if p.build:
         lines.append(measured_line(p))
@@ -202,9 +206,28 @@ def build_block(p: Profile) -> Block | None:
                      f"{b['instructions']:,}", "",
                      b.get("instructions_note", "")])
     title = (f"cross-build for {p.target.name}: {b['compiler']} -> {b['runner']}; encodings "
-             f"{b['encodings']}; emulated output max abs error {b['max_abs_err']:.3g} vs torch "
-             f"({'OK' if b['output_ok'] else 'MISMATCH'}, tolerance {b['tolerance']:g})")
+             f"{b['encodings']}; " + check_text(b))
     return Block(title, ["", "analytic", "measured", "difference", "breakdown"], rows, [])
+
+
+def check_text(b: dict[str, Any]) -> str:
+    """How the emulated output compares: bit-exact (int8) or within the tolerance (fp32)."""
+    if b.get("int8"):
+        return (f"emulated int8 output {'bit-exact with' if b['bit_exact'] else 'DIFFERS from'} "
+                f"the Python integer reference ({b['outputs_equal']}/{b['outputs']} outputs "
+                f"equal); dequantized, max abs error {b['max_abs_err']:.3g} vs torch fp32")
+    return (f"emulated output max abs error {b['max_abs_err']:.3g} vs torch "
+            f"({'OK' if b['output_ok'] else 'MISMATCH'}, tolerance {b['tolerance']:g})")
+
+
+def accuracy_line(p: Profile) -> str | None:
+    a = p.accuracy
+    if not a:
+        return None
+    return (f"accuracy on the {a['dataset']} test set ({a['samples']:,} images): fp32 "
+            f"{a['fp32']:.2f}%, int8 {a['int8']:.2f}% ({a['int8'] - a['fp32']:+.2f} points; "
+            f"full-integer reference of the C runtime, calibrated on {a['calibration']}; "
+            f"same class as fp32 for {a['agreement']:.2f}%)")
 
 
 def blocks(p: Profile) -> list[Block]:

@@ -10,14 +10,16 @@ import torch
 
 from sparsebench.errors import SparsebenchError
 from sparsebench.embedded.arena import ArenaPlan, plan_graph
-from sparsebench.embedded.encodings import (C_ENCODINGS, ENCODINGS, LOSSLESS, MatrixStats,
-                                             cheapest, encoding_label, layer_bytes)
+from sparsebench.embedded.encodings import (C_ENCODINGS, ENCODINGS, FP32_C_ENCODINGS,
+                                             INT8_C_ENCODINGS, MatrixStats, cheapest,
+                                             encoding_label, layer_bytes)
 from sparsebench.embedded.estimate import op_seconds
 from sparsebench.embedded.lowering import Graph, Op, trace
 from sparsebench.embedded.targets import Target
 
-POLICIES = {"best": "cheapest per layer",
+POLICIES = {"best": "cheapest per layer (export-c encodings, one value type)",
             "lossless": "cheapest fp32 per layer",
+            "int8": "cheapest int8 per layer",
             "c": "cheapest export-c encoding per layer (fp32-dense/csr16)"}
 
 
@@ -29,13 +31,16 @@ class LayerRow:
     op: Op
     stats: MatrixStats
     sizes: dict[str, int | None]
-    best: str
-    best_lossless: str
+    best: str                 # the smallest of all encodings (BSR too): the table's *
+    best_lossless: str        # the smallest fp32 encoding export-c writes
     best_c: str
+    best_int8: str = ""       # the smallest int8 encoding export-c writes
 
     def pick(self, policy: str) -> str:
         if policy == "best":
             return self.best
+        if policy == "int8":
+            return self.best_int8
         if policy == "lossless":
             return self.best_lossless
         if policy == "c":
@@ -73,7 +78,7 @@ class Profile:
     layers: list[LayerRow]
     other_bytes: int          # constants of non-weight ops (unfolded BatchNorm, mul factors)
     arena: ArenaPlan
-    arena_int8: int           # the same plan with 1-byte activations
+    arena_int8: int           # the same plan with 1-byte activations (what int8 exports use)
     block: tuple[int, int]
     policy: str
     choices: list[Choice]
@@ -81,6 +86,8 @@ class Profile:
     host: dict[str, Any] | None = None
     build: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    accuracy: dict[str, Any] | None = None   # fp32 and int8 test accuracy (quant.accuracy)
+    int8_blocker: str | None = None          # why the model has no int8 export, if it has not
 
     def layer(self, name: str) -> LayerRow:
         return next(row for row in self.layers if row.name == name)
@@ -107,9 +114,19 @@ def check_policy(policy: str) -> str:
 
 
 def choose(graph: Graph, layers: list[LayerRow], other: int, arena: ArenaPlan, target: Target,
-           policy: str, block: tuple[int, int]) -> Choice:
-    """Bytes, fit and estimated latency with ``policy`` applied to every layer."""
-    per_layer = {row.name: row.pick(policy) for row in layers}
+           policy: str, block: tuple[int, int], arena_int8: int | None = None) -> Choice:
+    """Bytes, fit and estimated latency with ``policy`` applied to every layer. ``best`` is the
+    cheaper of the smallest fp32 and the smallest int8 export-c encoding per layer (one value
+    type per model, as the C runtime runs it); all-int8 choices use the int8 arena
+    (``arena_int8``, when the model has an int8 export)."""
+    if policy == "best":
+        fp32 = {row.name: row.best_lossless for row in layers}
+        int8 = {row.name: row.best_int8 for row in layers}
+        total = {name: sum(row.sizes[enc[row.name]] or 0 for row in layers)
+                 for name, enc in (("fp32", fp32), ("int8", int8))}
+        per_layer = int8 if layers and total["int8"] <= total["fp32"] else fp32
+    else:
+        per_layer = {row.name: row.pick(policy) for row in layers}
     by_key = {row.name: row for row in layers}
     weights = sum(by_key[n].sizes[e] or 0 for n, e in per_layer.items()) + other
     seconds = 0.0
@@ -121,10 +138,12 @@ def choose(graph: Graph, layers: list[LayerRow], other: int, arena: ArenaPlan, t
                                   by_key[key].sizes[enc] or 0)
         else:
             seconds += op_seconds(op, target)
+    all_int8 = bool(per_layer) and all(e.startswith("int8") for e in per_layer.values())
+    act = arena_int8 if all_int8 and arena_int8 is not None else arena.size
     if target.weights_in == "flash":
-        flash, ram = weights, arena.size
+        flash, ram = weights, act
     else:
-        flash, ram = None, arena.size + weights
+        flash, ram = None, act + weights
     return Choice(_policy_label(policy, block), policy, per_layer, weights, flash, ram,
                   None if flash is None or target.flash_bytes is None
                   else target.flash_bytes - flash, target.ram_bytes - ram, seconds)
@@ -141,15 +160,24 @@ def profile_model(module: torch.nn.Module, input_shape: tuple[int, ...], target:
         assert op.weight is not None
         stats, sizes = layer_bytes(op.weight, op.bias_len, block)
         layers.append(LayerRow(op.weight_key or op.name, op, stats, sizes, cheapest(sizes),
-                               cheapest(sizes, LOSSLESS), cheapest(sizes, C_ENCODINGS)))
+                               cheapest(sizes, FP32_C_ENCODINGS), cheapest(sizes, C_ENCODINGS),
+                               cheapest(sizes, INT8_C_ENCODINGS)))
     other = sum(4 * int(np.asarray(c).size) for op in graph.ops if op.weight is None
                 for c in op.consts.values())
     arena = plan_graph(graph)
     arena_int8 = plan_graph(graph, elem_bytes=1).size
+    from sparsebench.embedded.quant import check_int8
+
+    try:
+        check_int8(graph)
+        blocker = None
+    except SparsebenchError as exc:
+        blocker = str(exc)
     policies = ["fp32-dense", "int8-dense", "lossless", "c", "best"]
     if policy not in policies:
         policies.append(policy)
-    choices = [choose(graph, layers, other, arena, target, p, block) for p in policies]
+    a8 = None if blocker else arena_int8
+    choices = [choose(graph, layers, other, arena, target, p, block, a8) for p in policies]
     verdict = next(c for c in choices if c.policy == policy)
     params = sum(op.params for op in graph.weight_ops())
     nnz = sum(row.stats.nnz for row in layers)
@@ -160,10 +188,11 @@ def profile_model(module: torch.nn.Module, input_shape: tuple[int, ...], target:
             "dense_macs": sum(op.dense_macs for op in graph.ops),
             "sparse_macs": sum(op.sparse_macs for op in graph.ops)}
     notes = []
-    if any(e.startswith("int8") for e in verdict.per_layer.values()):
+    if blocker and any(e.startswith("int8") for e in verdict.per_layer.values()):
         err = int8_weight_error(module, input_shape)
-        notes.append(f"int8 weights (symmetric per row) change the output on a seeded input by "
-                     f"at most {err:.3g} (max abs); activations stay fp32")
+        notes.append(f"no int8 export for this model ({blocker.split(':')[0]}); its int8 "
+                     f"figures are int8 weights with fp32 activations (weights alone change the "
+                     f"output on a seeded input by at most {err:.3g})")
     folded = [f for op in graph.ops for f in op.fused if "BatchNorm" in f]
     if folded:
         notes.append(f"{len(folded)} BatchNorm layer(s) folded into the preceding conv/linear")
@@ -171,7 +200,7 @@ def profile_model(module: torch.nn.Module, input_shape: tuple[int, ...], target:
     if unknown:
         notes.append(f"ops without a cost model (0 MACs in the estimate): {', '.join(unknown)}")
     return Profile(info, target, graph, layers, other, arena, arena_int8, block, policy,
-                   choices, verdict, notes=notes)
+                   choices, verdict, notes=notes, int8_blocker=blocker)
 
 
 def int8_weight_error(module: torch.nn.Module, input_shape: tuple[int, ...]) -> float:
@@ -231,7 +260,7 @@ def to_dict(p: Profile) -> dict[str, Any]:
                "csr8_fillers": r.stats.csr8_fillers, "bsr_blocks": r.stats.nblocks,
                "bias": 0 if r.op.bias is None else int(r.op.bias.size),
                "bytes": dict(r.sizes), "best": r.best, "best_lossless": r.best_lossless,
-               "best_c": r.best_c} for r in p.layers]
+               "best_c": r.best_c, "best_int8": r.best_int8} for r in p.layers]
     choices = [{"label": c.label, "policy": c.policy, "per_layer": c.per_layer,
                 "weight_bytes": c.weight_bytes, "flash_needed": c.flash_needed,
                 "ram_needed": c.ram_needed, "flash_margin": c.flash_margin,
@@ -251,7 +280,8 @@ def to_dict(p: Profile) -> dict[str, Any]:
         "choices": choices, "verdict": {"policy": p.verdict.policy, "fits": p.verdict.fits},
         "estimate_note": "estimated latency: roofline from the target's throughput figures "
                          "(not a measurement)",
-        "host": p.host, "build": p.build, "notes": p.notes,
+        "host": p.host, "build": p.build, "notes": p.notes, "accuracy": p.accuracy,
+        "int8_export": p.int8_blocker is None, "int8_blocker": p.int8_blocker,
     }
 
 

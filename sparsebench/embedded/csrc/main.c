@@ -1,4 +1,6 @@
-/* sparsebench test harness: run the model on the test vector and compare with PyTorch's output.
+/* sparsebench test harness: run the model on the test vector and compare with PyTorch's output
+ * (fp32 models, within SB_TOLERANCE) or with the Python integer reference (int8 models, SB_INT8
+ * from sb_model.h: every output equal).
  * Hosted builds print with stdio; a board port (-DSB_PORT, sb_port.h) supplies output, a
  * timer and a stack gauge. Prints one "sb: ..." line per fact; exit code 0 = PASS. */
 #include <stdint.h>
@@ -26,6 +28,7 @@ static char *sb_put_uint(char *p, unsigned long long v)
     return p;
 }
 
+#ifndef SB_INT8
 /* "<decimal> (0x<bits>)": six decimals for readability, the exact bits for machines */
 static char *sb_put_float(char *p, float f)
 {
@@ -52,6 +55,8 @@ static char *sb_put_float(char *p, float f)
     return p;
 }
 
+#endif
+
 static void sb_line(const char *key, const char *text)
 {
     sb_port_puts("sb: ");
@@ -60,6 +65,59 @@ static void sb_line(const char *key, const char *text)
     sb_port_puts("\n");
 }
 
+#ifdef SB_INT8
+/* int8 models: the outputs must equal the Python integer reference exactly */
+static char *sb_put_int(char *p, long v)
+{
+    if (v < 0) { *p++ = '-'; v = -v; }
+    return sb_put_uint(p, (unsigned long long)v);
+}
+
+int main(void)
+{
+    char buf[96], *p;
+    int8_t *in;
+    const int8_t *out;
+    int i, ok;
+    long mismatches = 0;
+#ifdef SB_PORT_TICKS
+    unsigned long long t0, t1;
+#endif
+#ifdef SB_PORT
+    sb_port_init();
+#endif
+    in = sb_input();
+    for (i = 0; i < SB_INPUT_SIZE; ++i) in[i] = sbt_input[i];
+#ifdef SB_PORT_TICKS
+    t0 = sb_port_ticks();
+#endif
+    out = sb_run();
+#ifdef SB_PORT_TICKS
+    t1 = sb_port_ticks();
+#endif
+    for (i = 0; i < SB_OUTPUT_SIZE; ++i) {
+        if (out[i] != sbt_expected[i]) ++mismatches;
+        p = sb_put_uint(buf, (unsigned long long)i);
+        *p++ = ']'; *p++ = ' '; *p++ = '='; *p++ = ' ';
+        p = sb_put_int(p, out[i]);
+        *p = 0;
+        sb_line("qoutput[", buf);
+    }
+    *sb_put_uint(buf, (unsigned long long)mismatches) = 0;
+    sb_line("mismatches = ", buf);
+#ifdef SB_PORT_TICKS
+    *sb_put_uint(buf, t1 - t0) = 0;
+    sb_line("ticks = ", buf);
+#endif
+#ifdef SB_PORT_STACK
+    *sb_put_uint(buf, sb_port_stack_used()) = 0;
+    sb_line("stack_used = ", buf);
+#endif
+    ok = mismatches == 0;
+    sb_line(ok ? "PASS" : "FAIL", "");
+    return ok ? 0 : 1;
+}
+#else
 int main(void)
 {
     char buf[96], *p;
@@ -105,3 +163,4 @@ int main(void)
     sb_line(ok ? "PASS" : "FAIL", "");
     return ok ? 0 : 1;
 }
+#endif
