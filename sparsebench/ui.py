@@ -89,3 +89,17 @@ def no_success_exit(rows: list[dict[str, Any]]) -> int:
         f"({len(rows)} skipped)" if rows else "(none planned: no backend given executes "
         "these formats)"), file=sys.stderr)
     return 1
+
+
+def fmt_bytes(n: float | None, missing: str = "n/a") -> str:
+    """A byte count in B, KiB, MiB or GiB (``missing`` for None)."""
+    if n is None:
+        return missing
+    n = float(n)
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    if abs(n) < 1024 ** 2:
+        return f"{n / 1024:.1f} KiB"
+    if abs(n) < 1024 ** 3:
+        return f"{n / 1024 ** 2:.2f} MiB"
+    return f"{n / 1024 ** 3:.2f} GiB"

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from sparsebench.errors import SparsebenchError
+from sparsebench.ui import fmt_bytes  # noqa: F401  (re-exported for the report)
 from sparsebench.embedded.arena import ArenaPlan, plan_graph
 from sparsebench.embedded.encodings import (C_ENCODINGS, ENCODINGS, FP32_C_ENCODINGS,
                                              INT8_C_ENCODINGS, MatrixStats, cheapest,
@@ -283,19 +284,6 @@ def to_dict(p: Profile) -> dict[str, Any]:
         "host": p.host, "build": p.build, "notes": p.notes, "accuracy": p.accuracy,
         "int8_export": p.int8_blocker is None, "int8_blocker": p.int8_blocker,
     }
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    n = float(n)
-    if abs(n) < 1024:
-        return f"{n:.0f} B"
-    if abs(n) < 1024 ** 2:
-        return f"{n / 1024:.1f} KiB"
-    if abs(n) < 1024 ** 3:
-        return f"{n / 1024 ** 2:.2f} MiB"
-    return f"{n / 1024 ** 3:.2f} GiB"
 
 
 def fmt_count(n: float) -> str:

@@ -67,16 +67,9 @@ def num(value: Any) -> float | None:
 
 
 def fmt_bytes(value: Any) -> str:
-    v = num(value)
-    if v is None:
-        return "-"
-    if abs(v) < 1024:
-        return f"{v:,.0f} B"
-    if abs(v) < 1024 ** 2:
-        return f"{v / 1024:.1f} KiB"
-    if abs(v) < 1024 ** 3:
-        return f"{v / 1024 ** 2:.2f} MiB"
-    return f"{v / 1024 ** 3:.2f} GiB"
+    from sparsebench.ui import fmt_bytes as fmt
+
+    return fmt(num(value), missing="-")
 
 
 def _f(value: Any, pattern: str = "{:.3f}") -> str:
