@@ -356,6 +356,20 @@ def weight_arrays_int8(key: str, op: Op, enc: str, layer: Any, block: tuple[int,
     return arrays + new, refs
 
 
+def _pool_geometry(op: Op) -> tuple[str, dict[str, Any]]:
+    """A pooling op's C arguments (channels, sizes, kernel, stride, padding) and attributes;
+    an adaptive average pool is the plain one with kernel = stride = in / out."""
+    a = op.attrs
+    c, h, wd = op.in_shape
+    _, ho, wo = op.out_shape
+    if op.kind == "adaptive_avgpool":
+        kh, kw = h // ho, wd // wo
+        a = {"kernel": (kh, kw), "stride": (kh, kw), "padding": (0, 0), "count_include_pad": True}
+    geo = (f"{c}, {h}, {wd}, {ho}, {wo}, {a['kernel'][0]}, {a['kernel'][1]}, "
+           f"{a['stride'][0]}, {a['stride'][1]}, {a['padding'][0]}, {a['padding'][1]}")
+    return geo, a
+
+
 def _call_int8(op: Op, graph: Graph, plan: ArenaPlan, enc: str | None, refs: dict[str, str],
                qm: Any) -> str:
     def at(tensor: str) -> str:
@@ -382,14 +396,7 @@ def _call_int8(op: Op, graph: Graph, plan: ArenaPlan, enc: str | None, refs: dic
         return f"sbq_linear({head}, {fin}, {fout}, {npos});"
     if op.kind == "relu":
         return f"sbq_relu({x}, {y}, {op.out_numel}, {zp_in});"
-    c, h, wd = op.in_shape
-    _, ho, wo = op.out_shape
-    if op.kind == "adaptive_avgpool":
-        kh, kw = h // ho, wd // wo
-        a = {"kernel": (kh, kw), "stride": (kh, kw), "padding": (0, 0),
-             "count_include_pad": True}
-    geo = (f"{c}, {h}, {wd}, {ho}, {wo}, {a['kernel'][0]}, {a['kernel'][1]}, "
-           f"{a['stride'][0]}, {a['stride'][1]}, {a['padding'][0]}, {a['padding'][1]}")
+    geo, a = _pool_geometry(op)
     if op.kind == "maxpool":
         return f"sbq_maxpool2d({x}, {y}, {geo}, {a['dilation'][0]}, {a['dilation'][1]});"
     return f"sbq_avgpool2d({x}, {y}, {zp_in}, {geo}, {int(a['count_include_pad'])});"
@@ -432,14 +439,7 @@ def _call(op: Op, graph: Graph, plan: ArenaPlan, enc: str | None, refs: dict[str
     if op.kind == "relu":
         return f"sbk_relu({x}, {y}, {op.out_numel});"
     if op.kind in ("maxpool", "avgpool", "adaptive_avgpool"):
-        c, h, wd = op.in_shape
-        _, ho, wo = op.out_shape
-        if op.kind == "adaptive_avgpool":
-            kh, kw = h // ho, wd // wo
-            a = {"kernel": (kh, kw), "stride": (kh, kw), "padding": (0, 0),
-                 "count_include_pad": True}
-        geo = (f"{c}, {h}, {wd}, {ho}, {wo}, {a['kernel'][0]}, {a['kernel'][1]}, "
-               f"{a['stride'][0]}, {a['stride'][1]}, {a['padding'][0]}, {a['padding'][1]}")
+        geo, a = _pool_geometry(op)
         if op.kind == "maxpool":
             return f"sbk_maxpool2d({x}, {y}, {geo}, {a['dilation'][0]}, {a['dilation'][1]});"
         return f"sbk_avgpool2d({x}, {y}, {geo}, {int(a['count_include_pad'])});"
