@@ -225,10 +225,6 @@ class Pruner:
         self.active = still
 
     # -- re-entry -------------------------------------------------------------------------
-    def _view(self, layer: str, name: str | None = None) -> tuple[int, ...]:
-        param = self.params[name or f"{layer}.weight"]
-        return (-1,) if self.granularity == "weight" else (param.shape[0], -1)
-
     def _rows(self, name: str, layer: str) -> torch.Tensor:
         """A parameter or buffer viewed with its units as the leading index."""
         tensor = self.params.get(name)
