@@ -77,6 +77,8 @@ def _ints(v: Value) -> tuple[int, ...]:
 
 
 def _scalar(v: Value) -> Any:
+    if isinstance(v, (int, float)):
+        return v
     return v.reshape(-1)[0].item() if isinstance(v, torch.Tensor) else _ints(v)[0]
 
 
@@ -195,6 +197,8 @@ def _leaky_relu(mod: Any, step: _Step, x: torch.Tensor) -> torch.Tensor:
 
 @_op("PRelu")
 def _prelu(mod: Any, step: _Step, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    if slope.dim() == 1 and x.dim() > 2 and slope.numel() not in (1, x.shape[-1]):
+        slope = slope.reshape(-1, *([1] * (x.dim() - 2)))  # one slope per channel
     return torch.where(x < 0, x * slope, x)
 
 
