@@ -563,7 +563,7 @@ def _topk(mod: Any, step: _Step, x: Value, k: Value = None) -> list[torch.Tensor
     x = _tensor(x)
     k = step.attrs["k"] if "k" in step.attrs else int(_scalar(k))
     axis = step.attrs.get("axis", -1) % x.dim()
-    values, idx = torch.sort(x, axis, descending=bool(step.attrs.get("largest", 1)),
+    values, idx = torch.sort(x, dim=axis, descending=bool(step.attrs.get("largest", 1)),
                              stable=True)
     return [values.narrow(axis, 0, k), idx.narrow(axis, 0, k)]
 
@@ -633,13 +633,18 @@ _REDUCTIONS: dict[str, Callable[[torch.Tensor, tuple[int, ...], bool], torch.Ten
 }
 
 
+_EMPTY_REDUCTION: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "ReduceSumSquare": lambda t: t * t, "ReduceL1": torch.abs, "ReduceL2": torch.abs,
+    "ReduceLogSum": torch.log}
+
+
 @_op(*_REDUCTIONS, py=True)
 def _reduce(mod: Any, step: _Step, x: Value, axes: Value = None) -> torch.Tensor:
     x = _tensor(x)
     axes = _axes(step, axes)
     if not axes:
-        if step.attrs.get("noop_with_empty_axes", 0):
-            return x
+        if step.attrs.get("noop_with_empty_axes", 0):  # reduce over nothing
+            return _EMPTY_REDUCTION.get(step.op, lambda t: t)(x)
         axes = tuple(range(x.dim()))
     dims = tuple(a % x.dim() for a in axes) if x.dim() else ()
     if not dims:
@@ -861,7 +866,10 @@ def _lp_norm(mod: Any, step: _Step, x: torch.Tensor) -> torch.Tensor:
 def _dropout(mod: Any, step: _Step, x: Value, *rest: Value) -> Any:
     if len(step.outputs) == 1:
         return x
-    return [x, torch.ones_like(_tensor(x), dtype=torch.bool)]
+    x = _tensor(x)  # the mask: all kept (bool) from opset 10; before, onnxruntime gives zeros
+    if mod._opset >= 10:
+        return [x, torch.ones_like(x, dtype=torch.bool)]
+    return [x, torch.zeros_like(x)]
 
 
 @_op("Resize", "Upsample", py=True)
