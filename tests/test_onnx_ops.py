@@ -535,3 +535,70 @@ def test_docstring_lists_every_supported_op() -> None:
     listed = re.search(r"attribute and input variants\):\n(.*?)\.\n", onnx_torch.__doc__, re.S)
     assert listed is not None
     assert [s.strip() for s in listed.group(1).replace("\n", " ").split(",")] == list(SUPPORTED)
+
+
+# --- transformer exports from both torch exporters --------------------------------------------
+
+def _tiny_transformer(kind: str) -> Any:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = transformers.BertModel(transformers.BertConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+            vocab_size=1000))
+    elif kind == "gpt2":
+        model = transformers.GPT2Model(transformers.GPT2Config(
+            n_embd=64, n_layer=2, n_head=2, vocab_size=1000, n_positions=64, bos_token_id=0,
+            eos_token_id=0))
+    else:
+        model = transformers.DistilBertModel(transformers.DistilBertConfig(
+            dim=64, n_layers=2, n_heads=2, hidden_dim=128, vocab_size=1000))
+
+    class LastHidden(torch.nn.Module):  # transformers 5: keyword arguments, a ModelOutput
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                    ) -> torch.Tensor:
+            return self.model(input_ids=input_ids,
+                              attention_mask=attention_mask).last_hidden_state
+    return LastHidden().eval()
+
+
+@pytest.mark.parametrize("kind,dynamo", [
+    ("bert", False), ("bert", True), ("gpt2", False), ("distilbert", False),
+    pytest.param("gpt2", True, marks=pytest.mark.slow),  # a dynamo export takes seconds
+    pytest.param("distilbert", True, marks=pytest.mark.slow)])
+def test_transformer_exports_match_onnxruntime(kind: str, dynamo: bool, tmp_path: Any) -> None:
+    import io
+    import warnings
+
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    wrapper = _tiny_transformer(kind)
+    seq = 16
+    ids = torch.randint(0, 1000, (1, seq))
+    mask = torch.ones(1, seq, dtype=torch.int64)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (ids, mask), buf, input_names=["input_ids", "attention_mask"],
+                          dynamo=dynamo, opset_version=18 if dynamo else 17,
+                          **({"external_data": False} if dynamo else {}))
+    model = onnx.load_from_string(buf.getvalue())
+    module = to_torch(model)
+    assert module.input_names == ["input_ids", "attention_mask"]
+    linears = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == (8 if kind == "gpt2" else 12)  # every projection is a layer
+    assert set(module.weight_sources) == set(linears)
+    inits = {i.name for i in model.graph.initializer}
+    assert all(src in inits for src, _ in module.weight_sources.values())
+    mask[0, 11:] = 0  # padding: the mask really masks
+    feeds = {"input_ids": torch.randint(0, 1000, (1, seq)).numpy(), "attention_mask": mask.numpy()}
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]
+    with torch.inference_mode():
+        got = module(*(torch.from_numpy(feeds[n]) for n in module.input_names))
+    got = got[0] if isinstance(got, tuple) else got
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
