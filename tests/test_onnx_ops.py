@@ -602,3 +602,41 @@ def test_transformer_exports_match_onnxruntime(kind: str, dynamo: bool, tmp_path
         got = module(*(torch.from_numpy(feeds[n]) for n in module.input_names))
     got = got[0] if isinstance(got, tuple) else got
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_onnxruntime_quantized_graphs_match(tmp_path: Any) -> None:
+    """int8 graphs as ORT's quantizer writes them: dynamic (DynamicQuantizeLinear,
+    MatMulInteger, ConvInteger) and static QDQ (QuantizeLinear/DequantizeLinear pairs)."""
+    quant = pytest.importorskip("onnxruntime.quantization")
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8 * 8 * 8, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+    torch.manual_seed(0)
+    src = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 8, 8),), str(src), input_names=["x"],
+                      dynamo=False, opset_version=17)
+    samples = [{"x": f32(1, 3, 8, 8)} for _ in range(3)]
+
+    class Reader(quant.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(samples)
+
+        def get_next(self) -> Any:
+            return next(self.it, None)
+
+    quant.quantize_dynamic(str(src), str(tmp_path / "dyn.onnx"))
+    quant.quantize_static(str(src), str(tmp_path / "qdq.onnx"), Reader(),
+                          quant_format=quant.QuantFormat.QDQ)
+    for name, needed in (("dyn", {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}),
+                         ("qdq", {"QuantizeLinear", "DequantizeLinear"})):
+        model = onnx.load(str(tmp_path / f"{name}.onnx"))
+        assert needed <= {n.op_type for n in model.graph.node}
+        got, expected = run_both(model, {"x": f32(1, 3, 8, 8)})
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
