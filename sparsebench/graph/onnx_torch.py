@@ -3,18 +3,20 @@
 Supported ops (default ``ai.onnx`` domain, opsets 7 to 21, attribute and input variants):
 Abs, Acos, Acosh, Add, And, ArgMax, ArgMin, Asin, Asinh, Atan, Atanh, AveragePool,
 BatchNormalization, BitwiseAnd, BitwiseNot, BitwiseOr, BitwiseXor, Cast, CastLike, Ceil, Celu,
-Clip, Concat, Constant, ConstantOfShape, Conv, ConvInteger, ConvTranspose, Cos, Cosh, CumSum,
-DepthToSpace, DequantizeLinear, Div, Dropout, DynamicQuantizeLinear, Einsum, Elu, Equal, Erf,
-Exp, Expand, Flatten, Floor, Gather, GatherElements, GatherND, Gelu, Gemm, GlobalAveragePool,
-GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Hardmax, Identity,
-InstanceNormalization, IsInf, IsNaN, LRN, LayerNormalization, LeakyRelu, Less, LessOrEqual, Log,
-LogSoftmax, LpNormalization, LpPool, MatMul, MatMulInteger, Max, MaxPool, Mean, Min, Mish, Mod,
-Mul, Neg, NonZero, Not, OneHot, Or, PRelu, Pad, Pow, QLinearConv, QLinearMatMul, QuantizeLinear,
-Range, Reciprocal, ReduceL1, ReduceL2, ReduceLogSum, ReduceLogSumExp, ReduceMax, ReduceMean,
-ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare, Relu, Reshape, Resize, Round, Scatter,
-ScatterElements, ScatterND, Selu, Shape, Shrink, Sigmoid, Sign, Sin, Sinh, Size, Slice, Softmax,
-Softplus, Softsign, SpaceToDepth, Split, Sqrt, Squeeze, Sub, Sum, Tan, Tanh, ThresholdedRelu,
-Tile, TopK, Transpose, Trilu, Unsqueeze, Upsample, Where, Xor.
+Clip, Concat, ConcatFromSequence, Constant, ConstantOfShape, Conv, ConvInteger, ConvTranspose,
+Cos, Cosh, CumSum, DepthToSpace, DequantizeLinear, Div, Dropout, DynamicQuantizeLinear, Einsum,
+Elu, Equal, Erf, Exp, Expand, Flatten, Floor, Gather, GatherElements, GatherND, Gelu, Gemm,
+GlobalAveragePool, GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Hardmax,
+Identity, InstanceNormalization, IsInf, IsNaN, LRN, LayerNormalization, LeakyRelu, Less,
+LessOrEqual, Log, LogSoftmax, LpNormalization, LpPool, MatMul, MatMulInteger, Max, MaxPool,
+Mean, Min, Mish, Mod, Mul, Neg, NonZero, Not, OneHot, Or, PRelu, Pad, Pow, QLinearConv,
+QLinearMatMul, QuantizeLinear, Range, Reciprocal, ReduceL1, ReduceL2, ReduceLogSum,
+ReduceLogSumExp, ReduceMax, ReduceMean, ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare, Relu,
+Reshape, Resize, Round, Scatter, ScatterElements, ScatterND, Selu, SequenceAt,
+SequenceConstruct, SequenceEmpty, SequenceErase, SequenceInsert, SequenceLength, Shape, Shrink,
+Sigmoid, Sign, Sin, Sinh, Size, Slice, Softmax, Softplus, Softsign, SpaceToDepth, Split,
+SplitToSequence, Sqrt, Squeeze, Sub, Sum, Tan, Tanh, ThresholdedRelu, Tile, TopK, Transpose,
+Trilu, Unsqueeze, Upsample, Where, Xor.
 Model-local functions are inlined first; other domains and control flow (If, Loop, Scan) are
 not supported (``Unsupported`` names the op and the node).
 
@@ -46,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-from sparsebench.graph.onnx_ops import _OPS, Unsupported, Value, _Step, _tensor
+from sparsebench.graph.onnx_ops import _OPS, TensorSequence, Unsupported, Value, _Step, _tensor
 
 __all__ = ["SUPPORTED", "OnnxGraphModule", "Unsupported", "to_torch", "_OPS", "_Step"]
 
@@ -157,9 +159,9 @@ def _constant_value(node: Any) -> torch.Tensor:
     raise Unsupported(f"ONNX op Constant (node {node.name}): only numeric values are supported")
 
 
-def _runtime(t: torch.Tensor) -> Value:
-    """Small int64 tensors become Python ints/tuples; anything else stays a tensor."""
-    if t.dtype == torch.int64 and t.dim() <= 1 and t.numel() <= _SMALL_INT:
+def _runtime(t: Any) -> Value:
+    """Small int64 tensors become Python ints/tuples; anything else stays as it is."""
+    if isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.dim() <= 1 and t.numel() <= _SMALL_INT:
         return int(t) if t.dim() == 0 else tuple(int(i) for i in t.tolist())
     return t
 
@@ -308,7 +310,8 @@ class _Builder:
         outs = out if isinstance(out, list) else [out]
         for name, value in zip(node.output, outs):
             if name:
-                self.consts[name] = value if isinstance(value, torch.Tensor) else _tensor(value)
+                self.consts[name] = value if isinstance(value, (torch.Tensor, TensorSequence)) \
+                    else _tensor(value)
 
     def register_constants(self) -> None:
         used = {n for s in self.module._steps for n in s.inputs} | set(self.module.output_names)
