@@ -675,7 +675,7 @@ def same_pads(step: _Step, x: torch.Tensor) -> list[int]:
     kernel, n = a["kernel"], len(a["kernel"])
     mode = a.get("auto_pad", "NOTSET")
     if mode in ("NOTSET", ""):
-        return list(a.get("pads") or [0] * 2 * n)
+        return list(a.get("onnx_pads") or a.get("pads") or [0] * 2 * n)
     if mode == "VALID":
         return [0] * 2 * n
     begins, ends = [], []
@@ -701,7 +701,7 @@ def _conv_fn(n: int) -> Callable[..., torch.Tensor]:
     return (F.conv1d, F.conv2d, F.conv3d)[n - 1]
 
 
-@_op("conv", "linear")
+@_op("conv", "conv_auto_pad", "linear")
 def _layer(mod: Any, step: _Step, x: torch.Tensor) -> torch.Tensor:
     """A Conv/Gemm/MatMul with constant weights: the registered submodule runs."""
     if step.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
@@ -771,19 +771,25 @@ def _transpose_crop(step: _Step, x: torch.Tensor, y: torch.Tensor,
     return F.pad(y, crop)
 
 
-@_op("MaxPool", "AveragePool", "LpPool")
+_POOL_KIND = {"max_pool_padded": "MaxPool", "avg_pool_padded": "AveragePool"}
+
+
+@_op("MaxPool", "AveragePool", "LpPool", *_POOL_KIND)
 def _pool(mod: Any, step: _Step, x: torch.Tensor) -> torch.Tensor:
+    """Pools; "MaxPool"/"AveragePool" steps have symmetric pads of at most half the kernel
+    (``pads`` lists the begins, as torch takes them), the ``*_padded`` ones any ONNX pads."""
     a = step.attrs
     n = len(a["kernel"])
+    kind = _POOL_KIND.get(step.op, step.op)
     pads = same_pads(step, x)
     sym = pads[:n] == pads[n:] and all(p <= k // 2 for p, k in zip(pads, a["kernel"]))
-    if step.op == "LpPool":
+    if kind == "LpPool":
         p = a.get("p", 2)
         y = F.pad(x, torch_pads(pads)).abs() ** p
         fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
         return (fn(y, a["kernel"], a["strides"], 0, a["ceil_mode"]) * math.prod(a["kernel"])
                 ) ** (1.0 / p)
-    if step.op == "MaxPool":
+    if kind == "MaxPool":
         fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
         if not sym:
             x, pads = F.pad(x, torch_pads(pads), value=-math.inf), [0] * 2 * n

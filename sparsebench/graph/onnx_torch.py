@@ -195,6 +195,8 @@ class _Builder:
             self.consumers[o.name] = self.consumers.get(o.name, 0) + 1
         self.skip: set[int] = set()
         self.taken: set[str] = set()
+        self.alias: dict[str, str] = {}  # Identity / Dropout output -> the value it passes on
+        self.graph_outputs = {o.name for o in graph.output}
         self.batch_dims = self.fixed_batch_dims(model, inputs[0]) if len(inputs) == 1 else None
 
     @staticmethod
@@ -248,8 +250,10 @@ class _Builder:
     def add(self, node: Any, op: str, inputs: list[str], attrs: dict[str, Any],
             layer: nn.Module | None = None, index: int = 0, outputs: list[str] | None = None,
             weight: tuple[str, bool] | None = None) -> None:
-        step = _Step(op, node.name or f"#{index}", tuple(inputs),
-                     tuple(outputs or node.output), attrs)
+        outs = list(outputs or node.output)
+        while len(outs) > 1 and not self.consumers.get(outs[-1]):
+            outs.pop()  # unused optional outputs (a Dropout's mask, ...) are not computed
+        step = _Step(op, node.name or f"#{index}", tuple(inputs), tuple(outs), attrs)
         if layer is not None:
             step.module = self.module_name(node, index)
             self.module.add_module(step.module, layer.eval())
@@ -275,6 +279,7 @@ class _Builder:
         for index, node in enumerate(self.graph.node):
             if index in self.skip:
                 continue
+            node = self.resolved(node)
             op = node.op_type
             if op == "Constant" and node.domain in ("", "ai.onnx"):
                 self.consts[node.output[0]] = _constant_value(node)
@@ -283,6 +288,8 @@ class _Builder:
             attrs = _attrs(node)
             if all(n == "" or n in self.consts for n in node.input):
                 self.fold(node, index, attrs)
+            elif op in ("Identity", "Dropout") and self.passes_through(node):
+                self.alias[node.output[0]] = node.input[0]
             elif op == "Conv" and self.const(node.input[1]) is not None:
                 self.conv(node, index, attrs)
             elif op == "ConvTranspose" and self.const(node.input[1]) is not None:
@@ -292,13 +299,29 @@ class _Builder:
             elif op in ("Gemm", "MatMul") and self.linear(node, index, attrs):
                 pass
             elif op in ("MaxPool", "AveragePool", "LpPool"):
-                self.add(node, op, list(node.input), self.pool_attrs(node, index, attrs))
+                self.pool(node, index, attrs)
             elif op == "Reshape":
                 self.add(node, op, self.reshape_inputs(node, attrs), attrs)
             else:
                 self.add(node, op, list(node.input), attrs, index=index)
         self.register_constants()
         return self.module
+
+    def resolved(self, node: Any) -> Any:
+        """``node`` reading through the Identity/Dropout outputs it consumes (a copy)."""
+        if not any(n in self.alias for n in node.input):
+            return node
+        from onnx import NodeProto
+
+        copy = NodeProto()
+        copy.CopyFrom(node)
+        copy.input[:] = [self.alias.get(n, n) for n in node.input]
+        return copy
+
+    def passes_through(self, node: Any) -> bool:
+        """An Identity, or a Dropout (inference) whose mask is unused, not a graph output."""
+        return node.output[0] not in self.graph_outputs and not any(
+            self.consumers.get(o) for o in node.output[1:] if o)
 
     def fold(self, node: Any, index: int, attrs: dict[str, Any]) -> None:
         step = _Step(node.op_type, node.name or f"#{index}", tuple(node.input),
@@ -349,8 +372,9 @@ class _Builder:
                      "dilations": dilations}
         elif not symmetric:
             extra = {"pad": [p for i in reversed(range(n)) for p in (pads[i], pads[i + n])]}
-        self.add(node, "conv", [node.input[0]], extra, layer, index,
-                 weight=(node.input[1], False))
+        # padding computed from the input's size at run time: not a plain conv for the graph IR
+        op = "conv_auto_pad" if "auto_pad" in extra else "conv"
+        self.add(node, op, [node.input[0]], extra, layer, index, weight=(node.input[1], False))
 
     @staticmethod
     def copy_params(layer: nn.Module, w: torch.Tensor, b: torch.Tensor | None) -> None:
@@ -442,6 +466,21 @@ class _Builder:
                 return c.reshape(-1), list(nxt.output)
         return None
 
+    def pool(self, node: Any, index: int, attrs: dict[str, Any]) -> None:
+        """A pool step; one with padding torch's pools cannot take is a ``*_padded`` step
+        (padded explicitly at run time, so not a plain pool for the graph IR)."""
+        a = self.pool_attrs(node, index, attrs)
+        n = len(a["kernel"])
+        pads = a["onnx_pads"]
+        plain = a["auto_pad"] in ("NOTSET", "VALID", "") and pads[:n] == pads[n:] and all(
+            p <= k // 2 for p, k in zip(pads, a["kernel"]))
+        if a["auto_pad"] == "VALID":
+            a["pads"], a["onnx_pads"] = [0] * n, [0] * 2 * n
+        op = node.op_type
+        if not plain and op != "LpPool":
+            op = {"MaxPool": "max_pool_padded", "AveragePool": "avg_pool_padded"}[op]
+        self.add(node, op, list(node.input), a, index=index)
+
     def pool_attrs(self, node: Any, index: int, attrs: dict[str, Any]) -> dict[str, Any]:
         kernel = list(attrs["kernel_shape"])
         n = len(kernel)
@@ -450,8 +489,9 @@ class _Builder:
         dilations = list(attrs.get("dilations", [1] * n))
         if node.op_type != "MaxPool" and any(d != 1 for d in dilations):
             raise Unsupported(f"{_where(node, index)}: dilations are not supported")
+        pads = list(attrs.get("pads", [0] * 2 * n))
         return {"kernel": kernel, "strides": list(attrs.get("strides", [1] * n)),
-                "pads": list(attrs.get("pads", [0] * 2 * n)), "dilations": dilations,
+                "pads": pads[:n], "onnx_pads": pads, "dilations": dilations,
                 "auto_pad": attrs.get("auto_pad", "NOTSET"),
                 "ceil_mode": bool(attrs.get("ceil_mode", 0)), "p": attrs.get("p", 2),
                 "count_include_pad": bool(attrs.get("count_include_pad", 0))}
