@@ -640,3 +640,44 @@ def test_onnxruntime_quantized_graphs_match(tmp_path: Any) -> None:
         assert needed <= {n.op_type for n in model.graph.node}
         got, expected = run_both(model, {"x": f32(1, 3, 8, 8)})
         np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [7, 9])
+def test_oldest_opsets(opset: int) -> None:
+    check("Add", {"a": f32(2, 3, 4), "b": f32(4)}, opset=opset)
+    check("Gemm", {"a": f32(3, 4)}, {"transB": 1}, opset, {"b": f32(5, 4), "c": f32(5)})
+    check("Softmax", {"x": f32(2, 3, 4)}, {"axis": 1}, opset)
+    check("Pad", {"x": f32(1, 2, 3, 4)}, {"pads": [0, 0, 1, 0, 0, 0, 0, 2]}, opset)
+    check("Squeeze", {"x": f32(3, 1, 4)}, {"axes": [1]}, opset)
+    check("Slice", {"x": f32(4, 5)}, {"starts": [1], "ends": [3], "axes": [1]}, opset)
+    check("BatchNormalization", {"x": f32(2, 3, 4, 5)}, {}, opset,
+          {"s": pos(3), "b": f32(3), "m": f32(3), "v": pos(3)})
+    if opset == 7:  # scales as an attribute (an input from opset 9)
+        check("Upsample", {"x": f32(1, 2, 3, 4)}, {"scales": [1.0, 1.0, 2.0, 2.0]}, 7)
+
+
+def test_graph_ir_runs_padded_pools_and_same_convs() -> None:
+    """Steps the graph IR cannot read as plain layers (explicitly padded pools, SAME-padded
+    convs) run as calls, so the IR's output equals the module's."""
+    from sparsebench.graph import from_module, run
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="c1", auto_pad="SAME_UPPER",
+                              strides=[2, 2]),
+             helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[3, 3],
+                              pads=[0, 1, 2, 1]),
+             helper.make_node("Dropout", ["p"], ["d", "mask"]),
+             helper.make_node("AveragePool", ["d"], ["y"], kernel_shape=[2, 2],
+                              pads=[1, 0, 0, 1])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(f32(4, 3, 3, 3), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = f32(1, 3, 9, 9)
+    got, expected = run_both(model, {"x": x})
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    module = to_torch(model)
+    g = from_module(module, (3, 9, 9))
+    with torch.inference_mode():
+        out = run(g, torch.from_numpy(x))[g.output]
+    np.testing.assert_allclose(out.numpy(), expected[0], rtol=1e-5, atol=1e-5)
