@@ -681,3 +681,22 @@ def test_graph_ir_runs_padded_pools_and_same_convs() -> None:
     with torch.inference_mode():
         out = run(g, torch.from_numpy(x))[g.output]
     np.testing.assert_allclose(out.numpy(), expected[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_other_float_types_keep_their_dtype(dtype: Any) -> None:
+    """Initializers keep their type: a float64 (or float16) graph runs in float64 (float16)."""
+    a, w, b = f32(2, 3, 4).astype(dtype), f32(4, 5).astype(dtype), f32(5).astype(dtype)
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "b"], ["s"]),
+             helper.make_node("Sigmoid", ["s"], ["y"])]
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", elem, [2, 3, 4])],
+                              [helper.make_tensor_value_info("y", elem, None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert isinstance(to_torch(model).mm, torch.nn.Linear)
+    got, expected = run_both(model, {"a": a})
+    assert got[0].dtype == expected[0].dtype == dtype
+    tol = 1e-3 if dtype == np.float16 else 1e-12
+    np.testing.assert_allclose(got[0], expected[0], rtol=tol, atol=tol)

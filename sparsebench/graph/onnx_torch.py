@@ -364,7 +364,8 @@ class _Builder:
         dilations = list(attrs.get("dilations", [1] * n))
         layer = skip_init(cls, w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),
                           stride=tuple(strides), padding=tuple(pads[:n]) if symmetric else 0,
-                          dilation=tuple(dilations), groups=groups, bias=b is not None)
+                          dilation=tuple(dilations), groups=groups, bias=b is not None,
+                          dtype=w.dtype)
         self.copy_params(layer, w, b)
         extra: dict[str, Any] = {}
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -397,7 +398,7 @@ class _Builder:
         layer = skip_init(cls, w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]),
                           stride=tuple(attrs.get("strides", [1] * n)), padding=0,
                           dilation=tuple(attrs.get("dilations", [1] * n)), groups=groups,
-                          bias=b is not None)
+                          bias=b is not None, dtype=w.dtype)
         self.copy_params(layer, w, b)
         self.add(node, "conv_transpose", [node.input[0]], {**attrs, "kernel": list(w.shape[2:])},
                  layer, index, weight=(node.input[1], False))
@@ -411,7 +412,8 @@ class _Builder:
         if any(p is None for p in params) or not params[0].is_floating_point():
             return False
         scale, bias, mean, var = params
-        layer = nn.BatchNorm2d(scale.numel(), eps=float(attrs.get("epsilon", 1e-5)))
+        layer = nn.BatchNorm2d(scale.numel(), eps=float(attrs.get("epsilon", 1e-5)),
+                               dtype=scale.dtype)
         with torch.no_grad():
             layer.weight.copy_(scale)
             layer.bias.copy_(bias)
