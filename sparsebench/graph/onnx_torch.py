@@ -161,7 +161,8 @@ def _constant_value(node: Any) -> torch.Tensor:
 
 def _runtime(t: Any) -> Value:
     """Small int64 tensors become Python ints/tuples; anything else stays as it is."""
-    if isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.dim() <= 1 and t.numel() <= _SMALL_INT:
+    if isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.dim() <= 1 \
+            and t.numel() <= _SMALL_INT:
         return int(t) if t.dim() == 0 else tuple(int(i) for i in t.tolist())
     return t
 
