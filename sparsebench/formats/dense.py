@@ -14,7 +14,7 @@ def convert_dense(model: nn.Module, *, name: str = "dense", index_dtype: str = "
                   block: tuple[int, int] = (4, 4),
                   example: torch.Tensor | None = None) -> ConvertedModel:
     module = working_copy(model, expose=False)  # the model as given: no layer is rewritten
-    x = example_input(module, example)
+    x = example_input(model, example)
     pos = positions(module, x)
     storage = [dense_row(n, m, pos.get(n, 0)) for n, m in weight_layers(module)]
     return ConvertedModel(name, module, {}, storage, tuple(x.shape[1:]),

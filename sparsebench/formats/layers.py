@@ -179,7 +179,9 @@ def candidates(model: nn.Module) -> int:
     skip = inside_attention(model)
     count = 0
     for mod in model.modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+        if isinstance(mod, (nn.Conv2d, nn.Linear)) or (  # a TorchScript layer: by its name
+                isinstance(mod, torch.jit.ScriptModule)
+                and getattr(mod, "original_name", "") in ("Conv2d", "Linear")):
             count += id(mod) not in skip
         elif isinstance(mod, nn.MultiheadAttention):
             count += 4 if attention_reason(mod) is None else 1

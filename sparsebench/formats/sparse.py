@@ -148,7 +148,7 @@ def convert_sparse(model: nn.Module, kind: str, *, name: str, index_dtype: str =
                    example: torch.Tensor | None = None) -> ConvertedModel:
     """CSR (``kind="csr"``) or BSR (``kind="bsr"``) payloads for every supported layer."""
     module = working_copy(model)
-    x = example_input(module, example)
+    x = example_input(model, example)
     pos = positions(module, x)
     block = check_block(block)
     layers: dict[str, SparseWeight] = {}

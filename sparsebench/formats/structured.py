@@ -154,7 +154,7 @@ def convert_structured(model: nn.Module, *, name: str = "structured", index_dtyp
                        block: tuple[int, int] = (4, 4),
                        example: torch.Tensor | None = None) -> ConvertedModel:
     module = working_copy(model)
-    x = example_input(module, example)
+    x = example_input(model, example)
     notes: dict[str, tuple[str, bool]] = {}
     for p in _layers(module, x):
         try:
