@@ -1,7 +1,7 @@
 """Load any model file sparsebench can measure, safely by default.
 
 Detected in order: ONNX (converted to torch by ``graph.onnx_torch``; the original bytes are kept for
-onnxruntime), TorchScript (dense execution only; input inferred when not given), a
+onnxruntime), TorchScript (run as given for dense, read as its ONNX graph for the other formats; input inferred when not given), a
 ``torch.export`` ``.pt2`` archive, then ``torch.load(weights_only=True)`` with an allow-list of
 ``torch.nn`` and sparsebench module classes: a sparsebench checkpoint, a pickled ``nn.Module`` or
 a state_dict (which needs ``arch``). A pickle that references any other class or function needs
@@ -258,12 +258,12 @@ def _load_torchscript(p: Path, input_shape: tuple[int, ...] | None) -> LoadedMod
             module = torch.jit.load(str(p), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - corrupt archives raise RuntimeError and others
         raise SparsebenchError(f"{p} is not a loadable TorchScript archive: {_first_line(exc)}")
-    notes = ["TorchScript: dense execution only (layers cannot be swapped)"]
+    notes = ["TorchScript: dense rows run the archive as given; the other formats convert its "
+             "graph (exported to ONNX and imported)"]
     if input_shape is None:  # TorchScript does not record its input shape
         input_shape, note = torchscript_input_shape(p, module.eval())
         notes.append(note)
-    return LoadedModel(p.stem, str(p), "torchscript", module, input_shape, swappable=False,
-                       notes=notes)
+    return LoadedModel(p.stem, str(p), "torchscript", module, input_shape, notes=notes)
 
 
 # --- torch.load ---------------------------------------------------------------------------------

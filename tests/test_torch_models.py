@@ -268,6 +268,9 @@ def test_torchscript_from_plain_torch_gets_its_input_shape(tmp_path, how, capsys
     row = run_job(job(path, "dense", "torch"))
     assert row["status"] == "ok", row["reason"]
     assert row["max_rel_err"] == 0 and row["layers"]["total"] == 2
+    row = run_job(job(path, "csr", "torch-sparse"))  # its graph, exported to ONNX, converted
+    assert row["status"] == "ok", row["reason"]
+    assert row["max_rel_err"] <= 1e-4 and row["layers"]["converted"] == 2
     code, out, _ = run_cli(["info", str(path)], capsys)
     assert code == 0 and "input 3x32x32" in out
 

@@ -196,9 +196,15 @@ def weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
-def working_copy(model: nn.Module, expose: bool = True) -> nn.Module:
+def working_copy(model: nn.Module, example: torch.Tensor, expose: bool = True) -> nn.Module:
     """A float32 eval-mode deep copy of ``model`` for a format to own; ``expose``: with its
-    HF Conv1D and MultiheadAttention projections rewritten as Linear (``layers``)."""
+    HF Conv1D and MultiheadAttention projections rewritten as Linear (``layers``), and a
+    TorchScript module read as its graph (exported to ONNX and imported with real Conv2d/Linear
+    modules, ``graph.from_torchscript``; ``example`` gives the input shape)."""
+    if expose and isinstance(model, torch.jit.ScriptModule):
+        from sparsebench.graph import from_torchscript
+
+        model = from_torchscript(model, tuple(example.shape[1:]))
     module = copy.deepcopy(model).float().eval()
     if expose:
         expose_layers(module)

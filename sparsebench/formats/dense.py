@@ -13,8 +13,8 @@ from sparsebench.formats.layers import candidates
 def convert_dense(model: nn.Module, *, name: str = "dense", index_dtype: str = "auto",
                   block: tuple[int, int] = (4, 4),
                   example: torch.Tensor | None = None) -> ConvertedModel:
-    module = working_copy(model, expose=False)  # the model as given: no layer is rewritten
     x = example_input(model, example)
+    module = working_copy(model, x, expose=False)  # the model as given: no layer is rewritten
     pos = positions(module, x)
     storage = [dense_row(n, m, pos.get(n, 0)) for n, m in weight_layers(module)]
     return ConvertedModel(name, module, {}, storage, tuple(x.shape[1:]),

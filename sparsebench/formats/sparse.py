@@ -147,8 +147,8 @@ def convert_sparse(model: nn.Module, kind: str, *, name: str, index_dtype: str =
                    block: tuple[int, int] = (4, 4),
                    example: torch.Tensor | None = None) -> ConvertedModel:
     """CSR (``kind="csr"``) or BSR (``kind="bsr"``) payloads for every supported layer."""
-    module = working_copy(model)
     x = example_input(model, example)
+    module = working_copy(model, x)
     pos = positions(module, x)
     block = check_block(block)
     layers: dict[str, SparseWeight] = {}

@@ -153,8 +153,8 @@ def _layers(module: nn.Module, x: torch.Tensor) -> list[PrunableLayer]:
 def convert_structured(model: nn.Module, *, name: str = "structured", index_dtype: str = "auto",
                        block: tuple[int, int] = (4, 4),
                        example: torch.Tensor | None = None) -> ConvertedModel:
-    module = working_copy(model)
     x = example_input(model, example)
+    module = working_copy(model, x)
     notes: dict[str, tuple[str, bool]] = {}
     for p in _layers(module, x):
         try:
