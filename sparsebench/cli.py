@@ -1066,7 +1066,8 @@ def _info_flags(p: argparse.ArgumentParser) -> None:
     force_flag(p)
 
 
-command("info", "show a model's layers, sparsity, sizes (and a checkpoint's training metrics)")(_info) \
+command("info", "show a model's layers, sparsity, sizes (and a checkpoint's training "
+        "metrics)")(_info) \
     .configure = _info_flags
 
 

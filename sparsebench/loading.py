@@ -1,12 +1,13 @@
 """Load any model file sparsebench can measure, safely by default.
 
-Detected in order: ONNX (converted to torch by ``graph.onnx_torch``; the original bytes are kept for
-onnxruntime), TorchScript (run as given for dense, read as its ONNX graph for the other formats; input inferred when not given), a
-``torch.export`` ``.pt2`` archive, then ``torch.load(weights_only=True)`` with an allow-list of
-``torch.nn`` and sparsebench module classes: a sparsebench checkpoint, a pickled ``nn.Module`` or
-a state_dict (which needs ``arch``). A pickle that references any other class or function needs
-full unpickling, which can run code: only with ``trust=True``. ``torch.nn.utils.prune`` state
-(hooks or ``_orig``/``_mask`` pairs) is applied at load; see ``loading_torch``.
+Detected in order: ONNX (converted to torch by ``graph.onnx_torch``; the original bytes are kept
+for onnxruntime), TorchScript (run as given for dense, read as its ONNX graph by the other
+formats; input inferred when not given), a ``torch.export`` ``.pt2`` archive, then
+``torch.load(weights_only=True)`` with an allow-list of ``torch.nn`` and sparsebench module
+classes: a sparsebench checkpoint, a pickled ``nn.Module`` or a state_dict (which needs
+``arch``). A pickle that references any other class or function needs full unpickling, which
+can run code: only with ``trust=True``. ``torch.nn.utils.prune`` state (hooks or
+``_orig``/``_mask`` pairs) is applied at load; see ``loading_torch``.
 """
 
 from __future__ import annotations
