@@ -217,6 +217,28 @@ def test_projections_are_converted_and_match_the_model(model_name, fmt, backend)
     assert rel_err(y, ref) <= 1e-4
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"kdim": 12, "vdim": 20}, {"bias": False},
+                                    {"batch_first": False}])
+def test_split_attention_computes_multihead_attention(kwargs):
+    from sparsebench.formats.layers import SplitAttention
+
+    torch.manual_seed(0)
+    kwargs = {"batch_first": True, **kwargs}
+    mha = nn.MultiheadAttention(16, 4, **kwargs).eval()
+    split = SplitAttention.from_attention(mha).eval()
+    lead = (lambda n: (2, n)) if mha.batch_first else (lambda n: (n, 2))
+    q, k, v = torch.randn(*lead(5), 16), torch.randn(*lead(7), mha.kdim), \
+        torch.randn(*lead(7), mha.vdim)
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[1, -2:] = True
+    for extra in ({}, {"key_padding_mask": padding}, {"attn_mask": torch.randn(5, 7)},
+                  {"attn_mask": torch.ones(5, 7, dtype=torch.bool).triu(1),
+                   "average_attn_weights": False}):
+        with torch.inference_mode():
+            (a, wa), (b, wb) = mha(q, k, v, **extra), split(q, k, v, **extra)
+        assert rel_err(b, a) <= 1e-6 and rel_err(wb, wa) <= 1e-6
+
+
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
 def test_recurrent_layers_stay_dense_with_a_reason(cell):
     model = _pruned(_Recurrent(cell))
