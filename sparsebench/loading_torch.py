@@ -202,6 +202,16 @@ def _example_shape(p: Path, program: Any) -> tuple[int, ...] | None:
     return tuple(int(d) for d in shape[1:])
 
 
+def _static_batch(program: Any) -> int | None:
+    """The batch size the program was specialised to (its guards refuse others), or None."""
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() and isinstance(val.shape[0], int):
+                return int(val.shape[0])
+    return None
+
+
 def _owner(gm: nn.Module, target: str) -> tuple[str, nn.Module] | None:
     parent, _, attr = target.rpartition(".")
     mod = gm.get_submodule(parent) if parent else None
@@ -288,6 +298,10 @@ def load_pt2(p: Path, input_shape: tuple[int, ...] | None, trust: bool
     if shape is None:
         raise SparsebenchError(f"{p} is a torch.export program with a symbolic input shape: "
                                f"{_ASK}")
+    batch = _static_batch(program)
+    if batch is not None:
+        notes.append(f"exported with a static batch of {batch}: its guards refuse other batch "
+                     "sizes (export with a torch.export.Dim batch to measure them)")
     exported = program.module()
     count = layers_as_modules(exported)
     # a plain GraphModule of the same graph: the program's own module refuses eval()/train()

@@ -309,10 +309,13 @@ def test_torchscript_that_fits_several_inputs_asks_for_the_shape(tmp_path, capsy
     assert load_model(path, input_shape=(3, 20, 20)).input_shape == (3, 20, 20)
 
 
-def _exported(tmp_path) -> tuple[nn.Module, object]:
+def _exported(tmp_path, dynamic: bool = False) -> tuple[nn.Module, object]:
     model = _pruned(_cnn())
     path = tmp_path / "cnn.pt2"
-    torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 32, 32),)), str(path))
+    shapes = ({0: torch.export.Dim("batch", min=1, max=64)},) if dynamic else None
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 3, 32, 32)[: 2 if dynamic
+                                                                            else 1],),
+                                          dynamic_shapes=shapes), str(path))
     return model, path
 
 
@@ -320,6 +323,7 @@ def test_torch_export_archive_is_measured_like_a_module(tmp_path):
     model, path = _exported(tmp_path)
     loaded = load_model(path)  # raw tensors only: no full unpickling, no --trust
     assert loaded.kind == "exported-program" and loaded.input_shape == (3, 32, 32)
+    assert any("static batch of 1" in n for n in loaded.notes)
     x = torch.randn(1, 3, 32, 32)
     with torch.inference_mode():
         ref = model(x)
@@ -328,6 +332,15 @@ def test_torch_export_archive_is_measured_like_a_module(tmp_path):
     assert converted.weight_bytes == convert(model, "csr", example=x).weight_bytes
     y = get_backend("torch-sparse").prepare(converted, threads=1, batch=1).run(x)
     assert rel_err(y, ref) <= 1e-4
+
+
+def test_torch_export_archive_with_a_dynamic_batch_is_measured(tmp_path):
+    _, path = _exported(tmp_path, dynamic=True)
+    assert not any("static batch" in n for n in load_model(path).notes)
+    for fmt, backend in (("dense", "torch"), ("csr", "torch-sparse")):
+        row = run_job(job(path, fmt, backend))  # batch 2
+        assert row["status"] == "ok", row["reason"]
+        assert row["max_rel_err"] <= 1e-4 and row["layers"]["converted"] == 2
 
 
 def test_torch_export_archive_with_pickles_needs_trust(tmp_path):
