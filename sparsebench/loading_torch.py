@@ -213,9 +213,13 @@ def _static_batch(program: Any) -> int | None:
 
 
 def _owner(gm: nn.Module, target: str) -> tuple[str, nn.Module] | None:
+    """(name, module) holding the parameter ``target`` when it holds just a weight and a bias
+    (so a Conv2d/Linear can take its place), else None."""
     parent, _, attr = target.rpartition(".")
     mod = gm.get_submodule(parent) if parent else None
-    return (parent, mod) if mod is not None and attr == "weight" else None
+    if mod is None or attr != "weight" or list(mod.children()) or list(mod.buffers(False)):
+        return None
+    return (parent, mod) if set(mod._parameters) <= {"weight", "bias"} else None
 
 
 def layers_as_modules(gm: Any) -> int:
@@ -234,7 +238,7 @@ def layers_as_modules(gm: Any) -> int:
                                                     and getattr(b, "op", None) != "get_attr"):
             continue
         found = _owner(gm, str(w.target))
-        if found is None or list(found[1].children()):
+        if found is None:
             continue
         name, holder = found
         weight = holder.weight
