@@ -509,8 +509,8 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     from sparsebench.measure.harness import DEFAULT_FORMATS, add_timing_flags
 
     p.add_argument("models", nargs="*", help="checkpoints, state_dicts (with --arch), pickled "
-                   "torch.nn modules, TorchScript or ONNX files (default: the zoo's lenet5 "
-                   "prune-l)")
+                   "torch.nn modules, TorchScript, torch.export .pt2 or ONNX files (default: "
+                   "the zoo's lenet5 prune-l)")
     p.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
                    help=f"comma-separated formats (see docs/formats.md): "
                         f"{', '.join(FORMATS.names())} (default {','.join(DEFAULT_FORMATS)})")
@@ -743,11 +743,11 @@ command("claims", "reproduce the papers' claim at small scale: several seeds per
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
                    help="a checkpoint, state_dict (with --arch), pickled torch module (traceable "
-                        "by torch.fx), TorchScript (with --input-shape) or ONNX file (default: "
+                        "by torch.fx), TorchScript, torch.export .pt2 or ONNX file (default: "
                         "the zoo's lenet5 prune-l)")
     p.add_argument("--arch", help="architecture for a state_dict")
-    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (needed for "
-                   "TorchScript, which does not record it)")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
+                   "does not say and it cannot be inferred)")
     p.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from "
                    "the file: only for files you trust)")
 
