@@ -509,8 +509,8 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     from sparsebench.measure.harness import DEFAULT_FORMATS, add_timing_flags
 
     p.add_argument("models", nargs="*", help="checkpoints, state_dicts (with --arch), pickled "
-                   "torch.nn modules, TorchScript or ONNX files (default: the zoo's lenet5 "
-                   "prune-l)")
+                   "torch.nn modules, TorchScript, torch.export .pt2 or ONNX files (default: "
+                   "the zoo's lenet5 prune-l)")
     p.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
                    help=f"comma-separated formats (see docs/formats.md): "
                         f"{', '.join(FORMATS.names())} (default {','.join(DEFAULT_FORMATS)})")
@@ -743,11 +743,11 @@ command("claims", "reproduce the papers' claim at small scale: several seeds per
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
                    help="a checkpoint, state_dict (with --arch), pickled torch module (traceable "
-                        "by torch.fx), TorchScript (with --input-shape) or ONNX file (default: "
+                        "by torch.fx), TorchScript, torch.export .pt2 or ONNX file (default: "
                         "the zoo's lenet5 prune-l)")
     p.add_argument("--arch", help="architecture for a state_dict")
-    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (needed for "
-                   "TorchScript, which does not record it)")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
+                   "does not say and it cannot be inferred)")
     p.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from "
                    "the file: only for files you trust)")
 
@@ -958,7 +958,10 @@ def _info(args: argparse.Namespace) -> int:
     from sparsebench.sparsity import layer_rows
 
     check_output_file(args.card, args.force, "--card")
-    ckpt = load_checkpoint(args.model)
+    try:
+        ckpt = load_checkpoint(args.model)
+    except SparsebenchError as not_checkpoint:
+        return _info_model_file(args, not_checkpoint)
     model = model_from_checkpoint(ckpt)
     out = console()
     cfg = ckpt.get("config", {})
@@ -1002,15 +1005,69 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_model_file(args: argparse.Namespace, not_checkpoint: SparsebenchError) -> int:
+    """``info`` of any other model file ``measure`` accepts: kind, input, notes, layers and
+    the exact bytes and converted/total layers of each default format."""
+    from rich.table import Table
+
+    from sparsebench.loading import load_model, parse_input_shape
+    from sparsebench.measure.harness import DEFAULT_FORMATS, model_info
+    from sparsebench.sparsity import layer_rows
+
+    if args.card:
+        raise not_checkpoint  # model cards describe sparsebench checkpoints
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    try:
+        loaded = load_model(args.model, arch=args.arch, input_shape=shape, trust=args.trust)
+    except SparsebenchError as exc:
+        generic = ("is neither", "corrupt or truncated")
+        raise (not_checkpoint if any(g in str(exc) for g in generic) else exc) from None
+    out = console()
+    info = model_info(loaded, list(DEFAULT_FORMATS), "auto")
+    out.print(f"[bold]{args.model}[/]: {loaded.kind}"
+              + (f" ({loaded.arch})" if loaded.arch else "")
+              + f" | input {'x'.join(map(str, loaded.input_shape))}")
+    for note in info["notes"]:
+        out.print(f"  {note}")
+    if loaded.module is None:
+        return 0
+    table = Table("layer", "type", "shape", "params", "nonzero", "sparsity")
+    for r in layer_rows(loaded.module):
+        table.add_row(r["name"], r["type"], "x".join(map(str, r["shape"])), f"{r['params']:,}",
+                      f"{r['nonzero']:,}", f"{100 * r['sparsity']:.1f}%")
+    table.add_row("total", "", "", f"{info['params']:,}", f"{info['nonzero']:,}",
+                  f"{100 * info['sparsity']:.1f}%", style="bold")
+    out.print(table)
+    sizes = Table("format", "bytes", "layers converted", "kept dense")
+    for fmt, f in info["formats"].items():
+        if "error" in f:
+            sizes.add_row(fmt, "-", "-", f["error"])
+            continue
+        counts = f["layer_counts"]
+        dense = "; ".join(f"{k}: {v}" for k, v in list(counts["dense"].items())[:3])
+        sizes.add_row(fmt, f"{f['weight_bytes']:,}", f"{counts['converted']}/{counts['total']}",
+                      dense)
+    out.print(sizes)
+    return 0
+
+
 def _info_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
-                   help="a sparsebench checkpoint (default: the zoo's lenet5 prune-l)")
+                   help="a sparsebench checkpoint or any model file measure accepts "
+                   "(default: the zoo's lenet5 prune-l)")
+    p.add_argument("--arch", help="architecture for a state_dict: a registry name or "
+                   "module:callable")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
+                   "does not say)")
+    p.add_argument("--trust", action="store_true", help="allow full unpickling of a model file "
+                   "(runs code from the file: only for files you trust)")
     p.add_argument("--events", action="store_true", help="list every pruning event")
     p.add_argument("--card", metavar="OUT.md", help="write a Markdown model card")
     force_flag(p)
 
 
-command("info", "show a checkpoint's layers, sparsity and training metrics")(_info) \
+command("info", "show a model's layers, sparsity, sizes (and a checkpoint's training "
+        "metrics)")(_info) \
     .configure = _info_flags
 
 

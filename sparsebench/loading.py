@@ -1,10 +1,13 @@
 """Load any model file sparsebench can measure, safely by default.
 
-Detected in order: ONNX (converted to torch by ``graph.onnx_torch``; the original bytes are kept for
-onnxruntime), TorchScript (dense execution only), then ``torch.load(weights_only=True)`` with an
-allow-list of ``torch.nn`` and sparsebench module classes: a sparsebench checkpoint, a pickled
-``nn.Module`` or a state_dict (which needs ``arch``). A pickle that references any other class
-or function needs full unpickling, which can run code: only with ``trust=True``.
+Detected in order: ONNX (converted to torch by ``graph.onnx_torch``; the original bytes are kept
+for onnxruntime), TorchScript (run as given for dense, read as its ONNX graph by the other
+formats; input inferred when not given), a ``torch.export`` ``.pt2`` archive, then
+``torch.load(weights_only=True)`` with an allow-list of ``torch.nn`` and sparsebench module
+classes: a sparsebench checkpoint, a pickled ``nn.Module`` or a state_dict (which needs
+``arch``). A pickle that references any other class or function needs full unpickling, which
+can run code: only with ``trust=True``. ``torch.nn.utils.prune`` state (hooks or
+``_orig``/``_mask`` pairs) is applied at load; see ``loading_torch``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from sparsebench.archs import ARCHS, create_model
 from sparsebench.checkpoint import (check_file, first_sentence, model_from_checkpoint,
                                    refused_global, validate_checkpoint)
 from sparsebench.errors import SparsebenchError
+from sparsebench.loading_torch import (apply_prune_masks, fold_prune_state, is_pt2, load_pt2,
+                                       pruned_note, torchscript_input_shape)
 from sparsebench.registry import resolve
 
-KINDS = ("checkpoint", "state-dict", "pickled-module", "torchscript", "onnx")
+KINDS = ("checkpoint", "state-dict", "pickled-module", "torchscript", "exported-program", "onnx")
 _NEITHER = "is neither a sparsebench checkpoint, a state_dict, a torch module, TorchScript nor ONNX"
 
 
@@ -131,6 +136,9 @@ def load_model(path: str | Path, *, arch: str | None = None,
             return _finish(loaded)
     if is_zip and _is_torchscript(p):
         loaded = _load_torchscript(p, input_shape)
+    elif is_zip and is_pt2(p):
+        module, shape, notes = load_pt2(p, input_shape, trust)
+        loaded = LoadedModel(p.stem, str(p), "exported-program", module, shape, notes=notes)
     else:
         loaded = _load_pickle(p, arch, input_shape, num_classes, trust, is_zip or is_pickle)
     return _finish(loaded)
@@ -143,8 +151,8 @@ def _finish(loaded: LoadedModel) -> LoadedModel:
     module.eval()
     try:
         module.input_shape = tuple(loaded.input_shape)
-    except Exception:  # noqa: BLE001 - a ScriptModule may refuse new attributes
-        pass
+    except Exception:  # noqa: BLE001 - a ScriptModule refuses new attributes: set it directly
+        object.__setattr__(module, "input_shape", tuple(loaded.input_shape))
     for name, mod in module.named_modules():
         tensors = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
         if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
@@ -245,17 +253,18 @@ def _is_torchscript(p: Path) -> bool:
 
 
 def _load_torchscript(p: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
-    if input_shape is None:
-        raise SparsebenchError(f"{p} is TorchScript, which does not record its input shape; "
-                               "pass --input-shape")
     try:
         with warnings.catch_warnings():  # torch.jit's deprecation notice
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(p), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - corrupt archives raise RuntimeError and others
         raise SparsebenchError(f"{p} is not a loadable TorchScript archive: {_first_line(exc)}")
-    return LoadedModel(p.stem, str(p), "torchscript", module, input_shape, swappable=False,
-                       notes=["TorchScript: dense execution only (layers cannot be swapped)"])
+    notes = ["TorchScript: dense rows run the archive as given; the other formats convert its "
+             "graph (exported to ONNX and imported)"]
+    if input_shape is None:  # TorchScript does not record its input shape
+        input_shape, note = torchscript_input_shape(p, module.eval())
+        notes.append(note)
+    return LoadedModel(p.stem, str(p), "torchscript", module, input_shape, notes=notes)
 
 
 # --- torch.load ---------------------------------------------------------------------------------
@@ -319,6 +328,9 @@ def _from_object(p: Path, obj: Any, arch: str | None, input_shape: tuple[int, ..
     if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
         obj = obj["model"]
     if isinstance(obj, nn.Module):
+        pruned = apply_prune_masks(obj)
+        if pruned:
+            notes.append(pruned_note(pruned))
         shape = _module_shape(p, obj, input_shape, "a pickled module")
         return LoadedModel(p.stem, str(p), "pickled-module", obj, shape, _registry_name(obj),
                            notes=notes)
@@ -329,6 +341,9 @@ def _from_object(p: Path, obj: Any, arch: str | None, input_shape: tuple[int, ..
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
         notes.append("stripped the 'module.' prefix (DataParallel) from the state_dict keys")
+    state, pruned = fold_prune_state(state)
+    if pruned:
+        notes.append(pruned_note(pruned))
     if not arch:
         raise SparsebenchError(f"{p} is a state_dict: pass --arch NAME (one of "
                                f"{', '.join(ARCHS.names())}) or --arch module:callable")

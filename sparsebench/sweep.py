@@ -105,7 +105,7 @@ def make_models(args: argparse.Namespace, sparsities: list[float],
 
             shape = parse_input_shape(args.input_shape)
         loaded = load_model(args.model, input_shape=shape, trust=args.trust)
-        if loaded.module is None or not loaded.swappable:
+        if loaded.module is None or not loaded.swappable or loaded.kind == "torchscript":
             raise SparsebenchError(f"{args.model}: a {loaded.kind} model cannot be pruned here")
         ckpt = loaded.checkpoint
 

@@ -158,8 +158,8 @@ class _Planner:
     def native_layer(self, sw: SparseWeight, x: str) -> bool:
         if not self.is_buffer(x):
             return False
-        if sw.layer == "linear":
-            return len(self.shape(x)) == 2
+        if sw.layer == "linear":  # (B, ..., K): the leading dims are the kernel's rows
+            return len(self.shape(x)) >= 2
         return (len(self.shape(x)) == 4 and tuple(sw.dilation or (1, 1)) == (1, 1)
                 and (sw.groups or 1) == 1)
 
@@ -290,6 +290,8 @@ class NativePrepared(Prepared):
             self._native_layers.add(s.op.module or "")
             op = _kernel(sw, s, self.threads)
             x, y = bufs[s.ins[0]], bufs[s.out]
+            if sw.layer == "linear" and x.ndim > 2:  # views of the contiguous buffers
+                x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
             if s.pool == _GLOBAL_AVG and y.ndim != 4:  # mean without keepdim: same memory
                 y = y.reshape(*y.shape, 1, 1)
             res = bufs[s.residual] if s.residual is not None else None
@@ -497,11 +499,19 @@ class NativeBackend(Backend):
             label = f"bsr{r}x{c}"
             if any(sw.layer == "conv" for sw in folded.layers.values()):
                 label += "(convs:csr)"
+        graph: Graph | None
         try:
             graph = from_module(folded.module, converted.input_shape)
         except SparsebenchError as exc:
             prepared: Prepared = SwappedPrepared(folded, threads, label, str(exc))
-        else:
+            graph = None
+        hidden = sorted(set(folded.layers) - {n.module for n in graph.nodes
+                                              if n.kind in ("conv", "linear")}) if graph else []
+        if hidden:  # inside a module the graph keeps whole (e.g. nn.TransformerEncoderLayer)
+            prepared = SwappedPrepared(folded, threads, label,
+                                       f"layers inside modules the graph does not open: "
+                                       f"{', '.join(hidden[:3])}")
+        elif graph is not None:
             try:
                 prepared = NativePrepared(folded, graph, threads, batch, label)
             except SparsebenchError as exc:

@@ -191,6 +191,7 @@ def model_info(loaded: Any, formats: list[str], index_dtype: str) -> dict[str, A
             "params": sum(p.numel() for p in converted.module.parameters()),
             "layers": [asdict(s) for s in converted.storage],
             "dense_layers": [list(d) for d in converted.dense_layers],
+            "layer_counts": converted.layer_counts,
         }
     return info
 

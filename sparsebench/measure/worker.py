@@ -149,6 +149,8 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
         converted = convert(loaded.module, fmt, index_dtype=job.get("index_dtype", "auto"))
     except SparsebenchError as exc:
         return skipped(f"conversion failed: {exc}")
+    if converted.no_layer_reason():  # never an ok row for a conversion that did nothing
+        return skipped(converted.no_layer_reason() or "", layers=converted.layer_counts)
     gen = torch.Generator().manual_seed(int(job.get("seed", 0)))
     x = torch.randn((batch, *loaded.input_shape), generator=gen)
     with torch.inference_mode():
@@ -156,7 +158,8 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
     try:
         prepared = backend.prepare(converted, threads=threads, batch=batch)
     except Unsupported as exc:
-        return skipped(str(exc), weight_bytes=converted.weight_bytes)
+        return skipped(str(exc), weight_bytes=converted.weight_bytes,
+                       layers=converted.layer_counts)
     y = prepared.run(x).float()
     diff = (y - reference).abs()
     max_abs = float(diff.max()) if diff.numel() else 0.0
@@ -170,7 +173,7 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
         max_abs_err=max_abs, max_rel_err=max_rel,
         dense_macs=sum(s.dense_macs for s in storage),
         sparse_macs=sum(s.sparse_macs for s in storage), warnings=warnings,
-        dense_layers=[list(d) for d in converted.dense_layers])
+        dense_layers=[list(d) for d in converted.dense_layers], layers=converted.layer_counts)
     recorded = ((loaded.checkpoint or {}).get("dataset") or {})
     stats = (recorded["mean"], recorded["std"]) if recorded.get("name") == job.get("data") \
         and recorded.get("mean") else None
