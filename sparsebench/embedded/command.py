@@ -169,7 +169,7 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
 
         con = console(stderr=True)
     else:
-        print_profile(prof, con)
+        print_profile(prof, con, wide=getattr(args, "wide", False))
     if args.json:
         text = json.dumps(to_dict(prof), indent=1, default=_jsonable)
         if to_stdout:
