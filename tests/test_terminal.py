@@ -164,8 +164,8 @@ def test_forked_workers_give_the_rows_of_fresh_interpreters(tmp_path):
 def test_profile_tables_fit(width, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", str(width))
     md = tmp_path / "p.md"
-    code = main(["profile", str(DEFAULT_MODEL), "--target", "cortex-m7", "--no-host", "--no-accuracy",
-                 "--markdown", str(md)])
+    code = main(["profile", str(DEFAULT_MODEL), "--target", "cortex-m7", "--no-host",
+                 "--no-accuracy", "--markdown", str(md)])
     out = capsys.readouterr().out
     assert code == 0
     assert max(len(line) for line in out.splitlines()) <= width
@@ -174,3 +174,14 @@ def test_profile_tables_fit(width, tmp_path, capsys, monkeypatch):
     assert len(numbers) >= 10
     for number in numbers:   # the whole model in every encoding, each number whole
         assert re.search(rf"(^|\s){number}(\s|$)", out, re.M), number
+
+
+def test_sweep_tables_drop_the_detail_columns_and_name_what_varies():
+    from sparsebench.sweep import compact
+
+    head = ["execution", "impl", "batch", "threads", "0%", "90%"]
+    lines = [["csr/native", "native-csr-avx512-i16-t1", "1", "2", "0.123", "0.045"],
+             ["csr/native", "native-csr-avx512-i16-t1", "8", "2", "0.456", "0.078"]]
+    assert compact(head, lines) == (["execution", "0%", "90%"],
+                                    [["csr/native b1", "0.123", "0.045"],
+                                     ["csr/native b8", "0.456", "0.078"]])

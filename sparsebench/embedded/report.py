@@ -276,9 +276,11 @@ def compact_blocks(p: Profile) -> tuple[list[tuple[Block, tuple[int, ...]]], lis
                        "RAM margin", "fits", "est.\nlatency"], rows, []), (1, 3, 5, 6)))
     notes = []
     b = build_block(p)
-    if b:
-        out.append((Block(b.title, b.headers[:4], [r[:4] for r in b.rows], []), (1, 2, 3)))
-        notes = [f"{r[0]}: {r[4]}" for r in b.rows if r[4]]
+    if b and p.build:
+        title = f"cross-build for {p.target.name}: {p.build['compiler']} -> {p.build['runner']}"
+        out.append((Block(title, b.headers[:4], [r[:4] for r in b.rows], []), (1, 2, 3)))
+        notes = [check_text(p.build), f"encodings: {p.build['encodings']}"]
+        notes += [f"{r[0]}: {r[4]}" for r in b.rows if r[4]]
     return out, notes
 
 

@@ -214,21 +214,22 @@ def noise_note(rows: list[dict[str, Any]]) -> str | None:
 
 
 COMPACT_MODEL_COLUMNS = ("model", "accuracy", "sparsity", "dense", "smallest", "fastest",
-                         "p50 ms", "speedup")
+                         "speedup")
 
 
 def compact_models(doc: dict[str, Any]) -> list[list[str]]:
-    """``model_summaries`` in the columns of ``COMPACT_MODEL_COLUMNS`` (method after the
-    name, batch and threads after the fastest execution when the run has several)."""
+    """``model_summaries`` in the columns of ``COMPACT_MODEL_COLUMNS``: the method under the
+    name, the smallest format under its size, batch and threads after the fastest execution
+    when the run has several (its p50 is in the executions table)."""
     rows = doc["rows"]
     several = _varying(rows, "batch") or _varying(rows, "threads")
     out = []
     for c in model_summaries(doc):
-        model, method, acc, sparsity, dense, smallest, best, batch, threads, p50, vs = c[:11]
+        model, method, acc, sparsity, dense, smallest, best, batch, threads, _, vs = c[:11]
         fmt, _, size = smallest.partition(" ")
         out.append([escape(f"{model}\n({method})"), acc, sparsity, dense,
-                    f"{size} {fmt}" if size else smallest,
-                    best + (f" b{batch} t{threads}" if several else ""), p50, vs])
+                    f"{size}\n{fmt}" if size else smallest,
+                    best + (f" b{batch} t{threads}" if several else ""), vs])
     return out
 
 
@@ -275,8 +276,10 @@ def print_report(doc: dict[str, Any], console: Any, wide: bool = False) -> None:
     console.print("speedup: vs dense torch (same model, batch, threads); memory: exec memory; "
                   "size: weights; error: max rel err vs dense torch; --wide: every column",
                   soft_wrap=False)
-    print_table(console, table(COMPACT_MODEL_COLUMNS, compact_models(doc),
-                               "models side by side", (1, 2, 3, 6, 7)))
+    lines = compact_models(doc)
+    short = max((len(line[0].split("\n")[0]) for line in lines), default=0) <= 24
+    print_table(console, table(COMPACT_MODEL_COLUMNS, lines, "models side by side",
+                               (1, 2, 3, 6), whole=(0, 4) if short else (4,)))
     print_notes(console, report_notes(doc))
 
 
