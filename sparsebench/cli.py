@@ -772,6 +772,7 @@ def _targets_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE.toml", help="show these target files "
                    "instead of the shipped ones (validates them)")
     p.add_argument("--json", action="store_true", help="print the targets as JSON")
+    wide_flag(p)
 
 
 command("targets", "list the embedded targets profile knows (RAM, flash, clock, SIMD, "

@@ -124,7 +124,7 @@ def serve(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> int:
             for path in (out_path, log_path):
                 if os.path.exists(path):
                     os.unlink(path)
-            stdout.flush()
+            worker.release_memory()  # no free heap to inherit: a child's trim would count it
             pid = os.fork()
             if pid == 0:
                 _child(job, out_path, log_path, runs)
