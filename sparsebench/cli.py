@@ -12,8 +12,9 @@ from sparsebench import __version__
 from sparsebench.errors import SparsebenchError
 from sparsebench.report import add_html_flag, html_output
 from sparsebench.shipped import DEFAULT_MODEL  # models/lenet5_prune_l.pt, shipped in the wheel
-from sparsebench.ui import (command_line, console, floats, force_flag, ints, no_success_exit,
-                            progress_display, record_argv, warn_threads)
+from sparsebench.ui import (command_line, console, floats, force_flag, fresh_workers_flag, ints,
+                            no_success_exit, progress_display, record_argv, warn_threads,
+                            wide_flag)
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -440,8 +441,9 @@ def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input
                      ab: Any, claim: Any, html: Callable[..., Any] | None) -> int:
     """``measure`` once its outputs are checked and the results file is claimed."""
     from sparsebench.loading import load_model
-    from sparsebench.measure.harness import footprint, model_info, plan, run_plan
-    from sparsebench.measure.report import print_report, row_cells
+    from sparsebench.measure.harness import (estimate_seconds, footprint, model_info, plan,
+                                             plan_line, run_plan)
+    from sparsebench.measure.report import print_report, progress_line
     from sparsebench.measure.results import ResultsFile
     from sparsebench.outputs import atomic_write_text
 
@@ -469,29 +471,34 @@ def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input
             lambda m: model_info(m, cfg.formats, cfg.index_dtype), loaded[paths[0]].input_shape)
     del loaded
     jobs = plan(cfg, names, footprints)
-    out.print(f"measuring {len(jobs)} executions of {len(paths)} model(s)"
-              + (f", accuracy on {cfg.data}" if cfg.data else "")
-              + (f" -> {args.json}" + (" (appending)" if args.append else "")
-                 if args.json else ""))
+    fork = not args.fresh_workers
+    err = console(stderr=True)
+    err.print(plan_line(jobs, fork) + ("; each twice (A/B)" if ab else "")
+              + (f"; accuracy on {cfg.data}" if cfg.data else "")
+              + (f"; rows -> {args.json}" + (" (appending)" if args.append else "")
+                 if args.json else ""), soft_wrap=False, markup=False)
     try:
         with progress_display() as progress:
-            task = progress.add_task("measure", total=len(jobs) * (2 if ab else 1))
+            task = progress.add_task("measure", total=len(jobs) * (2 if ab else 1),
+                                     estimate=estimate_seconds(jobs, fork) * (2 if ab else 1))
 
             def on_row(row: dict[str, Any]) -> None:
                 progress.advance(task)
-                cells = row_cells(results.rows, row)
-                out.print(f"  {cells[0]} {cells[1]}/{cells[2]} b{cells[4]} t{cells[5]}: "
-                          f"{cells[3]} p50 {cells[6]} ms  {cells[-1]}")
+                progress.console.print(progress_line(results.rows, row), markup=False,
+                                       soft_wrap=False)
 
-            (ab or run_plan)(jobs, results, cfg.timeout, on_row)
+            if ab:
+                ab(jobs, results, cfg.timeout, on_row)
+            else:
+                run_plan(jobs, results, cfg.timeout, on_row, fork=fork)
     except KeyboardInterrupt:
         if args.json and results.rows:
-            out.print(f"interrupted: {len(results.rows)} completed rows kept in {args.json}")
+            err.print(f"interrupted: {len(results.rows)} completed rows kept in {args.json}")
         elif args.json:
-            out.print(f"interrupted before the first row: {args.json} was not written (a "
+            err.print(f"interrupted before the first row: {args.json} was not written (a "
                       "previous file there is unchanged)")
         raise
-    print_report(results.doc, out)
+    print_report(results.doc, out, wide=args.wide)
     if args.markdown:
         from sparsebench.measure.report import markdown
 
@@ -551,6 +558,8 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inject-slowdown", type=float, metavar="FRACTION", help="testing aid: "
                    "after every timed call, busy-wait FRACTION of its duration (with --ab: the "
                    "new side only)")
+    fresh_workers_flag(p)
+    wide_flag(p)
     add_html_flag(p)
 
 
@@ -578,7 +587,7 @@ def _compare(args: argparse.Namespace) -> int:
     html = html_output(args)
     result = compare_files(args.files, cfg, args.allow_machine_mismatch)
     out = console()
-    print_comparison(result, out)
+    print_comparison(result, out, wide=args.wide)
     for path, text in ((args.markdown, lambda: markdown(result)),
                        (args.json, lambda: json.dumps(to_json(result), indent=1))):
         if path:
@@ -619,6 +628,7 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", metavar="OUT", help="write the comparison as Markdown (a "
                    "pull-request comment)")
     p.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
+    wide_flag(p)
     force_flag(p)
     add_html_flag(p)
 
@@ -762,6 +772,7 @@ def _targets_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE.toml", help="show these target files "
                    "instead of the shipped ones (validates them)")
     p.add_argument("--json", action="store_true", help="print the targets as JSON")
+    wide_flag(p)
 
 
 command("targets", "list the embedded targets profile knows (RAM, flash, clock, SIMD, "
@@ -788,6 +799,7 @@ def _profile_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT", help="write the profile as JSON ('-': to stdout "
                    "instead of the tables)")
     p.add_argument("--markdown", metavar="OUT", help="write the report as Markdown")
+    wide_flag(p)
     p.add_argument("--no-host", action="store_true", help="skip timing torch on this machine")
     force_flag(p)
     g = p.add_argument_group("cross-build (needs the target's compiler and QEMU)")
@@ -886,6 +898,8 @@ def _sweep_flags(p: argparse.ArgumentParser) -> None:
                    help="CSR/BSR column index width (auto: int16 when the columns fit)")
     p.add_argument("--json", metavar="OUT", help="results JSON (rows, raw samples, crossovers)")
     p.add_argument("--markdown", metavar="OUT", help="the sweep tables as Markdown")
+    fresh_workers_flag(p)
+    wide_flag(p)
     p.add_argument("--plot", metavar="OUT.png", help="latency/speedup plot (default: "
                    "sweep-NAME.png in the current folder)")
     p.add_argument("--no-plot", action="store_true", help="skip the plot")

@@ -219,8 +219,8 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
     return row
 
 
-def main() -> int:
-    job = json.loads(sys.stdin.read())
+def safe_run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """``run_job``, any exception turned into a skipped row (``error: Type: message``)."""
     try:
         row = run_job(job)
     except Exception as exc:  # noqa: BLE001 - reported as a skipped row by the parent
@@ -229,6 +229,12 @@ def main() -> int:
         text = str(exc).splitlines()[0] if str(exc) else ""
         row = skipped_row(job["model"], job["format"], job["backend"], int(job["batch"]),
                           int(job["threads"]), f"error: {type(exc).__name__}: {text}"[:300])
+    row["worker_pid"] = os.getpid()
+    return row
+
+
+def main() -> int:
+    row = safe_run_job(json.loads(sys.stdin.read()))
     sys.stdout.write("\n" + json.dumps(row) + "\n")
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown (thread pools) for a quick exit
