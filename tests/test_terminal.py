@@ -160,6 +160,18 @@ def test_forked_workers_give_the_rows_of_fresh_interpreters(tmp_path):
         assert abs(forked["peak_rss_bytes"] - fresh["peak_rss_bytes"]) < 5 * 1024 ** 2
 
 
+def test_forked_workers_run_torch_on_two_threads(tmp_path):
+    """The fork server's parent must start no OpenMP pool: a child forked after one has run
+    hangs in its first parallel op (libgomp is not fork-safe). A hang is a timed-out row."""
+    jobs = [j for j in _jobs({str(DEFAULT_MODEL): "lenet"}, formats=["dense"],
+                             backends=["torch"], batches=[64], threads=[2])]
+    assert len(jobs) == 1
+    results = ResultsFile(None, config={})
+    run_plan(jobs, results, timeout=120, fork=True)
+    (row,) = results.rows
+    assert (row["status"], row["threads"], row["batch"]) == ("ok", 2, 64), row.get("reason")
+
+
 @pytest.mark.parametrize("width", [80, 100])
 def test_profile_tables_fit(width, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", str(width))
