@@ -27,6 +27,8 @@ from sparsebench.archs import ARCHS, create_model
 from sparsebench.checkpoint import (check_file, first_sentence, model_from_checkpoint,
                                    refused_global, validate_checkpoint)
 from sparsebench.errors import SparsebenchError
+from sparsebench.model_io import (DEFAULT_SEQUENCE, InputSpec, apply_flags, float_input,
+                                  signature_inputs, with_defaults)
 from sparsebench.registry import resolve
 
 KINDS = ("checkpoint", "state-dict", "pickled-module", "torchscript", "onnx")
@@ -35,7 +37,10 @@ _NEITHER = "is neither a sparsebench checkpoint, a state_dict, a torch module, T
 
 @dataclass
 class LoadedModel:
-    """A model ready to measure: ``module`` is in eval mode with any checkpoint masks applied."""
+    """A model ready to measure: ``module`` is in eval mode with any checkpoint masks applied.
+    ``inputs`` are its inputs in call order (``input_shape`` is the first one's shape, for code
+    that handles one input); ``module.input_specs`` records them for the stages that only see
+    the module."""
 
     name: str
     path: str
@@ -48,6 +53,7 @@ class LoadedModel:
     onnx_error: str | None = None
     swappable: bool = True
     notes: list[str] = field(default_factory=list)
+    inputs: list[InputSpec] = field(default_factory=list)
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -110,14 +116,16 @@ def _weights_only_load(p: Path) -> Any:
 
 def load_model(path: str | Path, *, arch: str | None = None,
                input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
-               trust: bool = False) -> LoadedModel:
+               trust: bool = False, inputs: list[InputSpec] | None = None) -> LoadedModel:
     """Detect the file's kind and load it (see the module docstring); one-line errors.
 
     ``arch`` (a registry name or ``module:callable``) rebuilds a state_dict's model;
     ``input_shape`` (per sample) is used where the file does not record one; ``num_classes``
-    overrides the head size read from a state_dict; ``trust`` allows full unpickling.
+    overrides the head size read from a state_dict; ``trust`` allows full unpickling;
+    ``inputs`` (``--input`` flags) set inputs by name: shape, dtype, value range.
     """
     p = check_file(path, "model")
+    given = list(inputs or [])
     if input_shape is not None:
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d <= 0 for d in input_shape):
@@ -126,23 +134,58 @@ def load_model(path: str | Path, *, arch: str | None = None,
         head = fh.read(4)
     is_zip, is_pickle = head[:2] == b"PK", head[:1] == b"\x80"
     if p.suffix.lower() == ".onnx" or not (is_zip or is_pickle):
-        loaded = _try_onnx(p, input_shape, strict=not (is_zip or is_pickle))
+        loaded = _try_onnx(p, input_shape, strict=not (is_zip or is_pickle), given=given)
         if loaded is not None:
             return _finish(loaded)
+    shape = input_shape if input_shape is not None or not given else given[0].shape
     if is_zip and _is_torchscript(p):
-        loaded = _load_torchscript(p, input_shape)
+        loaded = _load_torchscript(p, shape)
     else:
-        loaded = _load_pickle(p, arch, input_shape, num_classes, trust, is_zip or is_pickle)
-    return _finish(loaded)
+        loaded = _load_pickle(p, arch, shape, num_classes, trust, is_zip or is_pickle)
+    return _finish(loaded, given, input_shape)
 
 
-def _finish(loaded: LoadedModel) -> LoadedModel:
+def _torch_inputs(loaded: LoadedModel, given: list[InputSpec],
+                  input_shape: tuple[int, ...] | None) -> list[InputSpec]:
+    """A torch model's inputs: its ``forward`` signature (token inputs), else one float input
+    named after its parameter; ``--input`` flags applied by name."""
     module = loaded.module
+    detected = signature_inputs(module, input_shape) if not isinstance(
+        module, torch.jit.ScriptModule) else None
+    if detected is None:
+        name = "input"
+        try:
+            params = [q for q in inspect.signature(module.forward).parameters.values()
+                      if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+            name = params[0].name if params else name
+        except (TypeError, ValueError):
+            pass
+        detected = [float_input(loaded.input_shape, name)]
+        if given and len(given) == 1 and given[0].name not in (name, "input"):
+            raise SparsebenchError(f"--input {given[0].name}: {loaded.path} has no input named "
+                                   f"{given[0].name!r} (its inputs: {name})")
+        if given and len(given) == 1:
+            return [with_defaults(InputSpec(name, *_fields(given[0])))]
+    return apply_flags(detected, given, loaded.path, fixed_dtypes=False)
+
+
+def _fields(spec: InputSpec) -> tuple[Any, ...]:
+    return spec.shape, spec.dtype, spec.low, spec.high
+
+
+def _finish(loaded: LoadedModel, given: list[InputSpec] | None = None,
+            input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    module = loaded.module
+    if module is not None and not loaded.inputs:
+        loaded.inputs = _torch_inputs(loaded, list(given or []), input_shape)
+    if loaded.inputs:
+        loaded.input_shape = tuple(loaded.inputs[0].shape)
     if module is None:
         return loaded
     module.eval()
     try:
         module.input_shape = tuple(loaded.input_shape)
+        module.input_specs = list(loaded.inputs)
     except Exception:  # noqa: BLE001 - a ScriptModule may refuse new attributes
         pass
     for name, mod in module.named_modules():
@@ -162,9 +205,12 @@ def _onnx_dims(value_info: Any) -> list[int | str] | None:
             for d in tt.shape.dim]
 
 
-def _try_onnx(p: Path, input_shape: tuple[int, ...] | None, strict: bool) -> LoadedModel | None:
+def _try_onnx(p: Path, input_shape: tuple[int, ...] | None, strict: bool,
+              given: list[InputSpec] | None = None) -> LoadedModel | None:
     """The ONNX model at ``p``, or None when the bytes are not an ONNX ModelProto (and the
-    suffix does not insist; ``strict``: the file is not a zip/pickle either)."""
+    suffix does not insist; ``strict``: the file is not a zip/pickle either). A graph the
+    importer cannot convert still loads (``module`` None, ``onnx_error`` says why): its
+    original bytes run on onnxruntime."""
     import onnx
     from onnx import external_data_helper
 
@@ -187,14 +233,16 @@ def _try_onnx(p: Path, input_shape: tuple[int, ...] | None, strict: bool) -> Loa
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001 - checker and external data errors
         raise SparsebenchError(f"{p} is not a valid ONNX model: {_first_line(exc)}")
-    shape, notes = _onnx_input_shape(p, model, input_shape)
-    loaded = LoadedModel(p.stem, str(p), "onnx", None, shape, onnx_bytes=data, notes=notes)
+    specs, notes = onnx_inputs(p, model, input_shape, list(given or []))
+    loaded = LoadedModel(p.stem, str(p), "onnx", None, specs[0].shape, onnx_bytes=data,
+                         notes=notes, inputs=specs)
     from sparsebench.graph.onnx_torch import to_torch
+    from sparsebench.model_io import make_inputs
 
     try:
         module = to_torch(model)
         with torch.inference_mode():
-            module(torch.zeros(1, *shape))
+            module(*make_inputs(specs, 1))
         loaded.module = module
     except SparsebenchError as exc:
         loaded.onnx_error = str(exc)
@@ -204,33 +252,88 @@ def _try_onnx(p: Path, input_shape: tuple[int, ...] | None, strict: bool) -> Loa
     return loaded
 
 
-def _onnx_input_shape(p: Path, model: Any, given: tuple[int, ...] | None
-                      ) -> tuple[tuple[int, ...], list[str]]:
+def _onnx_dtype(elem_type: int) -> str | None:
+    from onnx import helper
+
+    try:
+        name = str(helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:  # noqa: BLE001 - an element type numpy has no dtype for
+        return None
+    return {"bool": "bool"}.get(name, name)
+
+
+def _onnx_vocab(model: Any, name: str) -> int | None:
+    """The vocabulary of the embedding ``name`` indexes: a Gather whose data is a constant
+    [vocab, d] initializer and whose indices are ``name`` (possibly through a Cast)."""
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    names = {name}
+    for node in model.graph.node:  # ids cast to int64/int32 first (dynamo exports)
+        if node.op_type == "Cast" and node.input and node.input[0] in names:
+            names.update(node.output)
+    vocabs = [shapes[n.input[0]][0] for n in model.graph.node
+              if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in names
+              and len(shapes.get(n.input[0], [])) == 2]
+    return min(vocabs) if vocabs else None
+
+
+def onnx_inputs(p: Path, model: Any, given_shape: tuple[int, ...] | None,
+                given: list[InputSpec]) -> tuple[list[InputSpec], list[str]]:
+    """The graph's inputs (not initializers) as InputSpecs, batch dimension first; notes."""
     inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if not inputs:
+    graph_inputs = [i for i in model.graph.input if i.name not in inits]
+    if not graph_inputs:
         raise SparsebenchError(f"{p} has no graph input")
-    dims = _onnx_dims(inputs[0])
-    if dims is not None and len(dims) < 2:
-        raise SparsebenchError(f"{p} has an input of rank {len(dims)}; expected a batch "
-                               "dimension and at least one feature dimension")
+    if given_shape is not None and len(graph_inputs) > 1:
+        raise SparsebenchError(f"--input-shape fits a model with one input; {p} has "
+                               f"{len(graph_inputs)} ({', '.join(i.name for i in graph_inputs)}):"
+                               f" use --input NAME:SHAPE:DTYPE per input")
+    flags = {g.name: g for g in given}
+    specs: list[InputSpec] = []
+    notes: list[str] = []
+    for vi in graph_inputs:
+        dtype = _onnx_dtype(vi.type.tensor_type.elem_type)
+        if dtype is None or dtype not in {"float32", "float64", "float16", "int64", "int32",
+                                          "int16", "int8", "uint8", "bool"}:
+            raise SparsebenchError(f"{p}: input {vi.name!r} has an element type sparsebench "
+                                   "cannot feed")
+        dims = _onnx_dims(vi)
+        if dims is not None and len(dims) < 1:
+            raise SparsebenchError(f"{p} has an input of rank 0 ({vi.name!r}); expected a "
+                                   "batch dimension first")
+        spec, note = _onnx_input(p, vi.name, dtype, dims, given_shape, flags.get(vi.name))
+        notes += note
+        specs.append(spec if spec.is_float else with_defaults(spec, _onnx_vocab(model, vi.name)))
+    return apply_flags(specs, given, str(p), fixed_dtypes=True), notes
+
+
+def _onnx_input(p: Path, name: str, dtype: str, dims: list[int | str] | None,
+                given: tuple[int, ...] | None, flag: InputSpec | None
+                ) -> tuple[InputSpec, list[str]]:
+    """One graph input: its static dims, else ``--input``/``--input-shape``, else (integer
+    inputs) ``DEFAULT_SEQUENCE`` for each symbolic non-batch dimension."""
+    shown = dims if dims is not None else "unknown"
+    wanted = flag.shape if flag is not None else given
+    if dims is not None and wanted is not None and (len(wanted) != len(dims) - 1 or any(
+            isinstance(d, int) and d > 0 and d != g for d, g in zip(dims[1:], wanted))):
+        what = f"--input {name}" if flag is not None else f"input shape {wanted}"
+        raise SparsebenchError(f"{what} does not fit the input {name!r} of {p} "
+                               f"(dims: {shown}, batch first)")
+    notes = []
+    if dims is not None and isinstance(dims[0], int) and dims[0] > 1:
+        notes.append(f"the ONNX graph fixes the batch size of {name!r} to {dims[0]}")
     static = dims is not None and all(isinstance(d, int) and d > 0 for d in dims[1:])
     if static:
-        shape = tuple(int(d) for d in dims[1:])
-        notes = [f"ignored input shape {given}: the ONNX graph fixes {shape}"] \
-            if given and given != shape else []
-        if isinstance(dims[0], int) and dims[0] > 1:
-            notes.append(f"the ONNX graph fixes the batch size to {dims[0]}")
-        return shape, notes
-    shown = dims if dims is not None else "unknown"
-    if given is None:
-        raise SparsebenchError(f"cannot determine the input shape of {p} (dims: {shown}); "
-                               "pass --input-shape")
-    if dims is not None and (len(given) != len(dims) - 1 or any(
-            isinstance(d, int) and d > 0 and d != g for d, g in zip(dims[1:], given))):
-        raise SparsebenchError(f"input shape {given} does not fit the input of {p} "
-                               f"(dims: {shown}, batch first)")
-    return given, []
+        shape = tuple(int(d) for d in dims[1:])  # type: ignore[union-attr]
+        if given and given != shape:
+            notes.append(f"ignored input shape {given}: the ONNX graph fixes {shape}")
+        return InputSpec(name, shape, dtype), notes
+    if wanted is not None:
+        return InputSpec(name, tuple(wanted), dtype), notes
+    if dims is not None and dtype != "float32" and not dtype.startswith("float"):
+        shape = tuple(d if isinstance(d, int) and d > 0 else DEFAULT_SEQUENCE for d in dims[1:])
+        return InputSpec(name, shape, dtype), notes
+    raise SparsebenchError(f"cannot determine the shape of input {name!r} of {p} (dims: "
+                           f"{shown}); pass --input-shape or --input {name}:SHAPE:{dtype}")
 
 
 # --- TorchScript --------------------------------------------------------------------------------
@@ -299,6 +402,9 @@ def _module_shape(p: Path, module: nn.Module, given: tuple[int, ...] | None,
         return given
     shape = getattr(module, "input_shape", None)
     if shape is None:
+        tokens = signature_inputs(module, None)  # token inputs (input_ids, attention_mask)
+        if tokens:
+            return tokens[0].shape
         raise SparsebenchError(f"cannot determine the input shape of {p} ({what}); "
                                "pass --input-shape")
     return tuple(int(d) for d in shape)
