@@ -28,7 +28,7 @@ from sparsebench.checkpoint import (check_file, first_sentence, model_from_check
                                    refused_global, validate_checkpoint)
 from sparsebench.errors import SparsebenchError
 from sparsebench.model_io import (DEFAULT_SEQUENCE, InputSpec, apply_flags, float_input,
-                                  signature_inputs, with_defaults)
+                                  forward_inputs, signature_inputs, with_defaults)
 from sparsebench.registry import resolve
 
 KINDS = ("checkpoint", "state-dict", "pickled-module", "torchscript", "onnx")
@@ -150,16 +150,26 @@ def _torch_inputs(loaded: LoadedModel, given: list[InputSpec],
     """A torch model's inputs: its ``forward`` signature (token inputs), else one float input
     named after its parameter; ``--input`` flags applied by name."""
     module = loaded.module
-    detected = signature_inputs(module, input_shape) if not isinstance(
-        module, torch.jit.ScriptModule) else None
+    tokens = [g.shape for g in given if "ids" in g.name.lower() or "mask" in g.name.lower()]
+    seq = input_shape if input_shape is not None or not tokens else tokens[0]  # shared
+    script = isinstance(module, torch.jit.ScriptModule)
+    names = [] if script else forward_inputs(module)
+    detected = None if script else signature_inputs(module, seq)
+    if detected is None and len(names) > 1:  # several inputs, not all tokens: --input each
+        flags = {g.name: g for g in given}
+        for g in given:
+            if g.name not in names:
+                raise SparsebenchError(f"--input {g.name}: {loaded.path} has no input named "
+                                       f"{g.name!r} (its inputs: {', '.join(names)})")
+        missing = [n for n in names if n not in flags]
+        if missing:
+            raise SparsebenchError(f"{loaded.path} takes {len(names)} inputs ({', '.join(names)})"
+                                   f": give each one's shape and dtype, e.g. --input "
+                                   f"{missing[0]}:Bx{'x'.join(map(str, loaded.input_shape))}:"
+                                   "float32 (--input-shape fits one input)")
+        return [with_defaults(flags[n]) for n in names]
     if detected is None:
-        name = "input"
-        try:
-            params = [q for q in inspect.signature(module.forward).parameters.values()
-                      if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
-            name = params[0].name if params else name
-        except (TypeError, ValueError):
-            pass
+        name = names[0] if names else "input"
         detected = [float_input(loaded.input_shape, name)]
         if given and len(given) == 1 and given[0].name not in (name, "input"):
             raise SparsebenchError(f"--input {given[0].name}: {loaded.path} has no input named "
@@ -230,6 +240,7 @@ def _try_onnx(p: Path, input_shape: tuple[int, ...] | None, strict: bool,
     try:
         if any(external_data_helper.uses_external_data(t) for t in model.graph.initializer):
             external_data_helper.load_external_data_for_model(model, str(p.parent))
+            data = model.SerializeToString()  # one buffer for onnxruntime (the same graph)
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001 - checker and external data errors
         raise SparsebenchError(f"{p} is not a valid ONNX model: {_first_line(exc)}")
@@ -244,8 +255,8 @@ def _try_onnx(p: Path, input_shape: tuple[int, ...] | None, strict: bool,
         with torch.inference_mode():
             module(*make_inputs(specs, 1))
         loaded.module = module
-    except SparsebenchError as exc:
-        loaded.onnx_error = str(exc)
+    except SparsebenchError as exc:  # the op and node; the list of supported ops left out
+        loaded.onnx_error = str(exc).split("; supported:")[0]
     except Exception as exc:  # noqa: BLE001 - the original bytes can still run on onnxruntime
         loaded.onnx_error = f"the converted ONNX graph does not run: {_first_line(exc)}"
     loaded.swappable = loaded.module is not None
@@ -288,6 +299,11 @@ def onnx_inputs(p: Path, model: Any, given_shape: tuple[int, ...] | None,
                                f"{len(graph_inputs)} ({', '.join(i.name for i in graph_inputs)}):"
                                f" use --input NAME:SHAPE:DTYPE per input")
     flags = {g.name: g for g in given}
+    named: dict[str, int] = {}  # symbolic dim -> the size a --input gave it (e.g. "seq": 16)
+    for vi in graph_inputs:
+        dims, flag = _onnx_dims(vi), flags.get(vi.name)
+        if dims is not None and flag is not None and len(flag.shape) == len(dims) - 1:
+            named.update({d: g for d, g in zip(dims[1:], flag.shape) if isinstance(d, str)})
     specs: list[InputSpec] = []
     notes: list[str] = []
     for vi in graph_inputs:
@@ -297,6 +313,8 @@ def onnx_inputs(p: Path, model: Any, given_shape: tuple[int, ...] | None,
             raise SparsebenchError(f"{p}: input {vi.name!r} has an element type sparsebench "
                                    "cannot feed")
         dims = _onnx_dims(vi)
+        if dims is not None:
+            dims = [dims[0]] + [named.get(d, d) if isinstance(d, str) else d for d in dims[1:]]
         if dims is not None and len(dims) < 1:
             raise SparsebenchError(f"{p} has an input of rank 0 ({vi.name!r}); expected a "
                                    "batch dimension first")
@@ -405,6 +423,11 @@ def _module_shape(p: Path, module: nn.Module, given: tuple[int, ...] | None,
         tokens = signature_inputs(module, None)  # token inputs (input_ids, attention_mask)
         if tokens:
             return tokens[0].shape
+        names = forward_inputs(module)
+        if len(names) > 1:
+            raise SparsebenchError(f"{p} takes {len(names)} inputs ({', '.join(names)}): give "
+                                   f"each one's shape and dtype, e.g. --input "
+                                   f"{names[0]}:Bx16:float32")
         raise SparsebenchError(f"cannot determine the input shape of {p} ({what}); "
                                "pass --input-shape")
     return tuple(int(d) for d in shape)

@@ -187,21 +187,16 @@ def example_inputs(module: Any, batch: int = 1,
 _ID_NAMES = ("input_ids", "attention_mask")  # HF models: forward(input_ids=None, ...)
 
 
-def signature_inputs(module: Any, input_shape: Sequence[int] | None) -> list[InputSpec] | None:
-    """The inputs of a torch module from its ``forward`` signature, or None when it takes one
-    tensor of unknown kind (the caller uses ``input_shape``). Taken: the leading parameters
-    that have no default, or (HF style, every parameter defaulting to None) the leading ones
-    named ``input_ids``/``attention_mask``. Names with ``ids`` or ``mask`` are int64 token
-    inputs of ``input_shape`` (default (``DEFAULT_SEQUENCE``,)), ids in ``[0, vocab)`` with the
-    vocabulary of ``config.vocab_size`` or the first ``nn.Embedding``."""
+def forward_inputs(module: Any) -> list[str]:
+    """The names of the inputs ``forward`` is called with: the leading parameters without a
+    default, or (HF style, every parameter defaulting to None) the leading ones named
+    ``input_ids``/``attention_mask``. Empty when the signature cannot be read."""
     import inspect
-
-    from torch import nn
 
     try:
         params = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):
-        return None
+        return []
     taken = []
     for prm in params:
         if prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD, prm.KEYWORD_ONLY):
@@ -210,6 +205,17 @@ def signature_inputs(module: Any, input_shape: Sequence[int] | None) -> list[Inp
             taken.append(prm.name)
         else:
             break
+    return taken
+
+
+def signature_inputs(module: Any, input_shape: Sequence[int] | None) -> list[InputSpec] | None:
+    """The token inputs of a torch module from its ``forward`` signature (``forward_inputs``),
+    or None unless every input is a token input. Names with ``ids`` or ``mask`` are int64 token
+    inputs of ``input_shape`` (default (``DEFAULT_SEQUENCE``,)), ids in ``[0, vocab)`` with the
+    vocabulary of ``config.vocab_size`` or the first ``nn.Embedding``."""
+    from torch import nn
+
+    taken = forward_inputs(module)
     tokens = [n for n in taken if "ids" in n.lower() or "mask" in n.lower()]
     if len(taken) <= 1 and not tokens:
         return None
@@ -257,7 +263,8 @@ def compare(out: Any, reference: Any) -> tuple[float, float]:
     over leaves. A different number or shape of leaves is an error."""
     import torch
 
-    got, want = leaves(out), leaves(reference)
+    got = [t.detach() for t in leaves(out)]
+    want = [t.detach() for t in leaves(reference)]
     if len(got) != len(want):
         raise SparsebenchError(f"the execution returned {len(got)} output tensors, the dense "
                                f"reference {len(want)}")

@@ -29,6 +29,8 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], batch: int = 1)
     specs = specs_of(module, input_shape)
     names = ["input"] if is_single_float(specs) else [s.name for s in specs]
     axes = {n: {0: "batch"} for n in [*names, "output"]}
+    if not is_single_float(specs):
+        module = _ByName(module, names)
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
@@ -40,6 +42,29 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], batch: int = 1)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Unsupported(f"ONNX export (opset {OPSET}) failed: {first}") from exc
     return buf.getvalue()
+
+
+class _ByName(nn.Module):
+    """``module`` called with its inputs by name, returning its output tensors flat (HF models
+    take keywords; the exporter would pass every default positionally)."""
+
+    def __init__(self, module: nn.Module, names: list[str]) -> None:
+        import inspect
+
+        super().__init__()
+        self.module, self.names = module, names
+        try:
+            params = inspect.signature(module.forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        self.by_name = all(n in params for n in names)  # else positional (forward(*inputs))
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        from sparsebench.model_io import leaves
+
+        out = leaves(self.module(**dict(zip(self.names, xs))) if self.by_name
+                     else self.module(*xs))
+        return out[0] if len(out) == 1 else tuple(out)
 
 
 def sparsify_initializers(model: object) -> int:

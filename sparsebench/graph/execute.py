@@ -74,10 +74,8 @@ def _bind(node: Node, module: nn.Module | None) -> Callable[[Env], Any]:
         return lambda env: torch.flatten(env[a[0]], 1)
     if k == "alias":
         return lambda env: env[a[0]]
-    if k == "add":
-        return lambda env: env[a[0]] + env[a[1]]
-    if k == "mul":
-        return lambda env: env[a[0]] * env[a[1]]
+    if k in ("add", "mul"):
+        return _arith(node)
     if node.fn is None:
         raise SparsebenchError(f"node {node.name!r} ({node.kind}) has no implementation")
     return node.fn
@@ -90,6 +88,20 @@ def feed(graph: Graph, x: Any) -> dict[str, Any]:
         raise SparsebenchError(f"the graph takes {len(graph.inputs)} inputs "
                                f"({', '.join(graph.inputs)}), got {len(xs)}")
     return dict(zip(graph.inputs, xs))
+
+
+def _arith(node: Node) -> Callable[[Env], Any]:
+    """``add``/``mul`` on tensors; sizes (tuples of ints, from an ONNX import) go to the
+    node's own ``fn``, which knows the op's arithmetic on them."""
+    a, own = node.inputs, node.fn
+    op = torch.add if node.kind == "add" else torch.mul
+
+    def fn(env: Env) -> Any:
+        x, y = env[a[0]], env[a[1]]
+        if own is not None and (isinstance(x, (tuple, list)) or isinstance(y, (tuple, list))):
+            return own(env)
+        return x + y if op is torch.add else x * y
+    return fn
 
 
 def run(graph: Graph, x: Any, module: nn.Module | None = None) -> Env:

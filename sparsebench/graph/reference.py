@@ -145,7 +145,8 @@ def evaluate(graph: Graph, x: Any) -> dict[str, Any]:
     env.update({k: _np(torch.as_tensor(v)) for k, v in feed(graph, x).items()})
     for node in graph.nodes:
         args = [env[v] if v else None for v in node.inputs]
-        value = None if node.kind in ("call", "reshape") else _eval(node, args)
+        sizes = any(isinstance(v, (tuple, list, int)) for v in args)  # ONNX size arithmetic
+        value = None if node.kind in ("call", "reshape") or sizes else _eval(node, args)
         if value is None:   # torch on the same values (own weights: see execute.bind)
             tenv = {v: _torch(env[v]) for v in node.inputs if v}
             with torch.inference_mode():
