@@ -304,3 +304,11 @@ def test_onnx_dense_row_runs_the_original_bytes(token_onnx: Path) -> None:
     row = run_job(job)
     assert row["status"] == "ok" and row["impl"] == "ort-cpu-dense-original"
     assert row["max_rel_err"] < 1e-6
+
+
+def test_profile_refuses_several_inputs(token_onnx: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", str(token_onnx), "--target", "cortex-m7"]) == 2
+    err = capsys.readouterr().err
+    assert "profile and export-c run models with one float32 input" in err \
+        and "input_ids:Bx128:int64" in err and err.count("\n") == 1
