@@ -411,6 +411,11 @@ def _measure(args: argparse.Namespace) -> int:
         from sparsebench.loading import parse_input_shape
 
         input_shape = parse_input_shape(args.input_shape)
+    from dataclasses import asdict
+
+    from sparsebench.model_io import parse_input_flags
+
+    args.inputs = parse_input_flags(args.input)
     cfg = MeasureConfig(
         models=paths, formats=split_list(args.formats), backends=split_list(args.backends)
         or BACKENDS.names(), batches=args.batch, threads=args.threads,
@@ -418,6 +423,7 @@ def _measure(args: argparse.Namespace) -> int:
         data=None if args.data in ("auto", "none") else args.data, data_dir=args.data_dir,
         data_limit=args.data_limit, per_layer=args.per_layer, arch=args.arch,
         input_shape=list(input_shape) if input_shape else None, trust=args.trust,
+        inputs=[asdict(s) for s in args.inputs],
         index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout,
         max_memory=parse_size(args.max_memory), inject_slowdown=args.inject_slowdown)
     cfg.validate()
@@ -449,8 +455,8 @@ def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input
 
     out = console()
     names = _unique_names(paths)
-    loaded = {p: load_model(p, arch=args.arch, input_shape=input_shape, trust=args.trust)
-              for p in paths}
+    loaded = {p: load_model(p, arch=args.arch, input_shape=input_shape, trust=args.trust,
+                            inputs=args.inputs) for p in paths}
     if args.data == "auto":
         found = {_auto_data(m) for m in loaded.values()} - {None}
         cfg.data = found.pop() if len(found) == 1 else None
@@ -467,7 +473,7 @@ def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input
                 pass  # model_info has recorded why it does not run
     if ab:
         ab.record(results, names[paths[0]], lambda p: load_model(
-            p, arch=args.arch, input_shape=input_shape, trust=args.trust),
+            p, arch=args.arch, input_shape=input_shape, trust=args.trust, inputs=args.inputs),
             lambda m: model_info(m, cfg.formats, cfg.index_dtype), loaded[paths[0]].input_shape)
     del loaded
     jobs = plan(cfg, names, footprints)
@@ -543,6 +549,7 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
                    "module:callable")
     p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
                    "does not say)")
+    add_input_flag(p)
     p.add_argument("--trust", action="store_true", help="allow full unpickling of a model file "
                    "(runs code from the file: only for files you trust)")
     p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"),
@@ -750,6 +757,15 @@ command("claims", "reproduce the papers' claim at small scale: several seeds per
 # targets / profile / export-c (logic in sparsebench.embedded.command)
 
 
+def add_input_flag(p: argparse.ArgumentParser) -> None:
+    """``--input NAME:SHAPE:DTYPE[:LOW-HIGH]`` (repeatable; parsed by model_io)."""
+    p.add_argument("--input", action="append", metavar="NAME:SHAPE:DTYPE[:LOW-HIGH]",
+                   help="one model input by name: batch-first shape (B or a number first, "
+                        "replaced by --batch), dtype, value range [LOW, HIGH); repeatable, e.g. "
+                        "--input input_ids:Bx128:int64:0-30522 (default: from the graph or the "
+                        "forward signature)")
+
+
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
                    help="a checkpoint, state_dict (with --arch), pickled torch module (traceable "
@@ -758,6 +774,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="architecture for a state_dict")
     p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
                    "does not say and it cannot be inferred)")
+    add_input_flag(p)
     p.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from "
                    "the file: only for files you trust)")
 
@@ -893,6 +910,7 @@ def _sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, help="input side for --arch (ffn: 1 = vectors)")
     p.add_argument("--input-shape", help="per-sample input shape of a model file that does not "
                    "record it")
+    add_input_flag(p)
     p.add_argument("--trust", action="store_true", help="allow full unpickling of the model file")
     p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"),
                    help="CSR/BSR column index width (auto: int16 when the columns fit)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from sparsebench.catalog import DEFAULT_SPARSITIES
 from sparsebench.errors import SparsebenchError
+from sparsebench.model_io import parse_input_flags
 
 BASELINE = ("dense", "onnxruntime")
 
@@ -104,7 +106,8 @@ def make_models(args: argparse.Namespace, sparsities: list[float],
             from sparsebench.loading import parse_input_shape
 
             shape = parse_input_shape(args.input_shape)
-        loaded = load_model(args.model, input_shape=shape, trust=args.trust)
+        loaded = load_model(args.model, input_shape=shape, trust=args.trust,
+                            inputs=parse_input_flags(getattr(args, "input", None)))
         if loaded.module is None or not loaded.swappable or loaded.kind == "torchscript":
             raise SparsebenchError(f"{args.model}: a {loaded.kind} model cannot be pruned here")
         ckpt = loaded.checkpoint
@@ -338,7 +341,8 @@ def run_sweep(args: argparse.Namespace, out: Any,
         models=["-"], formats=split_list(args.formats), backends=split_list(args.backends),
         batches=args.batch, threads=args.threads, timing=timing_from_args(args),
         index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout,
-        max_memory=parse_size(args.max_memory))
+        max_memory=parse_size(args.max_memory),
+        inputs=[asdict(s) for s in parse_input_flags(getattr(args, "input", None))])
     cfg.validate()
     warn_threads(cfg.threads)
     base_name = args.arch or Path(args.model).stem

@@ -28,8 +28,14 @@ def load(args: argparse.Namespace) -> Any:
     from sparsebench.formats import has_nonfinite
     from sparsebench.loading import load_model, parse_input_shape
 
+    from sparsebench.model_io import is_single_float, parse_input_flags
+
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, arch=args.arch, input_shape=shape, trust=args.trust)
+    loaded = load_model(args.model, arch=args.arch, input_shape=shape, trust=args.trust,
+                        inputs=parse_input_flags(getattr(args, "input", None)))
+    if not is_single_float(loaded.inputs):
+        raise SparsebenchError(f"{args.model} takes {', '.join(s.describe() for s in loaded.inputs)}"
+                               ": profile and export-c run models with one float32 input")
     if loaded.module is None:
         raise SparsebenchError(f"{args.model} could not be converted to a torch module"
                                + (f": {loaded.onnx_error}" if loaded.onnx_error else ""))

@@ -148,6 +148,14 @@ class ConvertedModel:
         return sum(s.nbytes for s in self.storage) + self.other_bytes
 
     @property
+    def inputs(self) -> list[Any]:
+        """The model's inputs (``sparsebench.model_io.InputSpec``; one float input of
+        ``input_shape`` unless the loaded module recorded others)."""
+        from sparsebench.model_io import specs_of
+
+        return specs_of(self.module, self.input_shape)
+
+    @property
     def dense_layers(self) -> list[tuple[str, str]]:
         """(layer name, reason) for the layers this format could not take."""
         return [(s.name, s.note) for s in self.storage if s.fallback] + \
@@ -246,17 +254,23 @@ def trace_outputs(model: nn.Module, shape: tuple[int, ...],
                 calls.append((name, mod, tuple(out.shape)))
         return record
 
+    from sparsebench.model_io import is_single_float, make_inputs, specs_of
+
+    specs = getattr(model, "input_specs", None)
+    several = specs and not is_single_float(specs)  # token ids, masks: real (small) tensors
     hooks = [mod.register_forward_hook(hook(name)) for name, mod in modules]
     try:
         try:
             from torch._subclasses.fake_tensor import FakeTensorMode
 
+            xs = make_inputs(specs_of(model), shape[0]) if several else None
             with FakeTensorMode(allow_non_fake_inputs=True), torch.inference_mode():
-                model(torch.empty(shape))
+                model(*(xs or (torch.empty(shape),)))
         except Exception:  # noqa: BLE001 - no fake kernel for some op: fall back to real data
             calls.clear()
             with torch.inference_mode():
-                model(torch.zeros(shape))
+                model(*(make_inputs(specs_of(model), shape[0]) if several
+                        else (torch.zeros(shape),)))
     except Exception as exc:  # noqa: BLE001 - any failure is the user's model/input mismatch
         raise SparsebenchError(f"model does not run on an input of shape "
                                f"{tuple(shape)}: {str(exc).splitlines()[0]}") from exc

@@ -77,9 +77,11 @@ def footprint(module: Any, input_shape: tuple[int, ...]) -> tuple[int, int]:
 
     from sparsebench.formats.base import trace_outputs
 
+    from sparsebench.model_io import specs_of
+
     weights = sum(t.numel() * t.element_size() for t in
                   [*module.parameters(), *module.buffers()])
-    per_sample = math.prod(input_shape)
+    per_sample = sum(math.prod(s.shape) for s in specs_of(module, input_shape))
     if isinstance(module, torch.jit.ScriptModule):  # takes no hooks: weights and input only
         return weights, 4 * per_sample
     leaves = [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
@@ -119,6 +121,7 @@ class MeasureConfig:
     per_layer: bool = False
     arch: str | None = None
     input_shape: list[int] | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # --input: InputSpec fields
     trust: bool = False
     index_dtype: str = "auto"
     seed: int = 0
@@ -162,7 +165,7 @@ def model_info(loaded: Any, formats: list[str], index_dtype: str) -> dict[str, A
 
     info: dict[str, Any] = {"path": loaded.path, "kind": loaded.kind, "arch": loaded.arch,
                             "input_shape": list(loaded.input_shape), "notes": list(loaded.notes),
-                            "formats": {}}
+                            "inputs": [s.describe() for s in loaded.inputs], "formats": {}}
     module = loaded.module
     if module is None:
         info["notes"].append(f"no torch module: {loaded.onnx_error}")
@@ -216,6 +219,7 @@ def plan(cfg: MeasureConfig, names: dict[str, str],
                             "timing": cfg.timing, "data": cfg.data, "data_dir": cfg.data_dir,
                             "data_limit": cfg.data_limit, "per_layer": cfg.per_layer,
                             "arch": cfg.arch, "input_shape": cfg.input_shape,
+                            "inputs": cfg.inputs,
                             "trust": cfg.trust, "index_dtype": cfg.index_dtype,
                             "seed": cfg.seed, "inject_slowdown": cfg.inject_slowdown,
                             "max_memory": cfg.max_memory})
