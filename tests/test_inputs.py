@@ -268,7 +268,7 @@ def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """measure's workers run in this process (the same run_job, no interpreter start-up)."""
     from sparsebench.measure import harness, worker
 
-    monkeypatch.setattr(harness, "run_worker", lambda job, timeout: worker.run_job(job))
+    monkeypatch.setattr(harness, "run_worker", lambda job, timeout, **_: worker.run_job(job))
 
 
 def test_onnx_as_given_runs_on_ort_when_the_import_fails(custom_op_onnx: Path, tmp_path: Path,
