@@ -308,10 +308,20 @@ def validate(target: Target, models: list[Path], encodings: tuple[str, ...],
     return rows
 
 
+def dumps(data: dict[str, Any]) -> str:
+    """The calibration file's text: indented, one line per measurement and validation row."""
+    text = json.dumps({**data, "measurements": "@M@", "validation": "@V@"}, indent=1)
+    for key, mark in (("measurements", '"@M@"'), ("validation", '"@V@"')):
+        rows = data.get(key, [])
+        text = text.replace(mark, "[\n" + ",\n".join(f"  {json.dumps(r)}" for r in rows)
+                            + "\n ]" if rows else "[]")
+    return text + "\n"
+
+
 def _write(path: Path, data: dict[str, Any]) -> None:
     from sparsebench.outputs import atomic_write_text
 
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    atomic_write_text(path, dumps(data))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,7 +149,7 @@ def op_features(op: Op, enc: str | None = None, block: tuple[int, int] = (4, 4)
     if op.kind == "conv":
         kh, kw = op.attrs["kernel"]
         ny, nx = _inside_per_tap(op)
-        per_tap = np.bincount(np.nonzero(entries)[1] % (kh * kw), minlength=kh * kw)
+        per_tap = entries.reshape(entries.shape[0], -1, kh * kw).sum(axis=(0, 1))
         per_ky = per_tap.reshape(kh, kw).sum(axis=1)
         wo = op.out_shape[2]
         feats["valid"] = float(per_tap @ np.outer(ny, nx).reshape(-1))
@@ -262,10 +262,12 @@ def target_calibration(target: Target) -> Calibration | None:
 
 def estimate_model(graph: Graph, per_layer: dict[str, str], target: Target,
                    block: tuple[int, int] = (4, 4),
-                   layer_info: dict[str, tuple[MatrixStats, int]] | None = None
+                   layer_info: dict[str, tuple[MatrixStats, int]] | None = None,
+                   cache: dict[tuple[int, str | None], dict[str, float]] | None = None
                    ) -> ModelEstimate:
     """The estimate of ``graph`` with ``per_layer`` encodings (weight key -> encoding).
     ``layer_info`` (weight key -> (stats, bytes)) feeds the roofline; computed if absent.
+    ``cache`` keeps op features between calls on the same graph (several choices).
     Calibrated targets: instructions per op from the fit; an op of a family the fit lacks
     is costed by the roofline at one instruction per cycle and listed in ``uncalibrated``."""
     from sparsebench.embedded.encodings import layer_bytes
@@ -296,7 +298,14 @@ def estimate_model(graph: Graph, per_layer: dict[str, str], target: Target,
             est.per_op[op.name] = roof
             continue
         family = op_family(op, enc, value)
-        count = cal.instructions(family, op_features(op, enc, block)) if family else None
+        count = None
+        if family:
+            feats = cache.get((op.index, enc)) if cache is not None else None
+            if feats is None:
+                feats = op_features(op, enc, block)
+                if cache is not None:
+                    cache[(op.index, enc)] = feats
+            count = cal.instructions(family, feats)
         if count is None:
             count = roof * clock
             est.uncalibrated.append(op.name)

@@ -118,11 +118,13 @@ def check_policy(policy: str) -> str:
 
 
 def choose(graph: Graph, layers: list[LayerRow], other: int, arena: ArenaPlan, target: Target,
-           policy: str, block: tuple[int, int], arena_int8: int | None = None) -> Choice:
+           policy: str, block: tuple[int, int], arena_int8: int | None = None,
+           cache: dict[Any, Any] | None = None) -> Choice:
     """Bytes, fit and estimated latency with ``policy`` applied to every layer. ``best`` is the
     cheaper of the smallest fp32 and the smallest int8 export-c encoding per layer (one value
     type per model, as the C runtime runs it); all-int8 choices use the int8 arena
-    (``arena_int8``, when the model has an int8 export)."""
+    (``arena_int8``, when the model has an int8 export). ``cache``: the estimate's op
+    features, shared by the choices of one profile."""
     if policy == "best":
         fp32 = {row.name: row.best_lossless for row in layers}
         int8 = {row.name: row.best_int8 for row in layers}
@@ -135,7 +137,7 @@ def choose(graph: Graph, layers: list[LayerRow], other: int, arena: ArenaPlan, t
     weights = sum(by_key[n].sizes[e] or 0 for n, e in per_layer.items()) + other
     est = estimate_model(graph, per_layer, target, block,
                          {n: (by_key[n].stats, by_key[n].sizes[e] or 0)
-                          for n, e in per_layer.items()})
+                          for n, e in per_layer.items()}, cache)
     all_int8 = bool(per_layer) and all(e.startswith("int8") for e in per_layer.values())
     act = arena_int8 if all_int8 and arena_int8 is not None else arena.size
     if target.weights_in == "flash":
@@ -176,7 +178,9 @@ def profile_model(module: torch.nn.Module, input_shape: tuple[int, ...], target:
     if policy not in policies:
         policies.append(policy)
     a8 = None if blocker else arena_int8
-    choices = [choose(graph, layers, other, arena, target, p, block, a8) for p in policies]
+    cache: dict[Any, Any] = {}
+    choices = [choose(graph, layers, other, arena, target, p, block, a8, cache)
+               for p in policies]
     verdict = next(c for c in choices if c.policy == policy)
     params = sum(op.params for op in graph.weight_ops())
     nnz = sum(row.stats.nnz for row in layers)
