@@ -100,6 +100,17 @@ def test_bad_calibration_files_are_one_line_errors(tmp_path):
         load_target(str(board))
 
 
+def test_calibrate_command_bad_input_is_exit_2(capsys):
+    from sparsebench.embedded.calibrate import main as calibrate_main
+
+    assert calibrate_main(["--target", "cortex-m7", "--family", "nope/conv"]) == 2
+    assert "unknown kernel family nope/conv" in capsys.readouterr().err
+    assert calibrate_main(["--target", "cortex-m7"]) == 2          # never overwrites unasked
+    assert "exists (use --force to overwrite)" in capsys.readouterr().err
+    assert calibrate_main(["--target", "no-such-board"]) == 2
+    assert "unknown target 'no-such-board'" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------- the shipped coefficients
 
 def test_cortex_m4_and_m7_are_calibrated():

@@ -342,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="--build-encoding values for --validate (comma-separated)")
     args = p.parse_args(argv)
     try:
+        unknown = [f for f in args.family or [] if f not in FAMILY_FEATURES]
+        if unknown:
+            raise SparsebenchError(f"unknown kernel family {', '.join(unknown)}; choose from: "
+                                   f"{', '.join(FAMILY_FEATURES)}")
         for name in args.target:
             target = load_target(name)
             path = Path(args.out) if args.out else TARGET_DIR / f"{target.name}.calibration.json"

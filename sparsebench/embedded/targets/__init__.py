@@ -11,9 +11,9 @@ passes their own as a path (``--target board.toml``). Keys (sizes in KiB, 1 KiB 
   when ``flash_kib`` is given), ``fpu``, ``simd_bits`` (32), ``mem_bandwidth_mb_s``,
   ``elementwise_cycles`` (1.0), ``sources`` (list of strings), ``notes``, ``detect`` (host only:
   read clock, cores, RAM and SIMD width from this machine), ``calibration`` (a
-  ``sparsebench-calibration`` JSON file, relative to the TOML file: instructions per kernel
-  feature fitted on QEMU counts by ``python -m sparsebench.embedded.calibrate``; the estimate
-  then counts instructions instead of the roofline);
+  ``sparsebench-calibration`` JSON file, relative to the TOML file or else one shipped in this
+  folder: instructions per kernel feature fitted on QEMU counts by ``python -m
+  sparsebench.embedded.calibrate``; the estimate then counts instructions, not the roofline);
 * ``[build]`` (for ``profile --build``): ``kind`` (``baremetal-m``, ``linux-user`` or ``host``),
   ``cc``, ``cflags``; QEMU settings ``qemu``, ``machine``, ``cpu``; for bare metal the emulated
   board's memory ``flash_origin``/``flash_length``/``ram_origin``/``ram_length``, ``sysclk_hz``
@@ -166,9 +166,13 @@ def parse_target(path: Path) -> Target:
     build = _parse_build(data.get("build"), where)
     calibration = None
     if "calibration" in data:
-        cal = (path.parent / data["calibration"]).resolve()
-        if not cal.is_file():
-            raise SparsebenchError(f"{where}: calibration file not found: {cal}")
+        # beside the TOML file, else a shipped one (a copied shipped target keeps its fit)
+        cal = next((c.resolve() for c in (path.parent / data["calibration"],
+                                          TARGET_DIR / data["calibration"]) if c.is_file()),
+                   None)
+        if cal is None:
+            raise SparsebenchError(f"{where}: calibration file not found: "
+                                   f"{path.parent / data['calibration']}")
         calibration = str(cal)
     values = dict(
         name=data["name"], description=data["description"], clock_mhz=float(data["clock_mhz"]),
