@@ -205,7 +205,10 @@ def test_live_build_matches_the_estimate_within_25_percent(tmp_path, capsys):
     code = main(["profile", str(path), "--target", "cortex-m4", "--build", "--build-encoding",
                  "int8-csr16", "--no-host", "--no-accuracy", "--calibration", "50", "--json",
                  str(out)])
-    capsys.readouterr()
+    text = " ".join(capsys.readouterr().out.split())
     assert code == 0
     b = json.loads(out.read_text())["build"]
     assert abs(b["estimate_error"]) < TOLERANCE and b["estimated_instructions"] > 0
+    assert b["estimate_source"] == "QEMU calibration cortex-m4.calibration.json"
+    assert "est. (QEMU calibration cortex-m4.calibration.json)" in text
+    assert f"(estimate {100 * b['estimate_error']:+.1f}%)" in text

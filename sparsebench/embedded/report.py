@@ -232,7 +232,8 @@ def build_block(p: Profile) -> Block | None:
         analytic, diff = "", ""
         if est_i is not None:
             analytic = f"{est_i:,.0f} est. ({b.get('estimate_source', '')})"
-            diff = f"{b['instructions'] - est_i:+,.0f} ({100 * (est_i / b['instructions'] - 1):+.1f}% est.)"
+            error = 100 * (est_i / b["instructions"] - 1)
+            diff = f"{b['instructions'] - est_i:+,.0f} (estimate {error:+.1f}%)"
         elif est_c:
             analytic = f"{est_c:,.0f} est. cycles (roofline)"
         rows.append(["instructions per inference", analytic, f"{b['instructions']:,}", diff,
