@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.embedded.encodings import MatrixStats, matrix_stats, quantize_rows
+from sparsebench.embedded.encodings import BUILDABLE, MatrixStats, matrix_stats, quantize_rows
 from sparsebench.embedded.lowering import Graph, Op
 from sparsebench.embedded.targets import Target
 
@@ -68,11 +68,8 @@ def _weight_features(enc: str, kind: str) -> tuple[str, ...]:
     return ("call", "out", "macs", "nz", *conv)          # bsr
 
 
-WEIGHT_ENCODINGS = ("fp32-dense", "fp32-csr8", "fp32-csr16", "fp32-csr32", "fp32-bitmask",
-                    "fp32-bsr", "int8-dense", "int8-csr8", "int8-csr16", "int8-csr32",
-                    "int8-bitmask", "int8-bsr")
 FAMILY_FEATURES: dict[str, tuple[str, ...]] = {
-    **{f"{e}/{k}": _weight_features(e, k) for e in WEIGHT_ENCODINGS for k in ("conv", "linear")},
+    **{f"{e}/{k}": _weight_features(e, k) for e in BUILDABLE for k in ("conv", "linear")},
     **{f"{v}/{k}": _POOL for v in ("fp32", "int8") for k in ("maxpool", "avgpool")},
     "fp32/relu": _ELEMENTWISE, "int8/relu": _ELEMENTWISE, "fp32/add": _ELEMENTWISE,
     "fp32/affine": _ELEMENTWISE,
