@@ -243,6 +243,9 @@ def calibrate_target(target: Target, families: list[str] | None, block: tuple[in
         print(f"[{i}/{len(todo)}] {target.name} {family:22s} {layer.describe():52s} "
               f"{m['instructions']:>11,}", file=log, flush=True)
     runner = " ".join(run_command(target, Path("model.elf")))
+    if spec.kind == "linux-user":
+        runner += ("; counted in a second run with one instruction per translation block "
+                   "(-singlestep -d exec,nochain), sb_run() and the kernels only")
     return {
         "schema": CALIBRATION_SCHEMA, "schema_version": 1, "target": target.name,
         "unit": "instructions executed by sb_run() under QEMU (not cycles)",
