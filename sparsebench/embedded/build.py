@@ -203,15 +203,28 @@ def analytic_weight_bytes(exp: Export, block: tuple[int, int] = (4, 4)) -> int:
     return total
 
 
+def _estimate_fields(est: Any, target: Target, emulated: int | None) -> dict[str, Any]:
+    """The estimate beside the emulated count: instructions when calibrated, else cycles."""
+    if est is None:
+        return {"estimated_instructions": None, "estimated_cycles": None}
+    if est.instructions is None:
+        return {"estimated_instructions": None, "estimate_source": est.source,
+                "estimated_cycles": est.seconds * target.clock_mhz * 1e6}
+    return {"estimated_instructions": est.instructions, "estimated_cycles": None,
+            "estimate_source": est.source, "estimate_uncalibrated_ops": est.uncalibrated,
+            "estimate_error": (None if not emulated else (est.instructions - emulated) / emulated)}
+
+
 def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target: Target, *,
                   encoding: str | dict[str, str] = "auto", work_dir: str | Path | None = None,
                   timeout: float = 300.0, name: str = "model", count: bool = True,
-                  est_seconds: float | None = None, qmodel: Any = None,
+                  estimate: Any = None, qmodel: Any = None,
                   test_input: np.ndarray | None = None, block: tuple[int, int] = (4, 4)
                   ) -> dict[str, Any]:
     """Export, cross-compile, measure and run ``module`` for ``target`` (see the docstring).
     int8 encodings need ``qmodel``; their emulated int8 output must equal the Python integer
-    reference's exactly."""
+    reference's exactly. ``estimate`` (``estimate.ModelEstimate``) is reported beside the
+    emulated count."""
     spec = _spec(target)
     check_tools(target)
     tmp = None
@@ -283,7 +296,7 @@ def build_and_run(module: torch.nn.Module, input_shape: tuple[int, ...], target:
             "runtime_ram": sizes["ram"] - arena,
             "stack_used": parsed["stack_used"], "stack_reserved": stack_sec,
             "instructions": instructions, "instructions_note": note,
-            "estimated_cycles": est_seconds * target.clock_mhz * 1e6 if est_seconds else None,
+            **_estimate_fields(estimate, target, instructions),
             "max_abs_err": err, "tolerance": TOLERANCE, **int8,
             "output_ok": ok and parsed["status"] == "PASS",
             "status": parsed["status"], "exit_code": proc.returncode,

@@ -97,21 +97,15 @@ def build_encoding(args: argparse.Namespace) -> str:
     return "verdict"
 
 
-def estimate_seconds(prof: Any, per_layer: dict[str, str]) -> float:
-    """The estimated latency of the profile's model with these per-layer encodings."""
-    from sparsebench.embedded.estimate import op_seconds
+def estimate(prof: Any, per_layer: dict[str, str]) -> Any:
+    """The estimate (``estimate.ModelEstimate``) of the profile's model with these per-layer
+    encodings."""
+    from sparsebench.embedded.estimate import estimate_model
 
     by_key = {r.name: r for r in prof.layers}
-    total = 0.0
-    for op in prof.graph.ops:
-        key = op.weight_key or op.name
-        if op.weight is not None and key in by_key:
-            enc = per_layer[key]
-            total += op_seconds(op, prof.target, enc, by_key[key].stats,
-                                by_key[key].sizes[enc] or 0)
-        else:
-            total += op_seconds(op, prof.target)
-    return total
+    return estimate_model(prof.graph, per_layer, prof.target, prof.block,
+                          {n: (by_key[n].stats, by_key[n].sizes[e] or 0)
+                           for n, e in per_layer.items() if n in by_key})
 
 
 def run_profile(args: argparse.Namespace, con: Any) -> int:
@@ -169,11 +163,11 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
 
         assert encodings is not None
         per_layer = choose_encodings(prof.graph, encodings, block)   # names unbuildable layers
-        est = estimate_seconds(prof, per_layer)
+        est = estimate(prof, per_layer)
         test_input = data.test_x[0].numpy() if data is not None and wants_int8 else None
         prof.build = build_and_run(loaded.module, loaded.input_shape, target,
                                    encoding=per_layer, work_dir=args.build_dir,
-                                   timeout=args.timeout, name=info["name"], est_seconds=est,
+                                   timeout=args.timeout, name=info["name"], estimate=est,
                                    qmodel=qmodel if wants_int8 else None,
                                    test_input=test_input, block=block)
     to_stdout = args.json == "-"

@@ -113,23 +113,50 @@ def verdict_block(p: Profile) -> Block:
         rows.append([c.label + (" (verdict)" if c is p.verdict else ""),
                      fmt_bytes(c.weight_bytes), flash, fmargin, fmt_bytes(c.ram_needed),
                      f"{fmt_bytes(c.ram_margin)} ({percent(c.ram_margin, t.ram_bytes)})",
-                     "yes" if c.fits else "NO", fmt_seconds(c.est_seconds)])
+                     "yes" if c.fits else "NO", _estimate_cell(c)])
     flash_cap = "no limit" if t.flash_bytes is None else fmt_bytes(t.flash_bytes)
+    calibrated = p.verdict.est_instructions is not None
+    what = (f"ESTIMATED instructions ({p.verdict.est_source}; ms at 1 instruction/cycle, "
+            f"{t.clock_mhz:g} MHz)" if calibrated
+            else f"ESTIMATED latency at {t.clock_mhz:g} MHz (roofline)")
     title = (f"memory on {t.name} (flash {flash_cap}, RAM {fmt_bytes(t.ram_bytes)}; weights in "
              f"{t.weights_in}; model data only, the runtime's code and stack come on top) and "
-             f"ESTIMATED latency at {t.clock_mhz:g} MHz, 1 core, batch 1")
+             f"{what}, 1 core, batch 1")
     return Block(title, ["weights as", "weights", "flash needed", "flash margin", "RAM needed",
-                         "RAM margin", "fits", "est. latency"], rows, [])
+                         "RAM margin", "fits",
+                         "est. instructions" if calibrated else "est. latency"], rows, [])
+
+
+def _estimate_cell(c: Any) -> str:
+    if c.est_instructions is None:
+        return fmt_seconds(c.est_seconds)
+    return f"{fmt_count(c.est_instructions)} ({fmt_seconds(c.est_seconds)})"
+
+
+def estimate_line(p: Profile) -> str:
+    """The verdict's estimate with what it is (calibrated instructions or the roofline)."""
+    t, v = p.target, p.verdict
+    if v.est_instructions is None:
+        return (f"latency: {fmt_seconds(v.est_seconds)} ESTIMATED on {t.name} (roofline from "
+                f"the target's cycles-per-MAC and bandwidth figures, not a measurement)")
+    from sparsebench.embedded.estimate import target_calibration
+
+    cal = target_calibration(t)
+    stale = " [bold red]stale: the C kernels changed since the fit[/]" \
+        if cal is not None and cal.stale else ""
+    return (f"estimate: {v.est_instructions:,.0f} instructions ESTIMATED on {t.name} "
+            f"({v.est_source}, fitted on QEMU counts of single-layer images{stale}); "
+            f"{fmt_seconds(v.est_seconds)} at 1 instruction/cycle and {t.clock_mhz:g} MHz "
+            f"(instructions, not cycles: flash wait states and stalls add, dual issue saves; "
+            f"not a measurement)")
 
 
 def summary_lines(p: Profile) -> list[str]:
-    t, v = p.target, p.verdict
     a = p.arena
     lines = [f"arena: {a.size:,} B for {len(a.buffers)} activation buffers (first-fit by size "
              f"over lifetimes, 16-byte aligned, as TFLite Micro; lower bound {a.lower_bound:,} B"
              f"; with int8 activations {p.arena_int8:,} B)"]
-    est = f"latency: {fmt_seconds(v.est_seconds)} ESTIMATED on {t.name} (roofline from the " \
-          f"target's cycles-per-MAC and bandwidth figures, not a measurement)"
+    est = estimate_line(p)
     if p.host:
         est += f"; measured on this host: {p.host['p50_ms']:.3f} ms p50 ({p.host['impl']})"
     lines.append(est)
@@ -201,9 +228,15 @@ def build_block(p: Profile) -> Block | None:
                                       if b.get("stack_used") is not None else "")],
     ]
     if b.get("instructions") is not None:
-        est = b.get("estimated_cycles")
-        rows.append(["instructions per inference", f"{est:,.0f} est. cycles" if est else "",
-                     f"{b['instructions']:,}", "",
+        est_i, est_c = b.get("estimated_instructions"), b.get("estimated_cycles")
+        analytic, diff = "", ""
+        if est_i is not None:
+            analytic = f"{est_i:,.0f} est. ({b.get('estimate_source', '')})"
+            error = 100 * (est_i / b["instructions"] - 1)
+            diff = f"{b['instructions'] - est_i:+,.0f} (estimate {error:+.1f}%)"
+        elif est_c:
+            analytic = f"{est_c:,.0f} est. cycles (roofline)"
+        rows.append(["instructions per inference", analytic, f"{b['instructions']:,}", diff,
                      b.get("instructions_note", "")])
     title = (f"cross-build for {p.target.name}: {b['compiler']} -> {b['runner']}; encodings "
              f"{b['encodings']}; " + check_text(b))

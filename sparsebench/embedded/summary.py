@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from sparsebench.embedded.arena import ArenaPlan, plan_graph
 from sparsebench.embedded.encodings import (C_ENCODINGS, ENCODINGS, FP32_C_ENCODINGS,
                                              INT8_C_ENCODINGS, MatrixStats, cheapest,
                                              encoding_label, layer_bytes)
-from sparsebench.embedded.estimate import op_seconds
+from sparsebench.embedded.estimate import estimate_model
 from sparsebench.embedded.lowering import Graph, Op, trace
 from sparsebench.embedded.targets import Target
 
@@ -65,6 +66,8 @@ class Choice:
     flash_margin: int | None
     ram_margin: int
     est_seconds: float
+    est_instructions: float | None = None   # calibrated targets: instructions (QEMU-fitted)
+    est_source: str = "roofline"            # "roofline" or "QEMU calibration <file>"
 
     @property
     def fits(self) -> bool:
@@ -115,11 +118,13 @@ def check_policy(policy: str) -> str:
 
 
 def choose(graph: Graph, layers: list[LayerRow], other: int, arena: ArenaPlan, target: Target,
-           policy: str, block: tuple[int, int], arena_int8: int | None = None) -> Choice:
+           policy: str, block: tuple[int, int], arena_int8: int | None = None,
+           cache: dict[Any, Any] | None = None) -> Choice:
     """Bytes, fit and estimated latency with ``policy`` applied to every layer. ``best`` is the
     cheaper of the smallest fp32 and the smallest int8 export-c encoding per layer (one value
     type per model, as the C runtime runs it); all-int8 choices use the int8 arena
-    (``arena_int8``, when the model has an int8 export)."""
+    (``arena_int8``, when the model has an int8 export). ``cache``: the estimate's op
+    features, shared by the choices of one profile."""
     if policy == "best":
         fp32 = {row.name: row.best_lossless for row in layers}
         int8 = {row.name: row.best_int8 for row in layers}
@@ -130,15 +135,9 @@ def choose(graph: Graph, layers: list[LayerRow], other: int, arena: ArenaPlan, t
         per_layer = {row.name: row.pick(policy) for row in layers}
     by_key = {row.name: row for row in layers}
     weights = sum(by_key[n].sizes[e] or 0 for n, e in per_layer.items()) + other
-    seconds = 0.0
-    for op in graph.ops:
-        key = op.weight_key or op.name
-        if op.weight is not None and key in by_key:
-            enc = per_layer[key]
-            seconds += op_seconds(op, target, enc, by_key[key].stats,
-                                  by_key[key].sizes[enc] or 0)
-        else:
-            seconds += op_seconds(op, target)
+    est = estimate_model(graph, per_layer, target, block,
+                         {n: (by_key[n].stats, by_key[n].sizes[e] or 0)
+                          for n, e in per_layer.items()}, cache)
     all_int8 = bool(per_layer) and all(e.startswith("int8") for e in per_layer.values())
     act = arena_int8 if all_int8 and arena_int8 is not None else arena.size
     if target.weights_in == "flash":
@@ -147,7 +146,8 @@ def choose(graph: Graph, layers: list[LayerRow], other: int, arena: ArenaPlan, t
         flash, ram = None, act + weights
     return Choice(_policy_label(policy, block), policy, per_layer, weights, flash, ram,
                   None if flash is None or target.flash_bytes is None
-                  else target.flash_bytes - flash, target.ram_bytes - ram, seconds)
+                  else target.flash_bytes - flash, target.ram_bytes - ram, est.seconds,
+                  est.instructions, est.source)
 
 
 def profile_model(module: torch.nn.Module, input_shape: tuple[int, ...], target: Target, *,
@@ -178,7 +178,9 @@ def profile_model(module: torch.nn.Module, input_shape: tuple[int, ...], target:
     if policy not in policies:
         policies.append(policy)
     a8 = None if blocker else arena_int8
-    choices = [choose(graph, layers, other, arena, target, p, block, a8) for p in policies]
+    cache: dict[Any, Any] = {}
+    choices = [choose(graph, layers, other, arena, target, p, block, a8, cache)
+               for p in policies]
     verdict = next(c for c in choices if c.policy == policy)
     params = sum(op.params for op in graph.weight_ops())
     nnz = sum(row.stats.nnz for row in layers)
@@ -266,7 +268,10 @@ def to_dict(p: Profile) -> dict[str, Any]:
                 "weight_bytes": c.weight_bytes, "flash_needed": c.flash_needed,
                 "ram_needed": c.ram_needed, "flash_margin": c.flash_margin,
                 "ram_margin": c.ram_margin, "fits": c.fits,
-                "estimated_ms": 1e3 * c.est_seconds} for c in p.choices]
+                "estimated_ms": 1e3 * c.est_seconds,
+                "estimated_instructions": (None if c.est_instructions is None
+                                           else round(c.est_instructions)),
+                "estimate_source": c.est_source} for c in p.choices]
     return {
         "schema": "sparsebench-profile", "schema_version": 1, "model": p.model,
         "target": p.target.to_dict(), "block": list(p.block),
@@ -279,11 +284,27 @@ def to_dict(p: Profile) -> dict[str, Any]:
                                "first_op": b.first, "last_op": b.last}
                               for b in p.arena.buffers]},
         "choices": choices, "verdict": {"policy": p.verdict.policy, "fits": p.verdict.fits},
-        "estimate_note": "estimated latency: roofline from the target's throughput figures "
-                         "(not a measurement)",
+        "estimate_note": estimate_note(p.target),
         "host": p.host, "build": p.build, "notes": p.notes, "accuracy": p.accuracy,
         "int8_export": p.int8_blocker is None, "int8_blocker": p.int8_blocker,
     }
+
+
+def estimate_note(target: Target) -> str:
+    """What the estimate is, for the report: calibrated instructions or the roofline."""
+    from sparsebench.embedded.estimate import target_calibration
+
+    cal = target_calibration(target)
+    if cal is None:
+        return ("estimated latency: roofline from the target's cycles-per-MAC and bandwidth "
+                "figures (not a measurement)")
+    stale = (" (the C kernels changed since this fit: re-run the calibration)"
+             if cal.stale else "")
+    return (f"estimated instructions: fitted on QEMU instruction counts of single-layer images "
+            f"({Path(cal.path).name}: {cal.command}){stale}; milliseconds at 1 instruction per "
+            f"cycle at {target.clock_mhz:g} MHz. Instructions, not cycles: real silicon adds "
+            f"flash wait states and pipeline stalls, and dual issue can save some (not a "
+            f"measurement)")
 
 
 def fmt_count(n: float) -> str:

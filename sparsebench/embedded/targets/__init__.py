@@ -10,14 +10,18 @@ passes their own as a path (``--target board.toml``). Keys (sizes in KiB, 1 KiB 
   (``flash``: const weights execute in place; ``ram``: they are loaded into RAM; default flash
   when ``flash_kib`` is given), ``fpu``, ``simd_bits`` (32), ``mem_bandwidth_mb_s``,
   ``elementwise_cycles`` (1.0), ``sources`` (list of strings), ``notes``, ``detect`` (host only:
-  read clock, cores, RAM and SIMD width from this machine);
+  read clock, cores, RAM and SIMD width from this machine), ``calibration`` (a
+  ``sparsebench-calibration`` JSON file, relative to the TOML file or else one shipped in this
+  folder: instructions per kernel feature fitted on QEMU counts by ``python -m
+  sparsebench.embedded.calibrate``; the estimate then counts instructions, not the roofline);
 * ``[build]`` (for ``profile --build``): ``kind`` (``baremetal-m``, ``linux-user`` or ``host``),
   ``cc``, ``cflags``; QEMU settings ``qemu``, ``machine``, ``cpu``; for bare metal the emulated
   board's memory ``flash_origin``/``flash_length``/``ram_origin``/``ram_length``, ``sysclk_hz``
   (the SysTick clock) and ``stack_bytes``.
 
 The ``*_mac_cycles`` figures are cycles per multiply-accumulate including operand loads; the
-latency estimate built from them is an estimate and is labelled as such.
+roofline estimate built from them (targets without a calibration) is an estimate and is
+labelled as such.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ _REQUIRED = {"name": str, "description": str, "clock_mhz": (int, float), "ram_ki
 _OPTIONAL = {"core": str, "cores": int, "flash_kib": (int, float), "weights_in": str,
              "fpu": str, "simd_bits": int, "mem_bandwidth_mb_s": (int, float),
              "elementwise_cycles": (int, float), "sources": list, "notes": str, "detect": bool,
-             "build": dict}
+             "build": dict, "calibration": str}
 _BUILD = {"kind": str, "cc": str, "cflags": list, "qemu": str, "machine": str, "cpu": str,
           "flash_origin": int, "flash_length": int, "ram_origin": int, "ram_length": int,
           "sysclk_hz": int, "stack_bytes": int}
@@ -87,6 +91,7 @@ class Target:
     sources: tuple[str, ...] = ()
     notes: str = ""
     build: BuildSpec | None = None
+    calibration: str | None = None      # absolute path of the calibration JSON, if any
     origin: str = ""
     detected: dict[str, Any] = field(default_factory=dict)
 
@@ -159,6 +164,16 @@ def parse_target(path: Path) -> Target:
     if weights_in == "flash" and "flash_kib" not in data:
         raise SparsebenchError(f"{where}: weights_in = 'flash' needs 'flash_kib'")
     build = _parse_build(data.get("build"), where)
+    calibration = None
+    if "calibration" in data:
+        # beside the TOML file, else a shipped one (a copied shipped target keeps its fit)
+        cal = next((c.resolve() for c in (path.parent / data["calibration"],
+                                          TARGET_DIR / data["calibration"]) if c.is_file()),
+                   None)
+        if cal is None:
+            raise SparsebenchError(f"{where}: calibration file not found: "
+                                   f"{path.parent / data['calibration']}")
+        calibration = str(cal)
     values = dict(
         name=data["name"], description=data["description"], clock_mhz=float(data["clock_mhz"]),
         ram_bytes=int(data["ram_kib"] * 1024),
@@ -173,7 +188,7 @@ def parse_target(path: Path) -> Target:
         mem_bandwidth_mb_s=(float(data["mem_bandwidth_mb_s"])
                             if "mem_bandwidth_mb_s" in data else None),
         sources=tuple(str(s) for s in data.get("sources", [])), notes=data.get("notes", ""),
-        build=build, origin=str(path))
+        build=build, calibration=calibration, origin=str(path))
     if data.get("detect"):
         values.update(_detect_host(values))
     return Target(**values)
