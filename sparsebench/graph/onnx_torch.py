@@ -1,332 +1,88 @@
-"""ONNX -> torch for common classifier graphs (our own: the PyPI converters import torchvision).
+"""ONNX -> torch for whole graphs (our own: the PyPI converters import torchvision).
 
-Supported ops (default ``ai.onnx`` domain): Add, AveragePool, BatchNormalization, Cast, Clip,
-Concat, Constant, Conv, Div, Dropout, Erf, Flatten, Gather, Gelu, Gemm, GlobalAveragePool,
-GlobalMaxPool, Identity, LeakyRelu, LogSoftmax, MatMul, MaxPool, Mul, Pow, Relu, Reshape, Shape,
-Sigmoid, Softmax, Sqrt, Squeeze, Sub, Tanh, Transpose, Unsqueeze.
+Supported ops (default ``ai.onnx`` domain, opsets 7 to 21, attribute and input variants):
+Abs, Acos, Acosh, Add, And, ArgMax, ArgMin, Asin, Asinh, Atan, Atanh, AveragePool,
+BatchNormalization, BitwiseAnd, BitwiseNot, BitwiseOr, BitwiseXor, Cast, CastLike, Ceil, Celu,
+Clip, Concat, Constant, ConstantOfShape, Conv, ConvInteger, ConvTranspose, Cos, Cosh, CumSum,
+DepthToSpace, DequantizeLinear, Div, Dropout, DynamicQuantizeLinear, Einsum, Elu, Equal, Erf,
+Exp, Expand, Flatten, Floor, Gather, GatherElements, GatherND, Gelu, Gemm, GlobalAveragePool,
+GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Hardmax, Identity,
+InstanceNormalization, IsInf, IsNaN, LRN, LayerNormalization, LeakyRelu, Less, LessOrEqual, Log,
+LogSoftmax, LpNormalization, LpPool, MatMul, MatMulInteger, Max, MaxPool, Mean, Min, Mish, Mod,
+Mul, Neg, NonZero, Not, OneHot, Or, PRelu, Pad, Pow, QLinearConv, QLinearMatMul, QuantizeLinear,
+Range, Reciprocal, ReduceL1, ReduceL2, ReduceLogSum, ReduceLogSumExp, ReduceMax, ReduceMean,
+ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare, Relu, Reshape, Resize, Round, Scatter,
+ScatterElements, ScatterND, Selu, Shape, Shrink, Sigmoid, Sign, Sin, Sinh, Size, Slice, Softmax,
+Softplus, Softsign, SpaceToDepth, Split, Sqrt, Squeeze, Sub, Sum, Tan, Tanh, ThresholdedRelu,
+Tile, TopK, Transpose, Trilu, Unsqueeze, Upsample, Where, Xor.
+Model-local functions are inlined first; other domains and control flow (If, Loop, Scan) are
+not supported (``Unsupported`` names the op and the node).
 
-* Conv (2-D, any groups) with a constant weight becomes an ``nn.Conv2d``; Gemm and MatMul with a
-  constant 2-D weight become an ``nn.Linear`` (a MatMul's following bias Add is folded into it);
-  BatchNormalization becomes an ``nn.BatchNorm2d`` in eval mode. They are registered under
-  sanitised node names (``/fc1/Gemm`` -> ``fc1_gemm``, unnamed -> ``gemm_3``) and ``forward``
-  looks each one up by name at call time, so swapping a submodule changes what runs.
-* Nodes whose inputs are all constant are folded at conversion time.
-* Small integer values (``Shape`` -> ``Gather`` -> ``Unsqueeze`` -> ``Concat`` -> ``Reshape``, as
+* Nodes whose inputs are all constant are folded at conversion time (so graphs that generate
+  their weights with ops, like the ONNX test-data zoo models, get constant weights).
+* Conv (1-, 2- or 3-D, any groups) with a constant weight becomes an ``nn.Conv1d/2d/3d``,
+  ConvTranspose an ``nn.ConvTranspose*d``; Gemm, and MatMul with a constant 2-D weight and an
+  activation of any rank, become an ``nn.Linear`` (a MatMul's following bias Add is folded into
+  it); BatchNormalization with constant statistics becomes an ``nn.BatchNorm2d`` in eval mode.
+  They are registered under sanitised node names (``/fc1/Gemm`` -> ``fc1_gemm``, unnamed ->
+  ``gemm_3``) and ``forward`` looks each one up by name at call time, so swapping a submodule
+  changes what runs. ``weight_sources`` maps each such layer whose weight is an initializer to
+  ``(initializer name, transposed)``.
+* Small int64 values (``Shape`` -> ``Gather`` -> ``Unsqueeze`` -> ``Concat`` -> ``Reshape``, as
   ``torch.onnx.export`` emits for ``x.view(x.size(0), -1)``) flow as tuples of sizes, so a traced
   re-export keeps the batch dimension dynamic (while tracing, sizes are 0-d tensors).
+* Quantisation ops (QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger,
+  ConvInteger, QLinearMatMul, QLinearConv) run in exact integer arithmetic; they stay ops, not
+  layers.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.utils import skip_init
 
-from sparsebench.errors import SparsebenchError
+from sparsebench.graph.onnx_ops import _OPS, Unsupported, Value, _Step, _tensor
 
-Value = Any  # torch.Tensor, or a Python int / tuple of ints (small integer tensors)
-_SMALL_INT = 64  # integer constants up to this many elements (rank <= 1) stay Python values
+__all__ = ["SUPPORTED", "OnnxGraphModule", "Unsupported", "to_torch", "_OPS", "_Step"]
 
+_SMALL_INT = 64  # int64 constants up to this many elements (rank <= 1) stay Python values
+# ops whose extra outputs are computed (the others: only the first output may be used)
+_MULTI_OUTPUT = {"Split", "Dropout", "DynamicQuantizeLinear", "TopK", "LayerNormalization"}
 
-class Unsupported(SparsebenchError):
-    """The ONNX graph uses an op (or an op variant) this importer cannot convert."""
-
-
-@dataclass
-class _Step:
-    op: str
-    node: str
-    inputs: tuple[str, ...]  # "" for an absent optional input
-    outputs: tuple[str, ...]
-    attrs: dict[str, Any] = field(default_factory=dict)
-    module: str | None = None
-
-
-_OPS: dict[str, Callable[..., Any]] = {}
-
-
-def _op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for name in names:
-            _OPS[name] = fn
-        return fn
-    return wrap
-
-
-def _tensor(v: Value) -> torch.Tensor:
-    return v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=torch.int64)
-
-
-def _int_scalar(v: Value) -> bool:
-    """A Python int, or a 0-d integer tensor (what ``x.shape[i]`` is while tracing)."""
-    return isinstance(v, int) or (isinstance(v, torch.Tensor) and v.dim() == 0
-                                  and not v.is_floating_point())
-
-
-def _ints(v: Value) -> tuple[int, ...]:
-    if _int_scalar(v):
-        return (v,)
-    if isinstance(v, torch.Tensor):
-        return tuple(int(i) for i in v.reshape(-1).tolist())
-    return tuple(v)
-
-
-def _py_elementwise(fn: Callable[[int, int], int], a: Value, b: Value) -> Value:
-    if isinstance(a, int) and isinstance(b, int):
-        return fn(a, b)
-    aa, bb = _ints(a), _ints(b)
-    n = max(len(aa), len(bb))
-    aa, bb = (aa * n if len(aa) == 1 else aa), (bb * n if len(bb) == 1 else bb)
-    return tuple(fn(x, y) for x, y in zip(aa, bb))
-
-
-def _trunc_div(a: int, b: int) -> int:
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b >= 0) else -q
-
-
-def _binary(tfn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-            pyfn: Callable[[int, int], int]) -> Callable[..., Any]:
-    def run(mod: OnnxGraphModule, step: _Step, a: Value, b: Value) -> Value:
-        if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
-            return _py_elementwise(pyfn, a, b)
-        return tfn(_tensor(a), _tensor(b))
-    return run
-
-
-def _div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if not a.is_floating_point() and not b.is_floating_point():
-        return torch.div(a, b, rounding_mode="trunc")
-    return a / b
-
-
-_OPS["Add"] = _binary(torch.add, lambda x, y: x + y)
-_OPS["Sub"] = _binary(torch.sub, lambda x, y: x - y)
-_OPS["Mul"] = _binary(torch.mul, lambda x, y: x * y)
-_OPS["Div"] = _binary(_div, _trunc_div)
-_OPS["Pow"] = _binary(torch.pow, lambda x, y: x ** y)
-
-
-def _unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
-    return lambda mod, step, x: fn(_tensor(x))
-
-
-_OPS["Relu"] = _unary(torch.relu)
-_OPS["Sigmoid"] = _unary(torch.sigmoid)
-_OPS["Tanh"] = _unary(torch.tanh)
-_OPS["Erf"] = _unary(torch.erf)
-_OPS["Sqrt"] = _unary(torch.sqrt)
-
-
-@_op("Identity", "Dropout")
-def _identity(mod: OnnxGraphModule, step: _Step, x: Value, *rest: Value) -> Value:
-    return x
-
-
-@_op("Gelu")
-def _gelu(mod: OnnxGraphModule, step: _Step, x: Value) -> torch.Tensor:
-    return F.gelu(x, approximate=step.attrs.get("approximate", "none"))
-
-
-@_op("LeakyRelu")
-def _leaky_relu(mod: OnnxGraphModule, step: _Step, x: Value) -> torch.Tensor:
-    return F.leaky_relu(x, step.attrs.get("alpha", 0.01))
-
-
-@_op("Clip")
-def _clip(mod: OnnxGraphModule, step: _Step, x: Value, lo: Value = None,
-          hi: Value = None) -> torch.Tensor:
-    lo = step.attrs["min"] if "min" in step.attrs else lo
-    hi = step.attrs["max"] if "max" in step.attrs else hi
-    if lo is None and hi is None:
-        return x
-    return torch.clamp(x, lo, hi)
-
-
-@_op("Softmax", "LogSoftmax")
-def _softmax(mod: OnnxGraphModule, step: _Step, x: Value) -> torch.Tensor:
-    fn = torch.softmax if step.op == "Softmax" else torch.log_softmax
-    axis = step.attrs.get("axis", -1 if mod._opset >= 13 else 1)
-    if mod._opset >= 13:
-        return fn(x, axis)
-    axis = axis % x.dim()  # before opset 13: softmax over the input coerced to 2-D at `axis`
-    return fn(x.reshape(math.prod(x.shape[:axis]), -1), 1).reshape(x.shape)
-
-
-@_op("Transpose")
-def _transpose(mod: OnnxGraphModule, step: _Step, x: Value) -> torch.Tensor:
-    x = _tensor(x)
-    return x.permute(step.attrs.get("perm", list(range(x.dim()))[::-1]))
-
-
-@_op("Flatten")
-def _flatten(mod: OnnxGraphModule, step: _Step, x: Value) -> torch.Tensor:
-    x = _tensor(x)
-    axis = step.attrs.get("axis", 1)
-    axis = axis + x.dim() if axis < 0 else axis
-    if axis == 0:
-        return x.reshape(1, -1)
-    if axis == x.dim():
-        return x.reshape(-1, 1)
-    return torch.flatten(torch.flatten(x, axis), 0, axis - 1)
-
-
-@_op("Reshape")
-def _reshape(mod: OnnxGraphModule, step: _Step, x: Value, shape: Value) -> torch.Tensor:
-    x = _tensor(x)
-    target = list(_ints(shape))
-    if not step.attrs.get("allowzero", 0):
-        target = [x.shape[i] if isinstance(d, int) and d == 0 else d
-                  for i, d in enumerate(target)]
-    return x.reshape(target)
-
-
-@_op("Shape")
-def _shape(mod: OnnxGraphModule, step: _Step, x: Value) -> tuple[int, ...]:
-    dims = tuple(_tensor(x).shape)
-    return dims[step.attrs.get("start", 0):step.attrs.get("end", len(dims))]
-
-
-@_op("Gather")
-def _gather(mod: OnnxGraphModule, step: _Step, data: Value, idx: Value) -> Value:
-    axis = step.attrs.get("axis", 0)
-    if not isinstance(data, torch.Tensor) and not isinstance(idx, torch.Tensor):
-        dims = _ints(data)
-        return dims[idx] if isinstance(idx, int) else tuple(dims[i] for i in idx)
-    data, idx = _tensor(data), _tensor(idx)
-    axis = axis % data.dim()
-    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
-    out = torch.index_select(data, axis, idx.reshape(-1))
-    return out.reshape(*data.shape[:axis], *idx.shape, *data.shape[axis + 1:])
-
-
-def _axes(step: _Step, given: Value) -> tuple[int, ...]:
-    return tuple(step.attrs["axes"]) if "axes" in step.attrs else _ints(given)
-
-
-@_op("Unsqueeze")
-def _unsqueeze(mod: OnnxGraphModule, step: _Step, x: Value, axes: Value = None) -> Value:
-    axes = _axes(step, axes)
-    if _int_scalar(x) and axes in ((0,), (-1,)):
-        return (x,)
-    x = _tensor(x)
-    rank = x.dim() + len(axes)
-    for a in sorted(a % rank for a in axes):
-        x = x.unsqueeze(a)
-    return x
-
-
-@_op("Squeeze")
-def _squeeze(mod: OnnxGraphModule, step: _Step, x: Value, axes: Value = None) -> Value:
-    axes = _axes(step, axes) if axes is not None or "axes" in step.attrs else None
-    if isinstance(x, tuple) and len(x) == 1 and axes in (None, (0,), (-1,)):
-        return x[0]
-    x = _tensor(x)
-    if axes is None:
-        return x.squeeze()
-    for a in sorted((a % x.dim() for a in axes), reverse=True):
-        x = x.squeeze(a)
-    return x
-
-
-@_op("Concat")
-def _concat(mod: OnnxGraphModule, step: _Step, *parts: Value) -> Value:
-    if not any(isinstance(p, torch.Tensor) for p in parts):
-        return tuple(i for p in parts for i in _ints(p))
-    return torch.cat([_tensor(p) for p in parts], step.attrs.get("axis", 0))
-
-
-_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32,
-           7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64,
-           16: torch.bfloat16}
-
-
-@_op("Cast")
-def _cast(mod: OnnxGraphModule, step: _Step, x: Value) -> Value:
-    dtype = _DTYPES.get(step.attrs["to"])
-    if dtype is None:
-        raise Unsupported(f"ONNX op Cast (node {step.node}): unsupported target type "
-                          f"{step.attrs['to']}")
-    if not isinstance(x, torch.Tensor) and dtype in (torch.int32, torch.int64):
-        return x
-    return _tensor(x).to(dtype)
-
-
-@_op("MatMul")
-def _matmul(mod: OnnxGraphModule, step: _Step, a: Value, b: Value) -> torch.Tensor:
-    return torch.matmul(a, b)
-
-
-@_op("Gemm")
-def _gemm(mod: OnnxGraphModule, step: _Step, a: Value, b: Value, c: Value = None
-          ) -> torch.Tensor:
-    at = step.attrs
-    a = a.t() if at.get("transA", 0) else a
-    b = b.t() if at.get("transB", 0) else b
-    out = at.get("alpha", 1.0) * (a @ b)
-    return out if c is None else out + at.get("beta", 1.0) * c
-
-
-@_op("GlobalAveragePool", "GlobalMaxPool")
-def _global_pool(mod: OnnxGraphModule, step: _Step, x: Value) -> torch.Tensor:
-    dims = tuple(range(2, x.dim()))
-    return x.mean(dims, keepdim=True) if step.op == "GlobalAveragePool" else x.amax(dims, True)
-
-
-@_op("MaxPool")
-def _max_pool(mod: OnnxGraphModule, step: _Step, x: Value) -> torch.Tensor:
-    a = step.attrs
-    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(a["kernel"]) - 1]
-    return fn(x, a["kernel"], a["strides"], a["pads"], a["dilations"], a["ceil_mode"])
-
-
-@_op("AveragePool")
-def _avg_pool(mod: OnnxGraphModule, step: _Step, x: Value) -> torch.Tensor:
-    a = step.attrs
-    fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[len(a["kernel"]) - 1]
-    return fn(x, a["kernel"], a["strides"], a["pads"], a["ceil_mode"], a["count_include_pad"])
-
-
-@_op("conv", "linear")
-def _layer(mod: OnnxGraphModule, step: _Step, x: Value) -> torch.Tensor:
-    if step.attrs.get("pad"):
-        x = F.pad(x, step.attrs["pad"])
-    if step.attrs.get("transA"):
-        x = x.t()
-    return mod._modules[step.module](x)  # looked up at call time: swapped layers run
-
-
-@_op("batchnorm")
-def _batchnorm(mod: OnnxGraphModule, step: _Step, x: Value) -> torch.Tensor:
-    bn = mod._modules[step.module]
-    if x.dim() == 4:
-        return bn(x)
-    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
-                        bn.eps)
-
-
-SUPPORTED = tuple(sorted(
-    {n for n in _OPS if n[0].isupper()} | {"BatchNormalization", "Constant", "Conv"}))
+SUPPORTED = tuple(sorted({n for n in _OPS if n[0].isupper()} | {"Constant"}))
 
 
 class OnnxGraphModule(nn.Module):
-    """A converted ONNX graph: steps run in order; layers are named submodules."""
+    """A converted ONNX graph: steps run in order; layers are named submodules.
 
-    def __init__(self, input_name: str, output_names: list[str], opset: int) -> None:
+    ``forward(*inputs)`` takes one tensor per name in ``input_names`` (the graph inputs that are
+    not initializers, in graph order) and returns a tensor when the graph has one output, else
+    a tuple in ``output_names`` order. ``weight_sources`` maps a layer submodule name to
+    ``(initializer name, transposed)``.
+    """
+
+    def __init__(self, input_names: list[str], output_names: list[str], opset: int) -> None:
         super().__init__()
-        self._input_name = input_name
-        self._output_names = list(output_names)
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.weight_sources: dict[str, tuple[str, bool]] = {}
         self._opset = opset
         self._steps: list[_Step] = []
         self._py_consts: dict[str, Value] = {}  # small integer constants as Python values
         self._buffer_of: dict[str, str] = {}  # value name -> buffer attribute name
+
+    @property
+    def _input_name(self) -> str:  # the single-input name older callers use
+        return self.input_names[0] if self.input_names else ""
+
+    @property
+    def _output_names(self) -> list[str]:
+        return self.output_names
 
     def _value(self, env: dict[str, Value], name: str) -> Value:
         if name == "":
@@ -337,21 +93,32 @@ class OnnxGraphModule(nn.Module):
             return self._py_consts[name]
         return getattr(self, self._buffer_of[name])
 
-    def forward(self, x: torch.Tensor) -> Any:
-        env: dict[str, Value] = {self._input_name: x}
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        if len(inputs) != len(self.input_names):
+            raise TypeError(f"the ONNX graph takes {len(self.input_names)} inputs "
+                            f"({', '.join(self.input_names)}); got {len(inputs)}")
+        env: dict[str, Value] = dict(zip(self.input_names, inputs))
         for step in self._steps:
             out = _OPS[step.op](self, step, *(self._value(env, n) for n in step.inputs))
-            env[step.outputs[0]] = out
-        outs = tuple(self._value(env, n) for n in self._output_names)
+            if isinstance(out, list):
+                env.update((n, v) for n, v in zip(step.outputs, out) if n)
+            else:
+                env[step.outputs[0]] = out
+        outs = tuple(_tensor(self._value(env, n)) for n in self.output_names)
         return outs[0] if len(outs) == 1 else outs
 
 
 def _attrs(node: Any) -> dict[str, Any]:
-    from onnx import helper
+    from onnx import AttributeProto, helper, numpy_helper
 
     out = {}
     for a in node.attribute:
+        if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+            raise Unsupported(f"ONNX op {node.op_type} (node {node.name or '?'}): subgraphs "
+                              "(control flow) are not supported")
         v = helper.get_attribute_value(a)
+        if a.type == AttributeProto.TENSOR:
+            v = _to_torch_const(numpy_helper.to_array(v))
         out[a.name] = v.decode() if isinstance(v, bytes) else v
     return out
 
@@ -369,8 +136,9 @@ def _sparse_to_array(sp: Any) -> np.ndarray:
 
 
 def _to_torch_const(arr: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.array(arr, copy=True))
-    return t.float() if t.is_floating_point() else t  # inputs are float32
+    if arr.dtype == object:
+        raise Unsupported("string tensors are not supported")
+    return torch.from_numpy(np.array(arr, copy=True))
 
 
 def _constant_value(node: Any) -> torch.Tensor:
@@ -390,11 +158,14 @@ def _constant_value(node: Any) -> torch.Tensor:
 
 
 def _runtime(t: torch.Tensor) -> Value:
-    """Small integer tensors become Python ints/tuples; anything else stays a tensor."""
-    if not t.is_floating_point() and t.dtype != torch.bool and t.dim() <= 1 \
-            and t.numel() <= _SMALL_INT:
+    """Small int64 tensors become Python ints/tuples; anything else stays a tensor."""
+    if t.dtype == torch.int64 and t.dim() <= 1 and t.numel() <= _SMALL_INT:
         return int(t) if t.dim() == 0 else tuple(int(i) for i in t.tolist())
     return t
+
+
+def _where(node: Any, index: int) -> str:
+    return f"ONNX op {node.op_type} (node {node.name or index})"
 
 
 class _Builder:
@@ -410,11 +181,10 @@ class _Builder:
             self.consts[init.name] = _to_torch_const(numpy_helper.to_array(init))
         for sp in graph.sparse_initializer:
             self.consts[sp.values.name] = _to_torch_const(_sparse_to_array(sp))
+        self.initializers = set(self.consts)
         inputs = [i for i in graph.input if i.name not in self.consts]
-        if len(inputs) != 1:
-            raise Unsupported(f"the ONNX graph has {len(inputs)} inputs; sparsebench's importer "
-                              f"converts single-input models")
-        self.module = OnnxGraphModule(inputs[0].name, [o.name for o in graph.output], self.opset)
+        self.module = OnnxGraphModule([i.name for i in inputs], [o.name for o in graph.output],
+                                      self.opset)
         self.consumers: dict[str, int] = {}
         for node in graph.node:
             for name in node.input:
@@ -423,7 +193,7 @@ class _Builder:
             self.consumers[o.name] = self.consumers.get(o.name, 0) + 1
         self.skip: set[int] = set()
         self.taken: set[str] = set()
-        self.batch_dims = self.fixed_batch_dims(model, inputs[0])
+        self.batch_dims = self.fixed_batch_dims(model, inputs[0]) if len(inputs) == 1 else None
 
     @staticmethod
     def fixed_batch_dims(model: Any, value: Any) -> tuple[int, dict[str, int]] | None:
@@ -474,61 +244,74 @@ class _Builder:
         return self.consts.get(name) if name else None
 
     def add(self, node: Any, op: str, inputs: list[str], attrs: dict[str, Any],
-            layer: nn.Module | None = None, index: int = 0, outputs: list[str] | None = None
-            ) -> None:
+            layer: nn.Module | None = None, index: int = 0, outputs: list[str] | None = None,
+            weight: tuple[str, bool] | None = None) -> None:
         step = _Step(op, node.name or f"#{index}", tuple(inputs),
                      tuple(outputs or node.output), attrs)
         if layer is not None:
             step.module = self.module_name(node, index)
             self.module.add_module(step.module, layer.eval())
+            if weight is not None and weight[0] in self.initializers:
+                self.module.weight_sources[step.module] = weight
         self.module._steps.append(step)
+
+    def check(self, node: Any, index: int) -> None:
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx") or op not in SUPPORTED:
+            qualified = f"{node.domain}.{op}" if node.domain not in ("", "ai.onnx") else op
+            raise Unsupported(
+                f"ONNX op {qualified} (node {node.name or index}) is not supported by "
+                f"sparsebench's ONNX importer; supported: {', '.join(SUPPORTED)}")
+        if op in _MULTI_OUTPUT:
+            return
+        for extra in node.output[1:]:
+            if extra and self.consumers.get(extra):
+                raise Unsupported(f"{_where(node, index)}: its output {extra!r} (output "
+                                  f"{list(node.output).index(extra)}) is not supported")
 
     def build(self) -> OnnxGraphModule:
         for index, node in enumerate(self.graph.node):
             if index in self.skip:
                 continue
             op = node.op_type
-            if node.domain not in ("", "ai.onnx") or op not in SUPPORTED:
-                qualified = f"{node.domain}.{op}" if node.domain not in ("", "ai.onnx") else op
-                raise Unsupported(
-                    f"ONNX op {qualified} (node {node.name or index}) is not supported by "
-                    f"sparsebench's ONNX importer; supported: {', '.join(SUPPORTED)}")
-            for extra in node.output[1:]:
-                if extra and self.consumers.get(extra):
-                    raise Unsupported(f"ONNX op {op} (node {node.name or index}): its output "
-                                      f"{extra!r} (output {list(node.output).index(extra)}) "
-                                      "is not supported")
-            attrs = _attrs(node)
-            if op == "Constant":
+            if op == "Constant" and node.domain in ("", "ai.onnx"):
                 self.consts[node.output[0]] = _constant_value(node)
-            elif op == "Conv":
+                continue
+            self.check(node, index)
+            attrs = _attrs(node)
+            if all(n == "" or n in self.consts for n in node.input):
+                self.fold(node, index, attrs)
+            elif op == "Conv" and self.const(node.input[1]) is not None:
                 self.conv(node, index, attrs)
-            elif op == "BatchNormalization":
-                self.batchnorm(node, index, attrs)
+            elif op == "ConvTranspose" and self.const(node.input[1]) is not None:
+                self.conv_transpose(node, index, attrs)
+            elif op == "BatchNormalization" and self.batchnorm(node, index, attrs):
+                pass
             elif op in ("Gemm", "MatMul") and self.linear(node, index, attrs):
                 pass
-            elif op in ("MaxPool", "AveragePool"):
+            elif op in ("MaxPool", "AveragePool", "LpPool"):
                 self.add(node, op, list(node.input), self.pool_attrs(node, index, attrs))
-            elif all(n == "" or n in self.consts for n in node.input):
-                self.fold(node, attrs)
             elif op == "Reshape":
                 self.add(node, op, self.reshape_inputs(node, attrs), attrs)
             else:
-                self.add(node, op, list(node.input)[:1] if op == "Dropout" else
-                         list(node.input), attrs)
+                self.add(node, op, list(node.input), attrs, index=index)
         self.register_constants()
         return self.module
 
-    def fold(self, node: Any, attrs: dict[str, Any]) -> None:
-        step = _Step(node.op_type, node.name, tuple(node.input), tuple(node.output), attrs)
+    def fold(self, node: Any, index: int, attrs: dict[str, Any]) -> None:
+        step = _Step(node.op_type, node.name or f"#{index}", tuple(node.input),
+                     tuple(node.output), attrs)
+        if node.op_type in ("MaxPool", "AveragePool", "LpPool"):
+            step.attrs = self.pool_attrs(node, index, attrs)
         args = [None if n == "" else _runtime(self.consts[n]) for n in node.input]
-        if node.op_type == "Dropout":
-            args = args[:1]
         out = _OPS[node.op_type](self.module, step, *args)
-        self.consts[node.output[0]] = out if isinstance(out, torch.Tensor) else _tensor(out)
+        outs = out if isinstance(out, list) else [out]
+        for name, value in zip(node.output, outs):
+            if name:
+                self.consts[name] = value if isinstance(value, torch.Tensor) else _tensor(value)
 
     def register_constants(self) -> None:
-        used = {n for s in self.module._steps for n in s.inputs} | set(self.module._output_names)
+        used = {n for s in self.module._steps for n in s.inputs} | set(self.module.output_names)
         for name in sorted(used & set(self.consts)):
             value = _runtime(self.consts[name])
             if isinstance(value, torch.Tensor):
@@ -540,41 +323,67 @@ class _Builder:
             else:
                 self.module._py_consts[name] = value
 
-    def need_const(self, node: Any, index: int, name: str, what: str) -> torch.Tensor:
-        t = self.const(name)
-        if t is None:
-            raise Unsupported(f"ONNX op {node.op_type} (node {node.name or index}): a non-constant "
-                              f"{what} is not supported")
-        return t
-
     def conv(self, node: Any, index: int, attrs: dict[str, Any]) -> None:
-        w = self.need_const(node, index, node.input[1], "weight")
+        w = self.consts[node.input[1]]
         b = self.const(node.input[2]) if len(node.input) > 2 else None
-        where = f"ONNX op Conv (node {node.name or index})"
-        if w.dim() != 4:
-            raise Unsupported(f"{where}: only 2-D convolutions are supported")
-        if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            raise Unsupported(f"{where}: auto_pad={attrs['auto_pad']} is not supported")
-        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        n = w.dim() - 2
+        if not 1 <= n <= 3:
+            raise Unsupported(f"{_where(node, index)}: {n}-D convolutions are not supported")
+        auto_pad = attrs.get("auto_pad", "NOTSET")
+        pads = [0] * 2 * n if auto_pad == "VALID" else list(attrs.get("pads", [0] * 2 * n))
+        symmetric = pads[:n] == pads[n:] and auto_pad in ("NOTSET", "VALID")
         groups = int(attrs.get("group", 1))
-        layer = skip_init(nn.Conv2d, w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),
-                          stride=tuple(attrs.get("strides", [1, 1])),
-                          padding=(pads[0], pads[1]) if pads[:2] == pads[2:] else 0,
-                          dilation=tuple(attrs.get("dilations", [1, 1])), groups=groups,
-                          bias=b is not None)
+        cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[n - 1]
+        strides = list(attrs.get("strides", [1] * n))
+        dilations = list(attrs.get("dilations", [1] * n))
+        layer = skip_init(cls, w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),
+                          stride=tuple(strides), padding=tuple(pads[:n]) if symmetric else 0,
+                          dilation=tuple(dilations), groups=groups, bias=b is not None)
+        self.copy_params(layer, w, b)
+        extra: dict[str, Any] = {}
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            extra = {"auto_pad": auto_pad, "kernel": list(w.shape[2:]), "strides": strides,
+                     "dilations": dilations}
+        elif not symmetric:
+            extra = {"pad": [p for i in reversed(range(n)) for p in (pads[i], pads[i + n])]}
+        self.add(node, "conv", [node.input[0]], extra, layer, index,
+                 weight=(node.input[1], False))
+
+    @staticmethod
+    def copy_params(layer: nn.Module, w: torch.Tensor, b: torch.Tensor | None) -> None:
         with torch.no_grad():
             layer.weight.copy_(w)
             if b is not None:
                 layer.bias.copy_(b.reshape(-1))
-        extra = {} if pads[:2] == pads[2:] else {"pad": (pads[1], pads[3], pads[0], pads[2])}
-        self.add(node, "conv", [node.input[0]], extra, layer, index)
 
-    def batchnorm(self, node: Any, index: int, attrs: dict[str, Any]) -> None:
-        scale, bias, mean, var = (self.need_const(node, index, n, what) for n, what in
-                                  zip(node.input[1:5], ("scale", "bias", "mean", "variance")))
-        if attrs.get("training_mode", 0):
-            raise Unsupported(f"ONNX op BatchNormalization (node {node.name or index}): "
-                              "training_mode=1 is not supported")
+    def conv_transpose(self, node: Any, index: int, attrs: dict[str, Any]) -> None:
+        w = self.consts[node.input[1]]
+        b = self.const(node.input[2]) if len(node.input) > 2 else None
+        if len(node.input) > 2 and node.input[2] and b is None:
+            self.add(node, "ConvTranspose", list(node.input), attrs, index=index)
+            return
+        n = w.dim() - 2
+        if not 1 <= n <= 3:
+            raise Unsupported(f"{_where(node, index)}: {n}-D convolutions are not supported")
+        groups = int(attrs.get("group", 1))
+        cls = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[n - 1]
+        layer = skip_init(cls, w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]),
+                          stride=tuple(attrs.get("strides", [1] * n)), padding=0,
+                          dilation=tuple(attrs.get("dilations", [1] * n)), groups=groups,
+                          bias=b is not None)
+        self.copy_params(layer, w, b)
+        self.add(node, "conv_transpose", [node.input[0]], {**attrs, "kernel": list(w.shape[2:])},
+                 layer, index, weight=(node.input[1], False))
+
+    def batchnorm(self, node: Any, index: int, attrs: dict[str, Any]) -> bool:
+        """BatchNormalization with constant statistics -> nn.BatchNorm2d (eval)."""
+        params = [self.const(n) for n in node.input[1:5]]
+        if attrs.get("training_mode", 0) or not attrs.get("spatial", 1):
+            raise Unsupported(f"{_where(node, index)}: training_mode=1 / spatial=0 is not "
+                              "supported")
+        if any(p is None for p in params) or not params[0].is_floating_point():
+            return False
+        scale, bias, mean, var = params
         layer = nn.BatchNorm2d(scale.numel(), eps=float(attrs.get("epsilon", 1e-5)))
         with torch.no_grad():
             layer.weight.copy_(scale)
@@ -582,34 +391,38 @@ class _Builder:
             layer.running_mean.copy_(mean)
             layer.running_var.copy_(var)
         self.add(node, "batchnorm", [node.input[0]], {}, layer, index)
+        return True
 
     def linear(self, node: Any, index: int, attrs: dict[str, Any]) -> bool:
         """Gemm/MatMul with a constant 2-D weight -> nn.Linear; False to run it generically."""
         w = self.const(node.input[1])
-        if w is None or w.dim() != 2 or node.input[0] in self.consts:
+        if w is None or w.dim() != 2 or node.input[0] in self.consts \
+                or not w.is_floating_point():
             return False
         bias, outputs = None, list(node.output)
         if node.op_type == "Gemm":
-            weight = w if attrs.get("transB", 0) else w.t()
-            weight = weight * attrs.get("alpha", 1.0)
+            transposed = not attrs.get("transB", 0)
+            weight = w.t() if transposed else w
+            alpha = attrs.get("alpha", 1.0)
+            weight = weight * alpha
             if len(node.input) > 2 and node.input[2]:
                 c = self.const(node.input[2])
                 if c is None or c.numel() not in (1, weight.shape[0]) or \
                         (c.dim() == 2 and c.shape[0] != 1):
                     return False
                 bias = c.reshape(-1).expand(weight.shape[0]) * attrs.get("beta", 1.0)
+            source = (node.input[1], transposed) if alpha == 1.0 else None
         else:
             weight = w.t()
+            source = (node.input[1], True)
             add = self.bias_add(node.output[0], weight.shape[0])
             if add is not None:
                 bias, outputs = add
-        layer = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None)
-        with torch.no_grad():
-            layer.weight.copy_(weight)
-            if bias is not None:
-                layer.bias.copy_(bias)
+        layer = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None,
+                          dtype=weight.dtype)
+        self.copy_params(layer, weight, bias)
         extra = {"transA": 1} if attrs.get("transA", 0) else {}
-        self.add(node, "linear", [node.input[0]], extra, layer, index, outputs)
+        self.add(node, "linear", [node.input[0]], extra, layer, index, outputs, source)
         return True
 
     def bias_add(self, value: str, units: int) -> tuple[torch.Tensor, list[str]] | None:
@@ -627,26 +440,24 @@ class _Builder:
         return None
 
     def pool_attrs(self, node: Any, index: int, attrs: dict[str, Any]) -> dict[str, Any]:
-        where = f"ONNX op {node.op_type} (node {node.name or index})"
         kernel = list(attrs["kernel_shape"])
         n = len(kernel)
-        pads = list(attrs.get("pads", [0] * 2 * n))
         if not 1 <= n <= 3:
-            raise Unsupported(f"{where}: {n}-D pooling is not supported")
-        if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            raise Unsupported(f"{where}: auto_pad={attrs['auto_pad']} is not supported")
-        if pads[:n] != pads[n:] or any(p > k // 2 for p, k in zip(pads, kernel)):
-            raise Unsupported(f"{where}: pads {pads} (asymmetric or over half the kernel) are "
-                              "not supported")
+            raise Unsupported(f"{_where(node, index)}: {n}-D pooling is not supported")
         dilations = list(attrs.get("dilations", [1] * n))
-        if node.op_type == "AveragePool" and any(d != 1 for d in dilations):
-            raise Unsupported(f"{where}: dilations are not supported")
+        if node.op_type != "MaxPool" and any(d != 1 for d in dilations):
+            raise Unsupported(f"{_where(node, index)}: dilations are not supported")
         return {"kernel": kernel, "strides": list(attrs.get("strides", [1] * n)),
-                "pads": pads[:n], "dilations": dilations,
-                "ceil_mode": bool(attrs.get("ceil_mode", 0)),
+                "pads": list(attrs.get("pads", [0] * 2 * n)), "dilations": dilations,
+                "auto_pad": attrs.get("auto_pad", "NOTSET"),
+                "ceil_mode": bool(attrs.get("ceil_mode", 0)), "p": attrs.get("p", 2),
                 "count_include_pad": bool(attrs.get("count_include_pad", 0))}
 
 
 def to_torch(model: Any) -> OnnxGraphModule:
     """An ``onnx.ModelProto`` as an ``OnnxGraphModule`` in eval mode; ``Unsupported`` if not."""
+    if len(model.functions):
+        from onnx import inliner
+
+        model = inliner.inline_local_functions(model)
     return _Builder(model).build().eval()
