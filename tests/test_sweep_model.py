@@ -33,13 +33,22 @@ def _onnx_mlp(tmp_path: Path) -> Path:
     return path
 
 
-def _sweep(model: Path, tmp_path: Path, *extra: str) -> dict:
+def _sweep(model: Path, tmp_path: Path, *extra: str, formats: str = "csr",
+           backends: str = "scipy") -> dict:
     out = tmp_path / "sweep.json"
-    rc = main(["sweep", str(model), "--sparsities", "50,90", "--formats", "dense,csr",
-               "--backends", "torch,onnxruntime", "--json", str(out),
+    rc = main(["sweep", str(model), "--sparsities", "50,90", "--formats", formats,
+               "--backends", backends, "--json", str(out),
                "--save-models", str(tmp_path / "pruned"), *QUICK, *extra])
     assert rc == 0
     return json.loads(out.read_text())
+
+
+class _Args:
+    """The sweep's arguments that ``make_models`` reads."""
+
+    def __init__(self, model: Path, target: str, granularity: str) -> None:
+        self.model, self.target, self.granularity = str(model), target, granularity
+        self.arch, self.input_shape, self.trust, self.seed = None, None, False, 0
 
 
 def _onnx_weights(path: Path) -> dict[str, np.ndarray]:
@@ -49,15 +58,31 @@ def _onnx_weights(path: Path) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
 
 
-@pytest.mark.parametrize("target,granularity", [("prune-s", "weight"), ("prune-l", "filter")])
+def test_sweep_of_an_onnx_file(tmp_path: Path) -> None:
+    src = _onnx_mlp(tmp_path)
+    doc = _sweep(src, tmp_path, "--target", "prune-l", formats="dense,csr",
+                 backends="onnxruntime,scipy")
+    assert doc["sweep"]["target"] == "prune-l" and doc["sweep"]["granularity"] == "weight"
+    assert doc["sweep"]["sparsity_of"] == {"mlp-s50": 50, "mlp-s90": 90}
+    assert {r["status"] for r in doc["rows"]} == {"ok"} and len(doc["rows"]) == 2 * 2
+    assert sorted(p.name for p in (tmp_path / "pruned").iterdir()) == ["mlp-s50.onnx",
+                                                                        "mlp-s90.onnx"]
+    kinds = {m["kind"] for m in doc["models"].values()}
+    assert kinds == {"onnx"}  # ORT dense ran the pruned ONNX bytes themselves
+
+
+@pytest.mark.parametrize("target,granularity", [("prune-s", "weight"), ("prune-r", "weight"),
+                                                ("prune-l", "filter")])
 def test_onnx_in_onnx_out(tmp_path: Path, target: str, granularity: str) -> None:
     import onnxruntime as ort
 
+    from sparsebench.sweep import make_models
+
     src = _onnx_mlp(tmp_path)
-    doc = _sweep(src, tmp_path, "--target", target, "--granularity", granularity)
-    assert doc["sweep"]["target"] == target and doc["sweep"]["granularity"] == granularity
-    assert {r["status"] for r in doc["rows"]} == {"ok"} and len(doc["rows"]) == 2 * 3
-    saved = sorted((tmp_path / "pruned").iterdir())
+    base, paths, trust = make_models(_Args(src, target, granularity), [50.0, 90.0],
+                                     tmp_path / "pruned")
+    assert base == "mlp" and not trust
+    saved = sorted(Path(p) for p in paths)
     assert [p.name for p in saved] == ["mlp-s50.onnx", "mlp-s90.onnx"]
     original = load_model(src)
     sources = original.module.weight_sources
@@ -93,7 +118,15 @@ def test_onnx_in_onnx_out(tmp_path: Path, target: str, granularity: str) -> None
                 assert norms[dead].min() >= norms[~dead].max()
         head = sources[next(n for n, m in original.module.named_modules()
                             if isinstance(m, nn.Linear) and n not in layers)][0]
-        assert np.array_equal(weights[head], before[head])  # the head stays as it was
+        if granularity == "weight":
+            assert np.array_equal(weights[head], before[head])  # the head stays as it was
+        else:  # its units are not pruned; only its inputs from the removed neurons are zero
+            w = pruned.get_submodule(layers[1]).weight.detach()
+            fed = ~(w == 0).all(1).numpy()
+            cols = weights[head] if sources[layers[1]][1] else weights[head].T
+            assert np.array_equal(cols[fed], (before[head] if sources[layers[1]][1]
+                                              else before[head].T)[fed])
+            assert not cols[~fed].any()
 
 
 def test_pickled_module_in_pickled_module_out(tmp_path: Path) -> None:
