@@ -172,8 +172,10 @@ def _source(args: argparse.Namespace) -> _Source:
         return _Source(base, fresh, shape, ".pt", _checkpoint_writer(meta, args))
     if loaded.kind == "state-dict":
         return _Source(base, fresh, shape, ".pt", _torch_writer(lambda m: m.state_dict()))
-    # a pickled module: pickled whole again (we wrote it, so loading it with trust is safe)
-    return _Source(base, fresh, shape, ".pt", _torch_writer(lambda m: m), trust=True)
+    if loaded.kind == "pickled-module":  # pickled whole again (we wrote it: trust is safe)
+        return _Source(base, fresh, shape, ".pt", _torch_writer(lambda m: m), trust=True)
+    raise SparsebenchError(f"{args.model}: a {loaded.kind} model cannot be written back pruned; "
+                           "give the module, its state_dict or its ONNX export")
 
 
 def _onnx_writer(path: str) -> Callable[[nn.Module, dict[str, Any], float, Path], None]:
