@@ -215,3 +215,53 @@ def test_saved_models_are_never_overwritten_unasked(tmp_path: Path, capsys) -> N
     assert main(["sweep", str(src), "--save-models", str(tmp_path / "pruned"), "--no-plot"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "pruned" / "keep.txt").read_text() == "mine"
+
+
+class _TimmStyleAttention(nn.Module):
+    """timm's Attention layout: one packed qkv Linear, an output proj, ``num_heads``."""
+
+    def __init__(self, dim: int = 16, num_heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        heads = nn.functional.scaled_dot_product_attention(q, k, v)  # b, heads, n, d
+        if drop is not None:  # the reference: those heads' outputs removed
+            heads = heads * (~drop).view(1, -1, 1, 1)
+        return self.proj(heads.transpose(1, 2).reshape(b, n, c))
+
+
+def test_filter_granularity_prunes_attention_heads() -> None:
+    from sparsebench.pruning.oneshot import attention_heads, ffn_pairs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), _TimmStyleAttention(), nn.Linear(16, 2)).eval()
+    mha = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True).eval()
+    assert [b.heads for b in attention_heads(model)] == [4]
+    assert [b.out for b in attention_heads(mha)] == ["self_attn.out_proj"]
+    x = torch.randn(2, 5, 8)
+    before = copy.deepcopy(model)
+    masks = one_shot_prune(model, 0.5, ["1.qkv", "1.proj"], granularity="filter")
+    assert set(masks) == {"1.qkv.weight", "1.proj.weight"}
+    dead = (model[1].proj.weight.reshape(16, 4, 4) == 0).all(2).all(0)
+    assert int(dead.sum()) == 2  # round(0.5 * 4) whole heads
+    qkv = model[1].qkv.weight.reshape(3, 4, 4, 16)
+    assert bool((qkv[:, dead] == 0).all()) and bool((qkv[:, ~dead] != 0).all())
+    assert bool((model[1].qkv.bias.reshape(3, 4, 4)[:, dead] == 0).all())
+    assert bool((model[1].proj.weight.reshape(16, 4, 4)[:, ~dead] != 0).all())
+    with torch.no_grad():  # the output is the unpruned model's without those heads
+        want = before[2](before[1](before[0](x), drop=dead))
+        assert torch.allclose(model(x), want, atol=1e-6)
+    assert [(p.name, p.consumer) for p in ffn_pairs(mha)] == [("linear1", "linear2")]
+    one_shot_prune(mha, 0.75, ["self_attn.out_proj", "linear1"], granularity="filter",
+                   chains=ffn_pairs(mha))
+    w = mha.self_attn.in_proj_weight.reshape(3, 4, 4, 16)
+    assert int((w == 0).all(3).all(2).all(0).sum()) == 3  # heads: 3 of 4
+    gone = (mha.linear1.weight == 0).all(1)
+    assert int(gone.sum()) == 24  # FFN neurons: 24 of 32, with their linear2 columns
+    assert bool((mha.linear2.weight[:, gone] == 0).all())
+    assert bool((mha.linear2.weight[:, ~gone] != 0).all())
+    assert bool(torch.isfinite(mha(torch.randn(2, 5, 16))).all())
