@@ -60,11 +60,11 @@ def _onnx_weights(path: Path) -> dict[str, np.ndarray]:
 
 def test_sweep_of_an_onnx_file(tmp_path: Path) -> None:
     src = _onnx_mlp(tmp_path)
-    doc = _sweep(src, tmp_path, "--target", "prune-l", formats="dense,csr",
-                 backends="onnxruntime,scipy")
+    doc = _sweep(src, tmp_path, "--target", "prune-l", formats="dense",
+                 backends="onnxruntime")
     assert doc["sweep"]["target"] == "prune-l" and doc["sweep"]["granularity"] == "weight"
     assert doc["sweep"]["sparsity_of"] == {"mlp-s50": 50, "mlp-s90": 90}
-    assert {r["status"] for r in doc["rows"]} == {"ok"} and len(doc["rows"]) == 2 * 2
+    assert {r["status"] for r in doc["rows"]} == {"ok"} and len(doc["rows"]) == 2
     assert sorted(p.name for p in (tmp_path / "pruned").iterdir()) == ["mlp-s50.onnx",
                                                                         "mlp-s90.onnx"]
     kinds = {m["kind"] for m in doc["models"].values()}

@@ -8,8 +8,9 @@ prune-r: at random), so the sweep and the trainer share one definition of the ta
   weights of each layer end up zero (weights already zero count towards it).
 * filter granularity: the unit is an output channel/neuron (a weight row), scored by its L2
   norm; exactly ``round(s * units)`` rows end up zero. Where the graph says which layer consumes
-  the units (``graph.analysis.layer_chains``: a transformer FFN's first Linear feeds its second,
-  a conv feeds the next conv through BatchNorm/ReLU), the unit is removed whole: the consumer's
+  the units (``graph.analysis.layer_chains``: a conv feeds the next conv through BatchNorm/ReLU)
+  or, when the graph IR cannot read the model, the module tree does (``ffn_pairs``: a
+  transformer FFN's first Linear feeds its second), the unit is removed whole: the consumer's
   input columns it fed are zeroed too, and so are its bias and BatchNorm scale and shift, which
   then reach nothing (the model's output is that of the model without the unit, and the
   ``structured`` format can drop it). In attention blocks found in the module tree
