@@ -52,6 +52,8 @@ def _archs(args: argparse.Namespace) -> int:
         table.add_row(name, "x".join(map(str, model.input_shape)), f"{count:,}",
                       ARCHS.meta(name).get("classifier", "-"), ARCHS.help(name))
     console().print(table)
+    console().print("and torchvision:NAME / timm:NAME (random weights) where torchvision and timm "
+                    "import: docs/zoo.md")
     return 0
 
 
