@@ -361,9 +361,27 @@ def build_zoo_model(lib: str, name: str, in_channels: int | None = None,
                                    + (f"; close: {', '.join(close)}" if close else "")) from None
         raise SparsebenchError(f"{lib}:{name} could not be built: "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    _redraw_zero_weights(model)
     c, size = _zoo_default_input(lib, name)
     model.input_shape = (in_channels or c, input_size or size, input_size or size)
     return model.eval()
+
+
+@torch.no_grad()
+def _redraw_zero_weights(model: nn.Module) -> None:
+    """Weights a zoo initialises to exactly zero (torchvision ViT's head, the last BatchNorm of
+    each block of timm's ResNets) are drawn anew (norm scales set to 1), so every layer reaches
+    the output and a measured error against the dense output means something."""
+    for mod in model.modules():
+        w = getattr(mod, "weight", None)
+        if not isinstance(w, nn.Parameter) or w.numel() == 0 or bool(w.any()):
+            continue
+        if isinstance(mod, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+            w.fill_(1.0)
+        elif hasattr(mod, "reset_parameters"):
+            mod.reset_parameters()
+        else:
+            nn.init.normal_(w, std=0.02)
 
 
 def create_model(name: str, in_channels: int | None = None, input_size: int | None = None,

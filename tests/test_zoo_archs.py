@@ -66,6 +66,10 @@ def test_zoo_architectures_are_built_at_their_input_size_with_nothing_downloaded
         assert a(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)  # their own head
     assert create_model("timm:resnet18", in_channels=1, num_classes=10).conv1.in_channels == 1
     assert list(tmp_path.iterdir()) == []  # no cache folder was even created
+    # weights a zoo initialises to zero are drawn anew: every layer reaches the output
+    assert bool(b.layer1[0].bn2.weight.all())  # timm zero-inits each block's last BatchNorm
+    vit = create_model("torchvision:vit_b_16")
+    assert bool(vit.heads.head.weight.any())  # torchvision zero-inits the ViT head
 
 
 @needs_zoo
