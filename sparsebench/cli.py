@@ -12,8 +12,9 @@ from sparsebench import __version__
 from sparsebench.errors import SparsebenchError
 from sparsebench.report import add_html_flag, html_output
 from sparsebench.shipped import DEFAULT_MODEL  # models/lenet5_prune_l.pt, shipped in the wheel
-from sparsebench.ui import (command_line, console, floats, force_flag, ints, no_success_exit,
-                            progress_display, record_argv, warn_threads)
+from sparsebench.ui import (command_line, console, floats, force_flag, fresh_workers_flag, ints,
+                            no_success_exit, progress_display, record_argv, warn_threads,
+                            wide_flag)
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -418,6 +419,11 @@ def _measure(args: argparse.Namespace) -> int:
         from sparsebench.loading import parse_input_shape
 
         input_shape = parse_input_shape(args.input_shape)
+    from dataclasses import asdict
+
+    from sparsebench.model_io import parse_input_flags
+
+    args.inputs = parse_input_flags(args.input)
     cfg = MeasureConfig(
         models=paths, formats=split_list(args.formats), backends=split_list(args.backends)
         or BACKENDS.names(), batches=args.batch, threads=args.threads,
@@ -425,6 +431,7 @@ def _measure(args: argparse.Namespace) -> int:
         data=None if args.data in ("auto", "none") else args.data, data_dir=args.data_dir,
         data_limit=args.data_limit, per_layer=args.per_layer, arch=args.arch,
         input_shape=list(input_shape) if input_shape else None, trust=args.trust,
+        inputs=[asdict(s) for s in args.inputs],
         index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout,
         max_memory=parse_size(args.max_memory), inject_slowdown=args.inject_slowdown)
     cfg.validate()
@@ -448,15 +455,16 @@ def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input
                      ab: Any, claim: Any, html: Callable[..., Any] | None) -> int:
     """``measure`` once its outputs are checked and the results file is claimed."""
     from sparsebench.loading import load_model
-    from sparsebench.measure.harness import footprint, model_info, plan, run_plan
-    from sparsebench.measure.report import print_report, row_cells
+    from sparsebench.measure.harness import (estimate_seconds, footprint, model_info, plan,
+                                             plan_line, run_plan)
+    from sparsebench.measure.report import print_report, progress_line
     from sparsebench.measure.results import ResultsFile
     from sparsebench.outputs import atomic_write_text
 
     out = console()
     names = _unique_names(paths)
-    loaded = {p: load_model(p, arch=args.arch, input_shape=input_shape, trust=args.trust)
-              for p in paths}
+    loaded = {p: load_model(p, arch=args.arch, input_shape=input_shape, trust=args.trust,
+                            inputs=args.inputs) for p in paths}
     if args.data == "auto":
         found = {_auto_data(m) for m in loaded.values()} - {None}
         cfg.data = found.pop() if len(found) == 1 else None
@@ -473,33 +481,38 @@ def _measure_claimed(args: argparse.Namespace, cfg: Any, paths: list[str], input
                 pass  # model_info has recorded why it does not run
     if ab:
         ab.record(results, names[paths[0]], lambda p: load_model(
-            p, arch=args.arch, input_shape=input_shape, trust=args.trust),
+            p, arch=args.arch, input_shape=input_shape, trust=args.trust, inputs=args.inputs),
             lambda m: model_info(m, cfg.formats, cfg.index_dtype), loaded[paths[0]].input_shape)
     del loaded
     jobs = plan(cfg, names, footprints)
-    out.print(f"measuring {len(jobs)} executions of {len(paths)} model(s)"
-              + (f", accuracy on {cfg.data}" if cfg.data else "")
-              + (f" -> {args.json}" + (" (appending)" if args.append else "")
-                 if args.json else ""))
+    fork = not args.fresh_workers
+    err = console(stderr=True)
+    err.print(plan_line(jobs, fork) + ("; each twice (A/B)" if ab else "")
+              + (f"; accuracy on {cfg.data}" if cfg.data else "")
+              + (f"; rows -> {args.json}" + (" (appending)" if args.append else "")
+                 if args.json else ""), soft_wrap=False, markup=False)
     try:
         with progress_display() as progress:
-            task = progress.add_task("measure", total=len(jobs) * (2 if ab else 1))
+            task = progress.add_task("measure", total=len(jobs) * (2 if ab else 1),
+                                     estimate=estimate_seconds(jobs, fork) * (2 if ab else 1))
 
             def on_row(row: dict[str, Any]) -> None:
                 progress.advance(task)
-                cells = row_cells(results.rows, row)
-                out.print(f"  {cells[0]} {cells[1]}/{cells[2]} b{cells[4]} t{cells[5]}: "
-                          f"{cells[3]} p50 {cells[6]} ms  {cells[-1]}")
+                progress.console.print(progress_line(results.rows, row), markup=False,
+                                       soft_wrap=False)
 
-            (ab or run_plan)(jobs, results, cfg.timeout, on_row)
+            if ab:
+                ab(jobs, results, cfg.timeout, on_row)
+            else:
+                run_plan(jobs, results, cfg.timeout, on_row, fork=fork)
     except KeyboardInterrupt:
         if args.json and results.rows:
-            out.print(f"interrupted: {len(results.rows)} completed rows kept in {args.json}")
+            err.print(f"interrupted: {len(results.rows)} completed rows kept in {args.json}")
         elif args.json:
-            out.print(f"interrupted before the first row: {args.json} was not written (a "
+            err.print(f"interrupted before the first row: {args.json} was not written (a "
                       "previous file there is unchanged)")
         raise
-    print_report(results.doc, out)
+    print_report(results.doc, out, wide=args.wide)
     if args.markdown:
         from sparsebench.measure.report import markdown
 
@@ -517,8 +530,8 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     from sparsebench.measure.harness import DEFAULT_FORMATS, add_timing_flags
 
     p.add_argument("models", nargs="*", help="checkpoints, state_dicts (with --arch), pickled "
-                   "torch.nn modules, TorchScript or ONNX files (default: the zoo's lenet5 "
-                   "prune-l)")
+                   "torch.nn modules, TorchScript, torch.export .pt2 or ONNX files (default: "
+                   "the zoo's lenet5 prune-l)")
     p.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
                    help=f"comma-separated formats (see docs/formats.md): "
                         f"{', '.join(FORMATS.names())} (default {','.join(DEFAULT_FORMATS)})")
@@ -545,6 +558,7 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
                    "torchvision:/timm: architecture is built (random weights) and measured")
     p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
                    "does not say)")
+    add_input_flag(p)
     p.add_argument("--trust", action="store_true", help="allow full unpickling of a model file "
                    "(runs code from the file: only for files you trust)")
     p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"),
@@ -560,6 +574,8 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inject-slowdown", type=float, metavar="FRACTION", help="testing aid: "
                    "after every timed call, busy-wait FRACTION of its duration (with --ab: the "
                    "new side only)")
+    fresh_workers_flag(p)
+    wide_flag(p)
     add_html_flag(p)
 
 
@@ -587,7 +603,7 @@ def _compare(args: argparse.Namespace) -> int:
     html = html_output(args)
     result = compare_files(args.files, cfg, args.allow_machine_mismatch)
     out = console()
-    print_comparison(result, out)
+    print_comparison(result, out, wide=args.wide)
     for path, text in ((args.markdown, lambda: markdown(result)),
                        (args.json, lambda: json.dumps(to_json(result), indent=1))):
         if path:
@@ -628,6 +644,7 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", metavar="OUT", help="write the comparison as Markdown (a "
                    "pull-request comment)")
     p.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
+    wide_flag(p)
     force_flag(p)
     add_html_flag(p)
 
@@ -749,15 +766,25 @@ command("claims", "reproduce the papers' claim at small scale: several seeds per
 # targets / profile / export-c (logic in sparsebench.embedded.command)
 
 
+def add_input_flag(p: argparse.ArgumentParser) -> None:
+    """``--input NAME:SHAPE:DTYPE[:LOW-HIGH]`` (repeatable; parsed by model_io)."""
+    p.add_argument("--input", action="append", metavar="NAME:SHAPE:DTYPE[:LOW-HIGH]",
+                   help="one model input by name: batch-first shape (B or a number first, "
+                        "replaced by --batch), dtype, value range [LOW, HIGH); repeatable, e.g. "
+                        "--input input_ids:Bx128:int64:0-30522 (default: from the graph or the "
+                        "forward signature)")
+
+
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?",
                    help="a checkpoint, state_dict (with --arch), pickled torch module (traceable "
-                        "by torch.fx), TorchScript (with --input-shape) or ONNX file (default: "
+                        "by torch.fx), TorchScript, torch.export .pt2 or ONNX file (default: "
                         "the zoo's lenet5 prune-l)")
     p.add_argument("--arch", help="architecture for a state_dict; with no model file, a "
                    "torchvision:NAME or timm:NAME architecture is built (random weights)")
-    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (needed for "
-                   "TorchScript, which does not record it)")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
+                   "does not say and it cannot be inferred)")
+    add_input_flag(p)
     p.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from "
                    "the file: only for files you trust)")
 
@@ -772,6 +799,7 @@ def _targets_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE.toml", help="show these target files "
                    "instead of the shipped ones (validates them)")
     p.add_argument("--json", action="store_true", help="print the targets as JSON")
+    wide_flag(p)
 
 
 command("targets", "list the embedded targets profile knows (RAM, flash, clock, SIMD, "
@@ -805,6 +833,7 @@ def _profile_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT", help="write the profile as JSON ('-': to stdout "
                    "instead of the tables)")
     p.add_argument("--markdown", metavar="OUT", help="write the report as Markdown")
+    wide_flag(p)
     p.add_argument("--no-host", action="store_true", help="skip timing torch on this machine")
     force_flag(p)
     g = p.add_argument_group("cross-build (needs the target's compiler and QEMU)")
@@ -927,11 +956,14 @@ def _sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, help="input side for --arch (ffn: 1 = vectors)")
     p.add_argument("--input-shape", help="per-sample input shape of a model file that does not "
                    "record it")
+    add_input_flag(p)
     p.add_argument("--trust", action="store_true", help="allow full unpickling of the model file")
     p.add_argument("--index-dtype", default="auto", choices=("auto", "int16", "int32"),
                    help="CSR/BSR column index width (auto: int16 when the columns fit)")
     p.add_argument("--json", metavar="OUT", help="results JSON (rows, raw samples, crossovers)")
     p.add_argument("--markdown", metavar="OUT", help="the sweep tables as Markdown")
+    fresh_workers_flag(p)
+    wide_flag(p)
     p.add_argument("--plot", metavar="OUT.png", help="latency/speedup plot (default: "
                    "sweep-NAME.png in the current folder)")
     p.add_argument("--no-plot", action="store_true", help="skip the plot")
@@ -1005,7 +1037,10 @@ def _info(args: argparse.Namespace) -> int:
     from sparsebench.sparsity import layer_rows
 
     check_output_file(args.card, args.force, "--card")
-    ckpt = load_checkpoint(args.model)
+    try:
+        ckpt = load_checkpoint(args.model)
+    except SparsebenchError as not_checkpoint:
+        return _info_model_file(args, not_checkpoint)
     model = model_from_checkpoint(ckpt)
     out = console()
     cfg = ckpt.get("config", {})
@@ -1049,15 +1084,69 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_model_file(args: argparse.Namespace, not_checkpoint: SparsebenchError) -> int:
+    """``info`` of any other model file ``measure`` accepts: kind, input, notes, layers and
+    the exact bytes and converted/total layers of each default format."""
+    from rich.table import Table
+
+    from sparsebench.loading import load_model, parse_input_shape
+    from sparsebench.measure.harness import DEFAULT_FORMATS, model_info
+    from sparsebench.sparsity import layer_rows
+
+    if args.card:
+        raise not_checkpoint  # model cards describe sparsebench checkpoints
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    try:
+        loaded = load_model(args.model, arch=args.arch, input_shape=shape, trust=args.trust)
+    except SparsebenchError as exc:
+        generic = ("is neither", "corrupt or truncated")
+        raise (not_checkpoint if any(g in str(exc) for g in generic) else exc) from None
+    out = console()
+    info = model_info(loaded, list(DEFAULT_FORMATS), "auto")
+    out.print(f"[bold]{args.model}[/]: {loaded.kind}"
+              + (f" ({loaded.arch})" if loaded.arch else "")
+              + f" | input {'x'.join(map(str, loaded.input_shape))}")
+    for note in info["notes"]:
+        out.print(f"  {note}")
+    if loaded.module is None:
+        return 0
+    table = Table("layer", "type", "shape", "params", "nonzero", "sparsity")
+    for r in layer_rows(loaded.module):
+        table.add_row(r["name"], r["type"], "x".join(map(str, r["shape"])), f"{r['params']:,}",
+                      f"{r['nonzero']:,}", f"{100 * r['sparsity']:.1f}%")
+    table.add_row("total", "", "", f"{info['params']:,}", f"{info['nonzero']:,}",
+                  f"{100 * info['sparsity']:.1f}%", style="bold")
+    out.print(table)
+    sizes = Table("format", "bytes", "layers converted", "kept dense")
+    for fmt, f in info["formats"].items():
+        if "error" in f:
+            sizes.add_row(fmt, "-", "-", f["error"])
+            continue
+        counts = f["layer_counts"]
+        dense = "; ".join(f"{k}: {v}" for k, v in list(counts["dense"].items())[:3])
+        sizes.add_row(fmt, f"{f['weight_bytes']:,}", f"{counts['converted']}/{counts['total']}",
+                      dense)
+    out.print(sizes)
+    return 0
+
+
 def _info_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
-                   help="a sparsebench checkpoint (default: the zoo's lenet5 prune-l)")
+                   help="a sparsebench checkpoint or any model file measure accepts "
+                   "(default: the zoo's lenet5 prune-l)")
+    p.add_argument("--arch", help="architecture for a state_dict: a registry name or "
+                   "module:callable")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
+                   "does not say)")
+    p.add_argument("--trust", action="store_true", help="allow full unpickling of a model file "
+                   "(runs code from the file: only for files you trust)")
     p.add_argument("--events", action="store_true", help="list every pruning event")
     p.add_argument("--card", metavar="OUT.md", help="write a Markdown model card")
     force_flag(p)
 
 
-command("info", "show a checkpoint's layers, sparsity and training metrics")(_info) \
+command("info", "show a model's layers, sparsity, sizes (and a checkpoint's training "
+        "metrics)")(_info) \
     .configure = _info_flags
 
 

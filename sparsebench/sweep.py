@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from sparsebench.catalog import DEFAULT_SPARSITIES
 from sparsebench.errors import SparsebenchError
+from sparsebench.model_io import parse_input_flags
 
 if TYPE_CHECKING:
     import torch
@@ -152,7 +153,7 @@ def _source(args: argparse.Namespace) -> _Source:
     from sparsebench.loading import load_model
 
     loaded = load_model(args.model, arch=args.arch, input_shape=_input_shape(args),
-                        trust=args.trust)
+                        trust=args.trust, inputs=parse_input_flags(getattr(args, "input", None)))
     if loaded.module is None:
         raise SparsebenchError(f"{args.model}: cannot be pruned: {loaded.onnx_error}")
     if not loaded.swappable:
@@ -441,7 +442,8 @@ def run_sweep(args: argparse.Namespace, out: Any,
         models=["-"], formats=split_list(args.formats), backends=split_list(args.backends),
         batches=args.batch, threads=args.threads, timing=timing_from_args(args),
         index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout,
-        max_memory=parse_size(args.max_memory))
+        max_memory=parse_size(args.max_memory),
+        inputs=[asdict(s) for s in parse_input_flags(getattr(args, "input", None))])
     if args.model:  # how the pruned copies load: as the input did
         cfg.arch = args.arch
         cfg.input_shape = list(_input_shape(args) or []) or None
@@ -465,9 +467,10 @@ def _sweep_claimed(args: argparse.Namespace, out: Any, progress_display: Callabl
                    cfg: Any, sparsities: list[float], plot_path: str | None,
                    claim: Any, html: Callable[..., Any] | None) -> int:
     """``sweep`` once its outputs are checked and the results file is claimed."""
-    from sparsebench.ui import command_line, no_success_exit
+    from sparsebench.ui import command_line, console, no_success_exit
     from sparsebench.loading import load_model
-    from sparsebench.measure.harness import footprint, model_info, plan, run_plan
+    from sparsebench.measure.harness import (estimate_seconds, footprint, model_info, plan,
+                                             plan_line, run_plan)
     from sparsebench.measure.results import ResultsFile
     from sparsebench.outputs import atomic_write_text
 
@@ -480,7 +483,8 @@ def _sweep_claimed(args: argparse.Namespace, out: Any, progress_display: Callabl
 
         def load(path: str) -> Any:
             shape = tuple(cfg.input_shape) if cfg.input_shape else None
-            return load_model(path, arch=cfg.arch, input_shape=shape, trust=trust)
+            return load_model(path, arch=cfg.arch, input_shape=shape, trust=trust,
+                              inputs=parse_input_flags(getattr(args, "input", None)))
         first = load(next(iter(paths)))
         results.doc["sweep"] = {
             "name": base, "sparsities": sparsities, "command": command_line(),
@@ -498,23 +502,28 @@ def _sweep_claimed(args: argparse.Namespace, out: Any, progress_display: Callabl
             except SparsebenchError:
                 pass
         jobs = plan(cfg, names, footprints)
-        out.print(f"sweep {base}: {len(sparsities)} sparsities, {len(jobs)} executions"
-                  + (f" -> {args.json}" if args.json else ""))
+        fork = not args.fresh_workers
+        err = console(stderr=True)
+        err.print(f"sweep {base}: {len(sparsities)} sparsities; " + plan_line(jobs, fork)
+                  + (f"; rows -> {args.json}" if args.json else ""), soft_wrap=False,
+                  markup=False)
         with progress_display() as progress:
-            task = progress.add_task("sweep", total=len(jobs))
+            task = progress.add_task("sweep", total=len(jobs),
+                                     estimate=estimate_seconds(jobs, fork))
 
             def on_row(row: dict[str, Any]) -> None:
                 progress.advance(task)
                 p50 = _p50(row)
                 status = "ok" if row.get("status") == "ok" else f"skipped: {row.get('reason')}"
-                out.print(f"  {row['model']} {row['format']}/{row['backend']} b{row['batch']} "
-                          f"t{row['threads']}: {row.get('impl') or '-'} p50 "
-                          f"{_fmt(p50)} ms  {status}")
+                progress.console.print(
+                    f"  {row['model']} {row['format']}/{row['backend']} b{row['batch']} "
+                    f"t{row['threads']}: {row.get('impl') or '-'} p50 {_fmt(p50)} ms  {status}",
+                    markup=False, soft_wrap=False)
 
-            run_plan(jobs, results, cfg.timeout, on_row)
+            run_plan(jobs, results, cfg.timeout, on_row, fork=fork)
         results.doc["sweep"]["crossovers"] = crossovers(results.doc)
         results.flush()
-    _print(results.doc, out)
+    _print(results.doc, out, wide=args.wide)
     if args.markdown:
         atomic_write_text(args.markdown, markdown(results.doc))
         out.print(f"wrote {args.markdown}")
@@ -528,18 +537,38 @@ def _sweep_claimed(args: argparse.Namespace, out: Any, progress_display: Callabl
     return no_success_exit(results.rows)
 
 
-def _print(doc: dict[str, Any], out: Any) -> None:
-    from rich.table import Table
+DETAIL_COLUMNS = ("impl", "batch", "threads")  # only with --wide (batch/threads: in the name)
+
+
+def compact(head: list[str], lines: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """A sweep table without ``DETAIL_COLUMNS``; batch and threads join the execution's name
+    (``csr/native b8 t2``) when they vary."""
+    keep = [i for i, h in enumerate(head) if h not in DETAIL_COLUMNS]
+    varying = {h: len({line[i] for line in lines}) > 1 for i, h in enumerate(head)
+               if h in ("batch", "threads")}
+    out = []
+    for line in lines:
+        cells = [line[i] for i in keep]
+        for h, prefix in (("batch", "b"), ("threads", "t")):
+            if varying.get(h):
+                cells[0] += f" {prefix}{line[head.index(h)]}"
+        out.append(cells)
+    return [head[i] for i in keep], out
+
+
+def _print(doc: dict[str, Any], out: Any, wide: bool = False) -> None:
+    from rich.markup import escape
 
     from sparsebench.measure.report import noise_note
+    from sparsebench.ui import print_notes, print_table, table
 
     for title, head, lines in tables(doc):
         if not lines:
             continue
-        table = Table(*head, title=title)
-        for line in lines:
-            table.add_row(*line)
-        out.print(table)
+        if not wide:
+            head, lines = compact(head, lines)
+        lines = [[escape(c) for c in line] for line in lines]
+        print_table(out, table(head, lines, title, range(1, len(head)), heavy=wide), wide=wide)
     note = noise_note(doc["rows"])
     if note:
-        out.print(f"[yellow]warning[/]: {note}")
+        print_notes(out, [f"[yellow]warning[/]: {note}"])

@@ -322,16 +322,16 @@ def test_pickled_custom_class_needs_trust(tmp_path: Path, monkeypatch: pytest.Mo
     assert loaded.module(torch.ones(1, 4)).shape == (1, 2)
 
 
-def test_torchscript_is_dense_only(tmp_path: Path) -> None:
+def test_torchscript_runs_as_given(tmp_path: Path) -> None:
     model = create_model("lenet5").eval()
     path = tmp_path / "ts.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(model).save(str(path))
-    one_line_error("--input-shape", load_model, path)
+    assert load_model(path).input_shape == (1, 28, 28)  # from the first conv and a trial run
     loaded = load_model(path, input_shape=(1, 28, 28))
-    assert (loaded.kind, loaded.swappable) == ("torchscript", False)
-    assert any("dense execution only" in n for n in loaded.notes)
+    assert (loaded.kind, loaded.swappable) == ("torchscript", True)
+    assert any("dense rows run the archive as given" in n for n in loaded.notes)
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(loaded.module(x), model(x))
 

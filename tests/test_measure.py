@@ -177,7 +177,7 @@ def test_nan_weights_warn_in_report(tmp_path, capsys):
     assert doc["models"]["sd"]["nonfinite_layers"] == ["fc3"]
 
 
-def test_torchscript_runs_dense_and_skips_swapped_formats(tmp_path, capsys):
+def test_torchscript_runs_dense_as_given_and_sparse_from_its_graph(tmp_path, capsys):
     path = tmp_path / "ts.pt"
     torch.jit.script(create_model("lenet5").eval()).save(str(path))
     out = tmp_path / "o.json"
@@ -190,5 +190,6 @@ def test_torchscript_runs_dense_and_skips_swapped_formats(tmp_path, capsys):
     assert rows[("dense", "torch")]["max_rel_err"] == 0.0
     assert "per-layer timing unavailable" in rows[("dense", "torch")]["warnings"][0]
     assert rows[("dense", "onnxruntime")]["status"] == "ok"
-    assert rows[("csr", "scipy")]["status"] == "skipped"
-    assert "layers cannot be swapped" in rows[("csr", "scipy")]["reason"]
+    assert rows[("csr", "scipy")]["status"] == "ok"  # its graph, exported to ONNX, converted
+    assert rows[("csr", "scipy")]["max_rel_err"] <= 1e-4
+    assert rows[("csr", "scipy")]["layers"] == {"converted": 5, "total": 5, "dense": {}}

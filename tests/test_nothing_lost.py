@@ -148,7 +148,7 @@ def test_interrupted_before_the_first_row_leaves_the_file(tmp_path, capsys, monk
     code = main(["measure", str(tmp_path / "seed.pt"), "--json", str(path), "--force", *FAST])
     captured = capsys.readouterr()
     assert code == 130 and path.read_bytes() == before
-    assert "was not written" in captured.out and "saved" not in captured.err
+    assert "was not written" in captured.err and "saved" not in captured.err   # a message: stderr
 
 
 def test_a_second_writer_is_refused(tmp_path, capsys):

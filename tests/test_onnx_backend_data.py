@@ -29,12 +29,10 @@ from sparsebench.graph.onnx_torch import Unsupported, to_torch  # noqa: E402
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 FOLDERS = ("simple", "pytorch-converted", "pytorch-operator", "light")
-_SEQUENCES = "sequence values (Sequence* ops) are not tensors: out of scope"
 _STRINGS = "string tensors (StringNormalizer): out of scope"
 OUT_OF_SCOPE = {
     "simple/test_gradient_of_add": "training op ai.onnx.preview.training.Gradient",
     "simple/test_gradient_of_add_and_mul": "training op ai.onnx.preview.training.Gradient",
-    **{f"simple/test_sequence_model{i}": _SEQUENCES for i in range(1, 9)},
     **{f"simple/test_strnorm_model_{n}": _STRINGS for n in (
         "monday_casesensintive_lower", "monday_casesensintive_nochangecase",
         "monday_casesensintive_upper", "monday_empty_output",

@@ -535,3 +535,168 @@ def test_docstring_lists_every_supported_op() -> None:
     listed = re.search(r"attribute and input variants\):\n(.*?)\.\n", onnx_torch.__doc__, re.S)
     assert listed is not None
     assert [s.strip() for s in listed.group(1).replace("\n", " ").split(",")] == list(SUPPORTED)
+
+
+# --- transformer exports from both torch exporters --------------------------------------------
+
+def _tiny_transformer(kind: str) -> Any:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = transformers.BertModel(transformers.BertConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+            vocab_size=1000))
+    elif kind == "gpt2":
+        model = transformers.GPT2Model(transformers.GPT2Config(
+            n_embd=64, n_layer=2, n_head=2, vocab_size=1000, n_positions=64, bos_token_id=0,
+            eos_token_id=0))
+    else:
+        model = transformers.DistilBertModel(transformers.DistilBertConfig(
+            dim=64, n_layers=2, n_heads=2, hidden_dim=128, vocab_size=1000))
+
+    class LastHidden(torch.nn.Module):  # transformers 5: keyword arguments, a ModelOutput
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                    ) -> torch.Tensor:
+            return self.model(input_ids=input_ids,
+                              attention_mask=attention_mask).last_hidden_state
+    return LastHidden().eval()
+
+
+@pytest.mark.parametrize("kind,dynamo", [
+    ("bert", False), ("bert", True), ("gpt2", False), ("distilbert", False),
+    pytest.param("gpt2", True, marks=pytest.mark.slow),  # a dynamo export takes seconds
+    pytest.param("distilbert", True, marks=pytest.mark.slow)])
+def test_transformer_exports_match_onnxruntime(kind: str, dynamo: bool, tmp_path: Any) -> None:
+    import io
+    import warnings
+
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    wrapper = _tiny_transformer(kind)
+    seq = 16
+    ids = torch.randint(0, 1000, (1, seq))
+    mask = torch.ones(1, seq, dtype=torch.int64)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (ids, mask), buf, input_names=["input_ids", "attention_mask"],
+                          dynamo=dynamo, opset_version=18 if dynamo else 17,
+                          **({"external_data": False} if dynamo else {}))
+    model = onnx.load_from_string(buf.getvalue())
+    module = to_torch(model)
+    assert module.input_names == ["input_ids", "attention_mask"]
+    linears = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == (8 if kind == "gpt2" else 12)  # every projection is a layer
+    assert set(module.weight_sources) == set(linears)
+    inits = {i.name for i in model.graph.initializer}
+    assert all(src in inits for src, _ in module.weight_sources.values())
+    mask[0, 11:] = 0  # padding: the mask really masks
+    feeds = {"input_ids": torch.randint(0, 1000, (1, seq)).numpy(), "attention_mask": mask.numpy()}
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]
+    with torch.inference_mode():
+        got = module(*(torch.from_numpy(feeds[n]) for n in module.input_names))
+    got = got[0] if isinstance(got, tuple) else got
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_onnxruntime_quantized_graphs_match(tmp_path: Any) -> None:
+    """int8 graphs as ORT's quantizer writes them: dynamic (DynamicQuantizeLinear,
+    MatMulInteger, ConvInteger) and static QDQ (QuantizeLinear/DequantizeLinear pairs)."""
+    quant = pytest.importorskip("onnxruntime.quantization")
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8 * 8 * 8, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+    torch.manual_seed(0)
+    src = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 8, 8),), str(src), input_names=["x"],
+                      dynamo=False, opset_version=17)
+    samples = [{"x": f32(1, 3, 8, 8)} for _ in range(3)]
+
+    class Reader(quant.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(samples)
+
+        def get_next(self) -> Any:
+            return next(self.it, None)
+
+    quant.quantize_dynamic(str(src), str(tmp_path / "dyn.onnx"))
+    quant.quantize_static(str(src), str(tmp_path / "qdq.onnx"), Reader(),
+                          quant_format=quant.QuantFormat.QDQ)
+    for name, needed in (("dyn", {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}),
+                         ("qdq", {"QuantizeLinear", "DequantizeLinear"})):
+        model = onnx.load(str(tmp_path / f"{name}.onnx"))
+        assert needed <= {n.op_type for n in model.graph.node}
+        got, expected = run_both(model, {"x": f32(1, 3, 8, 8)})
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [7, 9])
+def test_oldest_opsets(opset: int) -> None:
+    check("Add", {"a": f32(2, 3, 4), "b": f32(4)}, opset=opset)
+    check("Gemm", {"a": f32(3, 4)}, {"transB": 1}, opset, {"b": f32(5, 4), "c": f32(5)})
+    check("Softmax", {"x": f32(2, 3, 4)}, {"axis": 1}, opset)
+    check("Pad", {"x": f32(1, 2, 3, 4)}, {"pads": [0, 0, 1, 0, 0, 0, 0, 2]}, opset)
+    check("Squeeze", {"x": f32(3, 1, 4)}, {"axes": [1]}, opset)
+    check("Slice", {"x": f32(4, 5)}, {"starts": [1], "ends": [3], "axes": [1]}, opset)
+    check("BatchNormalization", {"x": f32(2, 3, 4, 5)}, {}, opset,
+          {"s": pos(3), "b": f32(3), "m": f32(3), "v": pos(3)})
+    if opset == 7:  # scales as an attribute (an input from opset 9)
+        check("Upsample", {"x": f32(1, 2, 3, 4)}, {"scales": [1.0, 1.0, 2.0, 2.0]}, 7)
+
+
+def test_graph_ir_runs_padded_pools_and_same_convs() -> None:
+    """Steps the graph IR cannot read as plain layers (explicitly padded pools, SAME-padded
+    convs) run as calls, so the IR's output equals the module's."""
+    from sparsebench.graph import from_module, run
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="c1", auto_pad="SAME_UPPER",
+                              strides=[2, 2]),
+             helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[3, 3],
+                              pads=[0, 1, 2, 1]),
+             helper.make_node("Dropout", ["p"], ["d", "mask"]),
+             helper.make_node("AveragePool", ["d"], ["y"], kernel_shape=[2, 2],
+                              pads=[1, 0, 0, 1])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(f32(4, 3, 3, 3), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = f32(1, 3, 9, 9)
+    got, expected = run_both(model, {"x": x})
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    module = to_torch(model)
+    g = from_module(module, (3, 9, 9))
+    with torch.inference_mode():
+        out = run(g, torch.from_numpy(x))[g.output]
+    np.testing.assert_allclose(out.numpy(), expected[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_other_float_types_keep_their_dtype(dtype: Any) -> None:
+    """Initializers keep their type: a float64 (or float16) graph runs in float64 (float16)."""
+    a, w, b = f32(2, 3, 4).astype(dtype), f32(4, 5).astype(dtype), f32(5).astype(dtype)
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "b"], ["s"]),
+             helper.make_node("Sigmoid", ["s"], ["y"])]
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", elem, [2, 3, 4])],
+                              [helper.make_tensor_value_info("y", elem, None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert isinstance(to_torch(model).mm, torch.nn.Linear)
+    got, expected = run_both(model, {"a": a})
+    assert got[0].dtype == expected[0].dtype == dtype
+    tol = 1e-3 if dtype == np.float16 else 1e-12
+    np.testing.assert_allclose(got[0], expected[0], rtol=tol, atol=tol)

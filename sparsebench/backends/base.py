@@ -1,12 +1,14 @@
 """The backend protocol and the pieces shared by the module-swapping backends.
 
 A backend turns a :class:`ConvertedModel` into a :class:`Prepared` (all setup, no timing);
-``Prepared.run(x)`` is the call the harness times.
+``Prepared.run(*inputs)`` (one tensor per model input, ``model_io.make_inputs``) is the call
+the harness times.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +28,9 @@ class Prepared:
 
     impl: str = ""
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward a batch; returns a float32 (B, classes) tensor. This is the timed call."""
+    def run(self, *inputs: torch.Tensor) -> Any:
+        """Forward a batch (one tensor per model input); returns what the model returns (a
+        tensor, or a tuple/dict/``ModelOutput`` of them). This is the timed call."""
         raise NotImplementedError
 
     def release_setup(self) -> None:
@@ -41,11 +44,11 @@ class ModulePrepared(Prepared):
     def __init__(self, module: nn.Module, impl: str, threads: int) -> None:
         self.module, self.impl, self.threads = module, impl, threads
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, *inputs: torch.Tensor) -> Any:
         if torch.get_num_threads() != self.threads:  # another prepared model may have changed it
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
-            return self.module(x)
+            return self.module(*inputs)
 
 
 class Backend:
@@ -136,9 +139,12 @@ def swap_layers(converted: ConvertedModel, make: type[MatmulLayer]) -> nn.Module
 
 
 def validate(prepared: Prepared, converted: ConvertedModel, batch: int, what: str) -> None:
-    """Run once on zeros so a combination the library cannot execute fails at prepare time."""
+    """Run once on the model's inputs so a combination the library cannot execute fails at
+    prepare time."""
+    from sparsebench.model_io import make_inputs
+
     try:
-        prepared.run(torch.zeros(batch, *converted.input_shape))
+        prepared.run(*make_inputs(converted.inputs, batch))
     except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Unsupported(f"{what} cannot run {converted.format}: {first}") from exc

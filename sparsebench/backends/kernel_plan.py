@@ -37,6 +37,7 @@ from sparsebench.graph import Graph, Node, from_module, run
 from sparsebench.graph.execute import bind
 from sparsebench.formats import ConvertedModel, SparseWeight, convert, format_family
 from sparsebench.formats.fold import fold_batchnorm
+from sparsebench.model_io import make_inputs
 
 _ACTS = ("relu", "gelu")
 _GLOBAL_AVG = -1  # _Step.pool: a fused global average pool
@@ -88,9 +89,8 @@ class _Planner:
     def __init__(self, graph: Graph, converted: ConvertedModel, threads: int, batch: int):
         self.g, self.cv, self.threads, self.batch = graph, converted, threads, batch
         self.module = converted.module
-        x = torch.zeros(batch, *converted.input_shape)
         with torch.inference_mode():
-            self.ref = run(graph, x, self.module)
+            self.ref = run(graph, make_inputs(converted.inputs, batch), self.module)
         self.canon = {v: v for v in self.ref}
         for op in graph.nodes:
             if op.kind == "alias":
@@ -158,8 +158,8 @@ class _Planner:
     def native_layer(self, sw: SparseWeight, x: str) -> bool:
         if not self.is_buffer(x):
             return False
-        if sw.layer == "linear":
-            return len(self.shape(x)) == 2
+        if sw.layer == "linear":  # (rows, features); leading dims (batch, tokens) flattened
+            return len(self.shape(x)) >= 2
         return (len(self.shape(x)) == 4 and tuple(sw.dilation or (1, 1)) == (1, 1)
                 and (sw.groups or 1) == 1)
 
@@ -225,9 +225,11 @@ class _Planner:
                     last[st] = max(last.get(st, -1), n)
         out_store = storage.get(self.output, self.output)
         last[out_store] = len(steps)
-        inp = self.canon[self.g.input]
-        last[inp] = len(steps)  # the input buffer is written by run(): never reused
-        bufs: dict[str, np.ndarray] = {inp: np.zeros(self.shape(inp), np.float32)}
+        inputs = [self.canon[v] for v in self.g.inputs if self.is_buffer(self.canon[v])]
+        bufs: dict[str, np.ndarray] = {}
+        for inp in inputs:  # input buffers are written by run(): never reused
+            last[inp] = len(steps)
+            bufs[inp] = np.zeros(self.shape(inp), np.float32)
         free: dict[tuple[int, ...], list[np.ndarray]] = {}
         for n, s in enumerate(steps):
             if s.kind == "view":
@@ -237,7 +239,7 @@ class _Planner:
                 pool = free.get(shape)
                 bufs[s.out] = pool.pop() if pool else np.zeros(shape, np.float32)
             for st, end in list(last.items()):
-                if end == n and st in bufs and st not in (out_store, inp):
+                if end == n and st in bufs and st != out_store and st not in inputs:
                     free.setdefault(bufs[st].shape, []).append(bufs[st])
                     del last[st]
         return bufs
@@ -290,6 +292,8 @@ class NativePrepared(Prepared):
             self._native_layers.add(s.op.module or "")
             op = _kernel(sw, s, self.threads)
             x, y = bufs[s.ins[0]], bufs[s.out]
+            if sw.layer == "linear" and x.ndim > 2:  # a transformer Linear: (B*T, features)
+                x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
             if s.pool == _GLOBAL_AVG and y.ndim != 4:  # mean without keepdim: same memory
                 y = y.reshape(*y.shape, 1, 1)
             res = bufs[s.residual] if s.residual is not None else None
@@ -301,8 +305,12 @@ class NativePrepared(Prepared):
         out_t = tviews[planner.output] if planner.output in tviews else None
         if out_t is None:
             raise SparsebenchError("the model's output is not a float32 tensor")
-        inp = tviews[planner.canon[self.graph.input]]
-        self._plans[batch] = (inp, tuple(calls), out_t, inp.data_ptr(), inp.nbytes)
+        feeds = []  # (value, buffer or None): float inputs are copied into their buffer
+        for v in self.graph.inputs:
+            buf = tviews.get(planner.canon[v])
+            feeds.append((v, buf, buf.data_ptr() if buf is not None else 0,
+                          buf.nbytes if buf is not None else 0))
+        self._plans[batch] = (tuple(feeds), tuple(calls), out_t, env)
         self._names[batch] = names
         return kernels, torch_ops, traffic
 
@@ -320,34 +328,44 @@ class NativePrepared(Prepared):
                 node.weights = {}
         self._released = True
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        if self.torch_ops and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        plan = self._plans.get(x.shape[0])
+    def _plan(self, batch: int) -> tuple[Any, ...]:
+        plan = self._plans.get(batch)
         if plan is None:
             if getattr(self, "_released", False):
-                raise SparsebenchError(f"native: batch {x.shape[0]} was not planned before "
+                raise SparsebenchError(f"native: batch {batch} was not planned before "
                                        "release_setup()")
-            self._build(int(x.shape[0]))
-            plan = self._plans[x.shape[0]]
-        inp, calls, out, addr, nbytes = plan
-        # a raw copy: torch's dispatcher is cold after the kernels (~70 us for copy_)
-        if (x.dtype is torch.float32 and x.is_contiguous() and x.shape == inp.shape
-                and x.device.type == "cpu"):
-            ctypes.memmove(addr, x.data_ptr(), nbytes)
-        else:
-            inp.copy_(x)
+            self._build(batch)
+            plan = self._plans[batch]
+        return plan
+
+    @staticmethod
+    def _feed(feeds: tuple[Any, ...], env: dict[str, Any], xs: tuple[torch.Tensor, ...]) -> None:
+        for (name, buf, addr, nbytes), x in zip(feeds, xs):
+            if buf is None:   # token ids, masks: read by torch steps from the environment
+                env[name] = x
+            # a raw copy: torch's dispatcher is cold after the kernels (~70 us for copy_)
+            elif (x.dtype is torch.float32 and x.is_contiguous() and x.shape == buf.shape
+                    and x.device.type == "cpu"):
+                ctypes.memmove(addr, x.data_ptr(), nbytes)
+            else:
+                buf.copy_(x)
+
+    def run(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self.torch_ops and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        feeds, calls, out, env = self._plan(int(xs[0].shape[0]))
+        self._feed(feeds, env, xs)
         for call in calls:
             call()
         return out.clone()
 
-    def steps(self, x: torch.Tensor) -> tuple[list[str], tuple[Callable[[], Any], ...],
-                                              Callable[[], Any]]:
-        """(names, step callables, input reset) of the plan for ``x``'s batch, for per-layer
+    def steps(self, *xs: torch.Tensor) -> tuple[list[str], tuple[Callable[[], Any], ...],
+                                                Callable[[], Any]]:
+        """(names, step callables, input reset) of the plan for this batch, for per-layer
         timing by ``measure.timing.time_steps`` (the sum of the steps exceeds one ``run``)."""
-        self.run(x)
-        inp, steps = self._plans[x.shape[0]][:2]
-        return self._names[x.shape[0]], steps, lambda: inp.copy_(x)
+        self.run(*xs)
+        feeds, steps, _, env = self._plans[xs[0].shape[0]]
+        return self._names[xs[0].shape[0]], steps, lambda: self._feed(feeds, env, xs)
 
 
 def _impl(label: str, kernels: list[Any], threads: int, torch_ops: list[str]) -> str:
@@ -462,11 +480,11 @@ class SwappedPrepared(Prepared):
         self.impl = _impl(label, self.kernels, threads, []) + "-swapped-modules"
         self.why = why
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, *xs: torch.Tensor) -> Any:
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
-            return self.module(x)
+            return self.module(*xs)
 
 
 class NativeBackend(Backend):
@@ -497,11 +515,19 @@ class NativeBackend(Backend):
             label = f"bsr{r}x{c}"
             if any(sw.layer == "conv" for sw in folded.layers.values()):
                 label += "(convs:csr)"
+        graph: Graph | None
         try:
             graph = from_module(folded.module, converted.input_shape)
         except SparsebenchError as exc:
             prepared: Prepared = SwappedPrepared(folded, threads, label, str(exc))
-        else:
+            graph = None
+        hidden = sorted(set(folded.layers) - {n.module for n in graph.nodes
+                                              if n.kind in ("conv", "linear")}) if graph else []
+        if hidden:  # inside a module the graph keeps whole (e.g. nn.TransformerEncoderLayer)
+            prepared = SwappedPrepared(folded, threads, label,
+                                       f"layers inside modules the graph does not open: "
+                                       f"{', '.join(hidden[:3])}")
+        elif graph is not None:
             try:
                 prepared = NativePrepared(folded, graph, threads, batch, label)
             except SparsebenchError as exc:

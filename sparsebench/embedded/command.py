@@ -28,8 +28,14 @@ def load(args: argparse.Namespace) -> Any:
     from sparsebench.formats import has_nonfinite
     from sparsebench.loading import load_model, parse_input_shape
 
+    from sparsebench.model_io import is_single_float, parse_input_flags
+
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, arch=args.arch, input_shape=shape, trust=args.trust)
+    loaded = load_model(args.model, arch=args.arch, input_shape=shape, trust=args.trust,
+                        inputs=parse_input_flags(getattr(args, "input", None)))
+    if not is_single_float(loaded.inputs):
+        raise SparsebenchError(f"{args.model} takes {', '.join(s.describe() for s in loaded.inputs)}"
+                               ": profile and export-c run models with one float32 input")
     if loaded.module is None:
         raise SparsebenchError(f"{args.model} could not be converted to a torch module"
                                + (f": {loaded.onnx_error}" if loaded.onnx_error else ""))
@@ -42,30 +48,37 @@ def load(args: argparse.Namespace) -> Any:
 
 
 def run_targets(args: argparse.Namespace, con: Any) -> int:
-    from rich.table import Table
+    from rich.markup import escape
 
     from sparsebench.embedded.summary import fmt_bytes
     from sparsebench.embedded.targets import list_targets, load_target
+    from sparsebench.ui import print_table, table
 
     targets = [load_target(p) for p in args.files] if args.files else list_targets()
     if args.json:
         con.print_json(json.dumps([t.to_dict() for t in targets]))
         return 0
-    table = Table("name", "description", "clock", "cores", "RAM", "flash", "weights in", "FPU",
-                  "SIMD", "bandwidth", "build (emulator)", "sources")
+    lines = []
     for t in targets:
         b = t.build
         build = "-" if b is None else f"{b.cc}" + (f" -> {b.qemu}" if b.qemu else "") + \
             (f" -machine {b.machine}" if b.machine else "")
-        table.add_row(t.name, t.description, f"{t.clock_mhz:g} MHz", str(t.cores),
+        lines.append([escape(t.name), f"{t.clock_mhz:g} MHz", str(t.cores),
                       fmt_bytes(t.ram_bytes),
                       "no limit" if t.flash_bytes is None else fmt_bytes(t.flash_bytes),
-                      t.weights_in, t.fpu, f"{t.simd_bits} bit",
-                      f"{t.mem_bandwidth_mb_s:g} MB/s" if t.mem_bandwidth_mb_s else "-", build,
-                      "; ".join(t.sources))
-    con.print(table)
+                      t.weights_in, escape(t.description), t.fpu, f"{t.simd_bits} bit",
+                      f"{t.mem_bandwidth_mb_s:g} MB/s" if t.mem_bandwidth_mb_s else "-",
+                      escape(build), escape("; ".join(t.sources))])
+    head = ["name", "clock", "cores", "RAM", "flash", "weights in", "description", "FPU", "SIMD",
+            "bandwidth", "build (emulator)", "sources"]
+    wide = getattr(args, "wide", False)
+    if not wide:  # what fits 80 columns; the rest with --wide or --json
+        head, lines = head[:7], [line[:7] for line in lines]
+    print_table(con, table(head, lines, numeric=(1, 2, 3, 4), whole=(0, 5), heavy=wide),
+                wide=wide)
     con.print("add your own: sparsebench profile MODEL --target my-board.toml (keys: see "
-              "docs/profile.md)")
+              "docs/profile.md); --wide: FPU, SIMD, bandwidth, build and sources",
+              soft_wrap=False)
     return 0
 
 
@@ -169,7 +182,7 @@ def run_profile(args: argparse.Namespace, con: Any) -> int:
 
         con = console(stderr=True)
     else:
-        print_profile(prof, con)
+        print_profile(prof, con, wide=getattr(args, "wide", False))
     if args.json:
         text = json.dumps(to_dict(prof), indent=1, default=_jsonable)
         if to_stdout:

@@ -238,20 +238,73 @@ def blocks(p: Profile) -> list[Block]:
     return out
 
 
-def print_profile(p: Profile, con: Any) -> None:
-    from rich.table import Table
+def compact_blocks(p: Profile) -> tuple[list[tuple[Block, tuple[int, ...]]], list[str]]:
+    """The tables of ``blocks`` in the columns that fit 80: (block, numeric columns) pairs and
+    the notes that go under them. The full tables (every encoding of every layer, inputs,
+    MACs, breakdowns) are the ``--wide``, Markdown, JSON and HTML ones."""
+    out: list[tuple[Block, tuple[int, ...]]] = []
+    lay = layer_block(p)
+    rows = [[r[0], r[1], r[2], r[3].rpartition("-> ")[2], r[4], r[6], r[8],
+             r[10].replace(" ", "\n", 1)] for r in lay.rows]
+    out.append((Block(f"layers in execution order; weights: {p.verdict.label}",
+                      ["#", "layer", "op", "out", "params", "sparsity", "sparse\nMACs",
+                       "weights"], rows, []), (0, 4, 5, 6)))
+    rows = []
+    best_total = 0
+    for r in p.layers:
+        best = r.sizes[r.best]
+        best_total += best
+        rows.append([r.name, f"{r.stats.rows}x{r.stats.cols}",
+                     percent(r.stats.numel - r.stats.nnz, r.stats.numel),
+                     f"{r.sizes['fp32-dense']:,}", encoding_label(r.best, p.block), f"{best:,}"])
+    totals = p.totals()
+    footer = [["other constants", "", "", f"{p.other_bytes:,}", "", f"{p.other_bytes:,}"]] \
+        if p.other_bytes else []
+    footer.append(["total", "", "", f"{totals['fp32-dense']:,}", "",
+                   f"{best_total + p.other_bytes:,}"])
+    out.append((Block("weight storage in bytes, exact: dense and the cheapest encoding per "
+                      "layer", ["layer", "matrix", "sparsity", "fp32-dense", "cheapest",
+                                "bytes"], rows, footer), (2, 3, 5)))
+    rows = [[encoding_label(e, p.block), "n/a" if totals[e] is None else f"{totals[e]:,}"]
+            for e in ENCODINGS]
+    out.append((Block("the whole model in one encoding (bytes, other constants included)",
+                      ["encoding", "total"], rows, []), (1,)))
+    ver = verdict_block(p)
+    rows = [[r[0], r[2], r[3], r[4], r[5], r[6], r[7]] for r in ver.rows]
+    out.append((Block(f"memory on {p.target.name} and ESTIMATED latency (1 core, batch 1)",
+                      ["weights as", "flash\nneeded", "flash margin", "RAM\nneeded",
+                       "RAM margin", "fits", "est.\nlatency"], rows, []), (1, 3, 5, 6)))
+    notes = []
+    b = build_block(p)
+    if b and p.build:
+        title = f"cross-build for {p.target.name}: {p.build['compiler']} -> {p.build['runner']}"
+        out.append((Block(title, b.headers[:4], [r[:4] for r in b.rows], []), (1, 2, 3)))
+        notes = [check_text(p.build), f"encodings: {p.build['encodings']}"]
+        notes += [f"{r[0]}: {r[4]}" for r in b.rows if r[4]]
+    return out, notes
 
-    for line in header(p):
-        con.print(line)
-    for blk in blocks(p):
-        table = Table(*blk.headers, title=blk.title, title_justify="left")
-        for row in blk.rows:
-            table.add_row(*row)
-        for row in blk.footer:
-            table.add_row(*row, style="bold")
-        con.print(table)
-    for line in summary_lines(p):
-        con.print(line)
+
+def print_profile(p: Profile, con: Any, wide: bool = False) -> None:
+    """The report on the terminal: the tables that fit the console, or every column
+    (``wide``); the lines around them wrapped at its width."""
+    from sparsebench.ui import print_notes, print_table, table
+
+    print_notes(con, header(p))
+    if wide:
+        for blk in blocks(p):
+            tbl = table(blk.headers, blk.rows, blk.title, heavy=True)
+            for row in blk.footer:
+                tbl.add_row(*row, style="bold")
+            print_table(con, tbl, wide=True)
+        notes: list[str] = []
+    else:
+        pairs, notes = compact_blocks(p)
+        for blk, numeric in pairs:
+            tbl = table(blk.headers, blk.rows, blk.title, numeric)
+            for row in blk.footer:
+                tbl.add_row(*row, style="bold")
+            print_table(con, tbl)
+    print_notes(con, notes + summary_lines(p))
 
 
 def _strip(text: str) -> str:

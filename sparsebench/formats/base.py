@@ -10,8 +10,9 @@ indices are int16 or int32 (``idx``), bias is float32 and counted with its layer
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from sparsebench.errors import SparsebenchError
+from sparsebench.formats.layers import expose_layers, inside_attention
 
 INDEX_DTYPES = ("auto", "int16", "int32")
 INT16_MAX = int(np.iinfo(np.int16).max)
@@ -136,6 +138,9 @@ class ConvertedModel:
     other_bytes: int = 0       # every other parameter/buffer of ``module`` (BatchNorm, masks)
     block: tuple[int, int] | None = None
     index_dtype: str = "auto"
+    # weight-holding modules that are not Conv2d/Linear and stayed dense: name -> reason
+    unconverted: dict[str, str] = field(default_factory=dict)
+    layers_total: int | None = None   # candidate layers (``layers.candidates``); None: storage
 
     @property
     def weight_bytes(self) -> int:
@@ -143,9 +148,39 @@ class ConvertedModel:
         return sum(s.nbytes for s in self.storage) + self.other_bytes
 
     @property
+    def inputs(self) -> list[Any]:
+        """The model's inputs (``sparsebench.model_io.InputSpec``; one float input of
+        ``input_shape`` unless the loaded module recorded others)."""
+        from sparsebench.model_io import specs_of
+
+        return specs_of(self.module, self.input_shape)
+
+    @property
     def dense_layers(self) -> list[tuple[str, str]]:
         """(layer name, reason) for the layers this format could not take."""
-        return [(s.name, s.note) for s in self.storage if s.fallback]
+        return [(s.name, s.note) for s in self.storage if s.fallback] + \
+            list(self.unconverted.items())
+
+    @property
+    def layers_converted(self) -> int:
+        """Candidate layers held in this format (for dense: every layer)."""
+        total = len(self.storage) if self.layers_total is None else self.layers_total
+        return max(total - len(self.dense_layers), 0)
+
+    @property
+    def layer_counts(self) -> dict[str, Any]:
+        """``{"converted": c, "total": t, "dense": {name: reason}}`` (the rows' ``layers``)."""
+        total = len(self.storage) if self.layers_total is None else self.layers_total
+        return {"converted": self.layers_converted, "total": total,
+                "dense": dict(self.dense_layers)}
+
+    def no_layer_reason(self) -> str | None:
+        """For a format that converts layers (not dense): why it converted none, else None."""
+        if self.format == "dense" or self.layers_converted > 0:
+            return None
+        reasons = list(dict.fromkeys(r for _, r in self.dense_layers))
+        why = "; ".join(reasons[:3]) if reasons else "the model has no Conv2d/Linear layer"
+        return f"{self.format} converted no layer ({why})"
 
     @property
     def nnz(self) -> int:
@@ -161,10 +196,27 @@ def layer_kind(module: nn.Module) -> str | None:
 
 
 def weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """The Conv2d/Linear modules of ``model`` in registration order."""
+    """The Conv2d/Linear modules of ``model`` in registration order (not the out_proj of an
+    unsplit MultiheadAttention, which reads its weight directly)."""
+    skip = inside_attention(model)
     for name, module in model.named_modules():
-        if layer_kind(module) is not None:
+        if layer_kind(module) is not None and id(module) not in skip:
             yield name, module
+
+
+def working_copy(model: nn.Module, example: torch.Tensor, expose: bool = True) -> nn.Module:
+    """A float32 eval-mode deep copy of ``model`` for a format to own; ``expose``: with its
+    HF Conv1D and MultiheadAttention projections rewritten as Linear (``layers``), and a
+    TorchScript module read as its graph (exported to ONNX and imported with real Conv2d/Linear
+    modules, ``graph.from_torchscript``; ``example`` gives the input shape)."""
+    if expose and isinstance(model, torch.jit.ScriptModule):
+        from sparsebench.graph import from_torchscript
+
+        model = from_torchscript(model, tuple(example.shape[1:]))
+    module = copy.deepcopy(model).float().eval()
+    if expose:
+        expose_layers(module)
+    return module
 
 
 def flat_weight(module: nn.Module) -> np.ndarray:
@@ -202,17 +254,23 @@ def trace_outputs(model: nn.Module, shape: tuple[int, ...],
                 calls.append((name, mod, tuple(out.shape)))
         return record
 
+    from sparsebench.model_io import is_single_float, make_inputs, specs_of
+
+    specs = getattr(model, "input_specs", None)
+    several = specs and not is_single_float(specs)  # token ids, masks: real (small) tensors
     hooks = [mod.register_forward_hook(hook(name)) for name, mod in modules]
     try:
         try:
             from torch._subclasses.fake_tensor import FakeTensorMode
 
+            xs = make_inputs(specs_of(model), shape[0]) if several else None
             with FakeTensorMode(allow_non_fake_inputs=True), torch.inference_mode():
-                model(torch.empty(shape))
+                model(*(xs or (torch.empty(shape),)))
         except Exception:  # noqa: BLE001 - no fake kernel for some op: fall back to real data
             calls.clear()
             with torch.inference_mode():
-                model(torch.zeros(shape))
+                model(*(make_inputs(specs_of(model), shape[0]) if several
+                        else (torch.zeros(shape),)))
     except Exception as exc:  # noqa: BLE001 - any failure is the user's model/input mismatch
         raise SparsebenchError(f"model does not run on an input of shape "
                                f"{tuple(shape)}: {str(exc).splitlines()[0]}") from exc

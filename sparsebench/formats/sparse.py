@@ -6,8 +6,6 @@ layers listed in ``ConvertedModel.layers`` for ones executing the sparse payload
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
@@ -16,7 +14,8 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.formats.base import (INDEX_DTYPES, INT16_MAX, ConvertedModel, LayerStorage,
                                       SparseWeight, bias_array, bsr_nbytes, csr_nbytes,
                                       dense_row, example_input, flat_weight, layer_kind,
-                                      other_bytes, positions, weight_layers)
+                                      other_bytes, positions, weight_layers, working_copy)
+from sparsebench.formats.layers import candidates, unconverted
 
 INT32_MAX = int(np.iinfo(np.int32).max)
 
@@ -148,8 +147,8 @@ def convert_sparse(model: nn.Module, kind: str, *, name: str, index_dtype: str =
                    block: tuple[int, int] = (4, 4),
                    example: torch.Tensor | None = None) -> ConvertedModel:
     """CSR (``kind="csr"``) or BSR (``kind="bsr"``) payloads for every supported layer."""
-    module = copy.deepcopy(model).float().eval()
-    x = example_input(module, example)
+    x = example_input(model, example)
+    module = working_copy(model, x)
     pos = positions(module, x)
     block = check_block(block)
     layers: dict[str, SparseWeight] = {}
@@ -164,7 +163,8 @@ def convert_sparse(model: nn.Module, kind: str, *, name: str, index_dtype: str =
         storage.append(sparse_row(lname, mod, sw, pos.get(lname, 0)))
     return ConvertedModel(name, module, layers, storage, tuple(x.shape[1:]),
                           other_bytes(module, [s.name for s in storage]),
-                          block if kind == "bsr" else None, index_dtype)
+                          block if kind == "bsr" else None, index_dtype,
+                          unconverted(module), candidates(module))
 
 
 def convert_csr(model: nn.Module, *, name: str = "csr", index_dtype: str = "auto",

@@ -15,8 +15,6 @@ or, for any other model (a pickled module, an ONNX import), read off its graph
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.nn.utils import skip_init
@@ -24,7 +22,8 @@ from torch.nn.utils import skip_init
 from sparsebench.archs import PrunableLayer, infer_prunable_layers
 from sparsebench.errors import SparsebenchError
 from sparsebench.formats.base import (ConvertedModel, dense_row, example_input, other_bytes,
-                                      positions, weight_layers)
+                                      positions, weight_layers, working_copy)
+from sparsebench.formats.layers import candidates, unconverted
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -154,8 +153,8 @@ def _layers(module: nn.Module, x: torch.Tensor) -> list[PrunableLayer]:
 def convert_structured(model: nn.Module, *, name: str = "structured", index_dtype: str = "auto",
                        block: tuple[int, int] = (4, 4),
                        example: torch.Tensor | None = None) -> ConvertedModel:
-    module = copy.deepcopy(model).float().eval()
-    x = example_input(module, example)
+    x = example_input(model, example)
+    module = working_copy(model, x)
     notes: dict[str, tuple[str, bool]] = {}
     for p in _layers(module, x):
         try:
@@ -167,4 +166,5 @@ def convert_structured(model: nn.Module, *, name: str = "structured", index_dtyp
     storage = [dense_row(n, m, pos.get(n, 0), *notes.get(n, ("", False)))
                for n, m in weight_layers(module)]
     return ConvertedModel(name, module, {}, storage, tuple(x.shape[1:]),
-                          other_bytes(module, [s.name for s in storage]))
+                          other_bytes(module, [s.name for s in storage]),
+                          unconverted=unconverted(module), layers_total=candidates(module))

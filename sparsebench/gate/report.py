@@ -96,24 +96,65 @@ def _title(c: Comparison) -> str:
     return f"sparsebench compare, A/B ({c.mode}): {base} -> new"
 
 
-def print_comparison(c: Comparison, console: Any) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+COMPACT = ("execution", "new/base", "CI", "latency", "weights", "peak RSS", "gate")
 
-    table = Table(*[f"{1 - c.config.alpha:.0%} CI" if h == "CI" else h for h in COLUMNS],
-                  title=_title(c))
+
+def compact_lines(c: Comparison) -> tuple[list[list[str]], list[str]]:
+    """The comparison in the columns of ``COMPACT`` (fits 80 columns): rows grouped under a
+    model line, batch and threads in the execution's name when they vary, gate failures as
+    numbered notes. Returns (lines, notes)."""
+    from rich.markup import escape
+
+    keyed = [(cells(c, r), r) for r in c.rows]
+    vary = {i: len({k[i] for k, _ in keyed}) > 1 for i in (3, 4)}
+    notes: list[str] = []
+    lines: list[list[str]] = []
+    model = None
     colors = {"slower": "red", "faster": "green"}
-    for r in c.rows:
-        line = [escape(x) for x in cells(c, r)]
-        if r.latency in colors:
-            line[10] = f"[{colors[r.latency]}]{line[10]}[/]"
-        line[-1] = f"[bold red]{line[-1]}[/]" if r.failures else line[-1]
-        table.add_row(*line)
-    console.print(table)
-    for line in _extras(c):
-        console.print(escape(line))
-    console.print(rule_text(c))
-    console.print(("[bold red]" if c.exit_code else "[bold green]") + summary(c) + "[/]")
+    for k, r in keyed:
+        if k[0] != model:
+            model = k[0]
+            lines.append([f"[bold]{escape(model)}[/]"] + [""] * (len(COMPACT) - 1))
+        name = f"{k[1]}/{k[2]}" + (f" b{k[3]}" if vary[3] else "") + (f" t{k[4]}" if vary[4]
+                                                                       else "")
+        gate = "ok"
+        if r.failures:
+            text = "; ".join(r.failures)
+            if text not in notes:
+                notes.append(text)
+            gate = f"[bold red]FAIL [{notes.index(text) + 1}][/]"
+        latency = f"[{colors[r.latency]}]{k[10]}[/]" if r.latency in colors else k[10]
+        lines.append(["  " + escape(name), k[7], escape(k[8]), latency, k[11], k[12], gate])
+    return lines, [f"[{i}] {escape(t)}" for i, t in enumerate(notes, 1)]
+
+
+def print_comparison(c: Comparison, console: Any, wide: bool = False) -> None:
+    """The table (``wide``: every column, failures in full), the notes, the rule, the verdict."""
+    from rich.markup import escape
+
+    from sparsebench.ui import print_notes, print_table, table
+
+    title = _title(c)
+    ci = f"{1 - c.config.alpha:.0%} CI"
+    if wide:
+        colors = {"slower": "red", "faster": "green"}
+        lines = []
+        for r in c.rows:
+            line = [escape(x) for x in cells(c, r)]
+            if r.latency in colors:
+                line[10] = f"[{colors[r.latency]}]{line[10]}[/]"
+            line[-1] = f"[bold red]{line[-1]}[/]" if r.failures else line[-1]
+            lines.append(line)
+        print_table(console, table([ci if h == "CI" else h for h in COLUMNS], lines, title,
+                                   (3, 4, 5, 6, 7, 9, 11, 12), heavy=True), wide=True)
+        notes: list[str] = []
+    else:
+        lines, notes = compact_lines(c)
+        print_table(console, table([ci if h == "CI" else h for h in COMPACT], lines, title,
+                                   (1, 4, 5)))
+    print_notes(console, notes + [escape(line) for line in _extras(c)] + [rule_text(c)])
+    console.print(("[bold red]" if c.exit_code else "[bold green]") + summary(c) + "[/]",
+                  soft_wrap=False)
 
 
 def markdown(c: Comparison) -> str:

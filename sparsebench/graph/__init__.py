@@ -48,7 +48,8 @@ def from_torchscript(module: torch.jit.ScriptModule, input_shape: tuple[int, ...
 
 def from_module(module: Any, input_shape: tuple[int, ...] | None) -> Graph:
     """The graph of ``module`` with shapes for one sample of ``input_shape`` (None: no
-    shapes)."""
+    shapes). A module recording several inputs (``input_specs``, see ``sparsebench.model_io``)
+    is inferred on its example inputs; ``input_shape`` is then the first input's."""
     if isinstance(module, torch.jit.ScriptModule):
         if input_shape is None:
             raise SparsebenchError("reading a TorchScript model needs its input shape")
@@ -59,8 +60,14 @@ def from_module(module: Any, input_shape: tuple[int, ...] | None) -> Graph:
     remove_dead(graph)
     if input_shape is None:
         return graph
-    infer(graph, tuple(input_shape))
-    if graph.output == graph.input:
+    from sparsebench.model_io import example_inputs, is_single_float, specs_of
+
+    specs = specs_of(module, input_shape)
+    if is_single_float(specs):
+        infer(graph, tuple(input_shape))
+    else:
+        infer(graph, example_inputs(module, 1, input_shape))
+    if graph.output in graph.inputs:
         raise SparsebenchError("the model's output is its input")
     if graph.output in graph.consts:
         raise SparsebenchError("the model's output is not computed from its input")

@@ -74,21 +74,42 @@ def _bind(node: Node, module: nn.Module | None) -> Callable[[Env], Any]:
         return lambda env: torch.flatten(env[a[0]], 1)
     if k == "alias":
         return lambda env: env[a[0]]
-    if k == "add":
-        return lambda env: env[a[0]] + env[a[1]]
-    if k == "mul":
-        return lambda env: env[a[0]] * env[a[1]]
+    if k in ("add", "mul"):
+        return _arith(node)
     if node.fn is None:
         raise SparsebenchError(f"node {node.name!r} ({node.kind}) has no implementation")
     return node.fn
 
 
-def run(graph: Graph, x: torch.Tensor, module: nn.Module | None = None) -> Env:
-    """Every value of ``graph`` on input ``x`` (``module``: where layers are looked up, by
-    default the graph's own)."""
+def feed(graph: Graph, x: Any) -> dict[str, Any]:
+    """The graph inputs bound to ``x``: one tensor, or a tuple with one per input."""
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    if len(xs) != len(graph.inputs):
+        raise SparsebenchError(f"the graph takes {len(graph.inputs)} inputs "
+                               f"({', '.join(graph.inputs)}), got {len(xs)}")
+    return dict(zip(graph.inputs, xs))
+
+
+def _arith(node: Node) -> Callable[[Env], Any]:
+    """``add``/``mul`` on tensors; sizes (tuples of ints, from an ONNX import) go to the
+    node's own ``fn``, which knows the op's arithmetic on them."""
+    a, own = node.inputs, node.fn
+    op = torch.add if node.kind == "add" else torch.mul
+
+    def fn(env: Env) -> Any:
+        x, y = env[a[0]], env[a[1]]
+        if own is not None and (isinstance(x, (tuple, list)) or isinstance(y, (tuple, list))):
+            return own(env)
+        return x + y if op is torch.add else x * y
+    return fn
+
+
+def run(graph: Graph, x: Any, module: nn.Module | None = None) -> Env:
+    """Every value of ``graph`` on input ``x`` (a tensor, or a tuple of one tensor per input;
+    ``module``: where layers are looked up, by default the graph's own)."""
     module = graph.module if module is None else module
     env: Env = dict(graph.consts)
-    env[graph.input] = x
+    env.update(feed(graph, x))
     for node in graph.nodes:
         env[node.output] = bind(node, module)(env)
     return env
@@ -98,17 +119,23 @@ def _dtype(v: Any) -> str:
     return str(v.dtype).replace("torch.", "")
 
 
-def infer(graph: Graph, input_shape: tuple[int, ...]) -> Graph:
-    """Shapes and dtypes of every value, from one run on a zero sample; one-line errors."""
+def infer(graph: Graph, inputs: Any) -> Graph:
+    """Shapes and dtypes of every value, from one run at batch 1; one-line errors. ``inputs``:
+    a per-sample shape (one float input, zeros) or a tuple of example input tensors."""
+    if inputs and all(isinstance(d, int) for d in inputs):
+        shown = f"shape {tuple(inputs)}"
+        example: Any = (torch.zeros(1, *inputs),)
+    else:
+        example = tuple(inputs)
+        shown = "shapes " + ", ".join(str(tuple(t.shape)) for t in example)
     try:
         with torch.inference_mode():
-            env = run(graph, torch.zeros(1, *input_shape))
+            env = run(graph, example)
     except SparsebenchError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's model/input mismatch
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise SparsebenchError(f"model does not run on an input of shape "
-                               f"{tuple(input_shape)}: {first}") from None
+        raise SparsebenchError(f"model does not run on an input of {shown}: {first}") from None
     for name, v in env.items():
         if isinstance(v, torch.Tensor):
             graph.values[name] = Value(name, tuple(int(s) for s in v.shape), _dtype(v))

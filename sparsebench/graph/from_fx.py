@@ -271,12 +271,11 @@ def from_fx(module: nn.Module) -> Graph:
                                f"({type(exc).__name__}: {first})") from None
     nodes: list[Node] = []
     consts: dict[str, Any] = {}
-    inp = out = None
+    inputs: list[str] = []
+    out = None
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            if inp is not None:
-                raise SparsebenchError("sparsebench reads models with one input tensor")
-            inp = node.name
+            inputs.append(node.name)
         elif node.op == "get_attr":
             obj: Any = gm
             for part in str(node.target).split("."):
@@ -296,6 +295,6 @@ def from_fx(module: nn.Module) -> Graph:
                     if not isinstance(a, fx.Node):
                         consts[f"{node.name}::arg{i}"] = a
             nodes.append(n)
-    if inp is None or out is None:
+    if not inputs or out is None:
         raise SparsebenchError("the traced model has no input or no output")
-    return Graph(nodes, inp, out, {}, consts, gm)
+    return Graph(nodes, inputs, out, {}, consts, gm)

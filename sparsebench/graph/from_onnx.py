@@ -62,7 +62,8 @@ def _node(module: OnnxGraphModule, step: _Step, consts: dict[str, Any]) -> Node:
         return make(kind, **pool_attrs(a["kernel"], a["strides"], a["pads"], a["dilations"],
                                        a["ceil_mode"], a["count_include_pad"]))
     elif step.op in ("Add", "Mul") and len(step.inputs) == 2 and tensors:
-        return Node(step.op.lower(), step.node, tuple(step.inputs), out, source=step.op)
+        return Node(step.op.lower(), step.node, tuple(step.inputs), out, source=step.op,
+                    fn=_call(module, step))  # fn: the op on sizes (tuples) as well
     kind = "reshape" if step.op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") and x \
         and x not in consts else "call"
     return Node(kind, step.node, tuple(n for n in step.inputs), out, module=step.module,
@@ -71,13 +72,16 @@ def _node(module: OnnxGraphModule, step: _Step, consts: dict[str, Any]) -> Node:
 
 def from_onnx(module: OnnxGraphModule) -> Graph:
     """The graph of an ONNX-imported module (no shapes yet: see ``execute.infer``)."""
-    if len(module._output_names) != 1:
-        raise SparsebenchError("sparsebench reads models with one output")
-    produced = {module._input_name} | {s.outputs[0] for s in module._steps}
+    outputs = list(getattr(module, "output_names", module._output_names))
+    inputs = list(getattr(module, "input_names", [module._input_name]))
+    if len(outputs) != 1:
+        raise SparsebenchError("sparsebench reads graphs with one output (this one has "
+                               f"{len(outputs)})")
+    produced = set(inputs) | {o for s in module._steps for o in s.outputs}
     consts: dict[str, Any] = {}
     for step in module._steps:
         for name in step.inputs:
             if name and name not in produced and name not in consts:
                 consts[name] = module._value({}, name)
     nodes = [_node(module, step, consts) for step in module._steps]
-    return Graph(nodes, module._input_name, module._output_names[0], {}, consts, module)
+    return Graph(nodes, inputs, outputs[0], {}, consts, module)

@@ -6,7 +6,8 @@ named (torch.fx node names, ONNX value names) and typed after shape inference
 (:func:`sparsebench.graph.execute.infer`): ``shape`` with the batch dimension first (at batch
 1), ``dtype`` a torch dtype name; a value that is not a tensor (a size, a tuple of sizes) has
 ``shape = None``. Constants (weights the graph reads as values, folded subgraphs) sit in
-``consts``.
+``consts``. A graph has one or more inputs (``inputs``, in call order: token ids, masks,
+images) and one output.
 
 Node kinds (``KINDS``): the ops every consumer understands, each with fixed attributes;
 anything else is a ``call`` whose ``fn`` computes it with torch. Conv/linear/batchnorm nodes
@@ -80,12 +81,19 @@ class Node:
 
 @dataclass
 class Graph:
+    """``inputs``: the graph's input values in call order (``forward(*inputs)``)."""
+
     nodes: list[Node]
-    input: str
+    inputs: list[str]
     output: str
     values: dict[str, Value]
     consts: dict[str, Any]
     module: nn.Module | None = None   # the torch module ``Node.module`` names refer to
+
+    @property
+    def input(self) -> str:
+        """The first input (code that handles single-input graphs)."""
+        return self.inputs[0]
 
     def producer(self, value: str) -> Node | None:
         return next((n for n in self.nodes if n.output == value), None)

@@ -675,7 +675,7 @@ def same_pads(step: _Step, x: torch.Tensor) -> list[int]:
     kernel, n = a["kernel"], len(a["kernel"])
     mode = a.get("auto_pad", "NOTSET")
     if mode in ("NOTSET", ""):
-        return list(a.get("pads") or [0] * 2 * n)
+        return list(a.get("onnx_pads") or a.get("pads") or [0] * 2 * n)
     if mode == "VALID":
         return [0] * 2 * n
     begins, ends = [], []
@@ -701,7 +701,7 @@ def _conv_fn(n: int) -> Callable[..., torch.Tensor]:
     return (F.conv1d, F.conv2d, F.conv3d)[n - 1]
 
 
-@_op("conv", "linear")
+@_op("conv", "conv_auto_pad", "linear")
 def _layer(mod: Any, step: _Step, x: torch.Tensor) -> torch.Tensor:
     """A Conv/Gemm/MatMul with constant weights: the registered submodule runs."""
     if step.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
@@ -771,19 +771,25 @@ def _transpose_crop(step: _Step, x: torch.Tensor, y: torch.Tensor,
     return F.pad(y, crop)
 
 
-@_op("MaxPool", "AveragePool", "LpPool")
+_POOL_KIND = {"max_pool_padded": "MaxPool", "avg_pool_padded": "AveragePool"}
+
+
+@_op("MaxPool", "AveragePool", "LpPool", *_POOL_KIND)
 def _pool(mod: Any, step: _Step, x: torch.Tensor) -> torch.Tensor:
+    """Pools; "MaxPool"/"AveragePool" steps have symmetric pads of at most half the kernel
+    (``pads`` lists the begins, as torch takes them), the ``*_padded`` ones any ONNX pads."""
     a = step.attrs
     n = len(a["kernel"])
+    kind = _POOL_KIND.get(step.op, step.op)
     pads = same_pads(step, x)
     sym = pads[:n] == pads[n:] and all(p <= k // 2 for p, k in zip(pads, a["kernel"]))
-    if step.op == "LpPool":
+    if kind == "LpPool":
         p = a.get("p", 2)
         y = F.pad(x, torch_pads(pads)).abs() ** p
         fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
         return (fn(y, a["kernel"], a["strides"], 0, a["ceil_mode"]) * math.prod(a["kernel"])
                 ) ** (1.0 / p)
-    if step.op == "MaxPool":
+    if kind == "MaxPool":
         fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
         if not sym:
             x, pads = F.pad(x, torch_pads(pads), value=-math.inf), [0] * 2 * n
@@ -1028,3 +1034,80 @@ def _qlinear_conv(mod: Any, step: _Step, x: torch.Tensor, x_s: torch.Tensor,
         acc = acc + b.double().reshape(shape)
     scale = (x_s.float() * w_s.float().reshape(-1) / y_s.float()).reshape(shape)
     return _requantize(acc, scale, y_zp, y_zp.dtype)
+
+
+# --- sequences of tensors -----------------------------------------------------------------------
+
+class TensorSequence:
+    """An ONNX sequence value: an immutable run of tensors."""
+
+    def __init__(self, items: Any = ()) -> None:
+        self.items = tuple(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _position(seq: TensorSequence, pos: Value, default: int) -> int:
+    p = default if pos is None else int(_scalar(pos))
+    return p + len(seq) if p < 0 else p
+
+
+@_op("SequenceEmpty", py=True)
+def _sequence_empty(mod: Any, step: _Step) -> TensorSequence:
+    return TensorSequence()
+
+
+@_op("SequenceConstruct", py=True)
+def _sequence_construct(mod: Any, step: _Step, *xs: Value) -> TensorSequence:
+    return TensorSequence(_tensor(x) for x in xs)
+
+
+@_op("SequenceInsert", py=True)
+def _sequence_insert(mod: Any, step: _Step, seq: TensorSequence, x: Value,
+                     pos: Value = None) -> TensorSequence:
+    items = list(seq.items)
+    items.insert(len(items) if pos is None else int(_scalar(pos)), _tensor(x))
+    return TensorSequence(items)
+
+
+@_op("SequenceErase", py=True)
+def _sequence_erase(mod: Any, step: _Step, seq: TensorSequence, pos: Value = None
+                    ) -> TensorSequence:
+    items = list(seq.items)
+    del items[_position(seq, pos, len(seq) - 1)]
+    return TensorSequence(items)
+
+
+@_op("SequenceAt", py=True)
+def _sequence_at(mod: Any, step: _Step, seq: TensorSequence, pos: Value) -> torch.Tensor:
+    return seq.items[_position(seq, pos, 0)]
+
+
+@_op("SequenceLength", py=True)
+def _sequence_length(mod: Any, step: _Step, seq: TensorSequence) -> torch.Tensor:
+    return torch.tensor(len(seq), dtype=torch.int64)
+
+
+@_op("ConcatFromSequence", py=True)
+def _concat_from_sequence(mod: Any, step: _Step, seq: TensorSequence) -> torch.Tensor:
+    axis = step.attrs["axis"]
+    if step.attrs.get("new_axis", 0):
+        return torch.stack(seq.items, axis)
+    return torch.cat(seq.items, axis)
+
+
+@_op("SplitToSequence", py=True)
+def _split_to_sequence(mod: Any, step: _Step, x: Value, split: Value = None
+                       ) -> TensorSequence:
+    x = _tensor(x)
+    axis = step.attrs.get("axis", 0) % x.dim()
+    if split is None:
+        parts = torch.split(x, 1, axis)
+        if not step.attrs.get("keepdims", 1):
+            parts = tuple(p.squeeze(axis) for p in parts)
+        return TensorSequence(parts)
+    sizes = _ints(split)
+    if _int_scalar(split) or (isinstance(split, torch.Tensor) and split.dim() == 0):
+        return TensorSequence(torch.split(x, int(sizes[0]), axis))
+    return TensorSequence(torch.split(x, list(sizes), axis))

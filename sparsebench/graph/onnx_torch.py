@@ -3,18 +3,20 @@
 Supported ops (default ``ai.onnx`` domain, opsets 7 to 21, attribute and input variants):
 Abs, Acos, Acosh, Add, And, ArgMax, ArgMin, Asin, Asinh, Atan, Atanh, AveragePool,
 BatchNormalization, BitwiseAnd, BitwiseNot, BitwiseOr, BitwiseXor, Cast, CastLike, Ceil, Celu,
-Clip, Concat, Constant, ConstantOfShape, Conv, ConvInteger, ConvTranspose, Cos, Cosh, CumSum,
-DepthToSpace, DequantizeLinear, Div, Dropout, DynamicQuantizeLinear, Einsum, Elu, Equal, Erf,
-Exp, Expand, Flatten, Floor, Gather, GatherElements, GatherND, Gelu, Gemm, GlobalAveragePool,
-GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Hardmax, Identity,
-InstanceNormalization, IsInf, IsNaN, LRN, LayerNormalization, LeakyRelu, Less, LessOrEqual, Log,
-LogSoftmax, LpNormalization, LpPool, MatMul, MatMulInteger, Max, MaxPool, Mean, Min, Mish, Mod,
-Mul, Neg, NonZero, Not, OneHot, Or, PRelu, Pad, Pow, QLinearConv, QLinearMatMul, QuantizeLinear,
-Range, Reciprocal, ReduceL1, ReduceL2, ReduceLogSum, ReduceLogSumExp, ReduceMax, ReduceMean,
-ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare, Relu, Reshape, Resize, Round, Scatter,
-ScatterElements, ScatterND, Selu, Shape, Shrink, Sigmoid, Sign, Sin, Sinh, Size, Slice, Softmax,
-Softplus, Softsign, SpaceToDepth, Split, Sqrt, Squeeze, Sub, Sum, Tan, Tanh, ThresholdedRelu,
-Tile, TopK, Transpose, Trilu, Unsqueeze, Upsample, Where, Xor.
+Clip, Concat, ConcatFromSequence, Constant, ConstantOfShape, Conv, ConvInteger, ConvTranspose,
+Cos, Cosh, CumSum, DepthToSpace, DequantizeLinear, Div, Dropout, DynamicQuantizeLinear, Einsum,
+Elu, Equal, Erf, Exp, Expand, Flatten, Floor, Gather, GatherElements, GatherND, Gelu, Gemm,
+GlobalAveragePool, GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Hardmax,
+Identity, InstanceNormalization, IsInf, IsNaN, LRN, LayerNormalization, LeakyRelu, Less,
+LessOrEqual, Log, LogSoftmax, LpNormalization, LpPool, MatMul, MatMulInteger, Max, MaxPool,
+Mean, Min, Mish, Mod, Mul, Neg, NonZero, Not, OneHot, Or, PRelu, Pad, Pow, QLinearConv,
+QLinearMatMul, QuantizeLinear, Range, Reciprocal, ReduceL1, ReduceL2, ReduceLogSum,
+ReduceLogSumExp, ReduceMax, ReduceMean, ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare, Relu,
+Reshape, Resize, Round, Scatter, ScatterElements, ScatterND, Selu, SequenceAt,
+SequenceConstruct, SequenceEmpty, SequenceErase, SequenceInsert, SequenceLength, Shape, Shrink,
+Sigmoid, Sign, Sin, Sinh, Size, Slice, Softmax, Softplus, Softsign, SpaceToDepth, Split,
+SplitToSequence, Sqrt, Squeeze, Sub, Sum, Tan, Tanh, ThresholdedRelu, Tile, TopK, Transpose,
+Trilu, Unsqueeze, Upsample, Where, Xor.
 Model-local functions are inlined first; other domains and control flow (If, Loop, Scan) are
 not supported (``Unsupported`` names the op and the node).
 
@@ -46,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-from sparsebench.graph.onnx_ops import _OPS, Unsupported, Value, _Step, _tensor
+from sparsebench.graph.onnx_ops import _OPS, TensorSequence, Unsupported, Value, _Step, _tensor
 
 __all__ = ["SUPPORTED", "OnnxGraphModule", "Unsupported", "to_torch", "_OPS", "_Step"]
 
@@ -157,9 +159,10 @@ def _constant_value(node: Any) -> torch.Tensor:
     raise Unsupported(f"ONNX op Constant (node {node.name}): only numeric values are supported")
 
 
-def _runtime(t: torch.Tensor) -> Value:
-    """Small int64 tensors become Python ints/tuples; anything else stays a tensor."""
-    if t.dtype == torch.int64 and t.dim() <= 1 and t.numel() <= _SMALL_INT:
+def _runtime(t: Any) -> Value:
+    """Small int64 tensors become Python ints/tuples; anything else stays as it is."""
+    if isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.dim() <= 1 \
+            and t.numel() <= _SMALL_INT:
         return int(t) if t.dim() == 0 else tuple(int(i) for i in t.tolist())
     return t
 
@@ -193,6 +196,8 @@ class _Builder:
             self.consumers[o.name] = self.consumers.get(o.name, 0) + 1
         self.skip: set[int] = set()
         self.taken: set[str] = set()
+        self.alias: dict[str, str] = {}  # Identity / Dropout output -> the value it passes on
+        self.graph_outputs = {o.name for o in graph.output}
         self.batch_dims = self.fixed_batch_dims(model, inputs[0]) if len(inputs) == 1 else None
 
     @staticmethod
@@ -246,8 +251,10 @@ class _Builder:
     def add(self, node: Any, op: str, inputs: list[str], attrs: dict[str, Any],
             layer: nn.Module | None = None, index: int = 0, outputs: list[str] | None = None,
             weight: tuple[str, bool] | None = None) -> None:
-        step = _Step(op, node.name or f"#{index}", tuple(inputs),
-                     tuple(outputs or node.output), attrs)
+        outs = list(outputs or node.output)
+        while len(outs) > 1 and not self.consumers.get(outs[-1]):
+            outs.pop()  # unused optional outputs (a Dropout's mask, ...) are not computed
+        step = _Step(op, node.name or f"#{index}", tuple(inputs), tuple(outs), attrs)
         if layer is not None:
             step.module = self.module_name(node, index)
             self.module.add_module(step.module, layer.eval())
@@ -273,6 +280,7 @@ class _Builder:
         for index, node in enumerate(self.graph.node):
             if index in self.skip:
                 continue
+            node = self.resolved(node)
             op = node.op_type
             if op == "Constant" and node.domain in ("", "ai.onnx"):
                 self.consts[node.output[0]] = _constant_value(node)
@@ -281,6 +289,8 @@ class _Builder:
             attrs = _attrs(node)
             if all(n == "" or n in self.consts for n in node.input):
                 self.fold(node, index, attrs)
+            elif op in ("Identity", "Dropout") and self.passes_through(node):
+                self.alias[node.output[0]] = node.input[0]
             elif op == "Conv" and self.const(node.input[1]) is not None:
                 self.conv(node, index, attrs)
             elif op == "ConvTranspose" and self.const(node.input[1]) is not None:
@@ -290,13 +300,29 @@ class _Builder:
             elif op in ("Gemm", "MatMul") and self.linear(node, index, attrs):
                 pass
             elif op in ("MaxPool", "AveragePool", "LpPool"):
-                self.add(node, op, list(node.input), self.pool_attrs(node, index, attrs))
+                self.pool(node, index, attrs)
             elif op == "Reshape":
                 self.add(node, op, self.reshape_inputs(node, attrs), attrs)
             else:
                 self.add(node, op, list(node.input), attrs, index=index)
         self.register_constants()
         return self.module
+
+    def resolved(self, node: Any) -> Any:
+        """``node`` reading through the Identity/Dropout outputs it consumes (a copy)."""
+        if not any(n in self.alias for n in node.input):
+            return node
+        from onnx import NodeProto
+
+        copy = NodeProto()
+        copy.CopyFrom(node)
+        copy.input[:] = [self.alias.get(n, n) for n in node.input]
+        return copy
+
+    def passes_through(self, node: Any) -> bool:
+        """An Identity, or a Dropout (inference) whose mask is unused, not a graph output."""
+        return node.output[0] not in self.graph_outputs and not any(
+            self.consumers.get(o) for o in node.output[1:] if o)
 
     def fold(self, node: Any, index: int, attrs: dict[str, Any]) -> None:
         step = _Step(node.op_type, node.name or f"#{index}", tuple(node.input),
@@ -308,7 +334,8 @@ class _Builder:
         outs = out if isinstance(out, list) else [out]
         for name, value in zip(node.output, outs):
             if name:
-                self.consts[name] = value if isinstance(value, torch.Tensor) else _tensor(value)
+                self.consts[name] = value if isinstance(value, (torch.Tensor, TensorSequence)) \
+                    else _tensor(value)
 
     def register_constants(self) -> None:
         used = {n for s in self.module._steps for n in s.inputs} | set(self.module.output_names)
@@ -338,7 +365,8 @@ class _Builder:
         dilations = list(attrs.get("dilations", [1] * n))
         layer = skip_init(cls, w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),
                           stride=tuple(strides), padding=tuple(pads[:n]) if symmetric else 0,
-                          dilation=tuple(dilations), groups=groups, bias=b is not None)
+                          dilation=tuple(dilations), groups=groups, bias=b is not None,
+                          dtype=w.dtype)
         self.copy_params(layer, w, b)
         extra: dict[str, Any] = {}
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -346,8 +374,9 @@ class _Builder:
                      "dilations": dilations}
         elif not symmetric:
             extra = {"pad": [p for i in reversed(range(n)) for p in (pads[i], pads[i + n])]}
-        self.add(node, "conv", [node.input[0]], extra, layer, index,
-                 weight=(node.input[1], False))
+        # padding computed from the input's size at run time: not a plain conv for the graph IR
+        op = "conv_auto_pad" if "auto_pad" in extra else "conv"
+        self.add(node, op, [node.input[0]], extra, layer, index, weight=(node.input[1], False))
 
     @staticmethod
     def copy_params(layer: nn.Module, w: torch.Tensor, b: torch.Tensor | None) -> None:
@@ -370,7 +399,7 @@ class _Builder:
         layer = skip_init(cls, w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]),
                           stride=tuple(attrs.get("strides", [1] * n)), padding=0,
                           dilation=tuple(attrs.get("dilations", [1] * n)), groups=groups,
-                          bias=b is not None)
+                          bias=b is not None, dtype=w.dtype)
         self.copy_params(layer, w, b)
         self.add(node, "conv_transpose", [node.input[0]], {**attrs, "kernel": list(w.shape[2:])},
                  layer, index, weight=(node.input[1], False))
@@ -384,7 +413,8 @@ class _Builder:
         if any(p is None for p in params) or not params[0].is_floating_point():
             return False
         scale, bias, mean, var = params
-        layer = nn.BatchNorm2d(scale.numel(), eps=float(attrs.get("epsilon", 1e-5)))
+        layer = nn.BatchNorm2d(scale.numel(), eps=float(attrs.get("epsilon", 1e-5)),
+                               dtype=scale.dtype)
         with torch.no_grad():
             layer.weight.copy_(scale)
             layer.bias.copy_(bias)
@@ -439,6 +469,21 @@ class _Builder:
                 return c.reshape(-1), list(nxt.output)
         return None
 
+    def pool(self, node: Any, index: int, attrs: dict[str, Any]) -> None:
+        """A pool step; one with padding torch's pools cannot take is a ``*_padded`` step
+        (padded explicitly at run time, so not a plain pool for the graph IR)."""
+        a = self.pool_attrs(node, index, attrs)
+        n = len(a["kernel"])
+        pads = a["onnx_pads"]
+        plain = a["auto_pad"] in ("NOTSET", "VALID", "") and pads[:n] == pads[n:] and all(
+            p <= k // 2 for p, k in zip(pads, a["kernel"]))
+        if a["auto_pad"] == "VALID":
+            a["pads"], a["onnx_pads"] = [0] * n, [0] * 2 * n
+        op = node.op_type
+        if not plain and op != "LpPool":
+            op = {"MaxPool": "max_pool_padded", "AveragePool": "avg_pool_padded"}[op]
+        self.add(node, op, list(node.input), a, index=index)
+
     def pool_attrs(self, node: Any, index: int, attrs: dict[str, Any]) -> dict[str, Any]:
         kernel = list(attrs["kernel_shape"])
         n = len(kernel)
@@ -447,8 +492,9 @@ class _Builder:
         dilations = list(attrs.get("dilations", [1] * n))
         if node.op_type != "MaxPool" and any(d != 1 for d in dilations):
             raise Unsupported(f"{_where(node, index)}: dilations are not supported")
+        pads = list(attrs.get("pads", [0] * 2 * n))
         return {"kernel": kernel, "strides": list(attrs.get("strides", [1] * n)),
-                "pads": list(attrs.get("pads", [0] * 2 * n)), "dilations": dilations,
+                "pads": pads[:n], "onnx_pads": pads, "dilations": dilations,
                 "auto_pad": attrs.get("auto_pad", "NOTSET"),
                 "ceil_mode": bool(attrs.get("ceil_mode", 0)), "p": attrs.get("p", 2),
                 "count_include_pad": bool(attrs.get("count_include_pad", 0))}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.special import erf
 
-from sparsebench.graph.execute import bind
+from sparsebench.graph.execute import bind, feed
 from sparsebench.graph.ir import Graph, Node
 
 
@@ -138,13 +138,15 @@ def _torch(v: Any) -> Any:
     return v
 
 
-def evaluate(graph: Graph, x: np.ndarray | torch.Tensor) -> dict[str, Any]:
-    """Every value of ``graph`` on input ``x`` (float64 numpy arrays for tensors)."""
+def evaluate(graph: Graph, x: Any) -> dict[str, Any]:
+    """Every value of ``graph`` on input ``x`` (an array, or a tuple with one per input;
+    float64 numpy arrays for float tensors)."""
     env: dict[str, Any] = {k: _np(v) for k, v in graph.consts.items()}
-    env[graph.input] = _np(torch.as_tensor(x))
+    env.update({k: _np(torch.as_tensor(v)) for k, v in feed(graph, x).items()})
     for node in graph.nodes:
         args = [env[v] if v else None for v in node.inputs]
-        value = None if node.kind in ("call", "reshape") else _eval(node, args)
+        sizes = any(isinstance(v, (tuple, list, int)) for v in args)  # ONNX size arithmetic
+        value = None if node.kind in ("call", "reshape") or sizes else _eval(node, args)
         if value is None:   # torch on the same values (own weights: see execute.bind)
             tenv = {v: _torch(env[v]) for v in node.inputs if v}
             with torch.inference_mode():
@@ -157,5 +159,5 @@ def evaluate(graph: Graph, x: np.ndarray | torch.Tensor) -> dict[str, Any]:
     return env
 
 
-def output(graph: Graph, x: np.ndarray | torch.Tensor) -> np.ndarray:
+def output(graph: Graph, x: Any) -> np.ndarray:
     return np.asarray(evaluate(graph, x)[graph.output])

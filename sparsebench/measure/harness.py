@@ -77,9 +77,11 @@ def footprint(module: Any, input_shape: tuple[int, ...]) -> tuple[int, int]:
 
     from sparsebench.formats.base import trace_outputs
 
+    from sparsebench.model_io import specs_of
+
     weights = sum(t.numel() * t.element_size() for t in
                   [*module.parameters(), *module.buffers()])
-    per_sample = math.prod(input_shape)
+    per_sample = sum(math.prod(s.shape) for s in specs_of(module, input_shape))
     if isinstance(module, torch.jit.ScriptModule):  # takes no hooks: weights and input only
         return weights, 4 * per_sample
     leaves = [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
@@ -119,6 +121,7 @@ class MeasureConfig:
     per_layer: bool = False
     arch: str | None = None
     input_shape: list[int] | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # --input: InputSpec fields
     trust: bool = False
     index_dtype: str = "auto"
     seed: int = 0
@@ -162,7 +165,7 @@ def model_info(loaded: Any, formats: list[str], index_dtype: str) -> dict[str, A
 
     info: dict[str, Any] = {"path": loaded.path, "kind": loaded.kind, "arch": loaded.arch,
                             "input_shape": list(loaded.input_shape), "notes": list(loaded.notes),
-                            "formats": {}}
+                            "inputs": [s.describe() for s in loaded.inputs], "formats": {}}
     module = loaded.module
     if module is None:
         info["notes"].append(f"no torch module: {loaded.onnx_error}")
@@ -191,6 +194,7 @@ def model_info(loaded: Any, formats: list[str], index_dtype: str) -> dict[str, A
             "params": sum(p.numel() for p in converted.module.parameters()),
             "layers": [asdict(s) for s in converted.storage],
             "dense_layers": [list(d) for d in converted.dense_layers],
+            "layer_counts": converted.layer_counts,
         }
     return info
 
@@ -215,6 +219,7 @@ def plan(cfg: MeasureConfig, names: dict[str, str],
                             "timing": cfg.timing, "data": cfg.data, "data_dir": cfg.data_dir,
                             "data_limit": cfg.data_limit, "per_layer": cfg.per_layer,
                             "arch": cfg.arch, "input_shape": cfg.input_shape,
+                            "inputs": cfg.inputs,
                             "trust": cfg.trust, "index_dtype": cfg.index_dtype,
                             "seed": cfg.seed, "inject_slowdown": cfg.inject_slowdown,
                             "max_memory": cfg.max_memory})
@@ -225,15 +230,10 @@ def plan(cfg: MeasureConfig, names: dict[str, str],
 
 
 def run_worker(job: dict[str, Any], timeout: float, module: str = "sparsebench.measure.worker",
-               root: str | None = None) -> dict[str, Any]:
-    """Run one job in a fresh interpreter; a crash or timeout becomes a skipped row.
-    ``root``: run the worker of the sparsebench checkout in that folder (A/B of two commits)."""
-    env = dict(os.environ)
-    if root:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    threads = str(job["threads"])
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
-
+               root: str | None = None, server: Any = None) -> dict[str, Any]:
+    """Run one job in a fresh process: a child forked by ``server`` (a ``ForkServer``), or a
+    new interpreter; a crash or timeout becomes a skipped row. ``root``: run the worker of the
+    sparsebench checkout in that folder (A/B of two commits; always a new interpreter)."""
     def failed(reason: str, **extra: Any) -> dict[str, Any]:
         return skipped_row(job["model"], job["format"], job["backend"], job["batch"],
                            job["threads"], reason, **extra)
@@ -243,28 +243,96 @@ def run_worker(job: dict[str, Any], timeout: float, module: str = "sparsebench.m
         return failed(f"too large: estimated worker memory {fmt_bytes(est)} exceeds the limit "
                       f"{fmt_bytes(limit)} (--max-memory)", estimated_bytes=est)
     try:
-        proc = subprocess.run([sys.executable, "-m", module], input=json.dumps(job),
-                              capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
+        if server is not None and root is None and module == "sparsebench.measure.worker":
+            code, row, err = server.run(job, timeout)
+        else:
+            code, row, err = _spawn(job, timeout, module, root)
     except subprocess.TimeoutExpired:
         return failed(f"error: timed out after {timeout:.0f}s")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return failed(f"error: worker crashed ({err[:200]})")
-    row = json.loads(lines[-1])
+    except ChildProcessError as exc:
+        code, row, err = -1, None, str(exc)
+    if code != 0 or row is None:
+        return failed(f"error: worker crashed ({(err or f'exit code {code}')[:200]})")
     if est is not None:
         row["estimated_bytes"] = est
     return row
 
 
+def _spawn(job: dict[str, Any], timeout: float, module: str,
+           root: str | None) -> tuple[int, dict[str, Any] | None, str]:
+    """(exit code, row or None, last stderr line) of ``job`` in a new interpreter."""
+    env = dict(os.environ)
+    if root:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    threads = str(job["threads"])
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
+    proc = subprocess.run([sys.executable, "-m", module], input=json.dumps(job),
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    err = (proc.stderr.strip().splitlines() or [""])[-1]
+    return proc.returncode, json.loads(lines[-1]) if lines else None, err
+
+
+# What one execution costs besides its timed calls, measured on this project's 2-core machine
+# under load with the zoo's LeNet-5 (README quickstart): a new interpreter's start, imports
+# and first shape trace; then loading, conversion, preparation and the check against dense;
+# and the accuracy pass over a 10,000-image test set. Larger models take longer.
+SPAWN_SECONDS = 2.7
+SETUP_SECONDS = 1.0
+ACCURACY_SECONDS = 1.5
+
+
+def estimate_seconds(jobs: list[dict[str, Any]], forked: bool = True) -> float:
+    """A rough duration of ``jobs``: per execution, a fixed cost (start-up unless ``forked``,
+    setup, the accuracy pass when asked) plus its warm-up and ``--min-time``; calls slower
+    than ``--min-time`` / ``--min-calls`` make it longer."""
+    from sparsebench.measure.timing import TimingPolicy
+
+    total = 0.0
+    for job in jobs:
+        if job.get("max_memory") is not None and job.get("estimated_bytes", 0) > job["max_memory"]:
+            continue  # skipped before a worker starts
+        policy = TimingPolicy(**job.get("timing", {}))
+        total += (0 if forked else SPAWN_SECONDS) + SETUP_SECONDS + policy.warmup_seconds \
+            + policy.min_seconds + (ACCURACY_SECONDS if job.get("data") else 0)
+    return total
+
+
+def plan_line(jobs: list[dict[str, Any]], forked: bool = True) -> str:
+    """The plan printed before a run: how many executions, how they multiply, the estimate."""
+    from sparsebench.ui import fmt_duration
+
+    def count(n: int, word: str) -> str:
+        return f"{n} {word}" + ("s" if n != 1 else "")
+
+    models = len({j["model"] for j in jobs})
+    pairs = len({(j["format"], j["backend"]) for j in jobs})
+    batches = len({j["batch"] for j in jobs})
+    threads = len({j["threads"] for j in jobs})
+    text = (f"plan: {count(len(jobs), 'execution')} = {count(models, 'model')} x "
+            f"{count(pairs, 'format/backend pair')} x {count(batches, 'batch size')} x "
+            f"{count(threads, 'thread count')}")
+    if jobs:
+        text += (f"; estimated {fmt_duration(estimate_seconds(jobs, forked))} (an estimate: a "
+                 "fixed cost per execution plus --min-time; slow calls, big models and a busy "
+                 "machine take longer)")
+    return text
+
+
 def run_plan(jobs: list[dict[str, Any]], results: ResultsFile, timeout: float,
-             on_row: Callable[[dict[str, Any]], None] = lambda row: None) -> None:
+             on_row: Callable[[dict[str, Any]], None] = lambda row: None,
+             fork: bool = True) -> None:
+    """Run every job, one at a time, each in a fresh process: forked from one preloaded
+    server (``fork``, the default: no interpreter start per execution) or a new interpreter."""
     if any(j["backend"] == "native" for j in jobs) and "roofline" not in results.doc:
         from sparsebench.measure.roofline import probe_for_native  # ceilings, native rows
 
         results.doc["roofline"] = probe_for_native(sorted({int(j["threads"]) for j in jobs}))
-    for job in jobs:
-        row = run_worker(job, timeout)
-        row.pop("dense_layers", None) if not row.get("dense_layers") else None
-        results.add(row)
-        on_row(row)
+    from sparsebench.measure.forkserver import ForkServer
+
+    with ForkServer() as server:
+        for job in jobs:
+            row = run_worker(job, timeout, server=server if fork else None)
+            row.pop("dense_layers", None) if not row.get("dense_layers") else None
+            results.add(row)
+            on_row(row)

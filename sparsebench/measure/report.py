@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
+
 BASELINES = {"dense-torch": ("dense", "torch"), "ort-dense": ("dense", "onnxruntime")}
 
 
@@ -46,15 +48,35 @@ def _num(value: float | None, fmt: str = "{:.3f}") -> str:
 def _bytes(value: int | None) -> str:
     if value is None:
         return "-"
-    return f"{value / 1024:.1f} KiB" if value < 1024 ** 2 else f"{value / 1024 ** 2:.2f} MiB"
+    if value < 1024 ** 2:
+        return f"{value / 1024:.1f} KiB"
+    return f"{value / 1024 ** 2:.2f} MiB" if value < 1024 ** 3 else f"{value / 1024 ** 3:.2f} GiB"
 
 
 ROW_COLUMNS = ("model", "format", "backend", "impl", "batch", "threads", "p50 ms", "p90 ms",
-               "vs dense torch", "vs ORT dense", "weights", "exec memory", "max rel err",
-               "accuracy", "status")
+               "p99 ms", "vs dense torch", "vs ORT dense", "weights", "exec memory",
+               "setup memory", "max rel err", "accuracy", "layers", "status")
+
+
+def _err(r: dict[str, Any]) -> str:
+    v = r.get("max_rel_err")
+    return _num(v, "{:.1e}") if isinstance(v, float) else str(v or "-")
+
+
+def _layers(r: dict[str, Any], detail: bool) -> str:
+    """``converted/total`` layers (``row["layers"]``), with the dense ones and why in detail."""
+    lay = r.get("layers")
+    if not lay:
+        return ""
+    text = f"{lay.get('converted')}/{lay.get('total')}"
+    dense = lay.get("dense") or {}
+    if detail and dense:
+        text += " (dense: " + "; ".join(f"{k}: {v}" for k, v in dense.items()) + ")"
+    return text
 
 
 def row_cells(rows: list[dict[str, Any]], r: dict[str, Any]) -> list[str]:
+    """Every column of ``ROW_COLUMNS`` (the wide table, Markdown), reasons in full."""
     lat = r.get("latency_ms") or {}
     ok = r.get("status") == "ok"
     status = "ok" if ok else f"skipped: {r.get('reason')}"
@@ -62,13 +84,85 @@ def row_cells(rows: list[dict[str, Any]], r: dict[str, Any]) -> list[str]:
     if ok and notes:
         status = "ok (" + "; ".join(notes) + ")"
     return [r["model"], r["format"], r["backend"], r.get("impl") or "-", str(r["batch"]),
-            str(r["threads"]), _num(lat.get("p50")), _num(lat.get("p90")),
+            str(r["threads"]), _num(lat.get("p50")), _num(lat.get("p90")), _num(lat.get("p99")),
             _num(speedup(rows, r, "dense-torch"), "{:.2f}x"),
             _num(speedup(rows, r, "ort-dense"), "{:.2f}x"), _bytes(r.get("weight_bytes")),
-            _bytes(r.get("peak_rss_bytes")),
-            _num(r.get("max_rel_err"), "{:.1e}") if isinstance(r.get("max_rel_err"), float)
-            else str(r.get("max_rel_err") or "-"),
-            _num(r.get("accuracy"), "{:.2f}%"), status]
+            _bytes(r.get("peak_rss_bytes")), _bytes(r.get("setup_peak_rss_bytes")), _err(r),
+            _num(r.get("accuracy"), "{:.2f}%"), _layers(r, True), status]
+
+
+def progress_line(rows: list[dict[str, Any]], r: dict[str, Any]) -> str:
+    """One finished execution, as the progress log (stderr) shows it."""
+    c = row_cells(rows, r)
+    return f"  {c[0]} {c[1]}/{c[2]} b{c[4]} t{c[5]}: {c[3]} p50 {c[6]} ms  {c[-1]}"
+
+
+class Footnotes:
+    """Numbered notes under a table: the same text gets the same number."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def ref(self, text: str) -> str:
+        if text not in self.texts:
+            self.texts.append(text)
+        return f"[{self.texts.index(text) + 1}]"
+
+    def lines(self) -> list[str]:
+        return [f"[{i}] {t}" for i, t in enumerate(self.texts, 1)]
+
+
+COMPACT_COLUMNS = ("execution", "p50 ms", "speedup", "memory", "size", "error", "status")
+COMPACT_NUMERIC = (1, 2, 3, 4, 5)
+
+
+def _varying(rows: list[dict[str, Any]], key: str) -> bool:
+    return len({r.get(key) for r in rows}) > 1
+
+
+def execution_label(rows: list[dict[str, Any]], r: dict[str, Any]) -> str:
+    """``format/backend``, with ``bN``/``tN`` when the run has several batches/threads."""
+    text = f"{r['format']}/{r['backend']}"
+    if _varying(rows, "batch"):
+        text += f" b{r['batch']}"
+    if _varying(rows, "threads"):
+        text += f" t{r['threads']}"
+    return text
+
+
+def compact_table(rows: list[dict[str, Any]], notes: Footnotes
+                  ) -> tuple[list[str], list[list[str]], tuple[int, ...]]:
+    """The executions table that fits 80 columns: grouped by model (a bold model line, then
+    its executions), speedup vs dense torch, exec memory, weight size, max rel error, and a
+    short status whose reasons go to ``notes``; a ``layers`` column (converted/total) when
+    rows carry it. Returns (headers, lines, numeric column indices)."""
+    headers = list(COMPACT_COLUMNS)
+    numeric: tuple[int, ...] = COMPACT_NUMERIC
+    with_layers = any(r.get("layers") for r in rows)
+    if with_layers:
+        headers.insert(6, "layers")
+        numeric = (*numeric, 6)
+    lines: list[list[str]] = []
+    model = None
+    for r in rows:
+        if r["model"] != model:
+            model = r["model"]
+            lines.append([f"[bold]{escape(model)}[/]"] + [""] * (len(headers) - 1))
+        lat = r.get("latency_ms") or {}
+        if r.get("status") == "ok":
+            status = "noisy" if r.get("noise") else "ok"
+            if r.get("warnings"):
+                status += " " + notes.ref("; ".join(r["warnings"]))
+        else:
+            status = "skipped " + notes.ref(str(r.get("reason")))
+        cells = ["  " + execution_label(rows, r), _num(lat.get("p50")),
+                 _num(speedup(rows, r, "dense-torch"), "{:.2f}x"),
+                 _bytes(r.get("peak_rss_bytes")), _bytes(r.get("weight_bytes")), _err(r),
+                 status]
+        if with_layers:
+            cells.insert(6, _layers(r, False))
+        lines.append(cells)
+    return headers, lines, numeric
 
 
 MODEL_COLUMNS = ("model", "method", "accuracy", "sparsity", "dense size", "smallest format",
@@ -119,27 +213,74 @@ def noise_note(rows: list[dict[str, Any]]) -> str | None:
             "leave them out; measure again on a quiet machine")
 
 
-def print_report(doc: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
+COMPACT_MODEL_COLUMNS = ("model", "accuracy", "sparsity", "dense", "smallest", "fastest",
+                         "speedup")
 
-    table = Table(*ROW_COLUMNS, title="executions")
-    for r in doc["rows"]:
-        table.add_row(*row_cells(doc["rows"], r))
-    console.print(table)
-    table = Table(*MODEL_COLUMNS, title="models side by side")
-    for line in model_summaries(doc):
-        table.add_row(*line)
-    console.print(table)
+
+def compact_models(doc: dict[str, Any]) -> list[list[str]]:
+    """``model_summaries`` in the columns of ``COMPACT_MODEL_COLUMNS``: the method under the
+    name, the smallest format under its size, batch and threads after the fastest execution
+    when the run has several (its p50 is in the executions table)."""
+    rows = doc["rows"]
+    several = _varying(rows, "batch") or _varying(rows, "threads")
+    out = []
+    for c in model_summaries(doc):
+        model, method, acc, sparsity, dense, smallest, best, batch, threads, _, vs = c[:11]
+        fmt, _, size = smallest.partition(" ")
+        out.append([escape(f"{model}\n({method})"), acc, sparsity, dense,
+                    f"{size}\n{fmt}" if size else smallest,
+                    best + (f" b{batch} t{threads}" if several else ""), vs])
+    return out
+
+
+def report_notes(doc: dict[str, Any]) -> list[str]:
+    """The lines under the tables: layers kept dense, non-finite weights, what exec memory
+    is, the noise warning."""
+    lines = []
     for name, info in doc["models"].items():
         for fmt, f in (info.get("formats") or {}).items():
             for layer, reason in f.get("dense_layers", []):
-                console.print(f"note: {name} [{fmt}] {layer} kept dense: {reason}")
+                lines.append(f"note: {name} [{fmt}] {layer} kept dense: {reason}")
         for layer in info.get("nonfinite_layers") or []:
-            console.print(f"[yellow]warning[/]: {name}: non-finite weights in {layer}")
-    console.print(MEMORY_NOTE)
+            lines.append(f"[yellow]warning[/]: {name}: non-finite weights in {layer}")
+    lines.append(MEMORY_NOTE)
     note = noise_note(doc["rows"])
     if note:
-        console.print(f"[yellow]warning[/]: {note}")
+        lines.append(f"[yellow]warning[/]: {note}")
+    return lines
+
+
+def print_report(doc: dict[str, Any], console: Any, wide: bool = False) -> None:
+    """The executions and the models side by side. Default: the columns that fit the console
+    (reasons as numbered notes under the table); ``wide``: every column, reasons in full."""
+    from sparsebench.ui import print_notes, print_table, table
+
+    rows = doc["rows"]
+    if wide:
+        lines = [[escape(c) for c in row_cells(rows, r)] for r in rows]
+        print_table(console, table(ROW_COLUMNS, lines, "executions", (4, 5, 6, 7, 8, 9, 10, 11,
+                                                                       12, 13, 14, 15),
+                                   heavy=True), wide=True)
+        print_table(console, table(MODEL_COLUMNS, model_summaries(doc), "models side by side",
+                                   (2, 3, 4, 7, 8, 9, 10, 11), heavy=True), wide=True)
+        print_notes(console, report_notes(doc))
+        return
+    notes = Footnotes()
+    headers, lines, numeric = compact_table(rows, notes)
+    batches = sorted({r["batch"] for r in rows})
+    threads = sorted({r["threads"] for r in rows})
+    title = "executions" + (f" (batch {batches[0]}, threads {threads[0]})"
+                            if len(batches) == len(threads) == 1 else "")
+    print_table(console, table(headers, lines, title, numeric, whole=(len(headers) - 1,)))
+    print_notes(console, [escape(line) for line in notes.lines()])
+    console.print("speedup: vs dense torch (same model, batch, threads); memory: exec memory; "
+                  "size: weights; error: max rel err vs dense torch; --wide: every column",
+                  soft_wrap=False)
+    lines = compact_models(doc)
+    short = max((len(line[0].split("\n")[0]) for line in lines), default=0) <= 24
+    print_table(console, table(COMPACT_MODEL_COLUMNS, lines, "models side by side",
+                               (1, 2, 3, 6), whole=(0, 4) if short else (4,)))
+    print_notes(console, report_notes(doc))
 
 
 def _md_table(header: tuple[str, ...] | list[str], lines: list[list[str]]) -> str:

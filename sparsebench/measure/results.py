@@ -33,7 +33,7 @@ ROW_KEYS = ("model", "format", "backend", "impl", "batch", "threads", "status", 
             "latency_ms", "samples", "samples_ns", "peak_rss_bytes", "setup_peak_rss_bytes",
             "weight_bytes", "max_abs_err", "max_rel_err", "accuracy", "dense_macs",
             "sparse_macs", "per_layer_ms", "warnings", "achieved_gbps", "achieved_gflops", "noise",
-            "estimated_bytes")
+            "estimated_bytes", "layers")
 
 
 def row_key(row: dict[str, Any]) -> tuple:

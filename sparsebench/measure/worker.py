@@ -90,6 +90,7 @@ def accuracy(backend: Any, converted: Any, job: dict[str, Any], threads: int,
     import torch
 
     from sparsebench.data import load_dataset
+    from sparsebench.model_io import first_leaf
 
     shape = converted.input_shape
     data = load_dataset(job["data"], data_dir=job.get("data_dir"),
@@ -105,7 +106,8 @@ def accuracy(backend: Any, converted: Any, job: dict[str, Any], threads: int,
         n = len(xb)
         if n < ACCURACY_BATCH:
             xb = torch.cat([xb, xb.new_zeros((ACCURACY_BATCH - n, *xb.shape[1:]))])
-        correct += int((prepared.run(xb)[:n].argmax(1) == y[start:start + n]).sum())
+        logits = first_leaf(prepared.run(xb))
+        correct += int((logits[:n].argmax(1) == y[start:start + n]).sum())
     return 100.0 * correct / len(x)
 
 
@@ -122,8 +124,8 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
     from sparsebench.formats import convert, has_nonfinite
     from sparsebench.loading import load_model
     from sparsebench.measure.results import skipped_row
-    from sparsebench.measure.timing import (TimingPolicy, latency_stats_ms, noise_flag,
-                                          time_calls, time_modules, time_steps)
+    from sparsebench.measure.timing import time_modules, time_steps
+    from sparsebench.model_io import InputSpec, compare, make_inputs
 
     name, fmt, backend_name = job["model"], job["format"], job["backend"]
 
@@ -139,29 +141,53 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
     if not backend.supports(fmt):
         return skipped(f"{backend_name} does not execute the {fmt} format")
     loaded = load_model(job["path"], arch=job.get("arch"), trust=job.get("trust", False),
-                        input_shape=tuple(job["input_shape"]) if job.get("input_shape") else None)
-    if loaded.module is None:
+                        input_shape=tuple(job["input_shape"]) if job.get("input_shape") else None,
+                        inputs=[InputSpec(s["name"], tuple(s["shape"]), s["dtype"], s.get("low"),
+                                          s.get("high")) for s in job.get("inputs") or []])
+    original = loaded.onnx_bytes is not None and fmt == "dense" and backend_name == "onnxruntime"
+    if loaded.module is None and not original:
         return skipped(f"no torch module: {loaded.onnx_error}")
     if fmt != "dense" and not loaded.swappable:
         return skipped(f"{loaded.kind} model: layers cannot be swapped (dense only)")
-    warnings = [f"non-finite weights in {layer}" for layer in has_nonfinite(loaded.module)]
+    warnings = [] if loaded.module is None else [
+        f"non-finite weights in {layer}" for layer in has_nonfinite(loaded.module)]
+    converted = None
+    if loaded.module is not None:
+        try:
+            converted = convert(loaded.module, fmt, index_dtype=job.get("index_dtype", "auto"))
+        except SparsebenchError as exc:
+            if not original:
+                return skipped(f"conversion failed: {exc}")
+    if converted is not None and converted.no_layer_reason():  # never ok for a no-op
+        return skipped(converted.no_layer_reason() or "", layers=converted.layer_counts)
+    xs = make_inputs(loaded.inputs, batch, int(job.get("seed", 0)))
+    reference = None
+    if loaded.module is not None:
+        with torch.inference_mode():
+            reference = loaded.module(*xs)
     try:
-        converted = convert(loaded.module, fmt, index_dtype=job.get("index_dtype", "auto"))
-    except SparsebenchError as exc:
-        return skipped(f"conversion failed: {exc}")
-    gen = torch.Generator().manual_seed(int(job.get("seed", 0)))
-    x = torch.randn((batch, *loaded.input_shape), generator=gen)
-    with torch.inference_mode():
-        reference = loaded.module(x).float()
-    try:
-        prepared = backend.prepare(converted, threads=threads, batch=batch)
+        if original:  # ONNX as given: the user's own bytes (backends/onnxrt.py)
+            prepared = backend.prepare_original(loaded.onnx_bytes, loaded.inputs,
+                                                threads=threads, batch=batch)
+        else:
+            prepared = backend.prepare(converted, threads=threads, batch=batch)
     except Unsupported as exc:
-        return skipped(str(exc), weight_bytes=converted.weight_bytes)
-    y = prepared.run(x).float()
-    diff = (y - reference).abs()
-    max_abs = float(diff.max()) if diff.numel() else 0.0
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
-    max_rel = max_abs / scale if scale > 0 else max_abs
+        return skipped(str(exc), weight_bytes=converted.weight_bytes if converted else None,
+                       layers=converted.layer_counts if converted else None)
+    y = prepared.run(*xs)
+    if reference is None:  # no torch import of the graph: onnxruntime is the only execution
+        max_abs = max_rel = None
+        warnings.append(f"no dense torch reference ({loaded.onnx_error})")
+    else:
+        try:
+            max_abs, max_rel = compare(y, reference)
+        except SparsebenchError as exc:
+            return skipped(f"outputs do not match the dense reference: {exc}")
+    if converted is None:
+        row = skipped("")
+        row.update(status="ok", impl=prepared.impl, weight_bytes=len(loaded.onnx_bytes),
+                   max_abs_err=max_abs, max_rel_err=max_rel, warnings=warnings)
+        return _timed(row, prepared, xs, job, timer, baseline, warnings)
 
     storage = converted.storage
     row = skipped("")
@@ -170,20 +196,20 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
         max_abs_err=max_abs, max_rel_err=max_rel,
         dense_macs=sum(s.dense_macs for s in storage),
         sparse_macs=sum(s.sparse_macs for s in storage), warnings=warnings,
-        dense_layers=[list(d) for d in converted.dense_layers])
+        dense_layers=[list(d) for d in converted.dense_layers], layers=converted.layer_counts)
     recorded = ((loaded.checkpoint or {}).get("dataset") or {})
     stats = (recorded["mean"], recorded["std"]) if recorded.get("name") == job.get("data") \
         and recorded.get("mean") else None
-    del loaded, reference, y, diff
+    del loaded, reference, y
     if job.get("per_layer"):
         module = getattr(prepared, "module", None)
         if module is None and hasattr(prepared, "steps"):  # native plans: time their steps
-            row["per_layer_ms"] = time_steps(*prepared.steps(x))
+            row["per_layer_ms"] = time_steps(*prepared.steps(*xs))
         elif module is None:
             row["warnings"].append("per-layer timing needs a module-based execution")
         else:
             try:
-                row["per_layer_ms"] = time_modules(module, lambda: prepared.run(x))
+                row["per_layer_ms"] = time_modules(module, lambda: prepared.run(*xs))
             except RuntimeError as exc:  # e.g. TorchScript modules take no Python hooks
                 row["warnings"].append(f"per-layer timing unavailable: {str(exc)[:120]}")
     if job.get("data"):
@@ -192,11 +218,20 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
         except Unsupported as exc:
             row["warnings"].append(f"accuracy not measured: {exc}")
     del converted, storage
+    return _timed(row, prepared, xs, job, timer, baseline, warnings)
+
+
+def _timed(row: dict[str, Any], prepared: Any, xs: tuple[Any, ...], job: dict[str, Any],
+           timer: Any, baseline: int, warnings: list[str]) -> dict[str, Any]:
+    """Free the setup, time the calls and measure memory: the row completed."""
+    from sparsebench.measure.timing import TimingPolicy, latency_stats_ms, noise_flag, time_calls
+
+    batch = int(job["batch"])
     prepared.release_setup()
     release_memory()  # setup is over: only the prepared execution and its input remain
     setup_peak = peak_rss() - baseline
     peak_reset = reset_peak()
-    call, injected = (lambda: prepared.run(x)), None
+    call, injected = (lambda: prepared.run(*xs)), None
     if job.get("inject_slowdown"):  # a testing aid for the regression gate (measure/inject.py)
         from sparsebench.measure.inject import slowed
 
@@ -210,14 +245,14 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
         setup_peak_rss_bytes=setup_peak)
     from sparsebench.measure.roofline import achieved  # native rows: bytes and FLOP per second
 
-    row.update(achieved(prepared, batch, row["sparse_macs"], row["latency_ms"]["p50"]))
+    row.update(achieved(prepared, batch, row.get("sparse_macs"), row["latency_ms"]["p50"]))
     if injected:
         row["injected_slowdown"] = injected
     return row
 
 
-def main() -> int:
-    job = json.loads(sys.stdin.read())
+def safe_run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """``run_job``, any exception turned into a skipped row (``error: Type: message``)."""
     try:
         row = run_job(job)
     except Exception as exc:  # noqa: BLE001 - reported as a skipped row by the parent
@@ -226,6 +261,12 @@ def main() -> int:
         text = str(exc).splitlines()[0] if str(exc) else ""
         row = skipped_row(job["model"], job["format"], job["backend"], int(job["batch"]),
                           int(job["threads"]), f"error: {type(exc).__name__}: {text}"[:300])
+    row["worker_pid"] = os.getpid()
+    return row
+
+
+def main() -> int:
+    row = safe_run_job(json.loads(sys.stdin.read()))
     sys.stdout.write("\n" + json.dumps(row) + "\n")
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown (thread pools) for a quick exit
