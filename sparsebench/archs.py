@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.catalog import ARCHS
+from sparsebench.catalog import ARCHS, ZOO_INSTALL, zoo_split
 
 
 @dataclass(frozen=True)
@@ -270,10 +270,11 @@ def ffn_kwargs(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_input(name: str) -> tuple[int, int]:
-    """(in_channels, input_size) an architecture is built for by default (3, 32 for a
-    torchvision model)."""
-    if name.startswith("torchvision."):
-        return 3, 32
+    """(in_channels, input_size) an architecture is built for by default (a zoo model's own:
+    3, 224 for torchvision, timm's ``pretrained_cfg`` input size)."""
+    zoo = zoo_split(name)
+    if zoo:
+        return _zoo_default_input(*zoo)
     return tuple(ARCHS.meta(name).get("input", (3, 32)))  # type: ignore[return-value]
 
 
@@ -301,33 +302,106 @@ def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
     return list(declared) if declared is not None else infer_prunable_layers(model)
 
 
-def _torchvision_factory(name: str) -> Callable[..., nn.Module]:
-    def build(in_channels: int = 3, input_size: int = 32, num_classes: int = 10,
-              dropout: float = 0.0) -> nn.Module:
-        try:
-            import torchvision  # noqa: F401  (optional extra; needs a matching torch build)
+def _zoo_library(lib: str) -> Any:
+    """torchvision.models or timm, or a one-line error saying how to install it."""
+    try:
+        if lib == "torchvision":
             from torchvision import models
-        except Exception as exc:  # noqa: BLE001 - torchvision fails in many ways when mismatched
-            raise SparsebenchError(f"torchvision architecture {name!r} needs an importable "
-                                   f"torchvision ({type(exc).__name__}: {exc})".splitlines()[0])
-        model = models.get_model(name, num_classes=num_classes)
-        model.input_shape = (in_channels, input_size, input_size)
-        return model
+            return models
+        import timm
+        return timm
+    except Exception as exc:  # noqa: BLE001 - a mismatched torchvision fails in many ways
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise SparsebenchError(f"{lib} architectures need {lib}, which does not import here "
+                               f"({why}); {ZOO_INSTALL}") from None
 
-    return build
+
+_TORCHVISION_SIZES = {"inception_v3": 299}  # everything else in torchvision.models: 224
 
 
-def create_model(name: str, in_channels: int = 1, input_size: int = 28, num_classes: int = 10,
-                 dropout: float = 0.0, **kwargs: Any) -> nn.Module:
-    """Build an architecture by registry name (``torchvision.NAME`` where torchvision imports)."""
-    if name.startswith("torchvision."):
-        factory = _torchvision_factory(name.split(".", 1)[1])
-    else:
-        factory = ARCHS.get(name)
+def _zoo_default_input(lib: str, name: str) -> tuple[int, int]:
+    if lib == "torchvision":
+        return 3, _TORCHVISION_SIZES.get(name, 224)
+    timm = _zoo_library(lib)
+    try:
+        size = tuple(timm.get_pretrained_cfg(name).input_size)
+    except Exception:  # noqa: BLE001 - no config for this name: build it and ask the model
+        size = tuple(build_zoo_model(lib, name).pretrained_cfg["input_size"])
+    return int(size[0]), int(size[-1])
+
+
+def build_zoo_model(lib: str, name: str, in_channels: int | None = None,
+                    input_size: int | None = None, num_classes: int | None = None) -> nn.Module:
+    """A torchvision or timm architecture with random weights (``weights=None`` /
+    ``pretrained=False``: nothing is downloaded); ``num_classes`` None keeps its own head."""
+    library = _zoo_library(lib)
+    extra: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        if lib == "torchvision":
+            if in_channels not in (None, 3):
+                raise SparsebenchError(f"torchvision:{name} takes 3 input channels, not "
+                                       f"{in_channels}")
+            if name not in library.list_models(module=library):
+                raise LookupError(name)
+            model = library.get_model(name, weights=None, **extra)
+        else:
+            if in_channels is not None:
+                extra["in_chans"] = in_channels
+            model = library.create_model(name, pretrained=False, **extra)
+    except SparsebenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unknown names, bad arguments
+        import difflib
+
+        known = (library.list_models(module=library) if lib == "torchvision"
+                 else library.list_models())
+        close = difflib.get_close_matches(name, known, n=5)
+        if name not in known:
+            raise SparsebenchError(f"unknown {lib} architecture {name!r}"
+                                   + (f"; close: {', '.join(close)}" if close else "")) from None
+        raise SparsebenchError(f"{lib}:{name} could not be built: "
+                               f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    _redraw_zero_weights(model)
+    c, size = _zoo_default_input(lib, name)
+    model.input_shape = (in_channels or c, input_size or size, input_size or size)
+    return model.eval()
+
+
+@torch.no_grad()
+def _redraw_zero_weights(model: nn.Module) -> None:
+    """Weights a zoo initialises to exactly zero (torchvision ViT's head, the last BatchNorm of
+    each block of timm's ResNets) are drawn anew (norm scales set to 1), so every layer reaches
+    the output and a measured error against the dense output means something."""
+    for mod in model.modules():
+        w = getattr(mod, "weight", None)
+        if not isinstance(w, nn.Parameter) or w.numel() == 0 or bool(w.any()):
+            continue
+        if isinstance(mod, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+            w.fill_(1.0)
+        elif hasattr(mod, "reset_parameters"):
+            mod.reset_parameters()
+        else:
+            nn.init.normal_(w, std=0.02)
+
+
+def create_model(name: str, in_channels: int | None = None, input_size: int | None = None,
+                 num_classes: int | None = None, dropout: float = 0.0, **kwargs: Any
+                 ) -> nn.Module:
+    """Build an architecture by registry name (default input 1x28x28, 10 classes), or
+    ``torchvision:NAME`` / ``timm:NAME`` where those import (default: their own input size and
+    head)."""
     if not 0.0 <= dropout < 1.0:
         raise SparsebenchError(f"dropout must be in [0, 1), got {dropout}")
-    return factory(in_channels=in_channels, input_size=input_size, num_classes=num_classes,
-                   dropout=dropout, **kwargs)
+    zoo = zoo_split(name)
+    if zoo:
+        if kwargs:
+            raise SparsebenchError(f"{name} takes no arguments ({', '.join(kwargs)})")
+        return build_zoo_model(*zoo, in_channels, input_size, num_classes)
+    factory = ARCHS.get(name)
+    return factory(in_channels=1 if in_channels is None else in_channels,
+                   input_size=28 if input_size is None else input_size,
+                   num_classes=10 if num_classes is None else num_classes, dropout=dropout,
+                   **kwargs)
 
 
 def list_archs(pattern: str = "*") -> list[str]:

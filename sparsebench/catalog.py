@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sparsebench.errors import UnknownNameError
 from sparsebench.registry import Registry
 
 # ------------------------------------------------------------------ architectures (archs.py)
@@ -33,6 +34,33 @@ ARCHS.register("ffn", "sparsebench.archs:FFN",
                "transformer FFN block 1024-4096-1024 with GELU, on vectors", input=(1024, 1),
                classifier="head", from_state="sparsebench.archs:ffn_kwargs",
                small={"in_channels": 64, "input_size": 1, "d_model": 64, "d_hidden": 128})
+
+# Architectures of the model zoos (archs.py builds them, random init, nothing downloaded):
+# ``torchvision:NAME`` and ``timm:NAME`` where those libraries import (a second venv: docs/zoo.md).
+ZOO_LIBRARIES = ("torchvision", "timm")
+ZOO_INSTALL = ("pip install torch==2.14.1 torchvision==0.29.1 timm, in a venv of its own "
+               "(docs/zoo.md)")
+
+
+def zoo_split(name: str) -> tuple[str, str] | None:
+    """``"torchvision:resnet50"`` -> ``("torchvision", "resnet50")``; None for other names.
+    The older spelling ``torchvision.NAME`` is accepted too."""
+    for lib in ZOO_LIBRARIES:
+        for sep in (":", "."):
+            if name.startswith(lib + sep) and len(name) > len(lib) + 1:
+                return lib, name[len(lib) + 1:]
+    return None
+
+
+def check_arch(name: str) -> str:
+    """A registry architecture or a zoo name (checked when built); else a one-line error."""
+    if zoo_split(name):
+        return name
+    try:
+        return ARCHS.check(name)
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"{exc}, or torchvision:NAME / timm:NAME") from None
+
 
 # ------------------------------------------------------------------ datasets (data.py)
 DATASETS = Registry("dataset")
@@ -75,6 +103,16 @@ if (Path(__file__).parent / "backends" / "kernel_plan.py").exists():
 METHODS = ("dense", "dropout", "prune-l", "prune-s", "prune-r", "reentry", "scratch")  # train.py
 SCORES = ("l2", "l1", "activation")                      # pruning/scoring.py
 TARGETS = ("prune-l", "prune-s", "prune-r")              # pruning/scoring.py
+GRANULARITIES = ("weight", "filter")                     # pruning/oneshot.py (sweep)
 REENTRY_MODES = ("zero", "gaussian", "restore")          # pruning/pruner.py
 EXECUTORS = ("local", "ray")                             # claims.py
 DEFAULT_SPARSITIES = "0,50,70,80,90,95,98"               # sweep.py
+
+
+def check_prune_options(target: str, granularity: str) -> None:
+    """One-line errors for an unknown one-shot pruning target or granularity (sweep)."""
+    if target not in TARGETS:
+        raise UnknownNameError(f"unknown target {target!r}; choose from: {', '.join(TARGETS)}")
+    if granularity not in GRANULARITIES:
+        raise UnknownNameError(f"unknown granularity {granularity!r}; choose from: "
+                               f"{', '.join(GRANULARITIES)}")

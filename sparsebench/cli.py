@@ -53,6 +53,8 @@ def _archs(args: argparse.Namespace) -> int:
         table.add_row(name, "x".join(map(str, model.input_shape)), f"{count:,}",
                       ARCHS.meta(name).get("classifier", "-"), ARCHS.help(name))
     console().print(table)
+    console().print("and torchvision:NAME / timm:NAME (random weights) where torchvision and timm "
+                    "import: docs/zoo.md")
     return 0
 
 
@@ -163,13 +165,13 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 def _check_train_names(args: argparse.Namespace) -> None:
     """The train flag errors found without importing torch (a fast one-line error)."""
-    from sparsebench.catalog import ARCHS, METHODS
+    from sparsebench.catalog import ARCHS, METHODS, check_arch
 
     if not (args.arch or args.preset):
         raise SparsebenchError("--arch is required (or a --preset); choose from: "
                                + ", ".join(ARCHS.names()))
-    if args.arch and not args.arch.startswith("torchvision."):
-        ARCHS.check(args.arch)
+    if args.arch:
+        check_arch(args.arch)
     if args.method and args.method not in METHODS:
         raise SparsebenchError(f"unknown method {args.method!r}; choose from: "
                                f"{', '.join(METHODS)}")
@@ -405,6 +407,12 @@ def _measure(args: argparse.Namespace) -> int:
     from sparsebench.outputs import check_output_file
     from sparsebench.registry import split_list
 
+    if not args.models and args.arch and _zoo_arch(args.arch):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="sparsebench-zoo-") as tmp:
+            args.models = [_zoo_model_file(args.arch, tmp, args.seed)]
+            return _measure(args)
     paths = args.models or [str(DEFAULT_MODEL)]
     input_shape = None
     if args.input_shape:
@@ -545,8 +553,9 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-limit", type=int, help="use only the first N test images")
     p.add_argument("--per-layer", action="store_true", help="median time per layer "
                    "(module-based executions)")
-    p.add_argument("--arch", help="architecture for a state_dict: a registry name or "
-                   "module:callable")
+    p.add_argument("--arch", help="architecture for a state_dict: a registry name, "
+                   "torchvision:NAME, timm:NAME or module:callable; with no model file, a "
+                   "torchvision:/timm: architecture is built (random weights) and measured")
     p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
                    "does not say)")
     add_input_flag(p)
@@ -767,11 +776,12 @@ def add_input_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
+    p.add_argument("model", nargs="?",
                    help="a checkpoint, state_dict (with --arch), pickled torch module (traceable "
                         "by torch.fx), TorchScript, torch.export .pt2 or ONNX file (default: "
                         "the zoo's lenet5 prune-l)")
-    p.add_argument("--arch", help="architecture for a state_dict")
+    p.add_argument("--arch", help="architecture for a state_dict; with no model file, a "
+                   "torchvision:NAME or timm:NAME architecture is built (random weights)")
     p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (when the file "
                    "does not say and it cannot be inferred)")
     add_input_flag(p)
@@ -799,6 +809,13 @@ command("targets", "list the embedded targets profile knows (RAM, flash, clock, 
 def _profile(args: argparse.Namespace) -> int:
     from sparsebench.embedded.command import run_profile
 
+    if args.model is None and args.arch and _zoo_arch(args.arch):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="sparsebench-zoo-") as tmp:
+            args.model = _zoo_model_file(args.arch, tmp, 0)
+            return run_profile(args, console())
+    args.model = args.model or str(DEFAULT_MODEL)
     return run_profile(args, console())
 
 
@@ -851,6 +868,7 @@ command("profile", "does this model fit an embedded target, and how fast will it
 def _export_c(args: argparse.Namespace) -> int:
     from sparsebench.embedded.command import run_export
 
+    args.model = args.model or str(DEFAULT_MODEL)
     return run_export(args, console())
 
 
@@ -872,32 +890,60 @@ command("export-c", "write a model as self-contained C99 (const weights, static 
         "vector)")(_export_c).configure = _export_c_flags
 
 
+def _zoo_arch(arch: str) -> bool:
+    from sparsebench.catalog import zoo_split
+
+    return zoo_split(arch) is not None
+
+
+def _zoo_model_file(arch: str, folder: str, seed: int) -> str:
+    """A torchvision:/timm: architecture with random weights, as a checkpoint in ``folder``
+    (what measure and profile run when --arch is given without a model file)."""
+    import torch
+
+    from sparsebench.archs import create_model
+    from sparsebench.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = create_model(arch)
+    shape = [int(d) for d in model.input_shape]
+    path = Path(folder) / f"{arch.replace(':', '-').replace('/', '-')}.pt"
+    save_checkpoint({"arch": arch, "arch_kwargs": {"in_channels": shape[0],
+                                                   "input_size": shape[-1]},
+                     "input_shape": shape, "state_dict": model.state_dict(),
+                     "method": "dense"}, path)
+    return str(path)
+
+
 # --------------------------------------------------------------------------------------------
 # sweep, build-kernels (implemented in sparsebench/sweep.py and sparsebench/native/)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from sparsebench.catalog import ARCHS
+    from sparsebench.sweep import check_sweep_args
 
-    if bool(args.arch) == bool(args.model):  # checked again by run_sweep; here before torch
-        raise SparsebenchError("give either --arch NAME or a model file")
-    if args.arch:
-        ARCHS.check(args.arch)
+    check_sweep_args(args)  # checked again by run_sweep; here before torch is imported
     from sparsebench.sweep import run_sweep
 
     return run_sweep(args, console(), progress_display)
 
 
 def _sweep_flags(p: argparse.ArgumentParser) -> None:
-    from sparsebench.catalog import ARCHS, DEFAULT_SPARSITIES
+    from sparsebench.catalog import ARCHS, DEFAULT_SPARSITIES, TARGETS
     from sparsebench.measure.harness import add_timing_flags
 
-    p.add_argument("model", nargs="?", help="a model file to prune (instead of --arch)")
-    p.add_argument("--arch", help="architecture to create randomly initialised: "
-                   + ", ".join(ARCHS.names()))
+    p.add_argument("model", nargs="?", help="a model file to prune (any file measure takes: "
+                   "checkpoint, state_dict with --arch, pickled module with --trust, ONNX, ...)")
+    p.add_argument("--arch", help="architecture to create randomly initialised (with no model "
+                   "file), or of a state_dict: " + ", ".join(ARCHS.names())
+                   + ", torchvision:NAME, timm:NAME")
     p.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
-                   help=f"percent of each pruned layer's weights zeroed (default "
+                   help=f"percent of each pruned layer's units removed (default "
                         f"{DEFAULT_SPARSITIES})")
+    p.add_argument("--target", default="prune-s", help=f"which units go: {', '.join(TARGETS)} "
+                   "(largest, smallest score or random; default prune-s: magnitude pruning)")
+    p.add_argument("--granularity", default="weight", help="unit: weight (default) or filter "
+                   "(output channels/neurons; a unit's consumer columns go with it)")
     p.add_argument("--formats", default="dense,csr", help="formats (default dense,csr)")
     p.add_argument("--backends", default="torch,onnxruntime,native",
                    help="backends (default torch,onnxruntime,native; onnxruntime is the "
@@ -921,15 +967,16 @@ def _sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="OUT.png", help="latency/speedup plot (default: "
                    "sweep-NAME.png in the current folder)")
     p.add_argument("--no-plot", action="store_true", help="skip the plot")
-    p.add_argument("--save-models", metavar="DIR", help="keep the pruned checkpoints here "
-                   "(default: a temporary folder)")
+    p.add_argument("--save-models", metavar="DIR", help="keep the pruned models here, in the "
+                   "input's kind (ONNX in: ONNX out; torch: checkpoint, state_dict or module; "
+                   "default: a temporary folder)")
     add_timing_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input")
     force_flag(p)
     add_html_flag(p)
 
 
-command("sweep", "prune an architecture (or a model) to a list of sparsities, measure every "
+command("sweep", "prune a model (or an architecture) to a list of sparsities, measure every "
         "execution in one run; latency/speedup plots and crossovers")(_sweep) \
     .configure = _sweep_flags
 

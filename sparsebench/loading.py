@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench.archs import ARCHS, create_model
+from sparsebench.archs import ARCHS, create_model, default_input
+from sparsebench.catalog import check_arch, zoo_split
 from sparsebench.checkpoint import (check_file, first_sentence, model_from_checkpoint,
                                    refused_global, validate_checkpoint)
 from sparsebench.errors import SparsebenchError
@@ -477,7 +478,7 @@ def _from_object(p: Path, obj: Any, arch: str | None, input_shape: tuple[int, ..
     if not arch:
         raise SparsebenchError(f"{p} is a state_dict: pass --arch NAME (one of "
                                f"{', '.join(ARCHS.names())}) or --arch module:callable")
-    if ":" in arch:
+    if ":" in arch and not zoo_split(arch):
         module = _from_callable(p, arch, state)
         shape = _module_shape(p, module, input_shape, f"built by {arch}")
         notes.append(f"built by {arch}")
@@ -562,15 +563,20 @@ def _guess_shapes(first: torch.Tensor) -> list[tuple[int, ...]]:
 def _from_registry(p: Path, arch: str, state: dict[str, torch.Tensor],
                    input_shape: tuple[int, ...] | None, num_classes: int | None
                    ) -> tuple[nn.Module, tuple[int, ...]]:
-    if not arch.startswith("torchvision."):
-        ARCHS.check(arch)
+    check_arch(arch)
     weights = [t for k, t in state.items() if k.endswith("weight") and t.dim() in (2, 4)]
     if not weights:
         raise SparsebenchError(f"{p} has no 2-D or 4-D weights; it is not a state_dict of {arch}")
     classes = num_classes or int(weights[-1].shape[0])
     from_state = resolve(ARCHS.meta(arch).get("from_state")) if arch in ARCHS else None
     kwargs = from_state(state) if from_state else {}
-    candidates = [input_shape] if input_shape else _guess_shapes(weights[0])
+    if input_shape:
+        candidates = [input_shape]
+    elif zoo_split(arch):
+        channels, size = default_input(arch)
+        candidates = [(channels, size, size)]
+    else:
+        candidates = _guess_shapes(weights[0])
     problems = []
     for shape in candidates:
         if len(shape) == 3 and shape[1] == shape[2]:

@@ -1,13 +1,18 @@
-"""``sparsebench sweep``: latency versus unstructured sparsity, and where sparse beats dense.
+"""``sparsebench sweep``: latency versus sparsity, and where sparse beats dense.
 
-For an architecture (randomly initialised) or a given model, each sparsity of the list is
-produced by per-layer magnitude pruning (every Conv2d/Linear except the first convolution and
-the classifier head), written as a sparsebench checkpoint, and all of them are measured in one
-run of the measure harness (a fresh worker per execution). Outputs: a terminal table, the
-results JSON (``--json``; the usual schema plus a ``sweep`` section), Markdown (``--markdown``),
-a PNG of latency and speedup over ONNX Runtime dense versus sparsity (``--plot``), and the
-crossover per execution: the lowest sparsity from which it is faster than ONNX Runtime dense
-at every higher sparsity measured.
+For a model file (anything ``measure`` loads: a checkpoint, a state_dict with ``--arch``, a
+pickled module, ONNX) or an architecture (randomly initialised; ``torchvision:NAME`` and
+``timm:NAME`` where those import), each sparsity of the list is produced one-shot by
+``pruning.oneshot`` with the papers' target rule (``--target`` prune-s: the smallest magnitudes,
+the default; prune-l: the largest; prune-r: random) at weight or filter granularity, on every
+Conv2d/Linear except the first convolution and the last layer (the head). Each pruned model is
+written in the input's kind (ONNX in: the original ModelProto with the pruned weight
+initializers; a checkpoint or architecture: a checkpoint; a state_dict: a state_dict; a pickled
+module: a pickled module), and all of them are measured in one run of the measure harness (a
+fresh worker per execution). Outputs: a terminal table, the results JSON (``--json``; the usual
+schema plus a ``sweep`` section), Markdown (``--markdown``), a PNG of latency and speedup over
+ONNX Runtime dense versus sparsity (``--plot``), and the crossover per execution: the lowest
+sparsity from which it is faster than ONNX Runtime dense at every higher sparsity measured.
 """
 
 from __future__ import annotations
@@ -15,17 +20,17 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from sparsebench.catalog import DEFAULT_SPARSITIES
 from sparsebench.errors import SparsebenchError
 from sparsebench.model_io import parse_input_flags
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 BASELINE = ("dense", "onnxruntime")
 
@@ -35,6 +40,8 @@ BASELINE = ("dense", "onnxruntime")
 
 def pruned_layers(model: nn.Module) -> list[str]:
     """Every Conv2d/Linear except the first convolution and the last layer (the head)."""
+    from torch import nn
+
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     first_conv = next((n for n, m in layers if isinstance(m, nn.Conv2d)), None)
     return [n for n, _ in layers[:-1] if n != first_conv]
@@ -43,24 +50,23 @@ def pruned_layers(model: nn.Module) -> list[str]:
 def magnitude_prune(model: nn.Module, sparsity: float,
                     layers: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Zero the ``round(sparsity * numel)`` smallest-magnitude weights of each layer in place
-    (already-zero weights count); returns the keep-masks by parameter name."""
-    if not 0.0 <= sparsity < 1.0:
-        raise SparsebenchError(f"sparsity must be in [0, 1), got {sparsity}")
-    masks = {}
-    for name in layers if layers is not None else pruned_layers(model):
-        w = model.get_submodule(name).weight
-        k = int(round(sparsity * w.numel()))
-        with torch.no_grad():
-            keep = torch.ones_like(w, dtype=torch.bool)
-            if k >= w.numel():
-                keep.zero_()
-            elif k > 0:  # the k smallest magnitudes (linear-time selection)
-                mags = w.detach().abs().flatten().numpy()
-                keep.view(-1)[torch.from_numpy(np.argpartition(mags, k - 1)[:k])] = False
-            keep &= w.detach() != 0
-            w.mul_(keep)
-        masks[f"{name}.weight"] = keep
-    return masks
+    (already-zero weights count; prune-s at weight granularity); returns the keep-masks by
+    parameter name."""
+    from sparsebench.pruning.oneshot import one_shot_prune
+
+    return one_shot_prune(model, sparsity, pruned_layers(model) if layers is None else layers)
+
+
+def check_sweep_args(args: argparse.Namespace) -> None:
+    """The sweep's argument errors that need no torch (one line each)."""
+    from sparsebench.catalog import check_arch, check_prune_options
+
+    if not (args.arch or args.model):
+        raise SparsebenchError("give a model file or --arch NAME")
+    if args.arch:
+        check_arch(args.arch)
+    check_prune_options(getattr(args, "target", "prune-s"), getattr(args, "granularity", "weight"))
+    _sparsities(args.sparsities)
 
 
 def _sparsities(text: str) -> list[float]:
@@ -80,63 +86,156 @@ def _label(p: float) -> str:
     return f"{p:g}".replace(".", "p")
 
 
-def make_models(args: argparse.Namespace, sparsities: list[float],
-                folder: Path) -> tuple[str, dict[str, float], bool]:
-    """Write one pruned checkpoint per sparsity into ``folder``; returns (base name,
-    {path: sparsity %}, whether the files need --trust to load)."""
-    from sparsebench.archs import create_model, default_input
+@dataclass
+class _Source:
+    """What the sweep prunes: a fresh copy each time, and how a pruned copy is written."""
+
+    base: str
+    fresh: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+    suffix: str
+    write: Callable[[nn.Module, dict[str, Any], float, Path], None]
+    trust: bool = False
+
+
+def _input_shape(args: argparse.Namespace) -> tuple[int, ...] | None:
+    from sparsebench.loading import parse_input_shape
+
+    return parse_input_shape(args.input_shape) if args.input_shape else None
+
+
+def _checkpoint_writer(meta: dict[str, Any], args: argparse.Namespace
+                       ) -> Callable[[nn.Module, dict[str, Any], float, Path], None]:
     from sparsebench.checkpoint import save_checkpoint
 
-    folder.mkdir(parents=True, exist_ok=True)
-    if args.arch:
+    def write(model: nn.Module, masks: dict[str, Any], p: float, path: Path) -> None:
+        save_checkpoint({**meta, "input_shape": list(model.input_shape),
+                         "state_dict": model.state_dict(), "masks": masks, "unit_masks": {},
+                         "method": getattr(args, "target", "prune-s"),
+                         "config": {"sparsity": p / 100.0, "pruned_layers": pruned_layers(model),
+                                    "granularity": getattr(args, "granularity", "weight"),
+                                    "one_shot": True, "seed": args.seed}}, path)
+    return write
+
+
+def _torch_writer(what: Callable[[nn.Module], Any]
+                  ) -> Callable[[nn.Module, dict[str, Any], float, Path], None]:
+    import torch
+
+    from sparsebench.outputs import atomic_write_bytes
+
+    def write(model: nn.Module, masks: dict[str, Any], p: float, path: Path) -> None:
+        atomic_write_bytes(path, lambda fh: torch.save(what(model), fh))
+    return write
+
+
+def _source(args: argparse.Namespace) -> _Source:
+    import copy
+
+    import torch
+
+    if not args.model:
+        from sparsebench.archs import create_model, default_input
+        from sparsebench.catalog import zoo_split
+
         cin, size = default_input(args.arch)
-        kwargs = {"in_channels": args.in_channels or cin, "input_size": args.input_size or size,
-                  "num_classes": 10, "dropout": 0.0}
+        kwargs: dict[str, Any] = {"in_channels": args.in_channels or cin,
+                                  "input_size": args.input_size or size}
+        if not zoo_split(args.arch):
+            kwargs.update(num_classes=10, dropout=0.0)
 
-        def fresh() -> tuple[nn.Module, dict[str, Any] | None]:
+        def build() -> nn.Module:
             torch.manual_seed(args.seed)
-            return create_model(args.arch, **kwargs).eval(), {"arch": args.arch,
-                                                              "arch_kwargs": kwargs}
-        base = args.arch
-    else:
-        from sparsebench.loading import load_model
+            return create_model(args.arch, **kwargs).eval()
+        shape = tuple(build().input_shape)
+        return _Source(args.arch.replace(":", "-"), build, shape, ".pt",
+                       _checkpoint_writer({"arch": args.arch, "arch_kwargs": kwargs}, args))
+    from sparsebench.loading import load_model
 
-        shape = None
-        if args.input_shape:
-            from sparsebench.loading import parse_input_shape
+    loaded = load_model(args.model, arch=args.arch, input_shape=_input_shape(args),
+                        trust=args.trust, inputs=parse_input_flags(getattr(args, "input", None)))
+    if loaded.module is None:
+        raise SparsebenchError(f"{args.model}: cannot be pruned: {loaded.onnx_error}")
+    if not loaded.swappable:
+        raise SparsebenchError(f"{args.model}: a {loaded.kind} model cannot be pruned here (its "
+                               "layers are not torch Conv2d/Linear modules); give the module, "
+                               "its state_dict or its ONNX export")
 
-            shape = parse_input_shape(args.input_shape)
-        loaded = load_model(args.model, input_shape=shape, trust=args.trust,
-                            inputs=parse_input_flags(getattr(args, "input", None)))
-        if loaded.module is None or not loaded.swappable or loaded.kind == "torchscript":
-            raise SparsebenchError(f"{args.model}: a {loaded.kind} model cannot be pruned here")
-        ckpt = loaded.checkpoint
+    def fresh() -> nn.Module:
+        module = copy.deepcopy(loaded.module).eval()
+        module.input_shape = tuple(loaded.input_shape)
+        return module
+    base, shape = Path(args.model).stem, tuple(loaded.input_shape)
+    if loaded.kind == "onnx":
+        return _Source(base, fresh, shape, ".onnx", _onnx_writer(args.model))
+    if loaded.checkpoint:
+        meta = {k: loaded.checkpoint[k] for k in ("arch", "arch_kwargs")}
+        return _Source(base, fresh, shape, ".pt", _checkpoint_writer(meta, args))
+    if loaded.kind == "state-dict":
+        return _Source(base, fresh, shape, ".pt", _torch_writer(lambda m: m.state_dict()))
+    if loaded.kind == "pickled-module":  # pickled whole again (we wrote it: trust is safe)
+        return _Source(base, fresh, shape, ".pt", _torch_writer(lambda m: m), trust=True)
+    raise SparsebenchError(f"{args.model}: a {loaded.kind} model cannot be written back pruned; "
+                           "give the module, its state_dict or its ONNX export")
 
-        def fresh() -> tuple[nn.Module, dict[str, Any] | None]:
-            import copy
 
-            module = copy.deepcopy(loaded.module).eval()
-            module.input_shape = tuple(loaded.input_shape)
-            meta = {"arch": ckpt["arch"], "arch_kwargs": ckpt["arch_kwargs"]} if ckpt else None
-            return module, meta
-        base = Path(args.model).stem
+def _onnx_writer(path: str) -> Callable[[nn.Module, dict[str, Any], float, Path], None]:
+    """Writes the original ModelProto with each pruned layer's weight initializer masked (the
+    initializer named by the importer's ``weight_sources``, transposed back where flagged)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from sparsebench.outputs import atomic_write_bytes
+
+    def write(model: nn.Module, masks: dict[str, Any], p: float, out: Path) -> None:
+        sources = getattr(model, "weight_sources", None)
+        if sources is None:
+            raise SparsebenchError("the ONNX importer does not record where each layer's weight "
+                                   "comes from (weight_sources): cannot write a pruned ONNX")
+        proto = onnx.load(path)
+        inits = {i.name: i for i in proto.graph.initializer}
+        for param, keep in masks.items():
+            layer = param.rpartition(".")[0]
+            name, transposed = sources.get(layer, (None, False))
+            if name not in inits:
+                raise SparsebenchError(f"{path}: layer {layer!r} has no weight initializer in "
+                                       "the ONNX file; cannot write it pruned")
+            weight = numpy_helper.to_array(inits[name])
+            k = keep.detach().cpu().numpy()
+            k = (k.T if transposed else k).reshape(weight.shape)
+            inits[name].CopyFrom(numpy_helper.from_array(
+                np.where(k, weight, np.zeros((), weight.dtype)).astype(weight.dtype), name))
+        atomic_write_bytes(out, lambda fh: fh.write(proto.SerializeToString()))
+    return write
+
+
+def make_models(args: argparse.Namespace, sparsities: list[float],
+                folder: Path) -> tuple[str, dict[str, float], bool]:
+    """Write one pruned model per sparsity into ``folder`` (see the module docstring); returns
+    (base name, {path: sparsity %}, whether the files need --trust to load)."""
+    from sparsebench.pruning.oneshot import chains_of, one_shot_prune
+
+    target = getattr(args, "target", "prune-s")
+    granularity = getattr(args, "granularity", "weight")
+    source = _source(args)
+    folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, float] = {}
-    trust = False
+    chains = None
     for p in sparsities:
-        model, meta = fresh()
-        masks = magnitude_prune(model, p / 100.0)
-        path = folder / f"{base}-s{_label(p)}.pt"
-        if meta is not None:
-            save_checkpoint({**meta, "input_shape": list(model.input_shape),
-                             "state_dict": model.state_dict(), "masks": masks,
-                             "unit_masks": {}, "method": "magnitude",
-                             "config": {"sparsity": p / 100.0, "pruned_layers":
-                                        pruned_layers(model), "seed": args.seed}}, path)
-        else:  # a foreign module: pickled whole (we wrote it, so loading it with trust is safe)
-            torch.save(model, path)
-            trust = True
+        model = source.fresh()
+        layers = pruned_layers(model)
+        if not layers:
+            raise SparsebenchError(f"{source.base} has no layer to prune: the sweep prunes every "
+                                   "Conv2d/Linear but the first convolution and the last layer")
+        if granularity == "filter" and chains is None:
+            chains = chains_of(model, source.input_shape)
+        masks = one_shot_prune(model, p / 100.0, layers, target=target,
+                               granularity=granularity, seed=args.seed, chains=chains)
+        path = folder / f"{source.base}-s{_label(p)}{source.suffix}"
+        source.write(model, masks, p, path)
         paths[str(path)] = p
-    return base, paths, trust
+    return source.base, paths, source.trust
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -244,10 +343,16 @@ def tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     ]
 
 
+def _pruning(sweep: dict[str, Any]) -> str:
+    """How the sweep pruned, e.g. "prune-s, weight" (older files: magnitude pruning)."""
+    return f"{sweep.get('target', 'prune-s')}, {sweep.get('granularity', 'weight')}"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     sw = doc["sweep"]
     m = doc.get("machine", {})
-    out = [f"Sweep of `{sw['name']}` (pruned layers: {', '.join(sw['pruned_layers']) or '-'}); "
+    out = [f"Sweep of `{sw['name']}` ({_pruning(sw)}; pruned layers: "
+           f"{', '.join(sw['pruned_layers']) or '-'}); "
            f"machine: {m.get('cpu')} ({m.get('logical_cores')} cores); "
            f"torch {doc['versions'].get('torch')}, onnxruntime "
            f"{doc['versions'].get('onnxruntime')}; commit {doc.get('git_commit')}.", ""]
@@ -298,11 +403,12 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
             if spts and key[:2] != BASELINE:
                 ax_s.plot([p for p, _ in spts], [v for _, v in spts], marker="o", label=label,
                           color=colour[key[:2]])
-        ax_l.set(yscale="log", xlabel="unstructured sparsity of the pruned layers (%)",
+        xlabel = f"sparsity of the pruned layers (%): {_pruning(doc['sweep'])}"
+        ax_l.set(yscale="log", xlabel=xlabel,
                  ylabel="p50 latency (ms)", title=f"{doc['sweep']['name']}: batch {batch}, "
                  f"{threads} thread(s)")
         ax_s.axhline(1.0, color="grey", lw=1, ls="--")
-        ax_s.set(xlabel="unstructured sparsity of the pruned layers (%)",
+        ax_s.set(xlabel=xlabel,
                  ylabel="speedup over ONNX Runtime dense", title="speedup (>1: faster)")
         for ax in (ax_l, ax_s):
             ax.grid(alpha=0.3)
@@ -325,12 +431,7 @@ def run_sweep(args: argparse.Namespace, out: Any,
     from sparsebench.ui import warn_threads
     from sparsebench.registry import split_list
 
-    if bool(args.arch) == bool(args.model):
-        raise SparsebenchError("give either --arch NAME or a model file")
-    if args.arch:
-        from sparsebench.archs import ARCHS
-
-        ARCHS.check(args.arch)
+    check_sweep_args(args)
     sparsities = _sparsities(args.sparsities)
     from sparsebench.report import html_output
 
@@ -343,9 +444,12 @@ def run_sweep(args: argparse.Namespace, out: Any,
         index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout,
         max_memory=parse_size(args.max_memory),
         inputs=[asdict(s) for s in parse_input_flags(getattr(args, "input", None))])
+    if args.model:  # how the pruned copies load: as the input did
+        cfg.arch = args.arch
+        cfg.input_shape = list(_input_shape(args) or []) or None
     cfg.validate()
     warn_threads(cfg.threads)
-    base_name = args.arch or Path(args.model).stem
+    base_name = Path(args.model).stem if args.model else args.arch.replace(":", "-")
     plot_path = None if args.no_plot else (args.plot or f"sweep-{base_name}.png")
     check_output_file(args.markdown, args.force, "--markdown")
     check_output_file(plot_path, args.force, "--plot")
@@ -376,15 +480,22 @@ def _sweep_claimed(args: argparse.Namespace, out: Any, progress_display: Callabl
         cfg.models, cfg.trust = list(paths), trust
         names = {path: Path(path).stem for path in paths}
         results = ResultsFile(claim, config={**cfg.__dict__})
-        first = load_model(next(iter(paths)), trust=trust)
+
+        def load(path: str) -> Any:
+            shape = tuple(cfg.input_shape) if cfg.input_shape else None
+            return load_model(path, arch=cfg.arch, input_shape=shape, trust=trust,
+                              inputs=parse_input_flags(getattr(args, "input", None)))
+        first = load(next(iter(paths)))
         results.doc["sweep"] = {
             "name": base, "sparsities": sparsities, "command": command_line(),
+            "target": getattr(args, "target", "prune-s"),
+            "granularity": getattr(args, "granularity", "weight"),
             "sparsity_of": {names[p]: s for p, s in paths.items()},
             "pruned_layers": pruned_layers(first.module), "baseline": list(BASELINE),
             "models_folder": str(folder) if args.save_models else None}
         footprints = {}
         for path in paths:
-            loaded = load_model(path, trust=trust)
+            loaded = load(path)
             results.set_model(names[path], model_info(loaded, cfg.formats, cfg.index_dtype))
             try:
                 footprints[path] = footprint(loaded.module, tuple(loaded.input_shape))

@@ -102,8 +102,12 @@ def test_sweep_end_to_end(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["sweep"], "either --arch"),
-    (["sweep", "--arch", "lenet5", "x.pt"], "either --arch"),
+    (["sweep"], "give a model file or --arch"),
+    (["sweep", "--arch", "lenet5", "x.pt"], "model file not found: x.pt"),
+    (["sweep", "--arch", "lenet5", "--target", "prune-x"], "unknown target 'prune-x'"),
+    (["sweep", "--arch", "lenet5", "--granularity", "block"], "unknown granularity"),
+    (["sweep", "--arch", "lenet5", "--sparsities", "-5"], "percentages"),
+    (["sweep", "--arch", "torchvision:"], "unknown architecture"),
     (["sweep", "--arch", "nope"], "unknown architecture"),
     (["sweep", "--arch", "lenet5", "--sparsities", "10,100"], "percentages"),
     (["sweep", "--arch", "lenet5", "--sparsities", "a"], "percentages"),

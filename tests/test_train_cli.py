@@ -267,7 +267,7 @@ def test_torchvision_architectures_are_optional():
     try:
         import torchvision  # noqa: F401
     except Exception:  # noqa: BLE001 - not importable here: the error must be one clean line
-        with pytest.raises(SparsebenchError, match="needs an importable torchvision") as info:
+        with pytest.raises(SparsebenchError, match="torchvision architectures need torchvision, which does not import here") as info:
             create_model("torchvision.resnet18")
         assert "\n" not in str(info.value)
     else:
