@@ -144,7 +144,8 @@ def estimate_line(p: Profile) -> str:
     cal = target_calibration(t)
     stale = " [bold red]stale: the C kernels changed since the fit[/]" \
         if cal is not None and cal.stale else ""
-    return (f"estimate: {v.est_instructions:,.0f} instructions ESTIMATED on {t.name} "
+    return (f"estimate for the verdict's encodings ({v.label}): {v.est_instructions:,.0f} "
+            f"instructions ESTIMATED on {t.name} "
             f"({v.est_source}, fitted on QEMU counts of single-layer images{stale}); "
             f"{fmt_seconds(v.est_seconds)} at 1 instruction/cycle and {t.clock_mhz:g} MHz "
             f"(instructions, not cycles: flash wait states and stalls add, dual issue saves; "
@@ -229,15 +230,17 @@ def build_block(p: Profile) -> Block | None:
     ]
     if b.get("instructions") is not None:
         est_i, est_c = b.get("estimated_instructions"), b.get("estimated_cycles")
-        analytic, diff = "", ""
-        if est_i is not None:
-            analytic = f"{est_i:,.0f} est. ({b.get('estimate_source', '')})"
+        analytic, diff, source = "", "", ""
+        if est_i is not None:  # short cells: the compact table keeps numbers whole
+            analytic = f"{est_i:,.0f} est."
             error = 100 * (est_i / b["instructions"] - 1)
-            diff = f"{b['instructions'] - est_i:+,.0f} (estimate {error:+.1f}%)"
+            diff = f"{b['instructions'] - est_i:+,.0f} ({error:+.1f}%)"
+            source = f"estimate from {b.get('estimate_source', '')}; "
         elif est_c:
-            analytic = f"{est_c:,.0f} est. cycles (roofline)"
+            analytic = f"{est_c:,.0f} est. cycles"
+            source = "estimate: roofline cycles; "
         rows.append(["instructions per inference", analytic, f"{b['instructions']:,}", diff,
-                     b.get("instructions_note", "")])
+                     source + b.get("instructions_note", "")])
     title = (f"cross-build for {p.target.name}: {b['compiler']} -> {b['runner']}; encodings "
              f"{b['encodings']}; " + check_text(b))
     return Block(title, ["", "analytic", "measured", "difference", "breakdown"], rows, [])
