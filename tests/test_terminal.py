@@ -197,3 +197,17 @@ def test_sweep_tables_drop_the_detail_columns_and_name_what_varies():
     assert compact(head, lines) == (["execution", "0%", "90%"],
                                     [["csr/native b1", "0.123", "0.045"],
                                      ["csr/native b8", "0.456", "0.078"]])
+
+
+def test_execution_labels_break_after_the_slash_when_narrow():
+    from sparsebench.measure.report import _split_labels
+
+    def lines():
+        return [["[bold]m[/]", "", "", ""], ["  structured/onnxruntime", "0.025", "62.84 MiB", "ok"],
+                ["  csr/native", "0.024", "16.00 MiB", "ok"]]
+    headers = ["execution", "p50 ms", "memory", "status"]
+    narrow, wide = lines(), lines()
+    _split_labels(narrow, headers, 40)
+    _split_labels(wide, headers, 100)
+    assert [r[0] for r in narrow[1:]] == ["  structured/\n    onnxruntime", "  csr/\n    native"]
+    assert wide == lines()

@@ -130,6 +130,17 @@ def execution_label(rows: list[dict[str, Any]], r: dict[str, Any]) -> str:
     return text
 
 
+def _split_labels(lines: list[list[str]], headers: list[str], width: int) -> None:
+    """When ``format/backend`` labels do not fit beside the number columns, break them after
+    the slash (two lines) instead of letting the terminal cut them mid-word."""
+    others = sum(max([len(h)] + [len(line[i]) for line in lines]) + 3
+                 for i, h in enumerate(headers) if i)
+    labels = [line for line in lines if line[0].startswith("  ")]
+    if labels and max(len(line[0]) for line in labels) + 3 + others > width:
+        for line in labels:
+            line[0] = line[0].replace("/", "/\n    ", 1)
+
+
 def compact_table(rows: list[dict[str, Any]], notes: Footnotes
                   ) -> tuple[list[str], list[list[str]], tuple[int, ...]]:
     """The executions table that fits 80 columns: grouped by model (a bold model line, then
@@ -267,6 +278,7 @@ def print_report(doc: dict[str, Any], console: Any, wide: bool = False) -> None:
         return
     notes = Footnotes()
     headers, lines, numeric = compact_table(rows, notes)
+    _split_labels(lines, headers, console.width)
     batches = sorted({r["batch"] for r in rows})
     threads = sorted({r["threads"] for r in rows})
     title = "executions" + (f" (batch {batches[0]}, threads {threads[0]})"
