@@ -111,10 +111,6 @@ def build_zoo(out: Path) -> list[tuple[str, list[str]]]:
 
 
 # ---------------------------------------------------------------- transformers
-class _Wrapper:  # built lazily (torch imported inside the builders)
-    pass
-
-
 def _hf_models() -> dict[str, Any]:
     from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel,
                               GPT2Config, GPT2Model)
