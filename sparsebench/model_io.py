@@ -237,7 +237,8 @@ def is_single_float(specs: Sequence[InputSpec]) -> bool:
 
 def leaves(out: Any) -> list[Any]:
     """The tensors of an output in order: a tensor, tuple/list, dict or HF ``ModelOutput``
-    (values in key order; None entries dropped), numpy arrays as tensors."""
+    (values in key order; None entries dropped), any other iterable (a transformers ``Cache``)
+    by its items, numpy arrays as tensors."""
     import numpy as np
     import torch
 
@@ -253,6 +254,8 @@ def leaves(out: Any) -> list[Any]:
         return []
     if hasattr(out, "to_tuple"):
         return leaves(out.to_tuple())
+    if hasattr(out, "__iter__") and not isinstance(out, (str, bytes)):
+        return leaves(list(out))  # e.g. a transformers Cache: (keys, values, ...) per layer
     raise SparsebenchError(f"the model returns a {type(out).__name__}, not tensors")
 
 

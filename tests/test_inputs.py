@@ -20,7 +20,7 @@ from sparsebench.formats import FORMATS, convert
 from sparsebench.graph import from_module
 from sparsebench.graph.reference import output as reference_output
 from sparsebench.loading import load_model
-from sparsebench.model_io import (InputSpec, compare, make_inputs, parse_input_flag,
+from sparsebench.model_io import (InputSpec, compare, leaves, make_inputs, parse_input_flag,
                                   parse_input_flags)
 
 FAST = ["--min-calls", "2", "--min-time", "0", "--warmup", "0", "--data", "none"]
@@ -160,6 +160,22 @@ def test_compare_outputs_leaf_by_leaf() -> None:
     assert compare(torch.ones(2, 3) * 1.5, model_out) == (0.5, 0.5)
     with pytest.raises(SparsebenchError, match="returned 2 output tensors, the dense reference 1"):
         compare((torch.ones(2), torch.ones(2)), torch.ones(2))
+
+
+def test_compare_flattens_a_transformers_cache() -> None:
+    """GPT-2 pickled returns a ModelOutput holding a DynamicCache (no to_tuple): its key and
+    value tensors are leaves like the others, so a changed value is an error, not a refusal."""
+    from transformers import DynamicCache
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    def output(value: float) -> BaseModelOutputWithPast:
+        cache = DynamicCache()
+        cache.update(torch.ones(1, 2, 3, 4), torch.full((1, 2, 3, 4), value), 0)
+        return BaseModelOutputWithPast(last_hidden_state=torch.ones(1, 3), past_key_values=cache)
+
+    assert len(leaves(output(2.0))) == 3
+    assert compare(output(2.0), output(2.0)) == (0, 0)
+    assert compare(output(3.0), output(2.0)) == (1.0, 0.5)
 
 
 # --- every backend x format on several inputs --------------------------------------------------

@@ -700,3 +700,22 @@ def test_other_float_types_keep_their_dtype(dtype: Any) -> None:
     assert got[0].dtype == expected[0].dtype == dtype
     tol = 1e-3 if dtype == np.float16 else 1e-12
     np.testing.assert_allclose(got[0], expected[0], rtol=tol, atol=tol)
+
+
+def test_imported_layer_norm_reexports_for_onnxruntime() -> None:
+    """The structured/onnxruntime row re-exports the imported graph with the TorchScript
+    exporter: LayerNormalization's normalized shape must be static there (it was a traced
+    Gather on a Long scalar, which the exporter refuses), and the re-export matches ORT on the
+    original bytes."""
+    from sparsebench.backends.onnxrt import export_onnx
+
+    inputs = {"x": f32(2, 3, 8)}
+    model = model_of("LayerNormalization", inputs, {"epsilon": 1e-4}, 17,
+                     {"s": pos(8), "b": f32(8)})
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, inputs)[0]
+    module = to_torch(model)
+    data = export_onnx(module, (3, 8), batch=2)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: inputs["x"]})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

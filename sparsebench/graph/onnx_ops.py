@@ -849,7 +849,7 @@ def _layer_norm(mod: Any, step: _Step, x: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None) -> Any:
     axis = step.attrs.get("axis", -1) % x.dim()
     eps = step.attrs.get("epsilon", 1e-5)
-    shape = x.shape[axis:]
+    shape = tuple(int(d) for d in x.shape[axis:])  # ints: the TorchScript exporter needs them static
     scale = scale.expand(shape)
     bias = None if bias is None else bias.expand(shape)
     y = F.layer_norm(x, shape, scale, bias, eps)
