@@ -61,8 +61,9 @@ def _node(module: OnnxGraphModule, step: _Step, consts: dict[str, Any]) -> Node:
         kind = "maxpool" if step.op == "MaxPool" else "avgpool"
         return make(kind, **pool_attrs(a["kernel"], a["strides"], a["pads"], a["dilations"],
                                        a["ceil_mode"], a["count_include_pad"]))
-    elif step.op in ("Add", "Mul") and len(step.inputs) == 2 and tensors:
-        return Node(step.op.lower(), step.node, tuple(step.inputs), out, source=step.op,
+    elif step.op in ("Add", "Mul", "Sum") and len(step.inputs) == 2 and tensors:
+        kind = "mul" if step.op == "Mul" else "add"  # Sum of two: a residual add (ResNet)
+        return Node(kind, step.node, tuple(step.inputs), out, source=step.op,
                     fn=_call(module, step))  # fn: the op on sizes (tuples) as well
     kind = "reshape" if step.op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") and x \
         and x not in consts else "call"

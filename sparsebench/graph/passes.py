@@ -13,7 +13,7 @@ Scaling rows keeps every zero weight exactly zero, so pruning masks survive.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -39,13 +39,38 @@ def fold_constants(graph: Graph) -> Graph:
     return graph
 
 
+class _RenamedEnv:
+    """An environment view that reads some value names under their new names."""
+
+    __slots__ = ("env", "to")
+
+    def __init__(self, env: dict[str, Any], to: dict[str, str]) -> None:
+        self.env, self.to = env, to
+
+    def __getitem__(self, name: str) -> Any:
+        return self.env[self.to.get(name, name)]
+
+    def __contains__(self, name: object) -> bool:
+        return self.to.get(name, name) in self.env  # type: ignore[call-overload]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.env.get(self.to.get(name, name), default)
+
+
+def _reading_renamed(fn: Callable[[Any], Any], to: dict[str, str]) -> Callable[[Any], Any]:
+    return lambda env: fn(_RenamedEnv(env, to))
+
+
 def remove_aliases(graph: Graph) -> Graph:
     """Drop ``alias`` nodes (Identity, dropout in eval mode, a folded BatchNorm): their readers
     read the aliased value instead."""
     to: dict[str, str] = {}
     kept: list[Node] = []
     for node in graph.nodes:
+        renamed = {v: to[v] for v in node.inputs if v in to}
         node.inputs = tuple(to.get(v, v) for v in node.inputs)
+        if renamed and node.fn is not None:  # fn looks its inputs up by their old names
+            node.fn = _reading_renamed(node.fn, renamed)
         if node.kind == "alias" and node.inputs and node.inputs[0]:
             to[node.output] = node.inputs[0]
         else:
