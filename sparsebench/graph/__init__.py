@@ -2,8 +2,9 @@
 
 ``from_module(module, input_shape)`` is the entry point: a torch module traced with torch.fx,
 an ONNX-imported module (``onnx_torch``) read from its step list, or a TorchScript module
-(exported to ONNX first); constants folded, aliases and dead nodes removed, every value's shape
-and dtype inferred. ``passes`` fold BatchNorm and fuse activations for the consumers that want it;
+(exported to ONNX first); constants folded, aliases and dead nodes removed, the exporters'
+erf GELU as one node (``passes.fuse_gelu``), every value's shape and dtype inferred. ``passes``
+fold BatchNorm and fuse activations for the consumers that want it;
 ``reference.evaluate`` is the numpy oracle; ``execute`` runs a graph with torch.
 """
 
@@ -20,7 +21,7 @@ from sparsebench.graph.execute import infer, run
 from sparsebench.graph.from_fx import from_fx
 from sparsebench.graph.from_onnx import from_onnx, is_onnx_module
 from sparsebench.graph.ir import KINDS, Graph, Node, Value
-from sparsebench.graph.passes import fold_constants, remove_aliases, remove_dead
+from sparsebench.graph.passes import fold_constants, fuse_gelu, remove_aliases, remove_dead
 
 __all__ = ["KINDS", "Graph", "Node", "Value", "from_module", "from_torchscript", "run"]
 
@@ -58,6 +59,7 @@ def from_module(module: Any, input_shape: tuple[int, ...] | None) -> Graph:
     fold_constants(graph)
     remove_aliases(graph)
     remove_dead(graph)
+    fuse_gelu(graph)
     if input_shape is None:
         return graph
     from sparsebench.model_io import example_inputs, is_single_float, specs_of

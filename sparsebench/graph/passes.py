@@ -1,5 +1,5 @@
 """Graph passes: constant folding, alias and dead-code removal, BatchNorm folding, activation
-fusion.
+fusion, the exact-erf GELU of ONNX exports as one ``gelu`` node.
 
 All of them rewrite a :class:`~sparsebench.graph.ir.Graph` in place and return it. The one
 BatchNorm fold (``fold_bn``) is shared by the graph pass and by ``formats.fold`` (which folds
@@ -13,6 +13,7 @@ Scaling rows keeps every zero weight exactly zero, so pruning masks survive.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -161,4 +162,100 @@ def fuse_activations(graph: Graph, acts: tuple[str, ...] = ("relu",),
         prev.fused.append(f"{node.module or node.name} ({_ACT_NAMES.get(node.kind, node.kind)} "
                           "fused)")
         _absorb(graph, prev, node)
+    return graph
+
+
+# ----------------------------------------------------------------------------- GELU
+
+_GELU_TOL = 1e-6  # relative tolerance on the pattern's constants (float32 sqrt(2) is 1.7e-8 off)
+
+
+def _scalar_const(graph: Graph, value: str) -> float | None:
+    """The value of a one-element floating-point constant, else None."""
+    c = graph.consts.get(value)
+    if isinstance(c, float):
+        return c
+    if isinstance(c, torch.Tensor) and c.is_floating_point() and c.numel() == 1:
+        return float(c.reshape(()))
+    return None
+
+
+def _is_const(graph: Graph, value: str, want: float) -> bool:
+    got = _scalar_const(graph, value)
+    return got is not None and abs(got - want) <= _GELU_TOL * abs(want)
+
+
+def _binary(node: Node | None, kinds: tuple[str, ...]) -> bool:
+    return node is not None and node.kind in kinds and len(node.inputs) == 2
+
+
+def _other(node: Node, value: str) -> str | None:
+    """The input of binary ``node`` that is not ``value`` (None if ``value`` is not read)."""
+    a, b = node.inputs
+    return b if a == value else a if b == value else None
+
+
+def _erf_argument(graph: Graph, node: Node | None) -> str | None:
+    """x of ``x / sqrt(2)`` (ONNX Div) or ``x * (1/sqrt(2))``, else None."""
+    if node is None or len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    if node.kind == "call" and node.label == "Div":
+        return a if a not in graph.consts and _is_const(graph, b, math.sqrt(2.0)) else None
+    if node.kind == "mul":
+        for x, c in ((a, b), (b, a)):
+            if x not in graph.consts and _is_const(graph, c, math.sqrt(0.5)):
+                return x
+    return None
+
+
+def _gelu_match(graph: Graph, erf: Node) -> tuple[str, list[Node]] | None:
+    """(x, the pattern's nodes, last one last) of ``x * 0.5 * (1 + erf(x / sqrt 2))`` around
+    an Erf node: Div by sqrt(2) or Mul by 1/sqrt(2); the 0.5 multiplied into x, into
+    ``1 + erf`` or into their product. Intermediate values must have no other reader."""
+    div = graph.producer(erf.inputs[0]) if len(erf.inputs) == 1 else None
+    x = _erf_argument(graph, div)
+    if x is None or graph.sole_consumer(div.output) is not erf:  # type: ignore[union-attr]
+        return None
+    one = graph.sole_consumer(erf.output)
+    if not _binary(one, ("add",)) or not _is_const(graph, _other(one, erf.output) or "", 1.0):
+        return None
+    first = graph.sole_consumer(one.output)  # type: ignore[union-attr]
+    if not _binary(first, ("mul",)):
+        return None
+    nodes = [div, erf, one, first]
+    partner = _other(first, one.output)  # type: ignore[union-attr,arg-type]
+    half_x = graph.producer(partner or "")
+    if partner == x or _is_const(graph, partner or "", 0.5):  # (x or 0.5) * (1 + erf), then
+        last = graph.sole_consumer(first.output)             # the other one
+        want = 0.5 if partner == x else None
+        if not _binary(last, ("mul",)):
+            return None
+        rest = _other(last, first.output)  # type: ignore[union-attr,arg-type]
+        if rest is None or not (_is_const(graph, rest, 0.5) if want else rest == x):
+            return None
+        return x, [*nodes, last]  # type: ignore[list-item]
+    if _binary(half_x, ("mul",)) and graph.sole_consumer(partner or "") is first:
+        rest = _other(half_x, x)  # type: ignore[arg-type]
+        if rest is not None and rest != x and _is_const(graph, rest, 0.5):
+            return x, [half_x, *nodes]  # type: ignore[list-item]
+    return None
+
+
+def fuse_gelu(graph: Graph) -> Graph:
+    """Replace the exact-erf GELU as the ONNX exporters write it (see ``_gelu_match``) by one
+    ``gelu`` node; every constant is checked to 1e-6, so a near-miss is left alone."""
+    for erf in [n for n in graph.nodes if n.kind == "call" and n.label == "Erf"]:
+        if erf not in graph.nodes:
+            continue
+        found = _gelu_match(graph, erf)
+        if found is None:
+            continue
+        x, nodes = found
+        last = nodes[-1]
+        gelu = Node("gelu", last.name, (x,), last.output, source="Erf (GELU)")
+        graph.nodes[graph.nodes.index(last)] = gelu
+        for node in nodes[:-1]:
+            graph.nodes.remove(node)
+            graph.values.pop(node.output, None)
     return graph
