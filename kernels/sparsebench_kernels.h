@@ -129,6 +129,16 @@ void sb_conv2d_plan_free(sb_conv_plan *p);
 int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *p, const float *x,
                   const float *residual, float *y, int num_threads);
 
+/* ---- transformer blocks (transformer.cpp) ------------------------------------------------ */
+
+/* y = LayerNorm(x + residual) over the last axis of a rows x cols matrix:
+ * (s - mean) / sqrt(var + eps) * gamma + beta with the biased variance (two passes, as torch).
+ * residual, gamma, beta may be NULL (no add, scale 1, shift 0); y may be x or residual. */
+int sb_add_layernorm(const float *x, const float *residual, const float *gamma,
+                     const float *beta, float eps, int64_t rows, int64_t cols, float *y,
+                     int num_threads);
+
+
 #ifdef __cplusplus
 }
 #endif

@@ -360,6 +360,53 @@ static void test_pool_stress(void) {
   free(w);
 }
 
+
+/* ---- transformer blocks ---- */
+
+static void test_layernorm(int64_t rows, int64_t cols, int with_residual, int affine, int threads) {
+  float *x = falloc(rows * cols), *r = falloc(rows * cols), *g = falloc(cols), *b = falloc(cols);
+  float *y = falloc(rows * cols), *want = falloc(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) x[i] = 3.0f * x[i] + 2.0f; /* an offset mean */
+  for (int64_t m = 0; m < rows; ++m) {
+    double mean = 0, var = 0;
+    for (int64_t c = 0; c < cols; ++c)
+      mean += (double)x[m * cols + c] + (with_residual ? r[m * cols + c] : 0.0);
+    mean /= (double)cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double d = (double)x[m * cols + c] + (with_residual ? r[m * cols + c] : 0.0) - mean;
+      var += d * d;
+    }
+    var /= (double)cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      double v = ((double)x[m * cols + c] + (with_residual ? r[m * cols + c] : 0.0) - mean) /
+                 sqrt(var + 1e-5);
+      want[m * cols + c] = (float)(affine ? v * g[c] + b[c] : v);
+    }
+  }
+  char what[96];
+  snprintf(what, sizeof what, "layernorm %lldx%lld res=%d affine=%d t%d", (long long)rows,
+           (long long)cols, with_residual, affine, threads);
+  expect_ok(sb_add_layernorm(x, with_residual ? r : NULL, affine ? g : NULL, affine ? b : NULL,
+                             1e-5f, rows, cols, y, threads), what);
+  compare(what, y, want, rows * cols);
+  /* in place: y is x */
+  expect_ok(sb_add_layernorm(x, with_residual ? r : NULL, affine ? g : NULL, affine ? b : NULL,
+                             1e-5f, rows, cols, x, threads), what);
+  compare(what, x, want, rows * cols);
+  free(x), free(r), free(g), free(b), free(y), free(want);
+}
+
+static void test_transformer(void) {
+  float z[4] = {0};
+  if (sb_add_layernorm(z, NULL, NULL, NULL, 1e-5f, 1, 0, z, 1) != SB_EINVAL) ++failures;
+  if (sb_add_layernorm(z, NULL, NULL, NULL, -1.f, 1, 1, z, 1) != SB_EINVAL) ++failures;
+  if (sb_add_layernorm(z, NULL, NULL, NULL, 1e-5f, 1, 1, z, 0) != SB_ETHREADS) ++failures;
+  static const int64_t rows[] = {1, 7, 128}, cols[] = {1, 63, 768};
+  for (int a = 0; a < 3; ++a)
+    for (int c = 0; c < 3; ++c) test_layernorm(rows[a], cols[c], (a + c) % 2, c != 1, 1 + a % 2);
+  test_layernorm(3, 17, 1, 1, 2);
+}
+
 int main(void) {
   if (sb_abi_version() != SB_ABI_VERSION) {
     fprintf(stderr, "ABI mismatch\n");
@@ -436,6 +483,7 @@ int main(void) {
   test_conv_planned(3, 6, 5, 7, 5, 3, 2, 1, 0.5, -1);
 
   test_pool_stress();
+  test_transformer();
 
   if (failures) {
     fprintf(stderr, "%d of %d checks FAILED\n", failures, checks);

@@ -1,6 +1,6 @@
 """Transformer blocks in the native plan: the exporters' erf GELU as one fused activation, the
-add + LayerNorm and attention kernels against numpy/torch references, and tiny BERT exports
-(TorchScript and dynamo exporters) running with (almost) no torch steps."""
+add + LayerNorm kernel against torch, and tiny BERT exports (TorchScript and dynamo exporters)
+running their LayerNorms natively."""
 
 from __future__ import annotations
 
@@ -77,3 +77,116 @@ def test_gelu_near_miss_is_left_alone(sqrt2: float, half: float) -> None:
     graph = from_module(_gelu_onnx("ts", sqrt2, half), (4, 16))
     assert "gelu" not in [n.kind for n in graph.nodes]
     assert "Erf" in [n.label for n in graph.nodes]
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def _f32(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def _max_rel(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 7, 128])
+@pytest.mark.parametrize("cols", [1, 63, 768])
+def test_add_layernorm_matches_torch(rows: int, cols: int) -> None:
+    from sparsebench import native
+
+    x, r = _f32(rows, cols) * 3 + 2, _f32(rows, cols)
+    gamma, beta = _f32(cols), _f32(cols)
+    for residual, threads in ((None, 1), (r, 2)):
+        s = torch.from_numpy(x).double() + (0 if residual is None else torch.from_numpy(r))
+        want = torch.nn.functional.layer_norm(s, (cols,), torch.from_numpy(gamma).double(),
+                                              torch.from_numpy(beta).double(), 1e-12).numpy()
+        op = native.AddLayerNorm(gamma, beta, eps=1e-12, threads=threads)
+        assert _max_rel(op.run(x, residual=residual), want) <= 1e-5
+    plain = native.AddLayerNorm(np.ones(cols, np.float32)).run(x.copy())
+    s = torch.from_numpy(x).double()
+    assert _max_rel(plain, torch.nn.functional.layer_norm(s, (cols,), eps=1e-5).numpy()) <= 1e-5
+
+
+@needs_kernels
+def test_transformer_kernel_arguments_are_checked() -> None:
+    from sparsebench import native
+    from sparsebench.errors import SparsebenchError
+
+    with pytest.raises(SparsebenchError, match="last axis 8"):
+        native.AddLayerNorm(np.ones(8, np.float32)).run(_f32(3, 5))
+    with pytest.raises(SparsebenchError, match="residual"):
+        native.AddLayerNorm(np.ones(8, np.float32)).run(_f32(3, 8), residual=_f32(2, 8))
+
+
+# ----------------------------------------------------------------------------- plans
+
+SEQ = 16
+
+
+@pytest.fixture(scope="module")
+def bert_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny BERT (2 layers, hidden 64, 2 heads) exported by both torch exporters."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=128, vocab_size=100,
+                                  max_position_embeddings=32, attn_implementation="eager")
+    bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                    ) -> torch.Tensor:
+            return self.bert(input_ids=input_ids,
+                             attention_mask=attention_mask).last_hidden_state
+
+    ids, mask = torch.randint(0, 100, (1, SEQ)), torch.ones(1, SEQ, dtype=torch.int64)
+    folder = tmp_path_factory.mktemp("bert")
+    paths = {}
+    for name, dynamo in (("ts", False), ("dynamo", True)):
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(LastHidden().eval(), (ids, mask), buf, dynamo=dynamo,
+                              input_names=["input_ids", "attention_mask"],
+                              opset_version=18 if dynamo else 17,
+                              **({"external_data": False} if dynamo else {}))
+        paths[name] = folder / f"bert-{name}.onnx"
+        paths[name].write_bytes(buf.getvalue())
+    return paths
+
+
+def _native_plan(path: Any) -> tuple[Any, float]:
+    """(prepared csr/native plan, max rel err vs the dense module on a padded input)."""
+    from sparsebench.backends import get_backend
+    from sparsebench.formats import convert
+    from sparsebench.loading import load_model
+    from sparsebench.model_io import compare
+
+    loaded = load_model(path)
+    ids = torch.randint(0, 100, (1, SEQ))
+    mask = torch.ones(1, SEQ, dtype=torch.int64)
+    mask[0, 11:] = 0   # padding: the mask really masks
+    with torch.inference_mode():
+        want = loaded.module(ids, mask)
+    prepared = get_backend("native").prepare(convert(loaded.module, "csr"), batch=1)
+    return prepared, compare(prepared.run(ids, mask), want)[1]
+
+
+@needs_kernels
+@pytest.mark.parametrize("exporter", ["ts", "dynamo"])
+def test_bert_export_runs_its_layernorms_natively(bert_exports: dict[str, Any],
+                                              exporter: str) -> None:
+    prepared, err = _native_plan(bert_exports[exporter])
+    assert err <= 1e-4, prepared.impl
+    assert "+native(layernorm)" in prepared.impl
+    assert not {"LayerNormalization", "Erf", "Div"} & set(prepared.torch_ops)
+    names = prepared._names[1]
+    assert names.count("add+layernorm") == 5
+    assert sum(n.endswith("+gelu") for n in names) == 2  # GELU fused into the Linear
+    assert len(prepared.kernels) == 12

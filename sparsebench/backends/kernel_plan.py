@@ -9,6 +9,8 @@ torch.fx, or an ONNX import's step list):
 * every Conv2d/Linear with a payload is one prepared kernel call on preallocated buffers, with
   fused epilogues: ReLU/GELU, for convolutions also a residual add (ResNet), a constant
   per-channel scale (ResNet ``out_mask``) and a following 2x2-style max-pool (VGG, LeNet-5);
+* LayerNorm (with the residual add before it) of transformer exports is one native call
+  (``plan_blocks``), GELU is fused into the Linear before it;
 * flatten and dropout/identity are views (no work);
 * anything else (e.g. ResNet's global average pool, ops of a foreign graph, layers a format
   kept dense) runs in torch on views of the same buffers, named in the impl
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from sparsebench import native
+from sparsebench.backends import plan_blocks
 from sparsebench.backends.base import Backend, Prepared, Unsupported, swap_layers, validate
 from sparsebench.errors import SparsebenchError
 from sparsebench.graph import Graph, Node, from_module, run
@@ -58,9 +61,12 @@ class _Step:
     scale: torch.Tensor | None = None
     pool: int = 1
     label: str = ""
+    params: dict[str, Any] | None = None  # a plan_blocks block's kernel parameters
 
     def name(self) -> str:
         """The layer and what was fused into it, e.g. ``features.0+relu+maxpool2``."""
+        if self.kind in plan_blocks.KINDS:
+            return self.label
         parts = [self.op.module or self.label or self.kind]
         parts += ["residual"] if self.residual is not None else []
         parts += [self.act] if self.act else []
@@ -135,6 +141,9 @@ class _Planner:
     def steps(self) -> list[_Step]:
         steps: list[_Step] = []
         consumed: set[int] = set()
+        for b in plan_blocks.find(self, consumed):
+            steps.append(_Step(b.kind, b.pos, b.out, b.ins, b.op, label=b.label,
+                               params=b.params))
         for i, op in enumerate(self.g.nodes):
             if i in consumed or op.kind == "alias":
                 continue
@@ -256,7 +265,7 @@ class NativePrepared(Prepared):
         self._native_layers: set[str] = set()   # layers a native kernel runs, in every plan
         self._torch_layers: set[str] = set()    # layers torch runs (they keep their weights)
         self.kernels, self.torch_ops, self.traffic_bytes = self._build(batch)
-        self.impl = _impl(label, self.kernels, threads, self.torch_ops)
+        self.impl = _impl(label, self.kernels, threads, self.torch_ops, self.blocks)
 
     def _build(self, batch: int) -> tuple[list[Any], list[str], int]:
         """Plan the model for one batch size: (kernels, torch op labels, bytes per call)."""
@@ -278,10 +287,18 @@ class NativePrepared(Prepared):
         calls: list[Callable[[], Any]] = []
         names: list[str] = []
         kernels, torch_ops, traffic = [], [], 0
+        self.blocks: list[str] = []  # the plan_blocks steps' labels (the impl names them)
         for s in steps:
             if s.kind == "view":
                 continue
             names.append(s.name() if s.kind != "torch" else f"{s.label} (torch)")
+            if s.kind in plan_blocks.KINDS:
+                ins = [bufs[v] for v in s.ins]
+                calls.append(plan_blocks.bind(s.kind, s.params or {}, ins, bufs[s.out],
+                                              self.threads))
+                self.blocks.append(s.kind)
+                traffic += sum(a.nbytes for a in ins) + bufs[s.out].nbytes
+                continue
             if s.kind == "torch":
                 if s.op.kind in ("conv", "linear"):
                     self._torch_layers.add(s.op.module or "")
@@ -368,10 +385,13 @@ class NativePrepared(Prepared):
         return self._names[xs[0].shape[0]], steps, lambda: self._feed(feeds, env, xs)
 
 
-def _impl(label: str, kernels: list[Any], threads: int, torch_ops: list[str]) -> str:
+def _impl(label: str, kernels: list[Any], threads: int, torch_ops: list[str],
+          blocks: list[str] | tuple[str, ...] = ()) -> str:
     bits = sorted({k.index_bits for k in kernels})
     idx = "+".join(f"i{b}" for b in bits) or "i32"
     impl = f"native-{label}-{native.isa()}-{idx}-t{threads}"
+    if blocks:
+        impl += "+native(" + ",".join(sorted(set(blocks))) + ")"
     if torch_ops:
         impl += "+torch(" + ",".join(dict.fromkeys(torch_ops)) + ")"
     return impl

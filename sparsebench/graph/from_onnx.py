@@ -3,7 +3,8 @@
 An ONNX file is first converted to a torch module (``onnx_torch.to_torch``: real Conv2d/Linear/
 BatchNorm submodules, constants folded, small integer values as Python tuples) so that formats
 can swap its layers; ``from_onnx`` reads that module's step list, so both views share the
-layers. Steps the IR names get their kind; the rest are ``call`` nodes running the step.
+layers. Steps the IR names get their kind; the rest are ``call`` nodes running the step (with
+the ONNX attributes in ``attrs``, e.g. a Transpose's ``perm``).
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def _node(module: OnnxGraphModule, step: _Step, consts: dict[str, Any]) -> Node:
                     fn=_call(module, step))  # fn: the op on sizes (tuples) as well
     kind = "reshape" if step.op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") and x \
         and x not in consts else "call"
-    return Node(kind, step.node, tuple(n for n in step.inputs), out, module=step.module,
-                source=step.op, fn=_call(module, step))
+    return Node(kind, step.node, tuple(n for n in step.inputs), out, dict(step.attrs),
+                module=step.module, source=step.op, fn=_call(module, step))
 
 
 def from_onnx(module: OnnxGraphModule) -> Graph:
