@@ -396,15 +396,73 @@ static void test_layernorm(int64_t rows, int64_t cols, int with_residual, int af
   free(x), free(r), free(g), free(b), free(y), free(want);
 }
 
+/* mask_kind 0: none, 1: per key (B,1,1,Tk) with zeros and -FLT_MAX, 2: full (1,H,Tq,Tk) */
+static void test_attention(int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t dh, int mask_kind,
+                           int threads) {
+  const int64_t W = H * dh;
+  float *q = falloc(B * Tq * W), *k = falloc(B * Tk * W), *v = falloc(B * Tk * W);
+  float *o = falloc(B * Tq * W), *want = falloc(B * Tq * W);
+  float *mask = NULL;
+  int64_t sb = 0, sh = 0, sr = 0;
+  if (mask_kind == 1) {
+    mask = falloc(B * Tk);
+    for (int64_t i = 0; i < B * Tk; ++i) mask[i] = (i % Tk) && urand() < 0.3 ? -3.4028234e38f : 0.f;
+    sb = Tk;
+  } else if (mask_kind == 2) {
+    mask = falloc(H * Tq * Tk);
+    sh = Tq * Tk, sr = Tk;
+  }
+  const double scale = 1.0 / sqrt((double)dh);
+  double *srow = (double *)malloc((size_t)Tk * sizeof(double));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < Tq; ++i) {
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < Tk; ++j) {
+          double s = 0;
+          for (int64_t d = 0; d < dh; ++d)
+            s += (double)q[(b * Tq + i) * W + h * dh + d] * k[(b * Tk + j) * W + h * dh + d];
+          s = s * (float)scale + (mask ? mask[b * sb + h * sh + i * sr + j] : 0.0);
+          srow[j] = s;
+          mx = s > mx ? s : mx;
+        }
+        for (int64_t j = 0; j < Tk; ++j) sum += srow[j] = exp(srow[j] - mx);
+        for (int64_t d = 0; d < dh; ++d) {
+          double acc = 0;
+          for (int64_t j = 0; j < Tk; ++j) acc += srow[j] * v[(b * Tk + j) * W + h * dh + d];
+          want[(b * Tq + i) * W + h * dh + d] = (float)(acc / sum);
+        }
+      }
+  char what[112];
+  snprintf(what, sizeof what, "attention B%lld Tq%lld Tk%lld H%lld dh%lld mask%d t%d",
+           (long long)B, (long long)Tq, (long long)Tk, (long long)H, (long long)dh, mask_kind,
+           threads);
+  expect_ok(sb_attention(q, k, v, mask, sb, sh, sr, B, Tq, Tk, H, dh, (float)scale, o, threads),
+            what);
+  compare(what, o, want, B * Tq * W);
+  free(q), free(k), free(v), free(o), free(want), free(mask), free(srow);
+}
+
 static void test_transformer(void) {
   float z[4] = {0};
   if (sb_add_layernorm(z, NULL, NULL, NULL, 1e-5f, 1, 0, z, 1) != SB_EINVAL) ++failures;
   if (sb_add_layernorm(z, NULL, NULL, NULL, -1.f, 1, 1, z, 1) != SB_EINVAL) ++failures;
   if (sb_add_layernorm(z, NULL, NULL, NULL, 1e-5f, 1, 1, z, 0) != SB_ETHREADS) ++failures;
+  if (sb_attention(z, z, z, NULL, 0, 0, 0, 1, 1, 0, 1, 1, 1.f, z, 1) != SB_EINVAL) ++failures;
+  if (sb_attention(NULL, z, z, NULL, 0, 0, 0, 1, 1, 1, 1, 1, 1.f, z, 1) != SB_EINVAL) ++failures;
+  if (sb_attention(z, z, z, NULL, 0, 0, 0, 0, 1, 1, 1, 1, 1.f, z, 1) != SB_OK) ++failures;
   static const int64_t rows[] = {1, 7, 128}, cols[] = {1, 63, 768};
   for (int a = 0; a < 3; ++a)
     for (int c = 0; c < 3; ++c) test_layernorm(rows[a], cols[c], (a + c) % 2, c != 1, 1 + a % 2);
   test_layernorm(3, 17, 1, 1, 2);
+  static const int64_t seqs[] = {1, 7, 128};
+  for (int s = 0; s < 3; ++s) {
+    test_attention(1, seqs[s], seqs[s], 2, 64, s % 3, 1);
+    test_attention(2, seqs[s], seqs[s], 3, 5, (s + 1) % 3, 2);   /* odd head size */
+    test_attention(1, seqs[s], seqs[s], 1, 80, (s + 2) % 3, 2);  /* dh > 64: two column tiles */
+  }
+  test_attention(2, 9, 130, 2, 33, 1, 2); /* Tq != Tk, keys beyond a 64-wide tile */
+  test_attention(1, 37, 20, 4, 16, 2, 1); /* query block tail */
 }
 
 int main(void) {

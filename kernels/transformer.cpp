@@ -1,5 +1,16 @@
-// Transformer blocks around the sparse linears: add + LayerNorm over the last axis.
+// Transformer blocks around the sparse linears: add + LayerNorm over the last axis, and scaled
+// dot-product attention with an additive mask on the Linear outputs' [B, T, H*dh] layout.
+//
+// Attention per (batch, head): K^T is packed once ([dh][Tk rounded up to 16]); then, per block
+// of up to 32 queries, S = Q K^T from register tiles (4 queries x 64 keys: 16 zmm accumulators,
+// one broadcast of q and 4 loads of K^T per head-dim step), softmax over the keys in place
+// (scale, mask, max-subtracted exp), and O = P V from tiles of 4 queries x 64 head-dim values
+// streaming V rows straight from the input. The 1/sum is applied at the store. Threads take
+// whole (batch, head) pairs.
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.hpp"
 #include "sparsebench_kernels.h"
@@ -101,6 +112,191 @@ void norm_row(const float *x, const float *r, const float *gamma,
 #endif
 }
 
+// ----------------------------------------------------------------------------- attention
+
+constexpr int64_t kQueryBlock = 32;  // queries per softmax block (S block: 32 x Tk floats)
+constexpr float kExpFloor = -87.0f;  // exp of anything below is stored as exactly 0
+
+struct Attn {
+  const float *q, *k, *v, *mask;
+  int64_t msb, msh, msr;  // mask strides (batch, head, query row); keys contiguous
+  int64_t batch, tq, tk, heads, dh, ld, tkp;
+  float scale;
+  float *out;
+};
+
+#if SB_AVX512
+SB_INLINE __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+
+// S[r, j0 .. j0+16*NV) = sum_d Q[r, d] Kt[d, j0 ..] for R query rows.
+template <int R, int NV>
+SB_INLINE void qk_tile(const float *q, int64_t ld, const float *kt, int64_t tkp, int64_t dh,
+                       float *s, int64_t sld) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < dh; ++d) {
+    __m512 kv[NV];
+    for (int c = 0; c < NV; ++c) kv[c] = _mm512_loadu_ps(kt + d * tkp + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m512 qb = _mm512_set1_ps(q[r * ld + d]);
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(qb, kv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(s + r * sld + 16 * c, acc[r][c]);
+}
+
+template <int R>
+void qk_rows(const float *q, int64_t ld, const float *kt, int64_t tkp, int64_t dh, float *s) {
+  int64_t j = 0;
+  for (; j + 64 <= tkp; j += 64) qk_tile<R, 4>(q, ld, kt + j, tkp, dh, s + j, tkp);
+  const int64_t left = (tkp - j) / 16;
+  if (left == 3) qk_tile<R, 3>(q, ld, kt + j, tkp, dh, s + j, tkp);
+  else if (left == 2) qk_tile<R, 2>(q, ld, kt + j, tkp, dh, s + j, tkp);
+  else if (left == 1) qk_tile<R, 1>(q, ld, kt + j, tkp, dh, s + j, tkp);
+}
+
+// O[r, d0 .. d0+16*NV) = inv[r] * sum_j P[r, j] V[j, d0 ..] (the last vector masked by km).
+template <int R, int NV>
+SB_INLINE void pv_tile(const float *p, int64_t pld, const float *v, int64_t ld, int64_t tk,
+                       __mmask16 km, const float *inv, float *o, int64_t old) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < tk; ++j) {
+    __m512 vv[NV];
+    for (int c = 0; c < NV; ++c)
+      vv[c] = c == NV - 1 ? _mm512_maskz_loadu_ps(km, v + j * ld + 16 * c)
+                          : _mm512_loadu_ps(v + j * ld + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m512 pb = _mm512_set1_ps(p[r * pld + j]);
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(pb, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m512 s = _mm512_set1_ps(inv[r]);
+    for (int c = 0; c < NV; ++c) {
+      const __m512 val = _mm512_mul_ps(acc[r][c], s);
+      if (c == NV - 1) _mm512_mask_storeu_ps(o + r * old + 16 * c, km, val);
+      else _mm512_storeu_ps(o + r * old + 16 * c, val);
+    }
+  }
+}
+
+template <int R>
+void pv_rows(const float *p, int64_t pld, const float *v, int64_t ld, int64_t tk, int64_t dh,
+             const float *inv, float *o, int64_t old) {
+  for (int64_t d = 0; d < dh; d += 64) {
+    const int64_t left = dh - d;
+    const int nv = left >= 64 ? 4 : (int)((left + 15) / 16);
+    const __mmask16 km = tail_mask(left - 16 * (nv - 1));
+    if (nv == 4) pv_tile<R, 4>(p, pld, v + d, ld, tk, km, inv, o + d, old);
+    else if (nv == 3) pv_tile<R, 3>(p, pld, v + d, ld, tk, km, inv, o + d, old);
+    else if (nv == 2) pv_tile<R, 2>(p, pld, v + d, ld, tk, km, inv, o + d, old);
+    else pv_tile<R, 1>(p, pld, v + d, ld, tk, km, inv, o + d, old);
+  }
+}
+
+// Softmax of one score row in place: p = exp(s*scale + mask - max); returns 1/sum.
+float softmax_row(float *s, const float *mask, int64_t tk, float scale) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < tk; j += 16) {
+    const __mmask16 k = tail_mask(tk - j);
+    __m512 t = _mm512_mul_ps(_mm512_loadu_ps(s + j), vs);
+    if (mask) t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(k, mask + j));
+    _mm512_storeu_ps(s + j, t);
+    vmax = _mm512_mask_max_ps(vmax, k, vmax, t);
+  }
+  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < tk; j += 16) {
+    const __mmask16 k = tail_mask(tk - j);
+    const __m512 t = _mm512_sub_ps(_mm512_loadu_ps(s + j), mx);
+    const __mmask16 live = _mm512_mask_cmp_ps_mask(k, t, _mm512_set1_ps(kExpFloor), _CMP_GE_OQ);
+    const __m512 e = _mm512_maskz_mov_ps(live, exp_neg_ps(t));
+    _mm512_storeu_ps(s + j, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  return 1.0f / _mm512_reduce_add_ps(vsum);
+}
+#else
+float softmax_row(float *s, const float *mask, int64_t tk, float scale) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < tk; ++j) {
+    s[j] = s[j] * scale + (mask ? mask[j] : 0.0f);
+    mx = s[j] > mx ? s[j] : mx;
+  }
+  float sum = 0.0f;
+  for (int64_t j = 0; j < tk; ++j) {
+    const float t = s[j] - mx;
+    s[j] = t >= kExpFloor ? std::exp(t) : 0.0f;
+    sum += s[j];
+  }
+  return 1.0f / sum;
+}
+#endif
+
+// One (batch, head) pair; scratch holds K^T (dh x tkp) and one S block (kQueryBlock x tkp).
+void attend(const Attn &a, int64_t b, int64_t h, float *kt, float *sblk) {
+  const int64_t ld = a.ld, dh = a.dh, tk = a.tk, tkp = a.tkp;
+  const float *q = a.q + b * a.tq * ld + h * dh;
+  const float *k = a.k + b * tk * ld + h * dh;
+  const float *v = a.v + b * tk * ld + h * dh;
+  float *o = a.out + b * a.tq * ld + h * dh;
+  const float *mbase = a.mask ? a.mask + b * a.msb + h * a.msh : nullptr;
+  for (int64_t d = 0; d < dh; ++d) {  // pack K^T, zero-padded to tkp keys
+    float *row = kt + d * tkp;
+    for (int64_t j = 0; j < tk; ++j) row[j] = k[j * ld + d];
+    for (int64_t j = tk; j < tkp; ++j) row[j] = 0.0f;
+  }
+  float inv[kQueryBlock];
+  for (int64_t i0 = 0; i0 < a.tq; i0 += kQueryBlock) {
+    const int64_t rows = a.tq - i0 < kQueryBlock ? a.tq - i0 : kQueryBlock;
+#if SB_AVX512
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) qk_rows<4>(q + (i0 + r) * ld, ld, kt, tkp, dh, sblk + r * tkp);
+    for (; r < rows; ++r) qk_rows<1>(q + (i0 + r) * ld, ld, kt, tkp, dh, sblk + r * tkp);
+#else
+    for (int64_t r = 0; r < rows; ++r) {
+      float *s = sblk + r * tkp;
+      for (int64_t j = 0; j < tk; ++j) s[j] = 0.0f;
+      const float *qr = q + (i0 + r) * ld;
+      for (int64_t d = 0; d < dh; ++d) {
+        const float qd = qr[d];
+        const float *kr = kt + d * tkp;
+        for (int64_t j = 0; j < tk; ++j) s[j] += qd * kr[j];
+      }
+    }
+#endif
+    for (int64_t r = 0; r < rows; ++r)
+      inv[r] = softmax_row(sblk + r * tkp, mbase ? mbase + (i0 + r) * a.msr : nullptr, tk,
+                           a.scale);
+#if SB_AVX512
+    r = 0;
+    for (; r + 4 <= rows; r += 4)
+      pv_rows<4>(sblk + r * tkp, tkp, v, ld, tk, dh, inv + r, o + (i0 + r) * ld, ld);
+    for (; r < rows; ++r)
+      pv_rows<1>(sblk + r * tkp, tkp, v, ld, tk, dh, inv + r, o + (i0 + r) * ld, ld);
+#else
+    for (int64_t r = 0; r < rows; ++r) {
+      float *orow = o + (i0 + r) * ld;
+      const float *p = sblk + r * tkp;
+      for (int64_t d = 0; d < dh; ++d) orow[d] = 0.0f;
+      for (int64_t j = 0; j < tk; ++j) {
+        const float pj = p[j];
+        const float *vr = v + j * ld;
+        for (int64_t d = 0; d < dh; ++d) orow[d] += pj * vr[d];
+      }
+      for (int64_t d = 0; d < dh; ++d) orow[d] *= inv[r];
+    }
+#endif
+  }
+}
+
 }  // namespace
 }  // namespace sb
 
@@ -119,4 +315,36 @@ extern "C" int sb_add_layernorm(const float *x, const float *residual, const flo
                    y + m * cols);
   });
   return SB_OK;
+}
+
+extern "C" int sb_attention(const float *q, const float *k, const float *v, const float *mask,
+                            int64_t mask_batch_stride, int64_t mask_head_stride,
+                            int64_t mask_row_stride, int64_t batch, int64_t seq_q,
+                            int64_t seq_k, int64_t heads, int64_t head_dim, float scale,
+                            float *out, int num_threads) {
+  if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
+  if (!q || !k || !v || !out || batch < 0 || seq_q < 0 || seq_k < 1 || heads < 1 ||
+      head_dim < 1 || mask_batch_stride < 0 || mask_head_stride < 0 || mask_row_stride < 0)
+    return SB_EINVAL;
+  if (batch == 0 || seq_q == 0) return SB_OK;
+  sb::Attn a{q, k, v, mask, mask_batch_stride, mask_head_stride, mask_row_stride,
+             batch, seq_q, seq_k, heads, head_dim, heads * head_dim, (seq_k + 15) / 16 * 16,
+             scale, out};
+  const int64_t pairs = batch * heads;
+  const size_t floats = (size_t)(head_dim + sb::kQueryBlock) * (size_t)a.tkp;
+  std::atomic<int> status{SB_OK};
+  const int threads = pairs * seq_q * seq_k * head_dim < 65536 ? 1 : num_threads;
+  const int64_t chunks = sb::chunk_count(pairs, threads, pairs);  // one pair per chunk
+  sb::parallel_for(threads, chunks, [&](int64_t c) {
+    const int64_t lo = pairs * c / chunks, hi = pairs * (c + 1) / chunks;
+    float *scratch = static_cast<float *>(std::malloc(floats * sizeof(float)));
+    if (!scratch) {
+      status.store(SB_ENOMEM, std::memory_order_relaxed);
+      return;
+    }
+    for (int64_t p = lo; p < hi; ++p)
+      sb::attend(a, p / heads, p % heads, scratch, scratch + (size_t)head_dim * a.tkp);
+    std::free(scratch);
+  });
+  return status.load();
 }

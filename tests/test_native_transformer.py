@@ -1,6 +1,6 @@
 """Transformer blocks in the native plan: the exporters' erf GELU as one fused activation, the
-add + LayerNorm kernel against torch, and tiny BERT exports (TorchScript and dynamo exporters)
-running their LayerNorms natively."""
+add + LayerNorm and attention kernels against numpy/torch references, and tiny BERT exports
+(TorchScript and dynamo exporters) running with (almost) no torch steps."""
 
 from __future__ import annotations
 
@@ -108,11 +108,52 @@ def test_add_layernorm_matches_torch(rows: int, cols: int) -> None:
     assert _max_rel(plain, torch.nn.functional.layer_norm(s, (cols,), eps=1e-5).numpy()) <= 1e-5
 
 
+def _attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
+                   heads: int, scale: float) -> np.ndarray:
+    (b, tq, w), tk = q.shape, k.shape[1]
+    dh = w // heads
+    qt, kt, vt = (torch.from_numpy(a).double().view(b, t, heads, dh).transpose(1, 2)
+                  for a, t in ((q, tq), (k, tk), (v, tk)))
+    s = qt @ kt.transpose(-1, -2) * scale
+    if mask is not None:
+        s = s + torch.from_numpy(mask).double()
+    return (s.softmax(-1) @ vt).transpose(1, 2).reshape(b, tq, w).numpy()
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch,seq,heads,dh", [(1, 1, 1, 1), (2, 7, 3, 5), (1, 128, 2, 64),
+                                                (1, 33, 2, 80)])
+@pytest.mark.parametrize("mask_kind", ["none", "zeros", "full"])
+def test_attention_matches_torch(batch: int, seq: int, heads: int, dh: int,
+                                 mask_kind: str) -> None:
+    from sparsebench import native
+
+    q, k, v = (_f32(batch, seq, heads * dh) for _ in range(3))
+    mask = None
+    if mask_kind == "zeros":  # BERT's padding mask: 0 or the most negative float per key
+        mask = np.where(RNG.random((batch, 1, 1, seq)) < 0.4, np.float32(-3.4028234e38),
+                        np.float32(0)).astype(np.float32)
+        mask[..., 0] = 0
+    elif mask_kind == "full":
+        mask = _f32(1, heads, seq, seq)
+    scale = 1 / math.sqrt(dh)
+    got = native.Attention(heads, scale, threads=2).run(q, k, v, mask)
+    assert _max_rel(got, _attention_ref(q, k, v, mask, heads, scale)) <= 1e-5
+
+
 @needs_kernels
 def test_transformer_kernel_arguments_are_checked() -> None:
     from sparsebench import native
     from sparsebench.errors import SparsebenchError
 
+    q = _f32(1, 4, 8)
+    att = native.Attention(2, 0.5)
+    with pytest.raises(SparsebenchError, match="must not overlap"):
+        att.run(q, q, q, out=q)
+    with pytest.raises(SparsebenchError, match="does not broadcast"):
+        att.run(q, q, q, mask=_f32(1, 1, 1, 3))
+    with pytest.raises(SparsebenchError, match="2 heads"):
+        native.Attention(2, 0.5).run(_f32(1, 4, 7), _f32(1, 4, 7), _f32(1, 4, 7))
     with pytest.raises(SparsebenchError, match="last axis 8"):
         native.AddLayerNorm(np.ones(8, np.float32)).run(_f32(3, 5))
     with pytest.raises(SparsebenchError, match="residual"):
@@ -180,13 +221,63 @@ def _native_plan(path: Any) -> tuple[Any, float]:
 
 @needs_kernels
 @pytest.mark.parametrize("exporter", ["ts", "dynamo"])
-def test_bert_export_runs_its_layernorms_natively(bert_exports: dict[str, Any],
+def test_bert_export_runs_its_blocks_natively(bert_exports: dict[str, Any],
                                               exporter: str) -> None:
     prepared, err = _native_plan(bert_exports[exporter])
     assert err <= 1e-4, prepared.impl
-    assert "+native(layernorm)" in prepared.impl
-    assert not {"LayerNormalization", "Erf", "Div"} & set(prepared.torch_ops)
+    assert "+native(attention,layernorm)" in prepared.impl
+    # left to torch: the embedding lookup and the mask's small integer/bool arithmetic
+    assert set(prepared.torch_ops) <= {"Gather", "GatherND", "Cast", "Shape", "Flatten", "Mul",
+                                       "add", "Reshape", "Concat", "And", "Expand", "Where"}
+    assert prepared.torch_ops.count("add") <= 1  # the mask's index arithmetic (TorchScript)
     names = prepared._names[1]
-    assert names.count("add+layernorm") == 5
+    assert names.count("attention") == 2 and names.count("add+layernorm") == 5
     assert sum(n.endswith("+gelu") for n in names) == 2  # GELU fused into the Linear
     assert len(prepared.kernels) == 12
+
+
+def _attention_onnx(softmax_axis: int, heads: int = 2, dh: int = 8, seq: int = 5) -> Any:
+    """q, k, v inputs (1, seq, heads*dh) through BERT's attention ops, then a Linear."""
+    mk = helper.make_node
+    w = heads * dh
+
+    def shape(name: str, dims: tuple[int, ...]) -> Any:
+        return numpy_helper.from_array(np.array(dims, np.int64), name)
+
+    nodes = [mk("Reshape", [n, "split"], [f"{n}r"]) for n in "qkv"]
+    nodes += [mk("Transpose", ["qr"], ["qt"], perm=[0, 2, 1, 3]),
+              mk("Transpose", ["kr"], ["kt"], perm=[0, 2, 3, 1]),
+              mk("Transpose", ["vr"], ["vt"], perm=[0, 2, 1, 3]),
+              mk("MatMul", ["qt", "kt"], ["s"]), mk("Div", ["s", "sqrt_dh"], ["ss"]),
+              mk("Add", ["ss", "mask"], ["sm_in"]),
+              mk("Softmax", ["sm_in"], ["p"], axis=softmax_axis), mk("MatMul", ["p", "vt"], ["o"]),
+              mk("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+              mk("Reshape", ["ot", "merge"], ["om"]), mk("MatMul", ["om", "w"], ["y"])]
+    inits = [shape("split", (1, seq, heads, dh)), shape("merge", (1, seq, w)),
+             numpy_helper.from_array(np.array(math.sqrt(dh), np.float32), "sqrt_dh"),
+             numpy_helper.from_array(_f32(1, 1, 1, seq), "mask"),
+             numpy_helper.from_array(_f32(w, 6), "w")]
+    graph = helper.make_graph(nodes, "att", [helper.make_tensor_value_info(
+        n, TensorProto.FLOAT, (1, seq, w)) for n in "qkv"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, seq, 6))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@needs_kernels
+@pytest.mark.parametrize("axis,fused", [(-1, True), (3, True), (2, False)])
+def test_attention_pattern_needs_softmax_over_keys(axis: int, fused: bool,
+                                                   tmp_path: Any) -> None:
+    from sparsebench.backends import get_backend
+    from sparsebench.formats import convert
+    from sparsebench.loading import load_model
+
+    path = tmp_path / "att.onnx"
+    path.write_bytes(_attention_onnx(axis).SerializeToString())
+    loaded = load_model(path)
+    xs = [torch.randn(1, 5, 16) for _ in range(3)]
+    with torch.inference_mode():
+        want = loaded.module(*xs)
+    prepared = get_backend("native").prepare(convert(loaded.module, "csr"), batch=1)
+    assert rel_err(prepared.run(*xs), want) <= 1e-5
+    assert ("attention" in prepared._names[1]) is fused, prepared.impl
+    assert ("Softmax" in prepared.torch_ops) is not fused

@@ -9,8 +9,8 @@ torch.fx, or an ONNX import's step list):
 * every Conv2d/Linear with a payload is one prepared kernel call on preallocated buffers, with
   fused epilogues: ReLU/GELU, for convolutions also a residual add (ResNet), a constant
   per-channel scale (ResNet ``out_mask``) and a following 2x2-style max-pool (VGG, LeNet-5);
-* LayerNorm (with the residual add before it) of transformer exports is one native call
-  (``plan_blocks``), GELU is fused into the Linear before it;
+* LayerNorm (with the residual add before it) and attention subgraphs of transformer exports
+  are one native call each (``plan_blocks``), GELU is fused into the Linear before it;
 * flatten and dropout/identity are views (no work);
 * anything else (e.g. ResNet's global average pool, ops of a foreign graph, layers a format
   kept dense) runs in torch on views of the same buffers, named in the impl

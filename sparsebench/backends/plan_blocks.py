@@ -4,6 +4,13 @@ graph and run as one native call each (``sparsebench.native.transformer``).
 * **layernorm**: a ``LayerNormalization`` over the last axis, with the ``add`` feeding it when
   that add has no other reader (the residual); ``x + c1 + c2`` with constants ``c1``, ``c2``
   (BERT's embeddings) adds ``c1 + c2`` once.
+* **attention**: from a ``Softmax`` over the last axis back through ``Add(mask)`` (optional),
+  ``Mul``/``Div`` by a scalar (optional) to ``MatMul(Transpose(Reshape(q)),
+  Transpose(Reshape(k)))`` and forward through ``MatMul(., Transpose(Reshape(v)))``,
+  ``Transpose``, ``Reshape``: the perms and shapes are checked (q, k, v the Linear outputs
+  ``(B, T, H*dh)``, heads split from the last axis), every intermediate read once. The
+  subgraph becomes one call on the Linear outputs: no transposes. The mask stays whatever
+  computes it (torch steps on ``attention_mask``, once per call).
 
 ``find`` returns the blocks of a graph (the planner skips the nodes they cover); ``bind`` makes
 a block's step callable on the plan's buffers.
@@ -20,7 +27,7 @@ import torch
 from sparsebench import native
 from sparsebench.graph import Node
 
-KINDS = ("layernorm",)
+KINDS = ("layernorm", "attention")
 
 
 @dataclass
@@ -29,10 +36,18 @@ class Block:
     pos: int                       # index of the last node it covers
     out: str
     ins: tuple[str, ...]           # buffers read
-    op: Node                       # the anchor node (LayerNormalization)
+    op: Node                       # the anchor node (LayerNormalization / Softmax)
     covers: list[int]              # node indices it replaces
     label: str
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def _scalar(c: Any) -> float | None:
+    if isinstance(c, (int, float)) and not isinstance(c, bool):
+        return float(c)
+    if isinstance(c, torch.Tensor) and c.is_floating_point() and c.numel() == 1:
+        return float(c.reshape(()))
+    return None
 
 
 class _Finder:
@@ -110,6 +125,111 @@ class _Finder:
                     block.covers += covers
                     return
 
+    # ------------------------------------------------------------------ attention
+
+    def perm(self, v: str, want: tuple[int, ...]) -> tuple[int, str] | None:
+        """(index, input) of the Transpose producing v with perm ``want``."""
+        found = self.node(v)
+        if found is None or found[1].label != "Transpose" or found[1].kind != "call":
+            return None
+        if tuple(found[1].attrs.get("perm", ())) != want:
+            return None
+        return found[0], found[1].inputs[0]
+
+    def heads_split(self, v: str, tokens: int, heads: int) -> tuple[int, str] | None:
+        """(index, linear output) of the Reshape (B, T, H*dh) -> (B, T, H, dh) producing v."""
+        found = self.node(v)
+        if found is None or found[1].kind != "reshape" or not found[1].inputs:
+            return None
+        src = found[1].inputs[0]
+        out_shape, in_shape = self.p.shape(v), self.p.shape(src) if self.p.is_buffer(src) else ()
+        if len(out_shape) != 4 or len(in_shape) != 3 or out_shape[1] != tokens \
+                or out_shape[2] != heads or in_shape != (out_shape[0], tokens,
+                                                         heads * out_shape[3]):
+            return None
+        return found[0], src
+
+    def projection(self, v: str, perms: list[tuple[int, ...]], tokens: int, heads: int,
+                   reader: int) -> tuple[list[int], str] | None:
+        """(covered nodes, linear output) of ``Transpose*(Reshape(lin))`` read by ``reader``."""
+        covers: list[int] = []
+        for want in perms:
+            found = self.perm(v, want)
+            if found is None or not self.only_reader(v, reader):
+                return None
+            reader, v = found
+            covers.append(found[0])
+        split = self.heads_split(v, tokens, heads)
+        if split is None or not self.only_reader(v, reader):
+            return None
+        return [*covers, split[0]], split[1]
+
+    def attention(self, i: int, sm: Node) -> Block | None:
+        if sm.kind != "call" or sm.label != "Softmax" or len(sm.inputs) != 1:
+            return None
+        opset = getattr(self.g.module, "_opset", 13)
+        x = sm.inputs[0]
+        shape = self.p.shape(x) if self.p.is_buffer(x) else ()
+        if len(shape) != 4 or sm.attrs.get("axis", -1 if opset >= 13 else 1) % 4 != 3:
+            return None
+        batch, heads, tq, tk = shape
+        covers, mask, scale = [i], None, 1.0
+        found = self.node(x)
+        if found is not None and found[1].kind == "add" and self.only_reader(x, i) \
+                and len(found[1].inputs) == 2:
+            for s_, m in (found[1].inputs, found[1].inputs[::-1]):
+                mshape = self.p.shape(m) if (self.p.is_buffer(m) or isinstance(
+                    self.const(m), torch.Tensor)) else ()
+                if s_ != m and self.p.is_buffer(s_) and mshape and mshape[-1] == tk \
+                        and _broadcasts(mshape, shape) and self.node(s_) is not None:
+                    covers.append(found[0])
+                    x, mask = s_, m
+                    found = self.node(s_)
+                    break
+        if found is not None and len(found[1].inputs) == 2 and self.only_reader(x, covers[-1]):
+            a, c = found[1].inputs
+            if found[1].kind == "mul" and _scalar(self.const(a)) is not None:
+                a, c = c, a
+            value = _scalar(self.const(c))
+            if value is not None and (found[1].kind == "mul" or (
+                    found[1].kind == "call" and found[1].label == "Div" and value != 0)):
+                scale = value if found[1].kind == "mul" else 1.0 / value
+                covers.append(found[0])
+                x, found = a, self.node(a)
+        if found is None or found[1].label != "MatMul" or len(found[1].inputs) != 2 \
+                or not self.only_reader(x, covers[-1]):
+            return None
+        mm = found[0]
+        covers.append(mm)
+        qt, kt = found[1].inputs
+        q = self.projection(qt, [(0, 2, 1, 3)], tq, heads, mm)
+        k = (self.projection(kt, [(0, 2, 3, 1)], tk, heads, mm)
+             or self.projection(kt, [(0, 1, 3, 2), (0, 2, 1, 3)], tk, heads, mm))
+        # forward: P @ Transpose(Reshape(v)) -> Transpose -> Reshape (B, Tq, H*dh)
+        pv = self.p.sole_user(sm.output, self.consumed)
+        if q is None or k is None or pv is None or pv[1].label != "MatMul" \
+                or pv[1].inputs[0] != sm.output or len(pv[1].inputs) != 2:
+            return None
+        v = self.projection(pv[1].inputs[1], [(0, 2, 1, 3)], tk, heads, pv[0])
+        back = self.p.sole_user(pv[1].output, self.consumed)
+        if v is None or back is None or back[1].label != "Transpose" \
+                or tuple(back[1].attrs.get("perm", ())) != (0, 2, 1, 3):
+            return None
+        merge = self.p.sole_user(back[1].output, self.consumed)
+        if merge is None or merge[1].kind != "reshape":
+            return None
+        width = self.p.shape(q[1])[2]
+        if self.p.shape(merge[1].output) != (batch, tq, width) or not self.p.is_buffer(
+                merge[1].output) or len({q[1], k[1], v[1]}) != 3:
+            return None
+        ins = (q[1], k[1], v[1]) + ((mask,) if mask is not None and self.p.is_buffer(mask)
+                                    else ())
+        params = {"heads": heads, "scale": scale}
+        if mask is not None and not self.p.is_buffer(mask):
+            params["mask"] = np.ascontiguousarray(self.const(mask).float().numpy())
+        covers += [*q[0], *k[0], *v[0], pv[0], back[0], merge[0]]
+        return Block("attention", merge[0], merge[1].output, ins, sm, covers, "attention",
+                     params)
 
 
 def _broadcasts(small: tuple[int, ...], full: tuple[int, ...]) -> bool:
@@ -125,7 +245,7 @@ def find(planner: Any, consumed: set[int]) -> list[Block]:
     for i, node in enumerate(planner.g.nodes):
         if i in consumed:
             continue
-        block = finder.layernorm(i, node)
+        block = finder.attention(i, node) or finder.layernorm(i, node)
         if block is not None:
             consumed.update(block.covers)
             blocks.append(block)
@@ -135,6 +255,12 @@ def find(planner: Any, consumed: set[int]) -> list[Block]:
 def bind(kind: str, params: dict[str, Any], ins: list[np.ndarray], out: np.ndarray,
          threads: int) -> Callable[[], None]:
     """The step callable of a block on the plan's buffers."""
-    op = native.AddLayerNorm(params["gamma"], params["beta"], params["eps"], threads)
-    residual = ins[1] if len(ins) > 1 else params.get("residual")
-    return op.bind(ins[0], out, residual)
+    if kind == "layernorm":
+        op = native.AddLayerNorm(params["gamma"], params["beta"], params["eps"], threads)
+        residual = ins[1] if len(ins) > 1 else params.get("residual")
+        call = op.bind(ins[0], out, residual)
+    else:
+        op = native.Attention(params["heads"], params["scale"], threads)
+        mask = ins[3] if len(ins) > 3 else params.get("mask")
+        call = op.bind(ins[0], ins[1], ins[2], out, mask)
+    return call

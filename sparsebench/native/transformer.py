@@ -1,5 +1,6 @@
 """Prepared calls of the transformer kernels (kernels/transformer.cpp): add + LayerNorm over
-the last axis.
+the last axis and scaled dot-product attention with an additive mask on the Linear outputs'
+``(batch, tokens, heads * head_dim)`` layout.
 
 ``run`` validates its arrays on every call; ``bind`` validates them once and returns a
 zero-argument callable on their raw addresses (what the native plan calls, ~0.5 us of Python).
@@ -89,6 +90,70 @@ class AddLayerNorm:
             residual: np.ndarray | None = None) -> np.ndarray:
         out = np.empty_like(x) if out is None else out
         self.bind(x, out, residual)()
+        return out
+
+    __call__ = run
+
+
+def mask_strides(mask: np.ndarray, batch: int, heads: int, seq_q: int, seq_k: int,
+                 impl: str = "Attention") -> tuple[int, int, int]:
+    """(batch, head, row) element strides of an additive mask broadcastable to
+    (batch, heads, seq_q, seq_k) with seq_k contiguous keys; 0 where it broadcasts."""
+    if mask.dtype != _F32 or mask.ndim > 4 or mask.ndim < 1:
+        raise SparsebenchError(f"{impl}: the mask must be float32 with at most 4 dimensions")
+    shape = (1,) * (4 - mask.ndim) + mask.shape
+    strides = (0,) * (4 - mask.ndim) + tuple(s // 4 for s in mask.strides)
+    full = (batch, heads, seq_q, seq_k)
+    if shape[3] != seq_k or (seq_k > 1 and strides[3] != 1) or any(
+            d not in (1, f) for d, f in zip(shape[:3], full[:3])):
+        raise SparsebenchError(f"{impl}: mask of shape {mask.shape} does not broadcast to "
+                               f"{full} with contiguous keys")
+    if any(s < 0 for s in strides):
+        raise SparsebenchError(f"{impl}: the mask has negative strides")
+    return tuple(0 if d == 1 else s for d, s in zip(shape[:3], strides[:3]))  # type: ignore
+
+
+class Attention:
+    """``softmax(q k^T * scale + mask) v`` per head on ``(batch, tokens, heads * head_dim)``
+    arrays (the Linear projections' layout: no transposes), output in the same layout."""
+
+    def __init__(self, heads: int, scale: float, threads: int = 1) -> None:
+        if isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or heads < 1:
+            raise SparsebenchError(f"Attention: heads must be an integer >= 1, got {heads!r}")
+        if not np.isfinite(scale):
+            raise SparsebenchError(f"Attention: scale must be finite, got {scale!r}")
+        self.heads, self.scale, self.threads = int(heads), float(scale), _check_threads(threads)
+        self._fn = _raw("sb_attention")
+        self.impl = f"native-attention-{isa()}-t{self.threads}"
+
+    def bind(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray,
+             mask: np.ndarray | None = None) -> Callable[[], None]:
+        """The call on these arrays (checked now)."""
+        q, k, v = (_array(a, n, self.impl) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+        out = _array(out, "out", self.impl, writeable=True)
+        if q.ndim != 3 or k.ndim != 3 or k.shape != v.shape or out.shape != q.shape \
+                or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2] \
+                or q.shape[2] % self.heads or k.shape[1] < 1:
+            raise SparsebenchError(
+                f"{self.impl}: q {q.shape}, k {k.shape}, v {v.shape}, out {out.shape} must be "
+                f"(batch, tokens, {self.heads} heads * head_dim) with k, v alike")
+        if any(np.may_share_memory(out, a) for a in (q, k, v)):
+            raise SparsebenchError(f"{self.impl}: out must not overlap q, k or v")
+        batch, tq, width = q.shape
+        strides = (0, 0, 0)
+        if mask is not None:
+            if not isinstance(mask, np.ndarray):
+                raise SparsebenchError(f"{self.impl}: the mask must be a numpy array")
+            strides = mask_strides(mask, batch, self.heads, tq, k.shape[1], self.impl)
+        args = (_vp(q), _vp(k), _vp(v), _vp(mask), *(_I64(s) for s in strides), _I64(batch),
+                _I64(tq), _I64(k.shape[1]), _I64(self.heads), _I64(width // self.heads),
+                _F(self.scale), _vp(out), _INT(self.threads))
+        return _checked(self._fn, args, self.impl, (self, q, k, v, out, mask))
+
+    def run(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None,
+            out: np.ndarray | None = None) -> np.ndarray:
+        out = np.empty_like(q) if out is None else out
+        self.bind(q, k, v, out, mask)()
         return out
 
     __call__ = run
