@@ -167,7 +167,8 @@ SEQ = 16
 
 @pytest.fixture(scope="module")
 def bert_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A tiny BERT (2 layers, hidden 64, 2 heads) exported by both torch exporters."""
+    """A tiny BERT (2 layers, hidden 64, 2 heads) exported by both torch exporters (and at
+    opset 14, where LayerNorm is decomposed into ReduceMean/Sub/Pow/Sqrt/Div/Mul/Add)."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
@@ -189,13 +190,13 @@ def bert_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ids, mask = torch.randint(0, 100, (1, SEQ)), torch.ones(1, SEQ, dtype=torch.int64)
     folder = tmp_path_factory.mktemp("bert")
     paths = {}
-    for name, dynamo in (("ts", False), ("dynamo", True)):
+    for name, dynamo, opset in (("ts", False, 17), ("ts14", False, 14), ("dynamo", True, 18)):
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(LastHidden().eval(), (ids, mask), buf, dynamo=dynamo,
                               input_names=["input_ids", "attention_mask"],
-                              opset_version=18 if dynamo else 17,
+                              opset_version=opset,
                               **({"external_data": False} if dynamo else {}))
         paths[name] = folder / f"bert-{name}.onnx"
         paths[name].write_bytes(buf.getvalue())
@@ -220,7 +221,7 @@ def _native_plan(path: Any) -> tuple[Any, float]:
 
 
 @needs_kernels
-@pytest.mark.parametrize("exporter", ["ts", "dynamo"])
+@pytest.mark.parametrize("exporter", ["ts", "ts14", "dynamo"])
 def test_bert_export_runs_its_blocks_natively(bert_exports: dict[str, Any],
                                               exporter: str) -> None:
     prepared, err = _native_plan(bert_exports[exporter])
@@ -281,3 +282,43 @@ def test_attention_pattern_needs_softmax_over_keys(axis: int, fused: bool,
     assert rel_err(prepared.run(*xs), want) <= 1e-5
     assert ("attention" in prepared._names[1]) is fused, prepared.impl
     assert ("Softmax" in prepared.torch_ops) is not fused
+
+
+def _layernorm_onnx(power: float, cols: int = 12) -> Any:
+    """x (1, 3, cols) + r -> LayerNorm written out as opset < 17 exports do -> a Linear."""
+    mk = helper.make_node
+
+    def c(name: str, value: Any) -> Any:
+        return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+    nodes = [mk("Add", ["x", "r"], ["s"]), mk("ReduceMean", ["s"], ["m"], axes=[-1]),
+             mk("Sub", ["s", "m"], ["d"]), mk("Pow", ["d", "two"], ["p"]),
+             mk("ReduceMean", ["p"], ["v"], axes=[-1]), mk("Add", ["v", "eps"], ["ve"]),
+             mk("Sqrt", ["ve"], ["sd"]), mk("Div", ["d", "sd"], ["n"]),
+             mk("Mul", ["n", "gamma"], ["ng"]), mk("Add", ["ng", "beta"], ["ln"]),
+             mk("MatMul", ["ln", "w"], ["y"])]
+    inits = [c("two", power), c("eps", 1e-5), c("gamma", _f32(cols)), c("beta", _f32(cols)),
+             c("w", _f32(cols, 4))]
+    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info(
+        n, TensorProto.FLOAT, (1, 3, cols)) for n in "xr"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 3, 4))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+@needs_kernels
+@pytest.mark.parametrize("power,fused", [(2.0, True), (4.0, False)])
+def test_decomposed_layernorm_is_one_step(power: float, fused: bool, tmp_path: Any) -> None:
+    from sparsebench.backends import get_backend
+    from sparsebench.formats import convert
+    from sparsebench.loading import load_model
+
+    path = tmp_path / "ln.onnx"
+    path.write_bytes(_layernorm_onnx(power).SerializeToString())
+    loaded = load_model(path)
+    xs = [torch.randn(1, 3, 12) * 3 + 1, torch.randn(1, 3, 12)]
+    with torch.inference_mode():
+        want = loaded.module(*xs)
+    prepared = get_backend("native").prepare(convert(loaded.module, "csr"), batch=1)
+    assert rel_err(prepared.run(*xs), want) <= 1e-5
+    assert (prepared._names[1][0] == "add+layernorm") is fused, prepared.impl
+    assert ("ReduceMean" in prepared.torch_ops) is not fused

@@ -1,9 +1,11 @@
 """Transformer blocks of the native plan (``kernel_plan``): subgraphs found in an ONNX BERT-style
 graph and run as one native call each (``sparsebench.native.transformer``).
 
-* **layernorm**: a ``LayerNormalization`` over the last axis, with the ``add`` feeding it when
-  that add has no other reader (the residual); ``x + c1 + c2`` with constants ``c1``, ``c2``
-  (BERT's embeddings) adds ``c1 + c2`` once.
+* **layernorm**: a ``LayerNormalization`` over the last axis, or the same decomposed as exports
+  before opset 17 write it (``ReduceMean``, ``Sub``, ``Pow 2``, ``ReduceMean``, ``Add eps``,
+  ``Sqrt``, ``Div``, then optional ``Mul gamma`` and ``Add beta``), with the ``add`` feeding it
+  when that add has no other reader (the residual); ``x + c1 + c2`` with constants ``c1``,
+  ``c2`` (BERT's embeddings) adds ``c1 + c2`` once.
 * **attention**: from a ``Softmax`` over the last axis back through ``Add(mask)`` (optional),
   ``Mul``/``Div`` by a scalar (optional) to ``MatMul(Transpose(Reshape(q)),
   Transpose(Reshape(k)))`` and forward through ``MatMul(., Transpose(Reshape(v)))``,
@@ -63,6 +65,20 @@ class _Finder:
         found = self.p.sole_user(v, self.consumed)
         return found is not None and found[0] == reader
 
+    def readers(self, v: str) -> list[tuple[int, Node]]:
+        """Every node reading ``v`` (none if ``v`` is the output or a reader is taken)."""
+        users = self.p.users.get(v, [])
+        if v == self.p.output or any(u in self.consumed for u in users):
+            return []
+        return [(u, self.g.nodes[u]) for u in users]
+
+    def sole(self, v: str, label: str) -> tuple[int, Node] | None:
+        """The one reader of ``v``, when it is a ``label`` node (a call's ONNX op or a kind)."""
+        found = self.p.sole_user(v, self.consumed)
+        if found is None or label not in (found[1].label, found[1].kind):
+            return None
+        return found
+
     def const(self, v: str) -> Any:
         return self.g.consts.get(v)
 
@@ -85,14 +101,60 @@ class _Finder:
             return None
         block = Block("layernorm", i, ln.output, (x,), ln, [i], "layernorm",
                       {"gamma": g, "beta": b, "eps": float(ln.attrs.get("epsilon", 1e-5))})
-        self.residual(block, x, shape)
+        self.residual(block, x, shape, {i})
         return block
 
-    def residual(self, block: Block, x: str, shape: tuple[int, ...]) -> None:
-        """Take the ``add`` producing x (read only by the LayerNorm) into the block."""
+    def decomposed_layernorm(self, i: int, mean: Node) -> Block | None:
+        """The LayerNorm of opset < 17 exports, anchored at its first ReduceMean."""
+        if mean.kind != "call" or mean.label != "ReduceMean" or not mean.inputs:
+            return None
+        x = mean.inputs[0]
+        shape = self.p.shape(x) if self.p.is_buffer(x) else ()
+        if not shape or self.p.shape(mean.output) != shape[:-1] + (1,):  # last axis, keepdims
+            return None
+        sub = self.sole(mean.output, "Sub")
+        if sub is None or sub[1].inputs != (x, mean.output):
+            return None
+        d = sub[1].output
+        users = self.readers(d)
+        pw = next((u for u in users if u[1].label == "Pow"), None)
+        div = next((u for u in users if u[1].label == "Div"), None)
+        if len(users) != 2 or pw is None or div is None or pw[1].inputs[0] != d \
+                or _scalar(self.const(pw[1].inputs[1])) != 2.0 or div[1].inputs[0] != d:
+            return None
+        var = self.sole(pw[1].output, "ReduceMean")
+        if var is None or self.p.shape(var[1].output) != shape[:-1] + (1,):
+            return None
+        add = self.sole(var[1].output, "add")
+        eps = _scalar(self.const(_other(add[1], var[1].output))) if add else None
+        sqrt = self.sole(add[1].output, "Sqrt") if add and eps is not None and eps >= 0 else None
+        if sqrt is None or div[1].inputs[1] != sqrt[1].output \
+                or not self.only_reader(sqrt[1].output, div[0]):
+            return None
+        covers, out, params = [i, sub[0], pw[0], var[0], add[0], sqrt[0], div[0]], div[1].output, \
+            {"gamma": None, "beta": None, "eps": eps}
+        for key, label in (("gamma", "mul"), ("beta", "add")):
+            nxt = self.sole(out, label)
+            c = self.const(_other(nxt[1], out)) if nxt else None
+            if nxt is None or not isinstance(c, torch.Tensor) or c.numel() != shape[-1] \
+                    or not _broadcasts(tuple(c.shape), shape) or not self.p.is_buffer(
+                        nxt[1].output):
+                break
+            params[key] = c
+            covers.append(nxt[0])
+            out = nxt[1].output
+        if params["gamma"] is None and params["beta"] is not None:
+            params["gamma"] = torch.ones(shape[-1])
+        block = Block("layernorm", max(covers), out, (x,), mean, covers, "layernorm", params)
+        self.residual(block, x, shape, {i, sub[0]})
+        return block
+
+    def residual(self, block: Block, x: str, shape: tuple[int, ...], readers: set[int]) -> None:
+        """Take the ``add`` producing x (read only by the block's ``readers``) into it."""
         found = self.node(x)
+        got = {u for u, _ in self.readers(x)}
         if found is None or found[1].kind != "add" or len(found[1].inputs) != 2 \
-                or not self.only_reader(x, block.pos):
+                or got != readers or len(self.p.users.get(x, [])) != len(readers):
             return
         j, add = found
         a, b = add.inputs
@@ -232,6 +294,12 @@ class _Finder:
                      params)
 
 
+def _other(node: Node, value: str) -> str:
+    """The input of a binary node that is not ``value``."""
+    a, b = (node.inputs + ("", ""))[:2]
+    return b if a == value else a
+
+
 def _broadcasts(small: tuple[int, ...], full: tuple[int, ...]) -> bool:
     if len(small) > len(full):
         return False
@@ -245,7 +313,8 @@ def find(planner: Any, consumed: set[int]) -> list[Block]:
     for i, node in enumerate(planner.g.nodes):
         if i in consumed:
             continue
-        block = finder.attention(i, node) or finder.layernorm(i, node)
+        block = (finder.attention(i, node) or finder.layernorm(i, node)
+                 or finder.decomposed_layernorm(i, node))
         if block is not None:
             consumed.update(block.covers)
             blocks.append(block)
