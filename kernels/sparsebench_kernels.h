@@ -149,6 +149,12 @@ int sb_attention(const float *q, const float *k, const float *v, const float *ma
                  int64_t batch, int64_t seq_q, int64_t seq_k, int64_t heads, int64_t head_dim,
                  float scale, float *out, int num_threads);
 
+/* y[i, :] = table[idx[i], :] for i < n (an embedding lookup; ONNX Gather on axis 0): table is
+ * rows x cols, negative ids count from the end. An id outside [-rows, rows) is SB_EINVAL and
+ * leaves y untouched. */
+int sb_gather_rows(const float *table, int64_t rows, int64_t cols, const int64_t *idx,
+                   int64_t n, float *y);
+
 #ifdef __cplusplus
 }
 #endif

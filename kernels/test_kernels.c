@@ -443,8 +443,23 @@ static void test_attention(int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t
   free(q), free(k), free(v), free(o), free(want), free(mask), free(srow);
 }
 
+static void test_gather_rows(void) {
+  float *table = falloc(11 * 5), y[4 * 5], want[4 * 5];
+  const int64_t idx[4] = {0, 10, -1, -11}, bad[2] = {3, 11};
+  for (int i = 0; i < 4; ++i) {
+    const int64_t r = idx[i] < 0 ? idx[i] + 11 : idx[i];
+    memcpy(want + i * 5, table + r * 5, 5 * sizeof(float));
+  }
+  expect_ok(sb_gather_rows(table, 11, 5, idx, 4, y), "gather_rows");
+  compare("gather_rows", y, want, 20);
+  if (sb_gather_rows(table, 11, 5, bad, 2, y) != SB_EINVAL) ++failures; /* id out of range */
+  if (sb_gather_rows(table, 11, 5, idx, 0, y) != SB_OK) ++failures;     /* nothing to copy */
+  free(table);
+}
+
 static void test_transformer(void) {
   float z[4] = {0};
+  test_gather_rows();
   if (sb_add_layernorm(z, NULL, NULL, NULL, 1e-5f, 1, 0, z, 1) != SB_EINVAL) ++failures;
   if (sb_add_layernorm(z, NULL, NULL, NULL, -1.f, 1, 1, z, 1) != SB_EINVAL) ++failures;
   if (sb_add_layernorm(z, NULL, NULL, NULL, 1e-5f, 1, 1, z, 0) != SB_ETHREADS) ++failures;

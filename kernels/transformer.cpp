@@ -1,5 +1,6 @@
-// Transformer blocks around the sparse linears: add + LayerNorm over the last axis, and scaled
-// dot-product attention with an additive mask on the Linear outputs' [B, T, H*dh] layout.
+// Transformer blocks around the sparse linears: add + LayerNorm over the last axis, scaled
+// dot-product attention with an additive mask on the Linear outputs' [B, T, H*dh] layout, and
+// the embedding lookup (rows of a table gathered by token id).
 //
 // Attention per (batch, head): K^T is packed once ([dh][Tk rounded up to 16]); then, per block
 // of up to 32 queries, S = Q K^T from register tiles (4 queries x 64 keys: 16 zmm accumulators,
@@ -347,4 +348,18 @@ extern "C" int sb_attention(const float *q, const float *k, const float *v, cons
     std::free(scratch);
   });
   return status.load();
+}
+
+extern "C" int sb_gather_rows(const float *table, int64_t rows, int64_t cols, const int64_t *idx,
+                              int64_t n, float *y) {
+  if (!table || !y || (n > 0 && !idx) || rows < 1 || cols < 1 || n < 0) return SB_EINVAL;
+  for (int64_t i = 0; i < n; ++i) {  // check first: a bad id leaves y untouched
+    const int64_t r = idx[i] < 0 ? idx[i] + rows : idx[i];
+    if (r < 0 || r >= rows) return SB_EINVAL;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = idx[i] < 0 ? idx[i] + rows : idx[i];
+    std::memcpy(y + i * cols, table + r * cols, (size_t)cols * sizeof(float));
+  }
+  return SB_OK;
 }

@@ -142,6 +142,24 @@ def test_attention_matches_torch(batch: int, seq: int, heads: int, dh: int,
 
 
 @needs_kernels
+def test_gather_rows_matches_torch() -> None:
+    from sparsebench import native
+    from sparsebench.errors import SparsebenchError
+
+    table = _f32(10, 7)
+    ids = torch.tensor([[0, 9, -1, 3], [5, 5, -10, 2]])
+    want = torch.from_numpy(table)[torch.where(ids < 0, ids + 10, ids)].numpy()
+    op = native.GatherRows(table)
+    assert np.array_equal(op.run(ids), want)
+    assert np.array_equal(op.run(ids.int().numpy()), want)  # int32 ids are converted
+    out = np.zeros((2, 4, 7), np.float32)
+    for bad in (10, -11):
+        with pytest.raises(SparsebenchError, match="outside the table's 10 rows"):
+            op.run(torch.tensor([[0, 1, bad, 2], [0, 0, 0, 0]]), out)
+        assert not out.any()  # nothing written
+
+
+@needs_kernels
 def test_transformer_kernel_arguments_are_checked() -> None:
     from sparsebench import native
     from sparsebench.errors import SparsebenchError
@@ -226,13 +244,14 @@ def test_bert_export_runs_its_blocks_natively(bert_exports: dict[str, Any],
                                               exporter: str) -> None:
     prepared, err = _native_plan(bert_exports[exporter])
     assert err <= 1e-4, prepared.impl
-    assert "+native(attention,layernorm)" in prepared.impl
+    assert "+native(attention,gather,layernorm)" in prepared.impl
     # left to torch: the embedding lookup and the mask's small integer/bool arithmetic
     assert set(prepared.torch_ops) <= {"Gather", "GatherND", "Cast", "Shape", "Flatten", "Mul",
                                        "add", "Reshape", "Concat", "And", "Expand", "Where"}
     assert prepared.torch_ops.count("add") <= 1  # the mask's index arithmetic (TorchScript)
     names = prepared._names[1]
     assert names.count("attention") == 2 and names.count("add+layernorm") == 5
+    assert names[0] == "embedding"  # the word-embedding lookup
     assert sum(n.endswith("+gelu") for n in names) == 2  # GELU fused into the Linear
     assert len(prepared.kernels) == 12
 

@@ -9,8 +9,9 @@ torch.fx, or an ONNX import's step list):
 * every Conv2d/Linear with a payload is one prepared kernel call on preallocated buffers, with
   fused epilogues: ReLU/GELU, for convolutions also a residual add (ResNet), a constant
   per-channel scale (ResNet ``out_mask``) and a following 2x2-style max-pool (VGG, LeNet-5);
-* LayerNorm (with the residual add before it) and attention subgraphs of transformer exports
-  are one native call each (``plan_blocks``), GELU is fused into the Linear before it;
+* LayerNorm (with the residual add before it), attention subgraphs and embedding lookups of
+  transformer exports are one native call each (``plan_blocks``), GELU is fused into the
+  Linear before it;
 * flatten and dropout/identity are views (no work);
 * anything else (e.g. ResNet's global average pool, ops of a foreign graph, layers a format
   kept dense) runs in torch on views of the same buffers, named in the impl
@@ -293,11 +294,11 @@ class NativePrepared(Prepared):
                 continue
             names.append(s.name() if s.kind != "torch" else f"{s.label} (torch)")
             if s.kind in plan_blocks.KINDS:
-                ins = [bufs[v] for v in s.ins]
+                ins = [bufs.get(v) for v in s.ins]
                 calls.append(plan_blocks.bind(s.kind, s.params or {}, ins, bufs[s.out],
-                                              self.threads))
+                                              self.threads, env))
                 self.blocks.append(s.kind)
-                traffic += sum(a.nbytes for a in ins) + bufs[s.out].nbytes
+                traffic += sum(a.nbytes for a in ins if a is not None) + bufs[s.out].nbytes
                 continue
             if s.kind == "torch":
                 if s.op.kind in ("conv", "linear"):

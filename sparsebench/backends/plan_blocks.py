@@ -14,6 +14,9 @@ graph and run as one native call each (``sparsebench.native.transformer``).
   subgraph becomes one call on the Linear outputs: no transposes. The mask stays whatever
   computes it (torch steps on ``attention_mask``, once per call).
 
+* **gather**: an embedding lookup, ``Gather`` on axis 0 of a constant float table by integer
+  ids (a model input or a torch step's value), written into the plan's buffer.
+
 ``find`` returns the blocks of a graph (the planner skips the nodes they cover); ``bind`` makes
 a block's step callable on the plan's buffers.
 """
@@ -29,7 +32,7 @@ import torch
 from sparsebench import native
 from sparsebench.graph import Node
 
-KINDS = ("layernorm", "attention")
+KINDS = ("layernorm", "attention", "gather")
 
 
 @dataclass
@@ -187,6 +190,22 @@ class _Finder:
                     block.covers += covers
                     return
 
+    # ------------------------------------------------------------------ gather
+
+    def gather(self, i: int, node: Node) -> Block | None:
+        if node.kind != "call" or node.label != "Gather" or len(node.inputs) != 2:
+            return None
+        table, ids = node.inputs
+        t, idv = self.const(table), self.p.ref.get(ids)
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.dtype != torch.float32 \
+                or node.attrs.get("axis", 0) % 2 != 0 or ids in self.g.consts \
+                or not isinstance(idv, torch.Tensor) or idv.is_floating_point() \
+                or not self.p.is_buffer(node.output) \
+                or self.p.shape(node.output) != (*idv.shape, t.shape[1]):
+            return None
+        return Block("gather", i, node.output, (ids,), node, [i], "embedding",
+                     {"table": t, "ids": ids})
+
     # ------------------------------------------------------------------ attention
 
     def perm(self, v: str, want: tuple[int, ...]) -> tuple[int, str] | None:
@@ -314,16 +333,20 @@ def find(planner: Any, consumed: set[int]) -> list[Block]:
         if i in consumed:
             continue
         block = (finder.attention(i, node) or finder.layernorm(i, node)
-                 or finder.decomposed_layernorm(i, node))
+                 or finder.decomposed_layernorm(i, node) or finder.gather(i, node))
         if block is not None:
             consumed.update(block.covers)
             blocks.append(block)
     return blocks
 
 
-def bind(kind: str, params: dict[str, Any], ins: list[np.ndarray], out: np.ndarray,
-         threads: int) -> Callable[[], None]:
-    """The step callable of a block on the plan's buffers."""
+def bind(kind: str, params: dict[str, Any], ins: list[Any], out: np.ndarray, threads: int,
+         env: dict[str, Any]) -> Callable[[], None]:
+    """The step callable of a block on the plan's buffers (``ins``: the buffers of the values
+    it reads, None for others, which it reads from ``env`` at call time)."""
+    if kind == "gather":
+        ids = params["ids"]
+        return native.GatherRows(params["table"]).bind(lambda: env[ids], out)
     if kind == "layernorm":
         op = native.AddLayerNorm(params["gamma"], params["beta"], params["eps"], threads)
         residual = ins[1] if len(ins) > 1 else params.get("residual")

@@ -1,6 +1,6 @@
 """Prepared calls of the transformer kernels (kernels/transformer.cpp): add + LayerNorm over
-the last axis and scaled dot-product attention with an additive mask on the Linear outputs'
-``(batch, tokens, heads * head_dim)`` layout.
+the last axis, scaled dot-product attention with an additive mask on the Linear outputs'
+``(batch, tokens, heads * head_dim)`` layout, and the embedding lookup.
 
 ``run`` validates its arrays on every call; ``bind`` validates them once and returns a
 zero-argument callable on their raw addresses (what the native plan calls, ~0.5 us of Python).
@@ -154,6 +154,60 @@ class Attention:
             out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty_like(q) if out is None else out
         self.bind(q, k, v, out, mask)()
+        return out
+
+    __call__ = run
+
+
+class GatherRows:
+    """``y[..., :] = table[ids[...], :]``: an embedding lookup (ONNX ``Gather`` on axis 0 of a
+    2-D float table) with int64 ids, negative ids counting from the end; an id out of range
+    raises."""
+
+    def __init__(self, table: Any) -> None:
+        t = np.ascontiguousarray(_numpy(table), np.float32)
+        if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
+            raise SparsebenchError(f"GatherRows: the table must be a non-empty 2-D array, got "
+                                   f"shape {t.shape}")
+        self.table = t
+        self._fn = _raw("sb_gather_rows")
+        self._dims = (ctypes.c_void_p(int(t.ctypes.data)), _I64(t.shape[0]), _I64(t.shape[1]))
+        self.impl = f"native-gather-{isa()}"
+
+    def bind(self, ids: Callable[[], Any], out: np.ndarray) -> Callable[[], None]:
+        """The call writing ``out`` from the ids ``ids()`` returns at call time (a torch tensor
+        or numpy array of ``out.shape[:-1]``; other integer dtypes are converted)."""
+        out = _array(out, "out", self.impl, writeable=True)
+        if out.ndim < 1 or out.shape[-1] != self.table.shape[1]:
+            raise SparsebenchError(f"{self.impl}: out {out.shape} must end in "
+                                   f"{self.table.shape[1]} columns")
+        import torch
+
+        shape, n = out.shape[:-1], out.size // self.table.shape[1]
+        i64 = torch.int64
+        fn, (tp, rows, cols), yp, count, impl = self._fn, self._dims, _vp(out), _I64(n), self.impl
+
+        def call() -> None:
+            idx = ids()
+            if isinstance(idx, np.ndarray):
+                idx = np.ascontiguousarray(idx, np.int64)
+                addr, got = idx.ctypes.data, idx.shape
+            else:
+                if idx.dtype is not i64 or not idx.is_contiguous():
+                    idx = idx.to(i64).contiguous()
+                addr, got = idx.data_ptr(), tuple(idx.shape)
+            if tuple(got) != shape:
+                raise SparsebenchError(f"{impl}: ids of shape {tuple(got)}, expected {shape}")
+            if fn(tp, rows, cols, ctypes.c_void_p(addr), count, yp):
+                raise SparsebenchError(f"{impl}: an id is outside the table's "
+                                       f"{self.table.shape[0]} rows")
+        call.keep = (self, out)  # type: ignore[attr-defined]
+        return call
+
+    def run(self, ids: Any, out: np.ndarray | None = None) -> np.ndarray:
+        shape = tuple(getattr(ids, "shape", np.shape(ids)))
+        out = np.empty((*shape, self.table.shape[1]), np.float32) if out is None else out
+        self.bind(lambda: ids, out)()
         return out
 
     __call__ = run
