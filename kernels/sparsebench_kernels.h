@@ -155,6 +155,11 @@ int sb_attention(const float *q, const float *k, const float *v, const float *ma
 int sb_gather_rows(const float *table, int64_t rows, int64_t cols, const int64_t *idx,
                    int64_t n, float *y);
 
+/* y[i] = alpha * a[i] + b[i % b_size] over n floats (b_size divides n: b repeats, e.g. a
+ * (1, T, C) addend of a (B, T, C) tensor); b may be NULL (y = alpha * a). y may be a. */
+int sb_scale_add(const float *a, float alpha, const float *b, int64_t b_size, int64_t n,
+                 float *y, int num_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -457,9 +457,29 @@ static void test_gather_rows(void) {
   free(table);
 }
 
+static void test_scale_add(int64_t n, int64_t b_size, float alpha, int threads) {
+  float *a = falloc(n), *b = b_size ? falloc(b_size) : NULL, *y = falloc(n), *want = falloc(n);
+  for (int64_t i = 0; i < n; ++i)
+    want[i] = (float)((double)alpha * a[i] + (b ? b[i % b_size] : 0.0));
+  char what[80];
+  snprintf(what, sizeof what, "scale_add n=%lld b=%lld t%d", (long long)n, (long long)b_size,
+           threads);
+  expect_ok(sb_scale_add(a, alpha, b, b_size, n, y, threads), what);
+  compare(what, y, want, n);
+  expect_ok(sb_scale_add(a, alpha, b, b_size, n, a, threads), what); /* in place */
+  compare(what, a, want, n);
+  free(a), free(b), free(y), free(want);
+}
+
 static void test_transformer(void) {
   float z[4] = {0};
   test_gather_rows();
+  if (sb_scale_add(z, 1.f, z, 3, 4, z, 1) != SB_EINVAL) ++failures; /* 3 does not divide 4 */
+  test_scale_add(1, 0, 2.f, 1);
+  test_scale_add(63, 63, 1.f, 1);
+  test_scale_add(7 * 63, 63, -0.5f, 2);
+  test_scale_add(3 * 128 * 768, 128 * 768, 1.f, 2); /* threaded, b repeated per batch */
+  test_scale_add(200003, 1, 0.25f, 2);
   if (sb_add_layernorm(z, NULL, NULL, NULL, 1e-5f, 1, 0, z, 1) != SB_EINVAL) ++failures;
   if (sb_add_layernorm(z, NULL, NULL, NULL, -1.f, 1, 1, z, 1) != SB_EINVAL) ++failures;
   if (sb_add_layernorm(z, NULL, NULL, NULL, 1e-5f, 1, 1, z, 0) != SB_ETHREADS) ++failures;

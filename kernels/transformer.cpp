@@ -1,6 +1,6 @@
 // Transformer blocks around the sparse linears: add + LayerNorm over the last axis, scaled
-// dot-product attention with an additive mask on the Linear outputs' [B, T, H*dh] layout, and
-// the embedding lookup (rows of a table gathered by token id).
+// dot-product attention with an additive mask on the Linear outputs' [B, T, H*dh] layout, the
+// embedding lookup (rows of a table gathered by token id) and y = alpha * a (+ b).
 //
 // Attention per (batch, head): K^T is packed once ([dh][Tk rounded up to 16]); then, per block
 // of up to 32 queries, S = Q K^T from register tiles (4 queries x 64 keys: 16 zmm accumulators,
@@ -361,5 +361,34 @@ extern "C" int sb_gather_rows(const float *table, int64_t rows, int64_t cols, co
     const int64_t r = idx[i] < 0 ? idx[i] + rows : idx[i];
     std::memcpy(y + i * cols, table + r * cols, (size_t)cols * sizeof(float));
   }
+  return SB_OK;
+}
+
+extern "C" int sb_scale_add(const float *a, float alpha, const float *b, int64_t b_size,
+                            int64_t n, float *y, int num_threads) {
+  if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
+  if (!a || !y || n < 0 || (b && (b_size < 1 || n % b_size))) return SB_EINVAL;
+  const int threads = n < (int64_t)1 << 17 ? 1 : num_threads;
+  const int64_t chunks = sb::chunk_count((n + 1023) / 1024, threads, 4);
+  sb::parallel_for(threads, chunks, [&](int64_t c) {
+    const int64_t lo = n * c / chunks / 16 * 16;  // chunk edges on whole vectors
+    const int64_t hi = c == chunks - 1 ? n : n * (c + 1) / chunks / 16 * 16;
+    for (int64_t i = lo; i < hi;) {  // segments within one repetition of b
+      const int64_t j0 = b ? i % b_size : 0;
+      const int64_t end = b && hi - i > b_size - j0 ? i + (b_size - j0) : hi;
+      const float *bb = b ? b + j0 - i : nullptr;  // bb[k] = b[k % b_size] on [i, end)
+      int64_t k = i;
+#if SB_AVX512
+      const __m512 va = _mm512_set1_ps(alpha);
+      for (; k + 16 <= end; k += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(a + k), va);
+        if (bb) v = _mm512_add_ps(v, _mm512_loadu_ps(bb + k));
+        _mm512_storeu_ps(y + k, v);
+      }
+#endif
+      for (; k < end; ++k) y[k] = alpha * a[k] + (bb ? bb[k] : 0.0f);
+      i = end;
+    }
+  });
   return SB_OK;
 }

@@ -160,6 +160,19 @@ def test_gather_rows_matches_torch() -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize("shape,b_shape", [((1,), None), ((7, 63), (7, 63)), ((2, 5, 63), (63,)),
+                                           ((3, 128, 768), (1, 128, 768)), ((4, 9), (1,))])
+def test_scale_add_matches_numpy(shape: tuple[int, ...], b_shape: tuple[int, ...] | None) -> None:
+    from sparsebench import native
+
+    a = _f32(*shape)
+    b = None if b_shape is None else _f32(*b_shape)
+    for alpha, threads in ((1.0, 1), (-0.37, 2)):
+        want = alpha * a.astype(np.float64) + (0 if b is None else b)
+        assert _max_rel(native.ScaleAdd(alpha, threads).run(a, b), want) <= 1e-6
+
+
+@needs_kernels
 def test_transformer_kernel_arguments_are_checked() -> None:
     from sparsebench import native
     from sparsebench.errors import SparsebenchError
@@ -176,6 +189,8 @@ def test_transformer_kernel_arguments_are_checked() -> None:
         native.AddLayerNorm(np.ones(8, np.float32)).run(_f32(3, 5))
     with pytest.raises(SparsebenchError, match="residual"):
         native.AddLayerNorm(np.ones(8, np.float32)).run(_f32(3, 8), residual=_f32(2, 8))
+    with pytest.raises(SparsebenchError, match="does not broadcast"):
+        native.ScaleAdd().run(_f32(3, 8), _f32(3, 1))
 
 
 # ----------------------------------------------------------------------------- plans
@@ -341,3 +356,76 @@ def test_decomposed_layernorm_is_one_step(power: float, fused: bool, tmp_path: A
     assert rel_err(prepared.run(*xs), want) <= 1e-5
     assert (prepared._names[1][0] == "add+layernorm") is fused, prepared.impl
     assert ("ReduceMean" in prepared.torch_ops) is not fused
+
+
+@needs_kernels
+def test_leftover_add_and_scale_run_natively(tmp_path: Any) -> None:
+    """x @ W, * 0.5, + a (1, 4, 6) constant, + x2 @ W2: every elementwise step native."""
+    mk = helper.make_node
+    nodes = [mk("MatMul", ["x", "w"], ["h"]), mk("Mul", ["h", "half"], ["hs"]),
+             mk("Add", ["hs", "c"], ["hc"]), mk("MatMul", ["x", "w2"], ["g"]),
+             mk("Add", ["hc", "g"], ["y"])]
+    inits = [numpy_helper.from_array(a, n) for n, a in (
+        ("w", _f32(5, 6)), ("w2", _f32(5, 6)), ("half", np.array(0.5, np.float32)),
+        ("c", _f32(1, 4, 6)))]
+    graph = helper.make_graph(nodes, "e", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, (1, 4, 5))], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, (1, 4, 6))], inits)
+    path = tmp_path / "e.onnx"
+    path.write_bytes(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    from sparsebench.backends import get_backend
+    from sparsebench.formats import convert
+    from sparsebench.loading import load_model
+
+    loaded = load_model(path)
+    x = torch.randn(1, 4, 5)
+    with torch.inference_mode():
+        want = loaded.module(x)
+    prepared = get_backend("native").prepare(convert(loaded.module, "csr"), batch=1)
+    assert rel_err(prepared.run(x), want) <= 1e-6
+    assert prepared.torch_ops == [] and "+native(eltwise)" in prepared.impl, prepared.impl
+    assert [n for n in prepared._names[1] if "matmul" not in n] == ["scale", "add", "add"]
+
+
+@needs_kernels
+def test_dynamic_batch_bert_runs_at_batch_2(tmp_path: Any) -> None:
+    """A TorchScript export with a dynamic batch axis: three embedding lookups (the position
+    table broadcast over the batch is a native add), masks per sequence."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, vocab_size=50,
+                                  max_position_embeddings=16, attn_implementation="eager")
+    bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                    ) -> torch.Tensor:
+            return self.bert(input_ids=input_ids,
+                             attention_mask=attention_mask).last_hidden_state
+
+    ids, mask = torch.randint(0, 50, (2, 8)), torch.ones(2, 8, dtype=torch.int64)
+    mask[0, 5:] = 0
+    mask[1, 2:] = 0
+    path = tmp_path / "bert-dyn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(LastHidden().eval(), (ids, mask), str(path), dynamo=False,
+                          input_names=["input_ids", "attention_mask"], opset_version=17,
+                          dynamic_axes={"input_ids": {0: "b"}, "attention_mask": {0: "b"}})
+    from sparsebench.backends import get_backend
+    from sparsebench.formats import convert
+    from sparsebench.loading import load_model
+
+    loaded = load_model(path)
+    with torch.inference_mode():
+        want = loaded.module(ids, mask)
+    prepared = get_backend("native").prepare(convert(loaded.module, "csr"), batch=2)
+    assert rel_err(prepared.run(ids, mask), want) <= 1e-4
+    assert "+native(attention,eltwise,gather,layernorm)" in prepared.impl
+    assert not {"LayerNormalization", "Softmax", "MatMul", "Transpose"} & set(prepared.torch_ops)

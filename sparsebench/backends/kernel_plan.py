@@ -11,7 +11,7 @@ torch.fx, or an ONNX import's step list):
   per-channel scale (ResNet ``out_mask``) and a following 2x2-style max-pool (VGG, LeNet-5);
 * LayerNorm (with the residual add before it), attention subgraphs and embedding lookups of
   transformer exports are one native call each (``plan_blocks``), GELU is fused into the
-  Linear before it;
+  Linear before it; an add of two buffers or a scaling by a constant left over is native too;
 * flatten and dropout/identity are views (no work);
 * anything else (e.g. ResNet's global average pool, ops of a foreign graph, layers a format
   kept dense) runs in torch on views of the same buffers, named in the impl
@@ -155,6 +155,9 @@ class _Planner:
                 steps.append(self.fuse(i, op, sw, args[0], consumed))
             elif op.kind == "flatten" and self.is_buffer(args[0]):
                 steps.append(_Step("view", i, op.output, args, op))
+            elif (b := plan_blocks.eltwise(self, i, op, args)) is not None:
+                steps.append(_Step(b.kind, b.pos, b.out, b.ins, op, label=b.label,
+                                   params=b.params))
             else:
                 label = _KIND_LABELS.get(op.kind) or op.label
                 if layer:

@@ -17,6 +17,10 @@ graph and run as one native call each (``sparsebench.native.transformer``).
 * **gather**: an embedding lookup, ``Gather`` on axis 0 of a constant float table by integer
   ids (a model input or a torch step's value), written into the plan's buffer.
 
+* **eltwise** (``eltwise``): what is left after the fusions, a torch step the kernels can run
+  after all: the ``add`` of a float buffer of the output's shape and a buffer or constant
+  broadcast over its leading axes, the ``mul`` of one by a one-element constant.
+
 ``find`` returns the blocks of a graph (the planner skips the nodes they cover); ``bind`` makes
 a block's step callable on the plan's buffers.
 """
@@ -32,7 +36,7 @@ import torch
 from sparsebench import native
 from sparsebench.graph import Node
 
-KINDS = ("layernorm", "attention", "gather")
+KINDS = ("layernorm", "attention", "gather", "eltwise")
 
 
 @dataclass
@@ -340,10 +344,39 @@ def find(planner: Any, consumed: set[int]) -> list[Block]:
     return blocks
 
 
+def eltwise(planner: Any, i: int, node: Node, args: tuple[str, ...]) -> Block | None:
+    """A leftover ``add``/``mul`` node (canonical inputs ``args``) as a native block."""
+    if node.kind not in ("add", "mul") or len(args) != 2 or not planner.is_buffer(node.output):
+        return None
+    shape = planner.shape(node.output)
+    a, b = args
+    if node.kind == "add":
+        for x, y in ((a, b), (b, a)):
+            if not (planner.is_buffer(x) and planner.shape(x) == shape):
+                continue
+            if planner.is_buffer(y) and native.suffix_of(planner.shape(y), shape):
+                return Block("eltwise", i, node.output, (x, y), node, [i], "add", {"alpha": 1.0})
+            c = planner.g.consts.get(y)
+            if isinstance(c, torch.Tensor) and c.is_floating_point() and c.numel() \
+                    and native.suffix_of(tuple(c.shape), shape):
+                return Block("eltwise", i, node.output, (x,), node, [i], "add",
+                             {"alpha": 1.0, "addend": np.ascontiguousarray(c.float().numpy())})
+        return None
+    for x, c in ((a, b), (b, a)):
+        alpha = _scalar(planner.g.consts.get(c))
+        if alpha is not None and planner.is_buffer(x) and planner.shape(x) == shape \
+                and np.isfinite(alpha):
+            return Block("eltwise", i, node.output, (x,), node, [i], "scale", {"alpha": alpha})
+    return None
+
+
 def bind(kind: str, params: dict[str, Any], ins: list[Any], out: np.ndarray, threads: int,
          env: dict[str, Any]) -> Callable[[], None]:
     """The step callable of a block on the plan's buffers (``ins``: the buffers of the values
     it reads, None for others, which it reads from ``env`` at call time)."""
+    if kind == "eltwise":
+        addend = ins[1] if len(ins) > 1 else params.get("addend")
+        return native.ScaleAdd(params["alpha"], threads).bind(ins[0], out, addend)
     if kind == "gather":
         ids = params["ids"]
         return native.GatherRows(params["table"]).bind(lambda: env[ids], out)

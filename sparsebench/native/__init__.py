@@ -5,9 +5,9 @@ Four rooms: ``abi`` (ctypes mirrors of the C header), ``build`` (compiler, cache
 ``ops`` (prepared sparse calls) and ``transformer``. ``available()`` says whether they can be
 used (None) or why not (a one-line reason); ``CSRLinear``, ``BSRLinear`` and ``CSRConv2d``
 validate a sparse weight once and then run it with about a microsecond of Python overhead per
-call; ``AddLayerNorm``, ``Attention``
-and ``GatherRows`` (``transformer``) run the transformer blocks around them. Set ``SPARSEBENCH_NO_NATIVE=1`` to
-disable building and loading, ``SPARSEBENCH_KERNEL_DIR`` to move the build cache.
+call; ``AddLayerNorm``, ``Attention``, ``GatherRows`` and ``ScaleAdd`` (``transformer``) run
+the transformer blocks around them. Set ``SPARSEBENCH_NO_NATIVE=1`` to disable building and
+loading, ``SPARSEBENCH_KERNEL_DIR`` to move the build cache.
 """
 
 from sparsebench.native.abi import ABI_VERSION, ACTS
@@ -15,9 +15,9 @@ from sparsebench.native.build import (CXXFLAGS, KERNEL_SRC, LIB_NAME, available,
                                       build_dir, build_info, isa, load, reset, tuning)
 from sparsebench.native.ops import (BSRLinear, CSRConv2d, CSRLinear, bsr_from_dense,
                                     csr_from_dense, self_test)
-from sparsebench.native.transformer import AddLayerNorm, Attention, GatherRows
+from sparsebench.native.transformer import AddLayerNorm, Attention, GatherRows, ScaleAdd, suffix_of
 
 __all__ = ["ABI_VERSION", "ACTS", "AddLayerNorm", "Attention", "BSRLinear", "CSRConv2d",
            "CSRLinear", "CXXFLAGS", "GatherRows", "KERNEL_SRC", "LIB_NAME", "available", "build",
            "build_dir", "build_info", "bsr_from_dense", "csr_from_dense", "isa", "load", "reset",
-           "self_test", "tuning"]
+           "ScaleAdd", "self_test", "suffix_of", "tuning"]

@@ -71,6 +71,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
                              _PTR, _INT]),
     "sb_add_layernorm": (_INT, [_PTR, _PTR, _PTR, _PTR, ctypes.c_float, _I64, _I64, _PTR, _INT]),
     "sb_gather_rows": (_INT, [_PTR, _I64, _I64, _PTR, _I64, _PTR]),
+    "sb_scale_add": (_INT, [_PTR, ctypes.c_float, _PTR, _I64, _I64, _PTR, _INT]),
     "sb_attention": (_INT, [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64,
                             _I64, ctypes.c_float, _PTR, _INT]),
 }

@@ -1,6 +1,6 @@
 """Prepared calls of the transformer kernels (kernels/transformer.cpp): add + LayerNorm over
 the last axis, scaled dot-product attention with an additive mask on the Linear outputs'
-``(batch, tokens, heads * head_dim)`` layout, and the embedding lookup.
+``(batch, tokens, heads * head_dim)`` layout, the embedding lookup and ``alpha * a (+ b)``.
 
 ``run`` validates its arrays on every call; ``bind`` validates them once and returns a
 zero-argument callable on their raw addresses (what the native plan calls, ~0.5 us of Python).
@@ -208,6 +208,49 @@ class GatherRows:
         shape = tuple(getattr(ids, "shape", np.shape(ids)))
         out = np.empty((*shape, self.table.shape[1]), np.float32) if out is None else out
         self.bind(lambda: ids, out)()
+        return out
+
+    __call__ = run
+
+
+def suffix_of(small: tuple[int, ...], full: tuple[int, ...]) -> bool:
+    """Whether ``small`` (leading 1s dropped) is a trailing part of ``full``: broadcasting it
+    over ``full`` repeats it as one contiguous block."""
+    dims = list(small)
+    while dims and dims[0] == 1:
+        dims.pop(0)
+    return len(dims) <= len(full) and tuple(full[len(full) - len(dims):]) == tuple(dims)
+
+
+class ScaleAdd:
+    """``y = alpha * a + b`` elementwise, ``b`` optional and broadcast over ``a``'s leading
+    axes (its shape a suffix of ``a``'s, after leading 1s): the residual adds and scalings a
+    graph leaves between the other kernels."""
+
+    def __init__(self, alpha: float = 1.0, threads: int = 1) -> None:
+        if not np.isfinite(alpha):
+            raise SparsebenchError(f"ScaleAdd: alpha must be finite, got {alpha!r}")
+        self.alpha, self.threads = float(alpha), _check_threads(threads)
+        self._fn = _raw("sb_scale_add")
+        self.impl = f"native-eltwise-{isa()}-t{self.threads}"
+
+    def bind(self, a: np.ndarray, out: np.ndarray, b: np.ndarray | None = None
+             ) -> Callable[[], None]:
+        a = _array(a, "a", self.impl)
+        out = _array(out, "out", self.impl, writeable=True)
+        if b is not None and not suffix_of(_array(b, "b", self.impl).shape, a.shape):
+            raise SparsebenchError(f"{self.impl}: b {b.shape} does not broadcast over a "
+                                   f"{a.shape} along its leading axes")
+        if out.shape != a.shape or (b is not None and b.size == 0):
+            raise SparsebenchError(f"{self.impl}: out {out.shape} must have a's shape {a.shape}")
+        args = (_vp(a), _F(self.alpha), _vp(b), _I64(1 if b is None else b.size), _I64(a.size),
+                _vp(out), _INT(self.threads))
+        return _checked(self._fn, args, self.impl, (self, a, b, out))
+
+    def run(self, a: np.ndarray, b: np.ndarray | None = None, out: np.ndarray | None = None
+            ) -> np.ndarray:
+        out = np.empty_like(a) if out is None else out
+        self.bind(a, out, b)()
         return out
 
     __call__ = run
