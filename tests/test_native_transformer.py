@@ -236,7 +236,7 @@ def bert_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return paths
 
 
-def _native_plan(path: Any) -> tuple[Any, float]:
+def _native_plan(path: Any, threads: int = 1) -> tuple[Any, float]:
     """(prepared csr/native plan, max rel err vs the dense module on a padded input)."""
     from sparsebench.backends import get_backend
     from sparsebench.formats import convert
@@ -249,15 +249,17 @@ def _native_plan(path: Any) -> tuple[Any, float]:
     mask[0, 11:] = 0   # padding: the mask really masks
     with torch.inference_mode():
         want = loaded.module(ids, mask)
-    prepared = get_backend("native").prepare(convert(loaded.module, "csr"), batch=1)
+    prepared = get_backend("native").prepare(convert(loaded.module, "csr"), batch=1,
+                                             threads=threads)
     return prepared, compare(prepared.run(ids, mask), want)[1]
 
 
 @needs_kernels
-@pytest.mark.parametrize("exporter", ["ts", "ts14", "dynamo"])
-def test_bert_export_runs_its_blocks_natively(bert_exports: dict[str, Any],
-                                              exporter: str) -> None:
-    prepared, err = _native_plan(bert_exports[exporter])
+@pytest.mark.parametrize("exporter,threads", [("ts", 1), ("ts14", 1), ("dynamo", 1),
+                                             ("ts", 2)])
+def test_bert_export_runs_its_blocks_natively(bert_exports: dict[str, Any], exporter: str,
+                                              threads: int) -> None:
+    prepared, err = _native_plan(bert_exports[exporter], threads)
     assert err <= 1e-4, prepared.impl
     assert "+native(attention,gather,layernorm)" in prepared.impl
     # left to torch: the embedding lookup and the mask's small integer/bool arithmetic
