@@ -129,6 +129,15 @@ void sb_conv2d_plan_free(sb_conv_plan *p);
 int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *p, const float *x,
                   const float *residual, float *y, int num_threads);
 
+/* Max-pool over NCHW maps: y (N x C x Ho x Wo, Ho/Wo from sb_pool_out_size) = max over each
+ * kh x kw window at stride (sh, sw) with pads (ph, pw) read as -inf; pads at most half the
+ * window (torch's rule); ceil_mode 1 rounds the output size up (a window must start inside the
+ * input or the left padding). */
+int64_t sb_pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t ceil_mode);
+int sb_maxpool2d(const float *x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                 int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t ceil_mode,
+                 float *y, int num_threads);
+
 #ifdef __cplusplus
 }
 #endif

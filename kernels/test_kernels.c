@@ -114,7 +114,7 @@ static void expect_ok(int rc, const char *what) {
 }
 
 static void test_csr(int64_t M, int64_t K, double density, int64_t empty_every) {
-  static const int64_t batches[] = {1, 2, 5, 8, 17, 64, 70};
+  static const int64_t batches[] = {1, 2, 5, 7, 8, 17, 64, 70, 128};
   float *w = sparse_dense(M, K, density, empty_every);
   csr_t s = to_csr(w, M, K);
   float *bias = falloc(M);
@@ -360,6 +360,39 @@ static void test_pool_stress(void) {
   free(w);
 }
 
+/* sb_maxpool2d against a naive max over each window (pads read as -inf). */
+static void test_maxpool(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                         int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t ceil_mode) {
+  const int64_t ho = sb_pool_out_size(H, kh, sh, ph, ceil_mode);
+  const int64_t wo = sb_pool_out_size(W, kw, sw, pw, ceil_mode);
+  float *x = falloc(N * C * H * W), *y = falloc(N * C * ho * wo), *r = falloc(N * C * ho * wo);
+  for (int64_t p = 0; p < N * C; ++p)
+    for (int64_t oy = 0; oy < ho; ++oy)
+      for (int64_t ox = 0; ox < wo; ++ox) {
+        float m = -INFINITY;
+        for (int64_t ky = 0; ky < kh; ++ky)
+          for (int64_t kx = 0; kx < kw; ++kx) {
+            const int64_t iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
+            if (iy >= 0 && iy < H && ix >= 0 && ix < W && x[(p * H + iy) * W + ix] > m)
+              m = x[(p * H + iy) * W + ix];
+          }
+        r[(p * ho + oy) * wo + ox] = m;
+      }
+  for (int threads = 1; threads <= 2; ++threads) {
+    memset(y, 0xff, (size_t)(N * C * ho * wo) * sizeof(float));
+    expect_ok(sb_maxpool2d(x, N, C, H, W, kh, kw, sh, sw, ph, pw, ceil_mode, y, threads),
+              "sb_maxpool2d");
+    char what[160];
+    snprintf(what, sizeof what, "maxpool %lldx%lld s%lld p%lld ceil=%lld on %lldx%lldx%lldx%lld t%d",
+             (long long)kh, (long long)kw, (long long)sh, (long long)ph, (long long)ceil_mode,
+             (long long)N, (long long)C, (long long)H, (long long)W, threads);
+    compare(what, y, r, N * C * ho * wo);
+  }
+  free(x);
+  free(y);
+  free(r);
+}
+
 int main(void) {
   if (sb_abi_version() != SB_ABI_VERSION) {
     fprintf(stderr, "ABI mismatch\n");
@@ -402,6 +435,15 @@ int main(void) {
   test_csr(64, 300, 1.0, 0);    /* dense */
   test_csr(40, 2000, 0.01, 0);  /* 99% sparse */
   test_csr(5, 40000, 0.001, 2); /* K > int16 range: int32 only */
+
+  test_maxpool(1, 64, 112, 112, 3, 3, 2, 2, 1, 1, 0); /* ResNet's stem pool, threaded */
+  test_maxpool(2, 3, 7, 9, 3, 3, 2, 2, 1, 1, 1);
+  test_maxpool(1, 5, 8, 8, 2, 2, 2, 2, 0, 0, 0);
+  test_maxpool(1, 4, 5, 6, 3, 2, 1, 2, 1, 0, 1);
+  test_maxpool(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0);
+  if (sb_maxpool2d(y0, 1, 1, 2, 2, 2, 2, 1, 1, 2, 0, 0, y0, 1) != SB_EINVAL) ++failures;
+  if (sb_maxpool2d(y0, 1, 1, 2, 2, 2, 2, 1, 1, 0, 0, 0, y0, 0) != SB_ETHREADS) ++failures;
+  if (sb_pool_out_size(112, 3, 2, 1, 0) != 56 || sb_pool_out_size(7, 3, 2, 1, 1) != 4) ++failures;
 
   test_bsr(1, 4, 9, 7, 0.4);
   test_bsr(4, 4, 5, 6, 0.5);

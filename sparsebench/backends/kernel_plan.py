@@ -48,7 +48,7 @@ _KIND_LABELS = {"global_avgpool": "gap", "relu": "relu", "gelu": "gelu", "maxpoo
 
 @dataclass
 class _Step:
-    kind: str                          # "linear" | "conv" | "view" | "torch"
+    kind: str                          # "linear" | "conv" | "pool" | "view" | "torch"
     pos: int                           # position of the last graph node it covers
     out: str                           # value written
     ins: tuple[str, ...]               # values read
@@ -145,6 +145,8 @@ class _Planner:
                 steps.append(self.fuse(i, op, sw, args[0], consumed))
             elif op.kind == "flatten" and self.is_buffer(args[0]):
                 steps.append(_Step("view", i, op.output, args, op))
+            elif op.kind == "maxpool" and self.native_pool(op, args[0]):
+                steps.append(_Step("pool", i, op.output, args, op, label="maxpool"))
             else:
                 label = _KIND_LABELS.get(op.kind) or op.label
                 if layer:
@@ -154,6 +156,20 @@ class _Planner:
                 steps.append(_Step("torch", i, op.output, args, op, label=label))
         steps.sort(key=lambda s: s.pos)
         return steps
+
+    def native_pool(self, op: Node, x: str) -> bool:
+        """A max-pool the native pool kernel runs (4-D float map, no dilation, padding at
+        most half the window)."""
+        at = op.attrs
+        return (self.is_buffer(x) and self.is_buffer(op.output) and len(self.shape(x)) == 4
+                and tuple(at["dilation"]) == (1, 1)
+                and all(2 * p <= k for p, k in zip(at["padding"], at["kernel"])))
+
+    def is_global_pool(self, op: Node, x: str) -> bool:
+        """An average pool whose window is the whole (unpadded) map: a global average."""
+        at, shape = op.attrs, self.shape(x)
+        return (op.kind == "avgpool" and len(shape) == 4 and tuple(at["kernel"]) == shape[2:]
+                and tuple(at["padding"]) == (0, 0))
 
     def native_layer(self, sw: SparseWeight, x: str) -> bool:
         if not self.is_buffer(x):
@@ -200,8 +216,9 @@ class _Planner:
         if scaled is not None and scaled[1].numel() == (sw.out_channels or 0):
             step.scale = scaled[1]
             absorb(nxt)  # type: ignore[arg-type]
-        nxt = take(("maxpool", "global_avgpool")) if conv else None
-        if nxt is not None and nxt.kind == "global_avgpool" and len(self.shape(step.out)) == 4:
+        nxt = take(("maxpool", "global_avgpool", "avgpool")) if conv else None
+        if nxt is not None and len(self.shape(step.out)) == 4 and (
+                nxt.kind == "global_avgpool" or self.is_global_pool(nxt, step.out)):
             step.pool = _GLOBAL_AVG
             absorb(nxt)
         elif nxt is not None and nxt.kind == "maxpool" \
@@ -282,6 +299,13 @@ class NativePrepared(Prepared):
             if s.kind == "view":
                 continue
             names.append(s.name() if s.kind != "torch" else f"{s.label} (torch)")
+            if s.kind == "pool":
+                at = s.op.attrs
+                pool = native.MaxPool2d(bufs[s.ins[0]], bufs[s.out], at["kernel"], at["stride"],
+                                        at["padding"], at["ceil_mode"], self.threads)
+                calls.append(pool.run)
+                traffic += bufs[s.ins[0]].nbytes + bufs[s.out].nbytes
+                continue
             if s.kind == "torch":
                 if s.op.kind in ("conv", "linear"):
                     self._torch_layers.add(s.op.module or "")

@@ -69,4 +69,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "sb_conv2d_plan_free": (None, [ctypes.POINTER(_ConvPlan)]),
     "sb_conv2d_run": (_INT, [ctypes.POINTER(_ConvDesc), ctypes.POINTER(_ConvPlan), _PTR, _PTR,
                              _PTR, _INT]),
+    "sb_pool_out_size": (_I64, [_I64, _I64, _I64, _I64, _I64]),
+    "sb_maxpool2d": (_INT, [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64,
+                            _I64, _PTR, _INT]),
 }
