@@ -23,6 +23,7 @@ int g_transpose_batch = 3;
 int g_batch_chunk = 32;
 int g_linear_chunks = 8;
 int g_linear_min_parallel = 32768;
+int g_linear_tile = 1;
 
 namespace {
 
@@ -155,7 +156,10 @@ void rows_bcast(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx 
         if (act == kActRelu) v = _mm512_max_ps(v, _mm512_setzero_ps());
         _mm512_store_ps(tile + r * LD + 16 * q, v);
       }
+      if (!g_linear_tile)  // knob linear_tile=0: the row's results stored at once, stride M
+        for (int64_t b = 0; b < bc; ++b) y[(b0 + b) * M + m] = tile[r * LD + b];
     }
+    if (!g_linear_tile) continue;
     if (g == G) {  // y[b][m0..m0+16) = tile[0..16)[b]: a gather down the tile's column
       const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
                                                                5, 4, 3, 2, 1, 0),

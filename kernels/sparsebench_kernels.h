@@ -50,6 +50,8 @@ const char *sb_isa(void);
  *   "conv_prefetch"      conv weight-stream software prefetch distance in nonzeros (0: off)
  *   "linear_chunks"      linear row chunks per thread (default 8)
  *   "linear_min_parallel" work (nnz*batch + 8*rows*batch) below which a linear runs on one thread
+ *   "linear_tile"        1 = batched CSR results go through a 16-row tile (default), 0 = stored
+ *                        per row with stride M (the previous kernel, for A/B runs)
  *   "conv_chunks"        conv output-channel chunks per thread (default 2)
  *   "conv_pack_min"      packed floats below which conv packing is not split across threads
  * Returns the previous value, or -1 for an unknown key (value < 0 only queries). */

@@ -421,3 +421,31 @@ def test_native_maxpool_refuses_bad_shapes() -> None:
         native.MaxPool2d(x, np.zeros((1, 2, 3, 3), np.float32), 3, 2, 1)
     with pytest.raises(SparsebenchError, match="exceeds half the window"):
         native.MaxPool2d(x, np.zeros((1, 2, 4, 4), np.float32), 2, 2, 2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch,density,dense", [(1, 0.1, False), (1, 0.6, False),
+                                                 (1, 1.0, True), (32, 0.3, False),
+                                                 (32, 0.6, True), (2, 1.0, "small")])
+def test_dense_enough_linears_run_on_torch_gemm(batch: int, density: float,
+                                                dense: bool | str) -> None:
+    """csr/native: a Linear denser than the break-even (DENSE_WINS) and big enough
+    (DENSE_MIN_MACS) runs on torch's GEMM and the impl says so; sparse or small ones stay on
+    the kernel; the output matches either way."""
+    from sparsebench.backends import get_backend
+
+    torch.manual_seed(0)
+    width = 16 if dense == "small" else 2048  # 2048 x 2048: DENSE_MIN_MACS at batch 1
+    m = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 8)).eval()
+    dense = dense is True
+    with torch.no_grad():
+        for layer in (m[0], m[2]):
+            layer.weight.mul_((torch.rand_like(layer.weight) < density).float())
+    m.input_shape = (width,)
+    prepared = get_backend("native").prepare(convert(m, "csr"), batch=batch)
+    assert ("nonzero)" in prepared.impl) is dense, prepared.impl
+    x = torch.randn(batch, width)
+    with torch.no_grad():
+        assert rel_err(prepared.run(x), m(x)) <= 1e-5
+    structured = get_backend("native").prepare(convert(m, "structured"), batch=batch)
+    assert "nonzero)" not in structured.impl  # a structured model asked for its compaction
