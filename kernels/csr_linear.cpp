@@ -103,9 +103,48 @@ void rows_dot(int64_t lo, int64_t hi, int64_t M, int64_t K, const int32_t *rp, c
   }
 }
 
+#if SB_AVX512
+// 16 x 16 floats: out[j * ldo + i] = in[i * ldi + j].
+SB_INLINE void transpose16(const float *in, int64_t ldi, float *out, int64_t ldo) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(in + i * ldi);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  for (int i = 0; i < 4; ++i) {  // 128-bit lanes: rows i, i+4, i+8, i+12
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+  for (int q = 0; q < 16; ++q) _mm512_storeu_ps(out + q * ldo, r[q]);  // r[q]: column q
+}
+#endif
+
 // XT[k * ld + b] = X[(b0 + b) * K + k] for k in [k0, k1), b < bc; columns bc..ld-1 zeroed.
 void transpose_chunk(const float *x, int64_t K, int64_t b0, int64_t bc, int64_t ld, int64_t k0,
                      int64_t k1, float *xt) {
+  int64_t kfull = k0, bfull = 0;
+#if SB_AVX512
+  // 16 x 16 blocks with vector shuffles; the ragged edges below stay scalar
+  bfull = bc / 16 * 16;
+  kfull = k0 + (k1 - k0) / 16 * 16;
+  for (int64_t k = k0; k < kfull; k += 16)
+    for (int64_t b = 0; b < bfull; b += 16) transpose16(x + (b0 + b) * K + k, K, xt + k * ld + b, ld);
+#endif
   constexpr int64_t kb = 32;
   for (int64_t kk = k0; kk < k1; kk += kb) {
     const int64_t ke = kk + kb < k1 ? kk + kb : k1;
@@ -113,7 +152,9 @@ void transpose_chunk(const float *x, int64_t K, int64_t b0, int64_t bc, int64_t 
       for (int64_t b = bc; b < ld; ++b) xt[k * ld + b] = 0.f;
     for (int64_t b = 0; b < bc; ++b) {
       const float *xr = x + (b0 + b) * K;
-      for (int64_t k = kk; k < ke; ++k) xt[k * ld + b] = xr[k];
+      // elements the vector blocks wrote: k in [k0, kfull) for b < bfull
+      const int64_t from = b < bfull && kk < kfull ? (ke < kfull ? ke : kfull) : kk;
+      for (int64_t k = from; k < ke; ++k) xt[k * ld + b] = xr[k];
     }
   }
 }
@@ -242,19 +283,37 @@ int csr_linear(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const flo
   int64_t bchunk = g_batch_chunk < kVec ? kVec : g_batch_chunk > 64 ? 64 : g_batch_chunk;
   bchunk = bchunk / kVec * kVec;
   const int64_t ld_max = B < bchunk ? (B + kVec - 1) / kVec * kVec : bchunk;
-  float *xt = (float *)std::aligned_alloc(64, (size_t)((K * ld_max * 4 + 127) / 64 * 64));
-  if (!xt) return SB_ENOMEM;
+  // Batch chunks are transposed and multiplied a group at a time: two pool jobs per group
+  // (not two per chunk: BERT's 128 tokens are 4 chunks); a group's XT stays within ~2 MB.
+  const int64_t nbc = (B + bchunk - 1) / bchunk, per = K * ld_max;
+  int64_t group = (int64_t)(2 << 20) / (per * 4 > 0 ? per * 4 : 1);
   const int64_t nc = chunk_count(M, nt, g_linear_chunks), kc = chunk_count(K, nt, 2);
-  for (int64_t b0 = 0; b0 < B; b0 += bchunk) {
-    const int64_t bc = B - b0 < bchunk ? B - b0 : bchunk;
-    const int64_t ld = (bc + kVec - 1) / kVec * kVec;
-    parallel_for(nt, kc, [&](int64_t c) {
-      transpose_chunk(x, K, b0, bc, ld, K * c / kc, K * (c + 1) / kc, xt);
+  const int64_t most = kMaxChunks / (nc > kc ? nc : kc);  // a job has at most kMaxChunks
+  group = group > most ? most : group;
+  group = group < 1 ? 1 : group > nbc ? nbc : group;
+  float *xt = (float *)std::aligned_alloc(64, (size_t)((group * per * 4 + 127) / 64 * 64));
+  if (!xt) return SB_ENOMEM;
+  for (int64_t g0 = 0; g0 < nbc; g0 += group) {
+    const int64_t ng = nbc - g0 < group ? nbc - g0 : group;
+    auto chunk = [&](int64_t i, int64_t *b0, int64_t *bc, int64_t *ld, float **xti) {
+      *b0 = (g0 + i) * bchunk;
+      *bc = B - *b0 < bchunk ? B - *b0 : bchunk;
+      *ld = (*bc + kVec - 1) / kVec * kVec;
+      *xti = xt + i * per;
+    };
+    parallel_for(nt, ng * kc, [&](int64_t c) {
+      int64_t b0, bc, ld;
+      float *xti;
+      chunk(c / kc, &b0, &bc, &ld, &xti);
+      const int64_t part = c % kc;
+      transpose_chunk(x, K, b0, bc, ld, K * part / kc, K * (part + 1) / kc, xti);
     });
-    parallel_for(nt, nc, [&](int64_t c) {
-      int64_t lo, hi;
-      balanced_range(rp, M, 2, c, nc, &lo, &hi);
-      rows_chunk(lo, hi, M, rp, ci, val, bias, act, xt, ld, b0, bc, y);
+    parallel_for(nt, ng * nc, [&](int64_t c) {
+      int64_t b0, bc, ld, lo, hi;
+      float *xti;
+      chunk(c / nc, &b0, &bc, &ld, &xti);
+      balanced_range(rp, M, 2, c % nc, nc, &lo, &hi);
+      rows_chunk(lo, hi, M, rp, ci, val, bias, act, xti, ld, b0, bc, y);
       if (act == kActGelu)
         for (int64_t b = b0; b < b0 + bc; ++b) act_range(y + b * M + lo, hi - lo, act);
     });
