@@ -461,9 +461,10 @@ def load_subject(workload: Workload, path: Path) -> Subject:
 
 
 def run_cell(subject: Subject, threads: int, batch: int, plan: Plan, venv: Path | None,
-             workdir: Path) -> dict[str, Any]:
+             workdir: Path, roof: dict[str, Any] | None) -> dict[str, Any]:
     """One row: prepare the three engines on the same inputs, check their outputs against
-    the dense torch reference, alternate their timing rounds."""
+    the dense torch reference, alternate their timing rounds; sparsebench's place under the
+    roofline ``roof`` (``measure.roofline.probe``) when given."""
     import torch
 
     from sparsebench.backends.base import Unsupported
@@ -530,11 +531,28 @@ def run_cell(subject: Subject, threads: int, batch: int, plan: Plan, venv: Path 
                 samples = [s for r in per_round for s in r]
                 row[name].update(latency_ms=latency_stats_ms(samples), samples_ns=per_round)
             break
+        native = next((e for e in engines if e.name == "sparsebench"), None)
+        if native is not None and roof is not None:
+            row["sparsebench"].update(roofline(native.prepared, subject.converted, threads,
+                                               batch, _p50(row["sparsebench"]), roof))
     finally:
         for engine in engines:
             engine.close()
     row["load_after"] = loadavg()
     return row
+
+
+def roofline(prepared: Any, converted: Any, threads: int, batch: int, p50_ms: float | None,
+             roof: dict[str, Any]) -> dict[str, Any]:
+    """Achieved GB/s and GFLOP/s (nonzero MACs) and their fractions of the copy bandwidth and
+    the GEMM peak at ``threads``, as ``measure`` and ``sweep`` report them."""
+    from sparsebench.measure.roofline import achieved, fractions
+
+    sparse_macs = sum(s.sparse_macs for s in converted.storage)
+    out = achieved(prepared, batch, sparse_macs, p50_ms)
+    out["roofline_bytes_fraction"], out["roofline_flops_fraction"] = fractions(
+        {**out, "threads": threads}, roof)
+    return out
 
 
 def native_row(subject: Subject, threads: int, batch: int, xs: tuple[Any, ...],
@@ -607,6 +625,26 @@ def table_lines(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[str]
     return lines
 
 
+def roofline_lines(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:
+    """sparsebench's rows under the roofline (empty when it was not probed)."""
+    timed = [r for r in rows if r["sparsebench"].get("achieved_gbps") is not None]
+    if not timed:
+        return []
+
+    def num(v: float | None, pct: bool = False) -> str:
+        return "n/a" if v is None else f"{100 * v:.0f}%" if pct else f"{v:.1f}"
+
+    lines = ["| model | threads | batch | GFLOP/s (nonzero) | of GEMM peak | GB/s | of copy "
+             "bandwidth |", "|---|" + "---:|" * 6]
+    for r in timed:
+        sb = r["sparsebench"]
+        lines.append(f"| {labels.get(r['model'], r['model'])} | {r['threads']} | {r['batch']} | "
+                     f"{num(sb['achieved_gflops'])} | {num(sb['roofline_flops_fraction'], True)}"
+                     f" | {num(sb['achieved_gbps'])} | "
+                     f"{num(sb['roofline_bytes_fraction'], True)} |")
+    return lines
+
+
 def notes(doc: dict[str, Any]) -> list[str]:
     out = []
     if doc["deepsparse"].get("unavailable"):
@@ -655,6 +693,14 @@ def markdown(doc: dict[str, Any]) -> str:
         f"rel err is sparsebench's output against the dense torch reference (limit "
         f"{MAX_REL_ERR:g}).", "",
         *table_lines(doc["rows"], doc["labels"]), ""]
+    roof = roofline_lines(doc["rows"], doc["labels"])
+    if roof:
+        r = doc["roofline"]
+        peaks = ", ".join(f"{v:.0f} GFLOP/s at {t} thread{'s' if t != '1' else ''}"
+                          for t, v in r["gemm_gflops"].items())
+        lines += [f"sparsebench under the roofline (the median call; torch.mm {r['gemm_n']}^2: "
+                  f"{peaks}; np.copyto {r['copy_mb']} MB: {r['copy_gbps']:.1f} GB/s):", "",
+                  *roof, ""]
     extra = notes(doc)
     if extra:
         lines += ["Notes:", "", *[f"- {n}" for n in extra], ""]
@@ -786,6 +832,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if _busy(start_load):
         log(f"warning: load average {start_load} is above the {os.cpu_count()} cores: the "
             "machine is busy, timings will be disturbed")
+    from sparsebench import native
+    from sparsebench.measure.roofline import probe
+
+    roof = None
+    if native.available() is None:  # --quick: small probes, the figures only for show
+        log("probing the roofline (GEMM peak, copy bandwidth)")
+        roof = probe(plan.threads, **({"copy_mb": 16, "gemm_n": 256} if sizes.quick else {}))
     versions = library_versions()
     try:
         from importlib.metadata import version
@@ -803,7 +856,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                      "calls": plan.calls, "warmup": plan.warmup, "gap_s": plan.gap,
                      "round_seconds": plan.round_seconds, "seed": plan.seed,
                      "max_rel_err": MAX_REL_ERR, "sizes": sizes.__dict__},
-        "load": {"before": start_load, "after": None},
+        "load": {"before": start_load, "after": None}, "roofline": roof,
         "labels": {w.name: w.label(sizes) for w in workloads}, "rows": []}
     cells = len(workloads) * len(plan.threads) * len(plan.batches)
     done = 0
@@ -813,7 +866,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             for batch in plan.batches:
                 done += 1
                 row = run_cell(subject, threads, batch, plan, None if ds_reason else venv,
-                               workdir)
+                               workdir, roof)
                 doc["rows"].append(row)
                 doc["load"]["after"] = loadavg()
                 write_outputs(doc, args)

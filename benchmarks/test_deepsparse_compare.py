@@ -35,10 +35,16 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ds-work")
 
 
-def table_rows(markdown: str) -> list[list[str]]:
-    lines = [ln for ln in markdown.splitlines() if ln.startswith("| ")]
-    assert lines[0].strip("| ").split(" | ") == dc.HEAD
-    return [ln.strip("| ").split(" | ") for ln in lines[1:]]
+def table_rows(markdown: str, head: list[str] = dc.HEAD) -> list[list[str]]:
+    """The cells of the rows of the Markdown table with this header."""
+    lines = markdown.splitlines()
+    start = lines.index("| " + " | ".join(head) + " |") + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("| "):
+            break
+        rows.append(line.strip("| ").split(" | "))
+    return rows
 
 
 def test_without_deepsparse(tmp_path: Path, workdir: Path) -> None:
@@ -64,6 +70,10 @@ def test_without_deepsparse(tmp_path: Path, workdir: Path) -> None:
         assert re.fullmatch(r"\d+\.\d\dx", vs_ort)
         assert 0 <= float(err) <= dc.MAX_REL_ERR
     assert table_rows(proc.stdout) == rows  # the same table on stdout
+    roof = table_rows(text, ["model", "threads", "batch", "GFLOP/s (nonzero)", "of GEMM peak",
+                             "GB/s", "of copy bandwidth"])
+    assert [r[:3] for r in roof] == [r[:3] for r in rows]
+    assert all(float(r[3]) > 0 and r[4].endswith("%") for r in roof)
 
     doc = json.loads(js.read_text())
     assert doc["deepsparse"]["unavailable"] == reason
@@ -76,6 +86,7 @@ def test_without_deepsparse(tmp_path: Path, workdir: Path) -> None:
         for engine in ("ort", "sparsebench"):
             assert [len(r) for r in row[engine]["samples_ns"]] == [3, 3]  # 2 rounds x 3 calls
         assert row["sparsebench"]["impl"].startswith("native-csr-")
+        assert row["sparsebench"]["achieved_gflops"] > 0
         assert cells[9] == f"{row['sparsebench']['max_rel_err']:.1e}"
         ort, sb = row["ort"]["latency_ms"]["p50"], row["sparsebench"]["latency_ms"]["p50"]
         assert cells[8] == f"{ort / sb:.2f}x"
