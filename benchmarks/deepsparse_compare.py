@@ -736,7 +736,8 @@ def positive_ints(text: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+               epilog="Commands, method and the table: docs/deepsparse.md.")
     p.add_argument("--models", default="all", help="all (default), families "
                    f"({', '.join(FAMILIES)}) or family@percent, comma-separated")
     p.add_argument("--threads", type=positive_ints, default=[1, 2], help="default 1,2")
@@ -747,10 +748,11 @@ def parser() -> argparse.ArgumentParser:
                    "(default: about --round-seconds of the slowest engine, 3 to 1000; --quick 3)")
     p.add_argument("--round-seconds", type=float, default=0.3, help="target length of the "
                    "slowest engine's round when --calls is not given (default 0.3)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls per engine before the "
-                   "rounds (default 5)")
-    p.add_argument("--gap", type=float, default=0.02, help="pause in seconds before each "
-                   "engine's round, so the previous engine's threads go quiet (default 0.02)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls per engine before "
+                   "the rounds (default 5; --quick 1)")
+    p.add_argument("--gap", type=float, default=None, help="pause in seconds before each "
+                   "engine's round, so the previous engine's threads go quiet (default 0.02; "
+                   "--quick 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
     p.add_argument("--venv", default=DEFAULT_VENV, help="the DeepSparse side venv (default "
                    f"$DEEPSPARSE_VENV or {DEFAULT_VENV})")
@@ -788,8 +790,12 @@ def check_args(args: argparse.Namespace) -> tuple[list[Workload], Sizes, Plan, P
                                f"{args.bert_hidden}")
     for flag, value in (("--round-seconds", args.round_seconds), ("--gap", args.gap),
                         ("--ds-timeout", args.ds_timeout)):
-        if not (value >= 0 and math.isfinite(value)) or (flag == "--ds-timeout" and value == 0):
-            raise SparsebenchError(f"{flag} must be a positive number of seconds, got {value}")
+        if value is None:
+            continue
+        low = 0.0 if flag != "--ds-timeout" else 1e-9
+        if not (value >= low and math.isfinite(value)):
+            raise SparsebenchError(f"{flag} must be a number of seconds "
+                                   f"{'>= 0' if low == 0 else '> 0'}, got {value}")
     q = args.quick
     sizes = Sizes(bert_layers=args.bert_layers or (1 if q else 12),
                   bert_hidden=args.bert_hidden or (64 if q else 768),
@@ -797,8 +803,9 @@ def check_args(args: argparse.Namespace) -> tuple[list[Workload], Sizes, Plan, P
                   bert_vocab=1000 if q else 30522, quick=q)
     plan = Plan(threads=args.threads, batches=args.batch,
                 rounds=args.rounds or (2 if q else 10), calls=args.calls or (3 if q else None),
-                warmup=min(args.warmup, 1) if q else args.warmup,
-                round_seconds=args.round_seconds, gap=0.0 if q else args.gap, seed=args.seed,
+                warmup=(1 if q else 5) if args.warmup is None else args.warmup,
+                round_seconds=args.round_seconds,
+                gap=(0.0 if q else 0.02) if args.gap is None else args.gap, seed=args.seed,
                 ds_timeout=args.ds_timeout)
     workdir = Path(args.workdir).expanduser().resolve()
     if workdir == ROOT or ROOT in workdir.parents:
@@ -836,9 +843,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sparsebench.measure.roofline import probe
 
     roof = None
-    if native.available() is None:  # --quick: small probes, the figures only for show
+    if native.available() is None:
         log("probing the roofline (GEMM peak, copy bandwidth)")
-        roof = probe(plan.threads, **({"copy_mb": 16, "gemm_n": 256} if sizes.quick else {}))
+        quick = {"copy_mb": 16, "gemm_n": 256}  # fast, and meaningless: a smoke test
+        roof = probe(plan.threads, **(quick if sizes.quick else {}))
     versions = library_versions()
     try:
         from importlib.metadata import version

@@ -113,7 +113,8 @@ def test_error_check_fails_the_row(tmp_path: Path, workdir: Path,
     (["--batch", "1,x"], "argument --batch: expected comma-separated integers, got '1,x'"),
     (["--rounds", "0"], "--rounds must be at least 1, got 0"),
     (["--bert-hidden", "100"], "--bert-hidden must be a multiple of 64"),
-    (["--gap", "-1"], "--gap must be a positive number of seconds"),
+    (["--gap", "-1"], "--gap must be a number of seconds >= 0, got -1.0"),
+    (["--ds-timeout", "0"], "--ds-timeout must be a number of seconds > 0, got 0.0"),
     (["--workdir", str(HERE)], "is inside the checkout"),
 ])
 def test_bad_options(args: list[str], message: str) -> None:
