@@ -11,6 +11,7 @@
 //   chunk 32 rather than 64 keeps a 768-wide XT at 96 KB: another ~5%).
 // Work is split into row chunks balanced by nnz (+ a per-row overhead), ~8 per thread,
 // claimed dynamically by the thread pool (threadpool.cpp).
+#include <cstdint>
 #include <cstdlib>
 
 #include "common.hpp"

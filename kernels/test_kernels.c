@@ -149,6 +149,36 @@ static void test_csr(int64_t M, int64_t K, double density, int64_t empty_every) 
   free(w);
 }
 
+/* The batched CSR path with columns in descending order within every row (the K-blocked
+ * walk must still use each nonzero exactly once), several K blocks, 1 and 2 threads. */
+static void test_csr_unsorted(int64_t M, int64_t K, int64_t B) {
+  float *w = sparse_dense(M, K, 0.3, 5);
+  csr_t s = to_csr(w, M, K);
+  for (int64_t m = 0; m < M; ++m)
+    for (int32_t a = s.rp[m], b = s.rp[m + 1] - 1; a < b; ++a, --b) {
+      const int32_t c = s.c32[a];
+      const float v = s.v[a];
+      s.c32[a] = s.c32[b], s.v[a] = s.v[b];
+      s.c32[b] = c, s.v[b] = v;
+    }
+  float *x = falloc(B * K), *y = falloc(B * M), *r = falloc(B * M);
+  ref_linear(w, M, K, NULL, 0, x, B, r);
+  for (int threads = 1; threads <= 2; ++threads) {
+    memset(y, 0xff, (size_t)(B * M) * sizeof(float));
+    const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0};
+    expect_ok(sb_csr_linear(&d, x, B, y, threads), "sb_csr_linear");
+    char what[120];
+    snprintf(what, sizeof what, "csr unsorted M=%lld K=%lld B=%lld t%d", (long long)M,
+             (long long)K, (long long)B, threads);
+    compare(what, y, r, B * M);
+  }
+  free(x);
+  free(y);
+  free(r);
+  free_csr(s);
+  free(w);
+}
+
 static void test_bsr(int64_t R, int64_t C, int64_t MB, int64_t KB, double density) {
   const int64_t M = MB * R, K = KB * C;
   float *w = (float *)calloc((size_t)(M * K > 0 ? M * K : 1), sizeof(float));
@@ -435,6 +465,8 @@ int main(void) {
   test_csr(64, 300, 1.0, 0);    /* dense */
   test_csr(40, 2000, 0.01, 0);  /* 99% sparse */
   test_csr(5, 40000, 0.001, 2); /* K > int16 range: int32 only */
+  test_csr_unsorted(37, 1500, 7);
+  test_csr_unsorted(40, 1000, 128);
 
   test_maxpool(1, 64, 112, 112, 3, 3, 2, 2, 1, 1, 0); /* ResNet's stem pool, threaded */
   test_maxpool(2, 3, 7, 9, 3, 3, 2, 2, 1, 1, 1);
