@@ -121,13 +121,20 @@ def table(results: list[dict[str, Any]], threads: list[int], load: tuple[str, st
         cells += [f"{row['cells'][t]['p50']:.3f}" for t in threads]
         cells += [f"{row['cells'][t]['p50'] / row['cells'][base]['p50']:.2f}x" for t in threads[1:]]
         cells += [("-" if row["cells"][t]["degraded"] < 0 else
-                   f"{row['cells'][t]['degraded']} / {row['cells'][t]['calls']} calls")
+                   f"{row['cells'][t]['degraded']} in {row['cells'][t]['calls']} calls")
                   for t in threads[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Load average (1, 5, 15 min) before: {load[0]}; after: {load[1]}. "
                  f"{os.cpu_count()} CPUs.")
     return "\n".join(lines) + "\n"
+
+
+def _knob(text: str) -> tuple[str, int]:
+    key, sep, value = text.partition("=")
+    if not sep or not value.strip().lstrip("-").isdigit():
+        raise ValueError(f"--tuning wants KEY=INTEGER, got {text!r}")
+    return key.strip(), int(value)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -148,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=200, help="calls per round and cell")
     ap.add_argument("--settle", type=float, default=0.5,
                     help="seconds between starting the competitors and timing")
+    ap.add_argument("--tuning", action="append", default=[], metavar="KEY=VALUE",
+                    help="set a kernel knob first, e.g. pool_backoff_us=0 (guard off) or "
+                         "pool_spin_us=20; repeatable")
     ap.add_argument("--markdown", help="write the table to this file (atomically)")
     ap.add_argument("--force", action="store_true", help="overwrite --markdown")
     args = ap.parse_args(argv)
@@ -166,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < args.sparsity < 100 or min(threads) < 1 or min(competitors) < 0:
             raise SparsebenchError("need 0 < sparsity < 100, threads >= 1, competitors >= 0")
         out = check_output_file(args.markdown, args.force, "markdown")
+        knobs = [_knob(k) for k in args.tuning]
+        if knobs:
+            from sparsebench import native
+            for key, value in knobs:
+                native.tuning(key, value)
     except (SparsebenchError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -182,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"t{t} p50 {v['p50']:.3f} p90 {v['p90']:.3f} ms (degraded {v['degraded']})"
                 for t, v in cells.items()), flush=True)
     text = table(results, threads, (load_before, _loadavg()))
+    if knobs:
+        text += "Kernel knobs: " + ", ".join(f"{k}={v}" for k, v in knobs) + ".\n"
     print(text)
     if out is not None:
         atomic_write_text(out, text)
