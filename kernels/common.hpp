@@ -67,6 +67,9 @@ SB_INLINE int64_t chunk_count(int64_t items, int num_threads, int64_t per_thread
 // every chunk has finished. num_threads <= 1 runs inline.
 void run_chunks(int num_threads, int64_t nchunks, void (*fn)(void *, int64_t), void *ctx);
 
+// sb_tuning's "pool_*" keys (threadpool.cpp): false when `key` is not one of them.
+bool pool_tuning(const char *key, int value, int *old);
+
 template <typename F>
 SB_INLINE void parallel_for(int num_threads, int64_t nchunks, F &&body) {
   using Body = typename std::remove_reference<F>::type;

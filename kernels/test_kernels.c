@@ -423,6 +423,79 @@ static void test_maxpool(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh,
   free(r);
 }
 
+/* The straggler guard (threadpool.cpp): a worker delayed inside its chunk
+ * ("pool_test_delay_us") makes the caller wait far longer than its own work, so the guard
+ * engages and the next multi-threaded calls run on the caller alone; results stay exact. No
+ * time is asserted: the calls are repeated until a worker has claimed a chunk, and the
+ * back-off period is set far longer than the test runs. */
+static void test_straggler_guard(void) {
+  const int64_t M = 256, K = 256;
+  float *w = sparse_dense(M, K, 0.3, 7);
+  csr_t s = to_csr(w, M, K);
+  float *x = falloc(K), *y = falloc(M), *first = falloc(M);
+  const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0};
+  expect_ok(sb_csr_linear(&d, x, 1, first, 1), "sb_csr_linear");
+  const int old_backoff = sb_tuning("pool_backoff_us", 60000000); /* 60 s */
+  sb_tuning("pool_test_delay_us", 20000);                        /* 20 ms in rank 1's chunks */
+  const int straggles0 = sb_tuning("pool_straggles", -1);
+  int calls = 0;
+  for (; calls < 500 && sb_tuning("pool_straggles", -1) == straggles0; ++calls) {
+    memset(y, 0, (size_t)M * sizeof(float));
+    expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+    ++checks;
+    if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+  }
+  ++checks;
+  if (sb_tuning("pool_straggles", -1) != straggles0 + 1) {
+    fprintf(stderr, "FAIL straggler guard: no straggle in %d delayed calls\n", calls);
+    ++failures;
+  }
+  /* engaged: the pool is not used, the caller runs every chunk */
+  const int degraded0 = sb_tuning("pool_degraded_jobs", -1), jobs0 = sb_tuning("pool_jobs", -1);
+  for (int i = 0; i < 3; ++i) {
+    memset(y, 0, (size_t)M * sizeof(float));
+    expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+    if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+  }
+  checks += 2;
+  if (sb_tuning("pool_degraded_jobs", -1) != degraded0 + 3 || sb_tuning("pool_jobs", -1) != jobs0) {
+    fprintf(stderr, "FAIL straggler guard: calls did not run degraded\n");
+    ++failures;
+  }
+  /* setting the back-off restarts the guard: the next call uses the pool again */
+  sb_tuning("pool_test_delay_us", 0);
+  sb_tuning("pool_backoff_us", old_backoff);
+  expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+  checks += 2;
+  if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+  if (sb_tuning("pool_jobs", -1) != jobs0 + 1) {
+    fprintf(stderr, "FAIL straggler guard: pool not used after reset\n");
+    ++failures;
+  }
+  /* pool_backoff_us = 0 turns the guard off: delayed chunks never degrade a call */
+  sb_tuning("pool_backoff_us", 0);
+  sb_tuning("pool_test_delay_us", 2000);
+  const int straggles1 = sb_tuning("pool_straggles", -1);
+  const int degraded1 = sb_tuning("pool_degraded_jobs", -1);
+  for (int i = 0; i < 5; ++i) {
+    expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+    if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+  }
+  ++checks;
+  if (sb_tuning("pool_straggles", -1) != straggles1 ||
+      sb_tuning("pool_degraded_jobs", -1) != degraded1) {
+    fprintf(stderr, "FAIL straggler guard: engaged while off\n");
+    ++failures;
+  }
+  sb_tuning("pool_test_delay_us", 0);
+  sb_tuning("pool_backoff_us", old_backoff);
+  free(x);
+  free(y);
+  free(first);
+  free_csr(s);
+  free(w);
+}
+
 int main(void) {
   if (sb_abi_version() != SB_ABI_VERSION) {
     fprintf(stderr, "ABI mismatch\n");
@@ -457,6 +530,7 @@ int main(void) {
   if (sb_csr_linear(&bad_lact, y0, 1, y0, 1) != SB_EINVAL) ++failures;
   if (sb_csr_linear(&csr1, y0, 1, y0, 1) != SB_OK || y0[0] != 0.0f) ++failures;
   if (sb_tuning("no-such-knob", 1) != -1) ++failures;
+  if (sb_tuning("pool_backoff_us", -1) != 10000 || sb_tuning("pool_spin_us", -1) != 50) ++failures;
 
   test_csr(1, 1, 1.0, 0);
   test_csr(3, 5, 0.5, 2);
@@ -510,6 +584,7 @@ int main(void) {
   test_conv_planned(3, 6, 5, 7, 5, 3, 2, 1, 0.5, -1);
 
   test_pool_stress();
+  test_straggler_guard();
 
   if (failures) {
     fprintf(stderr, "%d of %d checks FAILED\n", failures, checks);

@@ -193,8 +193,10 @@ def isa() -> str:
 
 
 def tuning(key: str, value: int = -1) -> int:
-    """Set a benchmark-only kernel knob ("spmv_gather", "transpose_batch", "batch_chunk"; see
-    kernels/README.md) and return its old value; a negative value only queries."""
+    """Set a benchmark-only kernel knob ("spmv_gather", "transpose_batch", "batch_chunk", the
+    thread pool's "pool_backoff_us" / "pool_spin_us"; see kernels/README.md) or reset a counter
+    ("pool_jobs", "pool_degraded_jobs", "pool_straggles", "pool_worker_chunks") and return its
+    old value; a negative value only queries."""
     old = load().sb_tuning(key.encode(), int(value))
     if old < 0:
         raise SparsebenchError(f"unknown kernel tuning key {key!r}")
