@@ -78,16 +78,21 @@ def fold_generated(model: Any, seed: int = 0) -> Any:
     return model
 
 
-def prune_onnx(model: Any, sparsity: float = 0.9) -> Any:
-    """Magnitude-prune every initializer weight (2-D or more) of Conv/Gemm/MatMul in place."""
+def prune_onnx(model: Any, sparsity: float = 0.9, dense_first_conv: bool = False) -> Any:
+    """Magnitude-prune every initializer weight (2-D or more) of Conv/Gemm/MatMul in place
+    (``dense_first_conv``: all but the first Conv, e.g. a ResNet's 7x7 stem)."""
     import numpy as np
     from onnx import numpy_helper
 
     index = {i.name: k for k, i in enumerate(model.graph.initializer)}
+    skip = dense_first_conv
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
             k = index.get(node.input[1])
             if k is None:
+                continue
+            if skip and node.op_type == "Conv":
+                skip = False
                 continue
             w = numpy_helper.to_array(model.graph.initializer[k]).copy()
             if w.ndim < 2 or not np.issubdtype(w.dtype, np.floating):

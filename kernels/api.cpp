@@ -19,11 +19,14 @@ extern "C" const char *sb_isa(void) {
 extern "C" int sb_tuning(const char *key, int value) {
   int *knob = nullptr;
   if (!key) return -1;
+  int pool_old = 0;
+  if (sb::pool_tuning(key, value, &pool_old)) return pool_old;
   if (std::strcmp(key, "spmv_gather") == 0) knob = &sb::g_spmv_gather;
   else if (std::strcmp(key, "transpose_batch") == 0) knob = &sb::g_transpose_batch;
   else if (std::strcmp(key, "batch_chunk") == 0) knob = &sb::g_batch_chunk;
   else if (std::strcmp(key, "linear_chunks") == 0) knob = &sb::g_linear_chunks;
   else if (std::strcmp(key, "linear_min_parallel") == 0) knob = &sb::g_linear_min_parallel;
+  else if (std::strcmp(key, "linear_tile") == 0) knob = &sb::g_linear_tile;
   else if (std::strcmp(key, "conv_layout") == 0) knob = &sb::g_conv_layout;
   else if (std::strcmp(key, "conv_l1_kb") == 0) knob = &sb::g_conv_l1_kb;
   else if (std::strcmp(key, "conv_prefetch") == 0) knob = &sb::g_conv_prefetch;

@@ -24,6 +24,7 @@ extern int g_transpose_batch;
 extern int g_batch_chunk;
 extern int g_linear_chunks;
 extern int g_linear_min_parallel;
+extern int g_linear_tile;
 extern int g_conv_layout;
 extern int g_conv_l1_kb;
 extern int g_conv_prefetch;
@@ -65,6 +66,9 @@ SB_INLINE int64_t chunk_count(int64_t items, int num_threads, int64_t per_thread
 // the caller plus pool workers that claim chunks dynamically (threadpool.cpp). Returns when
 // every chunk has finished. num_threads <= 1 runs inline.
 void run_chunks(int num_threads, int64_t nchunks, void (*fn)(void *, int64_t), void *ctx);
+
+// sb_tuning's "pool_*" keys (threadpool.cpp): false when `key` is not one of them.
+bool pool_tuning(const char *key, int value, int *old);
 
 template <typename F>
 SB_INLINE void parallel_for(int num_threads, int64_t nchunks, F &&body) {

@@ -581,11 +581,13 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   // Measured (kernels/README.md): taps for maps of at most 16 outputs that fill one or two
   // vectors (4x4 at batch 1-2, 2x2 at batch 4-8), shift for tinier ones, kx-copy up to 16
   // wide and for widths that are a multiple of 16 at batch 1 (aligned rows, epilogue straight
-  // into y), shift otherwise.
+  // into y), shift otherwise. A strided 1x1 (ResNet's downsampling shortcut) packs its one
+  // tap (the subsampled map: taps) instead of stride^2 phase copies: 2x faster at 56->28.
   int64_t layout = sb::g_conv_layout;
   if (layout < sb::kShift || layout > sb::kTaps) {
     const int64_t hw = ho * wo;
-    layout = kh * kw == 1 ? sb::kShift
+    const bool strided = w->stride_h > 1 || w->stride_w > 1;
+    layout = kh * kw == 1 ? (strided ? sb::kTaps : sb::kShift)
              : hw <= 16 && n * hw >= 16 && n * hw <= 32 ? sb::kTaps
              : hw <= 4 ? sb::kShift
              : wo <= 16 || (wo % 16 == 0 && n == 1) ? sb::kKxCopy : sb::kShift;

@@ -10,7 +10,9 @@
  *     (max(y, 0)) or SB_ACT_GELU (x/2 (1 + erf(x/sqrt 2)), |error| <= 2e-7).
  *   - 1 <= num_threads <= 255; the kernel runs on that many threads (1 = inline, no
  *     threading): the caller plus num_threads-1 workers of a persistent pool that claim
- *     chunks of work dynamically, so a descheduled worker never stalls the call.
+ *     chunks of work dynamically, so a worker descheduled before claiming never stalls the
+ *     call; after one that stalled it mid-chunk, calls run on the caller alone for a while
+ *     (the straggler guard, kernels/README.md "Threads").
  *   - return 0 on success, an SB_E* code otherwise. Index ranges are NOT checked here
  *     (the Python loader validates them once, at prepare time).
  */
@@ -50,8 +52,18 @@ const char *sb_isa(void);
  *   "conv_prefetch"      conv weight-stream software prefetch distance in nonzeros (0: off)
  *   "linear_chunks"      linear row chunks per thread (default 8)
  *   "linear_min_parallel" work (nnz*batch + 8*rows*batch) below which a linear runs on one thread
+ *   "linear_tile"        1 = batched CSR results go through a 16-row tile (default), 0 = stored
+ *                        per row with stride M (the previous kernel, for A/B runs)
  *   "conv_chunks"        conv output-channel chunks per thread (default 2)
  *   "conv_pack_min"      packed floats below which conv packing is not split across threads
+ *   "pool_backoff_us"    thread pool straggler guard: base back-off period in us (default
+ *                        10000; 0 = guard off); setting it also ends a running back-off
+ *   "pool_spin_us"       us a waiting pool thread (worker or caller) spins before sleeping (50)
+ *   "pool_test_delay_us" tests only: pool worker 1 sleeps this long before each chunk it claims
+ * Counters (value >= 0 resets them): "pool_jobs" multi-threaded jobs the pool ran,
+ *   "pool_degraded_jobs" multi-threaded jobs (a kernel call runs one or more) that the
+ *   straggler guard ran on the caller alone,
+ *   "pool_straggles" times the guard engaged, "pool_worker_chunks" chunks run by workers.
  * Returns the previous value, or -1 for an unknown key (value < 0 only queries). */
 int sb_tuning(const char *key, int value);
 
@@ -128,6 +140,15 @@ void sb_conv2d_plan_free(sb_conv_plan *p);
  * y is N x Cout x yh x yw. */
 int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *p, const float *x,
                   const float *residual, float *y, int num_threads);
+
+/* Max-pool over NCHW maps: y (N x C x Ho x Wo, Ho/Wo from sb_pool_out_size) = max over each
+ * kh x kw window at stride (sh, sw) with pads (ph, pw) read as -inf; pads at most half the
+ * window (torch's rule); ceil_mode 1 rounds the output size up (a window must start inside the
+ * input or the left padding). */
+int64_t sb_pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t ceil_mode);
+int sb_maxpool2d(const float *x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                 int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t ceil_mode,
+                 float *y, int num_threads);
 
 /* ---- transformer blocks (transformer.cpp) ------------------------------------------------ */
 

@@ -114,7 +114,7 @@ static void expect_ok(int rc, const char *what) {
 }
 
 static void test_csr(int64_t M, int64_t K, double density, int64_t empty_every) {
-  static const int64_t batches[] = {1, 2, 5, 8, 17, 64, 70};
+  static const int64_t batches[] = {1, 2, 5, 7, 8, 17, 64, 70, 128};
   float *w = sparse_dense(M, K, density, empty_every);
   csr_t s = to_csr(w, M, K);
   float *bias = falloc(M);
@@ -145,6 +145,36 @@ static void test_csr(int64_t M, int64_t K, double density, int64_t empty_every) 
     free(r);
   }
   free(bias);
+  free_csr(s);
+  free(w);
+}
+
+/* The batched CSR path with columns in descending order within every row (the K-blocked
+ * walk must still use each nonzero exactly once), several K blocks, 1 and 2 threads. */
+static void test_csr_unsorted(int64_t M, int64_t K, int64_t B) {
+  float *w = sparse_dense(M, K, 0.3, 5);
+  csr_t s = to_csr(w, M, K);
+  for (int64_t m = 0; m < M; ++m)
+    for (int32_t a = s.rp[m], b = s.rp[m + 1] - 1; a < b; ++a, --b) {
+      const int32_t c = s.c32[a];
+      const float v = s.v[a];
+      s.c32[a] = s.c32[b], s.v[a] = s.v[b];
+      s.c32[b] = c, s.v[b] = v;
+    }
+  float *x = falloc(B * K), *y = falloc(B * M), *r = falloc(B * M);
+  ref_linear(w, M, K, NULL, 0, x, B, r);
+  for (int threads = 1; threads <= 2; ++threads) {
+    memset(y, 0xff, (size_t)(B * M) * sizeof(float));
+    const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0};
+    expect_ok(sb_csr_linear(&d, x, B, y, threads), "sb_csr_linear");
+    char what[120];
+    snprintf(what, sizeof what, "csr unsorted M=%lld K=%lld B=%lld t%d", (long long)M,
+             (long long)K, (long long)B, threads);
+    compare(what, y, r, B * M);
+  }
+  free(x);
+  free(y);
+  free(r);
   free_csr(s);
   free(w);
 }
@@ -360,6 +390,111 @@ static void test_pool_stress(void) {
   free(w);
 }
 
+/* sb_maxpool2d against a naive max over each window (pads read as -inf). */
+static void test_maxpool(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                         int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t ceil_mode) {
+  const int64_t ho = sb_pool_out_size(H, kh, sh, ph, ceil_mode);
+  const int64_t wo = sb_pool_out_size(W, kw, sw, pw, ceil_mode);
+  float *x = falloc(N * C * H * W), *y = falloc(N * C * ho * wo), *r = falloc(N * C * ho * wo);
+  for (int64_t p = 0; p < N * C; ++p)
+    for (int64_t oy = 0; oy < ho; ++oy)
+      for (int64_t ox = 0; ox < wo; ++ox) {
+        float m = -INFINITY;
+        for (int64_t ky = 0; ky < kh; ++ky)
+          for (int64_t kx = 0; kx < kw; ++kx) {
+            const int64_t iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
+            if (iy >= 0 && iy < H && ix >= 0 && ix < W && x[(p * H + iy) * W + ix] > m)
+              m = x[(p * H + iy) * W + ix];
+          }
+        r[(p * ho + oy) * wo + ox] = m;
+      }
+  for (int threads = 1; threads <= 2; ++threads) {
+    memset(y, 0xff, (size_t)(N * C * ho * wo) * sizeof(float));
+    expect_ok(sb_maxpool2d(x, N, C, H, W, kh, kw, sh, sw, ph, pw, ceil_mode, y, threads),
+              "sb_maxpool2d");
+    char what[160];
+    snprintf(what, sizeof what, "maxpool %lldx%lld s%lld p%lld ceil=%lld on %lldx%lldx%lldx%lld t%d",
+             (long long)kh, (long long)kw, (long long)sh, (long long)ph, (long long)ceil_mode,
+             (long long)N, (long long)C, (long long)H, (long long)W, threads);
+    compare(what, y, r, N * C * ho * wo);
+  }
+  free(x);
+  free(y);
+  free(r);
+}
+
+/* The straggler guard (threadpool.cpp): a worker delayed inside its chunk
+ * ("pool_test_delay_us") makes the caller wait far longer than its own work, so the guard
+ * engages and the next multi-threaded calls run on the caller alone; results stay exact. No
+ * time is asserted: the calls are repeated until a worker has claimed a chunk, and the
+ * back-off period is set far longer than the test runs. */
+static void test_straggler_guard(void) {
+  const int64_t M = 256, K = 256;
+  float *w = sparse_dense(M, K, 0.3, 7);
+  csr_t s = to_csr(w, M, K);
+  float *x = falloc(K), *y = falloc(M), *first = falloc(M);
+  const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0};
+  expect_ok(sb_csr_linear(&d, x, 1, first, 1), "sb_csr_linear");
+  const int old_backoff = sb_tuning("pool_backoff_us", 60000000); /* 60 s */
+  sb_tuning("pool_test_delay_us", 20000);                        /* 20 ms in rank 1's chunks */
+  const int straggles0 = sb_tuning("pool_straggles", -1);
+  int calls = 0;
+  for (; calls < 500 && sb_tuning("pool_straggles", -1) == straggles0; ++calls) {
+    memset(y, 0, (size_t)M * sizeof(float));
+    expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+    ++checks;
+    if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+  }
+  ++checks;
+  if (sb_tuning("pool_straggles", -1) != straggles0 + 1) {
+    fprintf(stderr, "FAIL straggler guard: no straggle in %d delayed calls\n", calls);
+    ++failures;
+  }
+  /* engaged: the pool is not used, the caller runs every chunk */
+  const int degraded0 = sb_tuning("pool_degraded_jobs", -1), jobs0 = sb_tuning("pool_jobs", -1);
+  for (int i = 0; i < 3; ++i) {
+    memset(y, 0, (size_t)M * sizeof(float));
+    expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+    if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+  }
+  checks += 2;
+  if (sb_tuning("pool_degraded_jobs", -1) != degraded0 + 3 || sb_tuning("pool_jobs", -1) != jobs0) {
+    fprintf(stderr, "FAIL straggler guard: calls did not run degraded\n");
+    ++failures;
+  }
+  /* setting the back-off restarts the guard: the next call uses the pool again */
+  sb_tuning("pool_test_delay_us", 0);
+  sb_tuning("pool_backoff_us", old_backoff);
+  expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+  checks += 2;
+  if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+  if (sb_tuning("pool_jobs", -1) != jobs0 + 1) {
+    fprintf(stderr, "FAIL straggler guard: pool not used after reset\n");
+    ++failures;
+  }
+  /* pool_backoff_us = 0 turns the guard off: delayed chunks never degrade a call */
+  sb_tuning("pool_backoff_us", 0);
+  sb_tuning("pool_test_delay_us", 2000);
+  const int straggles1 = sb_tuning("pool_straggles", -1);
+  const int degraded1 = sb_tuning("pool_degraded_jobs", -1);
+  for (int i = 0; i < 5; ++i) {
+    expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+    if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+  }
+  ++checks;
+  if (sb_tuning("pool_straggles", -1) != straggles1 ||
+      sb_tuning("pool_degraded_jobs", -1) != degraded1) {
+    fprintf(stderr, "FAIL straggler guard: engaged while off\n");
+    ++failures;
+  }
+  sb_tuning("pool_test_delay_us", 0);
+  sb_tuning("pool_backoff_us", old_backoff);
+  free(x);
+  free(y);
+  free(first);
+  free_csr(s);
+  free(w);
+}
 
 /* ---- transformer blocks ---- */
 
@@ -534,6 +669,7 @@ int main(void) {
   if (sb_csr_linear(&bad_lact, y0, 1, y0, 1) != SB_EINVAL) ++failures;
   if (sb_csr_linear(&csr1, y0, 1, y0, 1) != SB_OK || y0[0] != 0.0f) ++failures;
   if (sb_tuning("no-such-knob", 1) != -1) ++failures;
+  if (sb_tuning("pool_backoff_us", -1) != 10000 || sb_tuning("pool_spin_us", -1) != 50) ++failures;
 
   test_csr(1, 1, 1.0, 0);
   test_csr(3, 5, 0.5, 2);
@@ -542,6 +678,17 @@ int main(void) {
   test_csr(64, 300, 1.0, 0);    /* dense */
   test_csr(40, 2000, 0.01, 0);  /* 99% sparse */
   test_csr(5, 40000, 0.001, 2); /* K > int16 range: int32 only */
+  test_csr_unsorted(37, 1500, 7);
+  test_csr_unsorted(40, 1000, 128);
+
+  test_maxpool(1, 64, 112, 112, 3, 3, 2, 2, 1, 1, 0); /* ResNet's stem pool, threaded */
+  test_maxpool(2, 3, 7, 9, 3, 3, 2, 2, 1, 1, 1);
+  test_maxpool(1, 5, 8, 8, 2, 2, 2, 2, 0, 0, 0);
+  test_maxpool(1, 4, 5, 6, 3, 2, 1, 2, 1, 0, 1);
+  test_maxpool(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0);
+  if (sb_maxpool2d(y0, 1, 1, 2, 2, 2, 2, 1, 1, 2, 0, 0, y0, 1) != SB_EINVAL) ++failures;
+  if (sb_maxpool2d(y0, 1, 1, 2, 2, 2, 2, 1, 1, 0, 0, 0, y0, 0) != SB_ETHREADS) ++failures;
+  if (sb_pool_out_size(112, 3, 2, 1, 0) != 56 || sb_pool_out_size(7, 3, 2, 1, 1) != 4) ++failures;
 
   test_bsr(1, 4, 9, 7, 0.4);
   test_bsr(4, 4, 5, 6, 0.5);
@@ -576,6 +723,7 @@ int main(void) {
   test_conv_planned(3, 6, 5, 7, 5, 3, 2, 1, 0.5, -1);
 
   test_pool_stress();
+  test_straggler_guard();
   test_transformer();
 
   if (failures) {

@@ -1,4 +1,4 @@
-// A small persistent thread pool with dynamic chunk claiming.
+// A small persistent thread pool with dynamic chunk claiming and a straggler guard.
 //
 // Why not OpenMP: a fork-join region returns only when every team thread has reached the
 // closing barrier. On a shared, oversubscribed machine one descheduled worker then costs a
@@ -12,11 +12,34 @@
 // run a chunk of a job that has finished. The job's fn/ctx are read only after a successful
 // claim, and the job cannot complete (so the caller cannot overwrite them) until that chunk
 // is reported done.
+//
+// What dynamic claiming cannot fix is a worker descheduled *in the middle of* a chunk: the
+// caller must wait for it, up to a scheduler slice. Two things bound that cost:
+//  - nobody spins long: workers spin ~pool_spin_us after a job, then sleep on a condition
+//    variable; the caller spins as long waiting for the last chunks, then sleeps on a futex
+//    that the thread finishing the last chunk wakes. A spinning thread on a busy machine burns
+//    its scheduler share and gets preempted later, mid-chunk; and when the straggler shares
+//    the caller's CPU, a sleeping caller hands it the CPU at once.
+//  - the straggler guard: when the caller waited for workers' chunks more than twice its own
+//    working time and more than kStraggleMinNs, the machine is oversubscribed; the following
+//    jobs run on the caller alone (same chunks, so the same results, at 1-thread speed) for a
+//    back-off period, then threads are tried again. The period starts at pool_backoff_us,
+//    doubles on each straggle up to max(1 s, base), and halves after a clean stretch as long
+//    as itself.
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -24,10 +47,26 @@
 #include "common.hpp"
 
 namespace sb {
+
 namespace {
+
+// Knobs and counters of sb_tuning's "pool_*" keys; atomics because workers read them.
+std::atomic<int> g_backoff_us{10000};   // straggler guard base period; 0 disables the guard
+std::atomic<int> g_spin_us{50};         // spinning before a waiting thread sleeps
+std::atomic<int> g_test_delay_us{0};    // tests only: worker rank 1 sleeps before each chunk
+std::atomic<int> g_jobs{0};             // multi-threaded jobs run by the pool
+std::atomic<int> g_degraded_jobs{0};    // jobs the guard ran on the caller alone
+std::atomic<int> g_straggles{0};        // jobs after which the guard engaged
+std::atomic<int> g_worker_chunks{0};    // chunks run by workers (the rest: by callers)
+// Until when (CLOCK_MONOTONIC ns) jobs run on the caller alone; 0: not degraded.
+std::atomic<int64_t> g_degraded_until{0};
+
+SB_INLINE int knob(const std::atomic<int> &k) { return k.load(std::memory_order_relaxed); }
 
 constexpr uint64_t kNextBits = 16, kChunkBits = 16, kThreadBits = 8;
 constexpr uint64_t kMask16 = 0xffff;
+constexpr int64_t kStraggleMinNs = 50000;      // waits shorter than this are never straggles
+constexpr int64_t kMaxBackoffNs = 1000000000;  // back-off cap (unless the base is larger)
 
 SB_INLINE uint64_t pack(uint64_t gen, uint64_t threads, uint64_t nchunks, uint64_t next) {
   return (gen << (kNextBits + kChunkBits + kThreadBits)) | (threads << (kNextBits + kChunkBits)) |
@@ -44,16 +83,48 @@ SB_INLINE void cpu_relax() {
 #endif
 }
 
+SB_INLINE int64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+// Sleep while *word == expected (spurious returns are fine: callers re-check); wake sleepers.
+void futex_wait(std::atomic<int32_t> *word, int32_t expected) {
+#if defined(__linux__)
+  syscall(SYS_futex, reinterpret_cast<int32_t *>(word), FUTEX_WAIT_PRIVATE, expected, nullptr,
+          nullptr, 0);
+#else
+  (void)word, (void)expected;
+  sched_yield();
+#endif
+}
+void futex_wake(std::atomic<int32_t> *word) {
+#if defined(__linux__)
+  syscall(SYS_futex, reinterpret_cast<int32_t *>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+          nullptr, 0);
+#else
+  (void)word;
+#endif
+}
+
+SB_INLINE void bump(std::atomic<int> &c, int by = 1) {
+  if (c.load(std::memory_order_relaxed) <= INT_MAX - by) c.fetch_add(by, std::memory_order_relaxed);
+}
+
 struct Pool {
   std::mutex call_mu;  // one job at a time
   std::mutex sleep_mu;
   std::condition_variable wake;
   std::atomic<uint64_t> state{0};
-  std::atomic<int64_t> done{0};
+  std::atomic<int32_t> done{0};    // chunks of the current job finished (futex word)
+  std::atomic<int32_t> caller_waiting{0};
   std::atomic<int> sleepers{0};
   int nworkers = 0;
   void (*fn)(void *, int64_t) = nullptr;  // valid while a chunk of the current job is claimed
   void *ctx = nullptr;
+  // straggler guard state, under call_mu (the verdict: g_degraded_until)
+  int64_t backoff_ns = 0, last_event_ns = 0, guard_base_ns = -1;
 
   // Claim and run chunks of the job in `s` (as thread `rank`); false when none are left.
   bool work(uint64_t s, int rank) {
@@ -61,8 +132,12 @@ struct Pool {
       if ((uint64_t)rank >= threads_of(s) || next_of(s) >= nchunks_of(s)) return false;
       if (state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
                                       std::memory_order_acquire)) {
+        if (rank == 1 && knob(g_test_delay_us) > 0) usleep((useconds_t)knob(g_test_delay_us));
         fn(ctx, (int64_t)next_of(s));
-        done.fetch_add(1, std::memory_order_acq_rel);
+        const int32_t finished = done.fetch_add(1, std::memory_order_seq_cst) + 1;
+        if (finished == (int32_t)nchunks_of(s) && rank != 0 &&
+            caller_waiting.load(std::memory_order_seq_cst))
+          futex_wake(&done);
         return true;
       }
       // s now holds the current state; give up if the job changed under us
@@ -74,15 +149,24 @@ struct Pool {
     for (;;) {
       uint64_t s = state.load(std::memory_order_acquire);
       if (gen_of(s) != seen_gen) {
-        while (work(s, rank)) s = state.load(std::memory_order_acquire);
+        int ran = 0;
+        while (work(s, rank)) {
+          ++ran;
+          s = state.load(std::memory_order_acquire);
+        }
+        if (ran) bump(g_worker_chunks, ran);
         seen_gen = gen_of(s);
         continue;
       }
       // Spin briefly (back-to-back kernel calls), then sleep until a new job is published.
       bool changed = false;
-      for (int i = 0; i < 4000 && !changed; ++i) {
-        cpu_relax();
-        changed = gen_of(state.load(std::memory_order_acquire)) != seen_gen;
+      const int64_t spin_ns = (int64_t)knob(g_spin_us) * 1000;
+      for (int64_t t0 = now_ns(); !changed;) {
+        for (int i = 0; i < 64 && !changed; ++i) {
+          cpu_relax();
+          changed = gen_of(state.load(std::memory_order_acquire)) != seen_gen;
+        }
+        if (now_ns() - t0 >= spin_ns) break;
       }
       if (changed) continue;
       std::unique_lock<std::mutex> lk(sleep_mu);
@@ -104,6 +188,42 @@ struct Pool {
     }
   }
 
+  // Wait until all `nchunks` chunks are done: spin ~pool_spin_us, then sleep on the futex.
+  void wait_done(int32_t nchunks) {
+    const int64_t spin_ns = (int64_t)knob(g_spin_us) * 1000;
+    for (int64_t t0 = now_ns();;) {
+      for (int i = 0; i < 64; ++i) {
+        if (done.load(std::memory_order_acquire) >= nchunks) return;
+        cpu_relax();
+      }
+      if (now_ns() - t0 >= spin_ns) break;
+    }
+    caller_waiting.store(1, std::memory_order_seq_cst);
+    for (int32_t d; (d = done.load(std::memory_order_seq_cst)) < nchunks;) futex_wait(&done, d);
+    caller_waiting.store(0, std::memory_order_relaxed);
+  }
+
+  // The guard's verdict on a finished job: own = the caller's time claiming and running
+  // chunks, waited = its time waiting for chunks held by workers afterwards.
+  void judge(int64_t own, int64_t waited, int64_t now) {
+    const int64_t base = (int64_t)knob(g_backoff_us) * 1000;
+    if (base != guard_base_ns) {  // (re)configured: start afresh
+      guard_base_ns = base;
+      backoff_ns = base;
+      last_event_ns = now;
+    }
+    if (base <= 0) return;
+    if (waited > kStraggleMinNs && waited > 2 * own) {
+      g_degraded_until.store(now + backoff_ns, std::memory_order_relaxed);
+      backoff_ns = std::min(2 * backoff_ns, std::max(kMaxBackoffNs, base));
+      last_event_ns = now;
+      bump(g_straggles);
+    } else if (now - last_event_ns > backoff_ns) {  // a clean stretch as long as the period
+      backoff_ns = std::max(base, backoff_ns / 2);
+      last_event_ns = now;
+    }
+  }
+
   void run(int threads, int64_t nchunks, void (*f)(void *, int64_t), void *c) {
     std::lock_guard<std::mutex> guard(call_mu);
     grow(threads - 1);
@@ -112,6 +232,7 @@ struct Pool {
     done.store(0, std::memory_order_relaxed);
     const uint64_t gen = (gen_of(state.load(std::memory_order_relaxed)) + 1) & 0xffffff;
     uint64_t s = pack(gen == 0 ? 1 : gen, (uint64_t)threads, (uint64_t)nchunks, 0);
+    const int64_t t0 = now_ns();
     state.store(s, std::memory_order_seq_cst);  // publishes fn/ctx
     if (sleepers.load(std::memory_order_seq_cst) > 0) {
       { std::lock_guard<std::mutex> lk(sleep_mu); }
@@ -119,12 +240,19 @@ struct Pool {
     }
     while (work(s, 0)) s = state.load(std::memory_order_acquire);
     // Wait for chunks still running on workers (never for workers that claimed nothing).
-    for (int spins = 0; done.load(std::memory_order_acquire) < nchunks; ++spins) {
-      if (spins < 20000) cpu_relax();
-      else sched_yield();
-    }
+    const int64_t t1 = now_ns();
+    if (done.load(std::memory_order_acquire) < (int32_t)nchunks) wait_done((int32_t)nchunks);
+    const int64_t t2 = now_ns();
+    bump(g_jobs);
+    judge(t1 - t0, t2 - t1, t2);
   }
 };
+
+// True while the straggler guard keeps multi-threaded jobs on the caller alone.
+bool degraded() {
+  const int64_t until = g_degraded_until.load(std::memory_order_relaxed);
+  return until != 0 && now_ns() < until;
+}
 
 Pool *g_pool = nullptr;  // never destroyed: detached workers may still wait on it at exit
 std::once_flag g_pool_once;
@@ -142,11 +270,31 @@ Pool &pool() {
 }  // namespace
 
 void run_chunks(int num_threads, int64_t nchunks, void (*fn)(void *, int64_t), void *ctx) {
-  if (num_threads <= 1 || nchunks <= 1) {
-    for (int64_t i = 0; i < nchunks; ++i) fn(ctx, i);
-    return;
+  if (num_threads > 1 && nchunks > 1) {
+    if (!degraded()) return pool().run(num_threads, nchunks, fn, ctx);
+    bump(g_degraded_jobs);
   }
-  pool().run(num_threads, nchunks, fn, ctx);
+  for (int64_t i = 0; i < nchunks; ++i) fn(ctx, i);
+}
+
+bool pool_tuning(const char *key, int value, int *old) {
+  static const struct {
+    const char *name;
+    std::atomic<int> *value;
+  } keys[] = {{"pool_backoff_us", &g_backoff_us},   {"pool_spin_us", &g_spin_us},
+              {"pool_test_delay_us", &g_test_delay_us}, {"pool_jobs", &g_jobs},
+              {"pool_degraded_jobs", &g_degraded_jobs}, {"pool_straggles", &g_straggles},
+              {"pool_worker_chunks", &g_worker_chunks}};
+  for (const auto &k : keys) {
+    if (std::strcmp(key, k.name) != 0) continue;
+    *old = k.value->load(std::memory_order_relaxed);
+    if (value >= 0) {
+      k.value->store(value, std::memory_order_relaxed);
+      if (k.value == &g_backoff_us) g_degraded_until.store(0);  // the guard starts afresh
+    }
+    return true;
+  }
+  return false;
 }
 
 }  // namespace sb

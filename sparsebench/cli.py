@@ -426,7 +426,7 @@ def _measure(args: argparse.Namespace) -> int:
     args.inputs = parse_input_flags(args.input)
     cfg = MeasureConfig(
         models=paths, formats=split_list(args.formats), backends=split_list(args.backends)
-        or BACKENDS.names(), batches=args.batch, threads=args.threads,
+        or BACKENDS.names(), batches=args.batch, threads=args.threads, streams=args.streams,
         timing=timing_from_args(args),
         data=None if args.data in ("auto", "none") else args.data, data_dir=args.data_dir,
         data_limit=args.data_limit, per_layer=args.per_layer, arch=args.arch,
@@ -435,7 +435,10 @@ def _measure(args: argparse.Namespace) -> int:
         index_dtype=args.index_dtype, seed=args.seed, timeout=args.timeout,
         max_memory=parse_size(args.max_memory), inject_slowdown=args.inject_slowdown)
     cfg.validate()
-    warn_threads(cfg.threads)
+    if args.ab and cfg.streams > 1:
+        raise SparsebenchError("--streams does not combine with --ab (A/B alternates one "
+                               "caller per side)")
+    warn_threads(cfg.threads, cfg.streams)
     html = html_output(args)
     ab = None
     if args.ab:
@@ -540,6 +543,10 @@ def _measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=ints, default="1", help="batch sizes, e.g. 1,8,32 (default 1)")
     p.add_argument("--threads", type=ints, default="1",
                    help="thread counts, e.g. 1,2 (default 1)")
+    p.add_argument("--streams", type=int, default=1, metavar="N", help="throughput mode: each "
+                   "execution also runs as N concurrent streams (processes, each with its own "
+                   "copy and --threads threads) and reports items/s and the p50 under that load "
+                   "(default 1: latency only)")
     p.add_argument("--json", metavar="OUT", help="write the results (rows, raw samples, machine) "
                    "to this JSON file, updated after every row; an existing results file needs "
                    "--append or --force")

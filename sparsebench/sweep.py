@@ -334,7 +334,7 @@ def tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
         ("speedup over ONNX Runtime dense (same sparsity, batch, threads)", head, spd),
         ("crossover: lowest sparsity from which it beats ONNX Runtime dense",
          ["execution", "batch", "threads", "crossover", "first faster", "best speedup"], cross),
-        ("roofline of the native kernels" + (
+        ("roofline (GB/s: the native plan's bytes, else weights + input/output)" + (
             f" (copy {roof['copy_gbps']:.1f} GB/s; dense GEMM "
             + ", ".join(f"{v:.0f} GFLOP/s at {t} thread(s)"
                         for t, v in roof["gemm_gflops"].items()) + ")" if roof else ""),

@@ -171,13 +171,18 @@ def ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
-def warn_threads(threads: Sequence[int]) -> None:
-    """A warning on stderr when a thread count exceeds the cores of this machine."""
+def warn_threads(threads: Sequence[int], streams: int = 1) -> None:
+    """A warning on stderr (one line) when a thread count, or ``streams`` x the largest thread
+    count, exceeds the cores of this machine."""
     import os
 
     cores = os.cpu_count() or 1
     over = sorted({t for t in threads if t > cores})
-    if over:
+    if streams > 1 and streams * max(threads) > cores:
+        print(f"sparsebench: warning: --streams {streams} x --threads {max(threads)} = "
+              f"{streams * max(threads)} threads is more than the {cores} cores of this "
+              "machine: the streams will compete for them", file=sys.stderr)
+    elif over:
         print(f"sparsebench: warning: --threads {','.join(map(str, over))} is more than the "
               f"{cores} cores of this machine: the threads will compete for them",
               file=sys.stderr)

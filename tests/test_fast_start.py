@@ -29,7 +29,8 @@ print(json.dumps({"codes": codes, "heavy": heavy}))
 """
 
 # one-line errors that must not cost a torch import: argparse errors and name checks
-ERRORS = [["measure", "--batch", "x"], ["measure", "--formats", "nope"],
+ERRORS = [["measure", "--batch", "x"], ["measure", "--streams", "x"],
+          ["measure", "--streams", "0"], ["measure", "--formats", "nope"],
           ["measure", "--backends", "nope"], ["train"], ["train", "--arch", "nope"],
           ["train", "--arch", "lenet5", "--method", "nope"], ["sweep"],
           ["sweep", "--arch", "nope"], ["compare"], ["nope"], ["claims", "--executor", "x"]]

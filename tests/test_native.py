@@ -425,3 +425,36 @@ def test_build_dir_honours_env_and_build_is_cached(monkeypatch, tmp_path) -> Non
     assert native.build_dir().parent == tmp_path
     assert native.build_dir().name == default.name  # same sources, flags and compiler
     assert native.isa() in ("avx512", "avx2", "scalar")
+
+
+def test_straggler_guard_runs_delayed_jobs_on_the_caller() -> None:
+    """A worker delayed inside its chunk (test knob) engages the pool's straggler guard: the
+    following 2-thread calls run on the caller alone, with the same results; resetting the
+    back-off (or setting it to 0) brings the pool back."""
+    rng = np.random.default_rng(13)
+    w = sparse_weight(rng, (300, 400), 0.7)
+    x = rng.standard_normal(400).astype(np.float32)
+    op = native.CSRLinear.from_dense(w, threads=2)
+    want = native.CSRLinear.from_dense(w, threads=1).run(x)
+    assert_close(want, linear_ref(x[None], w, None, False)[0])
+    old_backoff = native.tuning("pool_backoff_us", 60_000_000)  # far longer than the test
+    old_delay = native.tuning("pool_test_delay_us", 20_000)
+    try:
+        straggles = native.tuning("pool_straggles")
+        for _ in range(500):  # until a worker has claimed (and been delayed in) a chunk
+            np.testing.assert_array_equal(op.run(x), want)
+            if native.tuning("pool_straggles") > straggles:
+                break
+        assert native.tuning("pool_straggles") == straggles + 1
+        degraded, jobs = native.tuning("pool_degraded_jobs"), native.tuning("pool_jobs")
+        for _ in range(3):
+            np.testing.assert_array_equal(op.run(x), want)
+        assert native.tuning("pool_degraded_jobs") == degraded + 3
+        assert native.tuning("pool_jobs") == jobs
+        native.tuning("pool_test_delay_us", 0)
+        native.tuning("pool_backoff_us", old_backoff)
+        np.testing.assert_array_equal(op.run(x), want)
+        assert native.tuning("pool_jobs") == jobs + 1
+    finally:
+        native.tuning("pool_test_delay_us", old_delay)
+        native.tuning("pool_backoff_us", old_backoff)

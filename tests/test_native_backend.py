@@ -345,3 +345,107 @@ def test_global_average_pool_variants_fuse_into_the_conv() -> None:
             assert rel_err(prepared.run(x), m(x)) <= 1e-4
         steps = time_steps(*prepared.steps(x), calls=2)
         assert list(steps) == ["conv+relu+avgpool", "fc"] and all(v > 0 for v in steps.values())
+
+
+class _Bottleneck(nn.Module):
+    """ResNet-50's shapes in small: stem conv + 3x3/s2/p1 max-pool, a block with a strided
+    1x1 shortcut, a residual add, a global average pool spelled as a full-map AveragePool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 7, 2, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.body = nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.Conv2d(4, 4, 3, 2, 1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.Conv2d(4, 16, 1), nn.BatchNorm2d(16))
+        self.short = nn.Sequential(nn.Conv2d(8, 16, 1, 2), nn.BatchNorm2d(16))
+        self.pool = nn.AvgPool2d(4)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(self.body(x) + self.short(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@needs_kernels
+def test_onnx_resnet_blocks_run_natively_with_sum_and_pools() -> None:
+    """The ONNX model zoo's ResNet-50 adds with Sum, pools with MaxPool(3, 2, pad 1) and a
+    full-map AveragePool, and keeps BatchNormalization nodes: all of it on the plan (before:
+    folding broke the graph and the model ran as swapped modules, the pool in torch)."""
+    import onnx
+
+    from sparsebench.backends import get_backend
+    from sparsebench.backends.onnxrt import export_onnx
+    from sparsebench.graph.onnx_torch import to_torch
+
+    m = randomize_bn(_Bottleneck().eval())
+    magnitude_prune(m, 0.6)
+    proto = onnx.load_from_string(export_onnx(m, (3, 32, 32)))
+    for node in proto.graph.node:
+        if node.op_type == "Add":
+            node.op_type = "Sum"
+    assert {"Sum", "MaxPool", "AveragePool"} <= {n.op_type for n in proto.graph.node}
+    imported = to_torch(proto)
+    imported.input_shape = (3, 32, 32)
+    for threads in (1, 2):
+        prepared = get_backend("native").prepare(convert(imported, "csr"), threads=threads,
+                                                 batch=2)
+        assert "swapped" not in prepared.impl and "torch(" not in prepared.impl, prepared.impl
+        x = torch.randn(2, 3, 32, 32)
+        names = prepared.steps(x)[0]
+        assert "maxpool" in names and any(n.endswith("+residual+relu+avgpool") for n in names)
+        with torch.no_grad():
+            assert rel_err(prepared.run(x), m(x)) <= 1e-4
+
+
+@needs_kernels
+@pytest.mark.parametrize("kernel,stride,padding,ceil", [(3, 2, 1, False), (3, 2, 1, True),
+                                                        (2, 2, 0, False), ((3, 2), (1, 2),
+                                                                           (1, 0), True)])
+def test_native_maxpool_matches_torch(kernel: object, stride: object, padding: object,
+                                      ceil: bool) -> None:
+    x = torch.randn(2, 3, 9, 11)
+    want = torch.nn.functional.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil)
+    y = np.empty(tuple(want.shape), np.float32)
+    native.MaxPool2d(x.numpy(), y, kernel, stride, padding, ceil, threads=2).run()
+    assert np.array_equal(y, want.numpy())
+
+
+@needs_kernels
+def test_native_maxpool_refuses_bad_shapes() -> None:
+    from sparsebench.errors import SparsebenchError
+
+    x = np.zeros((1, 2, 8, 8), np.float32)
+    with pytest.raises(SparsebenchError, match="output must be"):
+        native.MaxPool2d(x, np.zeros((1, 2, 3, 3), np.float32), 3, 2, 1)
+    with pytest.raises(SparsebenchError, match="exceeds half the window"):
+        native.MaxPool2d(x, np.zeros((1, 2, 4, 4), np.float32), 2, 2, 2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch,density,dense", [(1, 0.1, False), (1, 0.6, False),
+                                                 (1, 1.0, True), (32, 0.3, False),
+                                                 (32, 0.6, True), (2, 1.0, "small")])
+def test_dense_enough_linears_run_on_torch_gemm(batch: int, density: float,
+                                                dense: bool | str) -> None:
+    """csr/native: a Linear denser than the break-even (DENSE_WINS) and big enough
+    (DENSE_MIN_MACS) runs on torch's GEMM and the impl says so; sparse or small ones stay on
+    the kernel; the output matches either way."""
+    from sparsebench.backends import get_backend
+
+    torch.manual_seed(0)
+    width = 16 if dense == "small" else 2048  # 2048 x 2048: DENSE_MIN_MACS at batch 1
+    m = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 8)).eval()
+    dense = dense is True
+    with torch.no_grad():
+        for layer in (m[0], m[2]):
+            layer.weight.mul_((torch.rand_like(layer.weight) < density).float())
+    m.input_shape = (width,)
+    prepared = get_backend("native").prepare(convert(m, "csr"), batch=batch)
+    assert ("nonzero)" in prepared.impl) is dense, prepared.impl
+    x = torch.randn(batch, width)
+    with torch.no_grad():
+        assert rel_err(prepared.run(x), m(x)) <= 1e-5
+    structured = get_backend("native").prepare(convert(m, "structured"), batch=batch)
+    assert "nonzero)" not in structured.impl  # a structured model asked for its compaction

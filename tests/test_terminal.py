@@ -43,22 +43,29 @@ def _doc() -> dict:
                             "dense": {"features.0": "3 input channels: nothing to remove",
                                       "classifier.6": "the output layer is kept whole"}}),
         _ok(LONG_MODEL, "csr", "torch-sparse", 99999.125, 2047 * 1024 ** 2, 77 * 1024 ** 2,
-            1.26e-6, warnings=["non-finite weights in classifier.0"]),
+            1.26e-6, warnings=["non-finite weights in classifier.0"], streams=4,
+            throughput_items_s=1.234, stream_p50_ms=123456.789, achieved_gflops=0.0123,
+            roofline_flop_frac=0.000123, achieved_gbps=1.5, traffic_source="weights+io",
+            roofline_bw_frac=0.0625),
         skipped_row(LONG_MODEL, "bsr-8x8", "native", 32, 2, LONG_REASON),
         _ok("lenet5", "csr", "native", 0.0213, 15 * 1024 ** 2, 100 * 1024, 2.4e-7,
-            noise="load average 11.8 > 2 cores"),
+            noise="load average 11.8 > 2 cores", streams=4, throughput_items_s=987654.321,
+            stream_p50_ms=0.0456, achieved_gflops=48.25, roofline_flop_frac=0.4825,
+            achieved_gbps=12.5, traffic_source="plan", roofline_bw_frac=0.625),
     ]
     rows.append(_ok("lenet5", "dense", "torch", 0.1524, 14 * 1024 ** 2, 241 * 1024, 0.0))
     models = {m: {"kind": "checkpoint", "method": "prune-l", "sparsity": 0.726,
                   "formats": {"dense": {"weight_bytes": 512 * 1024 ** 2},
                               "csr": {"weight_bytes": 77 * 1024 ** 2}}}
               for m in (LONG_MODEL, "lenet5")}
-    return {"rows": rows, "models": models}
+    return {"rows": rows, "models": models,
+            "roofline": {"copy_gbps": 20.0, "gemm_gflops": {"2": 100.0}}}
 
 
 NUMBERS = ("12345.678", "4321.500", "99999.125", "987.00 MiB", "1.21 GiB", "2.00 GiB",
            "512.00 MiB", "98.00 MiB", "77.00 MiB", "3.4e-07", "1.3e-06", "0.021", "0.152",
-           "0.12x", "2.86x", "11/13", "100.0 KiB", "241.0 KiB")
+           "0.12x", "2.86x", "11/13", "100.0 KiB", "241.0 KiB",
+           "987654", "0.046", "123456.789", "1.23")  # the last four: the throughput table
 
 
 def _render(width: int, wide: bool = False) -> str:
@@ -84,7 +91,9 @@ def test_measure_tables_fit_and_keep_every_number_whole(width):
 def test_wide_table_has_the_detail():
     text = _render(80, wide=True)
     for detail in ("bsr-8x8", LONG_REASON, "csr-impl-with-a-long-name-avx512", "p99 ms",
-                   "features.0: 3 input channels: nothing to remove", "noisy: load average"):
+                   "features.0: 3 input channels: nothing to remove", "noisy: load average",
+                   "items/s", "of GEMM peak", "48.2", "48.2%", "12.5 plan", "1.5 w+io",
+                   "62.5%", "ceilings: copy 20.0 GB/s"):
         assert detail in text, detail
 
 

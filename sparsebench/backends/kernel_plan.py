@@ -44,6 +44,13 @@ from sparsebench.formats.fold import fold_batchnorm
 from sparsebench.model_io import make_inputs
 
 _ACTS = ("relu", "gelu")
+# Nonzero fraction of a CSR Linear above which torch's dense GEMM (MKL) beats the CSR kernel:
+# the batched kernel reaches ~40% of the SGEMM rate, so at 16+ rows (tokens x batch) a layer
+# denser than 0.45 runs dense; below 16 rows both are bound by streaming the weight (CSR int16:
+# 6 bytes per nonzero, dense 4 per weight), so the break-even is ~0.65. Layers under
+# DENSE_MIN_MACS (rows x weights) stay on the kernel: torch's ~10 us call overhead dominates.
+DENSE_WINS = {"batched": 0.45, "vector": 0.65}
+DENSE_MIN_MACS = 1 << 22
 _GLOBAL_AVG = -1  # _Step.pool: a fused global average pool
 # what a torch step of these kinds is called in the impl (other nodes: what they came from)
 _KIND_LABELS = {"global_avgpool": "gap", "relu": "relu", "gelu": "gelu", "maxpool": "maxpool",
@@ -52,7 +59,7 @@ _KIND_LABELS = {"global_avgpool": "gap", "relu": "relu", "gelu": "gelu", "maxpoo
 
 @dataclass
 class _Step:
-    kind: str                          # "linear" | "conv" | "view" | "torch"
+    kind: str                          # "linear" | "conv" | "pool" | "view" | "torch"
     pos: int                           # position of the last graph node it covers
     out: str                           # value written
     ins: tuple[str, ...]               # values read
@@ -93,8 +100,10 @@ def _pool_size(attrs: dict[str, Any], shape: tuple[int, ...]) -> int:
 class _Planner:
     """Fuses a graph into steps, assigns buffers, and binds the step callables."""
 
-    def __init__(self, graph: Graph, converted: ConvertedModel, threads: int, batch: int):
+    def __init__(self, graph: Graph, converted: ConvertedModel, threads: int, batch: int,
+                 dense_choice: bool = False):
         self.g, self.cv, self.threads, self.batch = graph, converted, threads, batch
+        self.dense_choice = dense_choice  # may a dense Linear run on torch's GEMM instead
         self.module = converted.module
         with torch.inference_mode():
             self.ref = run(graph, make_inputs(converted.inputs, batch), self.module)
@@ -151,22 +160,54 @@ class _Planner:
             args = tuple(self.canon[a] if a else a for a in op.inputs)
             layer = op.kind in ("conv", "linear")
             sw = self.cv.layers.get(op.module or "") if layer else None
-            if sw is not None and self.native_layer(sw, args[0]):
+            dense = self.dense_density(sw, args[0]) if sw is not None else None
+            if sw is not None and dense is None and self.native_layer(sw, args[0]):
                 steps.append(self.fuse(i, op, sw, args[0], consumed))
             elif op.kind == "flatten" and self.is_buffer(args[0]):
                 steps.append(_Step("view", i, op.output, args, op))
+            elif op.kind == "maxpool" and self.native_pool(op, args[0]):
+                steps.append(_Step("pool", i, op.output, args, op, label="maxpool"))
             elif (b := plan_blocks.eltwise(self, i, op, args)) is not None:
                 steps.append(_Step(b.kind, b.pos, b.out, b.ins, op, label=b.label,
                                    params=b.params))
             else:
                 label = _KIND_LABELS.get(op.kind) or op.label
-                if layer:
+                if dense is not None:
+                    label = f"{op.module} (dense: {dense:.0%} nonzero)"
+                elif layer:
                     label = f"{op.module} (dense layer)"
                 elif self.scale(op) is not None:
                     label = "scale"
                 steps.append(_Step("torch", i, op.output, args, op, label=label))
         steps.sort(key=lambda s: s.pos)
         return steps
+
+    def dense_density(self, sw: SparseWeight, x: str) -> float | None:
+        """The nonzero fraction of a CSR Linear dense enough for torch's GEMM to win
+        (``DENSE_WINS``), else None (the kernel runs it)."""
+        if not (self.dense_choice and sw.layer == "linear" and sw.kind == "csr"
+                and self.is_buffer(x) and len(self.shape(x)) >= 2):
+            return None
+        rows = int(np.prod(self.shape(x)[:-1]))  # batch x tokens: the plan's own shapes
+        if rows * sw.shape[0] * sw.shape[1] < DENSE_MIN_MACS:
+            return None
+        density = sw.nnz / max(1, sw.shape[0] * sw.shape[1])
+        limit = DENSE_WINS["batched" if rows >= 16 else "vector"]
+        return density if density > limit else None
+
+    def native_pool(self, op: Node, x: str) -> bool:
+        """A max-pool the native pool kernel runs (4-D float map, no dilation, padding at
+        most half the window)."""
+        at = op.attrs
+        return (self.is_buffer(x) and self.is_buffer(op.output) and len(self.shape(x)) == 4
+                and tuple(at["dilation"]) == (1, 1)
+                and all(2 * p <= k for p, k in zip(at["padding"], at["kernel"])))
+
+    def is_global_pool(self, op: Node, x: str) -> bool:
+        """An average pool whose window is the whole (unpadded) map: a global average."""
+        at, shape = op.attrs, self.shape(x)
+        return (op.kind == "avgpool" and len(shape) == 4 and tuple(at["kernel"]) == shape[2:]
+                and tuple(at["padding"]) == (0, 0))
 
     def native_layer(self, sw: SparseWeight, x: str) -> bool:
         if not self.is_buffer(x):
@@ -213,8 +254,9 @@ class _Planner:
         if scaled is not None and scaled[1].numel() == (sw.out_channels or 0):
             step.scale = scaled[1]
             absorb(nxt)  # type: ignore[arg-type]
-        nxt = take(("maxpool", "global_avgpool")) if conv else None
-        if nxt is not None and nxt.kind == "global_avgpool" and len(self.shape(step.out)) == 4:
+        nxt = take(("maxpool", "global_avgpool", "avgpool")) if conv else None
+        if nxt is not None and len(self.shape(step.out)) == 4 and (
+                nxt.kind == "global_avgpool" or self.is_global_pool(nxt, step.out)):
             step.pool = _GLOBAL_AVG
             absorb(nxt)
         elif nxt is not None and nxt.kind == "maxpool" \
@@ -263,7 +305,7 @@ class NativePrepared(Prepared):
 
     def __init__(self, converted: ConvertedModel, graph: Graph, threads: int, batch: int,
                  label: str) -> None:
-        self.converted, self.graph, self.threads = converted, graph, threads
+        self.converted, self.graph, self.threads, self.label = converted, graph, threads, label
         self._plans: dict[int, tuple[Any, ...]] = {}
         self._names: dict[int, list[str]] = {}
         self._native_layers: set[str] = set()   # layers a native kernel runs, in every plan
@@ -279,7 +321,8 @@ class NativePrepared(Prepared):
             raise Unsupported(f"native: {exc}") from exc
 
     def _make(self, batch: int) -> tuple[list[Any], list[str], int]:
-        planner = _Planner(self.graph, self.converted, self.threads, batch)
+        planner = _Planner(self.graph, self.converted, self.threads, batch,
+                           dense_choice=self.label == "csr")
         steps = planner.steps()
         bufs = planner.buffers(steps)
         env: dict[str, Any] = dict(self.graph.consts)
@@ -296,6 +339,13 @@ class NativePrepared(Prepared):
             if s.kind == "view":
                 continue
             names.append(s.name() if s.kind != "torch" else f"{s.label} (torch)")
+            if s.kind == "pool":
+                at = s.op.attrs
+                pool = native.MaxPool2d(bufs[s.ins[0]], bufs[s.out], at["kernel"], at["stride"],
+                                        at["padding"], at["ceil_mode"], self.threads)
+                calls.append(pool.run)
+                traffic += bufs[s.ins[0]].nbytes + bufs[s.out].nbytes
+                continue
             if s.kind in plan_blocks.KINDS:
                 ins = [bufs.get(v) for v in s.ins]
                 calls.append(plan_blocks.bind(s.kind, s.params or {}, ins, bufs[s.out],

@@ -18,6 +18,7 @@ DEFAULT_FORMATS = ("dense", "structured", "csr", "bsr")
 
 
 MEMORY_FRACTION = 0.5  # default --max-memory: this fraction of the memory available now
+MAX_STREAMS = 64       # --streams: each stream is a process with its own copy of the model
 ACCURACY_BATCH = 500   # the worker's accuracy pass (worker.ACCURACY_BATCH)
 
 
@@ -95,10 +96,13 @@ def footprint(module: Any, input_shape: tuple[int, ...]) -> tuple[int, int]:
     return weights, 4 * (per_sample + 2 * largest)
 
 
-def estimate_bytes(weights: int, per_sample: int, batch: int, accuracy: bool) -> int:
+def estimate_bytes(weights: int, per_sample: int, batch: int, accuracy: bool,
+                   streams: int = 1) -> int:
     """A worker's expected peak: the loaded model, its converted copy and the backend's copy of
-    the weights, and the activations of one timed batch (and of the accuracy pass)."""
-    return 3 * weights + per_sample * (batch + (ACCURACY_BATCH if accuracy else 0))
+    the weights, and the activations of one timed batch (and of the accuracy pass); with
+    ``streams`` > 1, plus as many stream processes, each with its own three copies and batch."""
+    worker = 3 * weights + per_sample * (batch + (ACCURACY_BATCH if accuracy else 0))
+    return worker + (streams * (3 * weights + per_sample * batch) if streams > 1 else 0)
 
 
 def fmt_bytes(n: int) -> str:
@@ -114,6 +118,7 @@ class MeasureConfig:
     backends: list[str] = field(default_factory=list)
     batches: list[int] = field(default_factory=lambda: [1])
     threads: list[int] = field(default_factory=lambda: [1])
+    streams: int = 1  # > 1: also the throughput of that many concurrent streams (streams.py)
     timing: dict[str, Any] = field(default_factory=dict)
     data: str | None = None
     data_dir: str | None = None
@@ -142,6 +147,9 @@ class MeasureConfig:
             raise SparsebenchError(f"batch sizes must be at least 1, got {self.batches}")
         if not self.threads or any(t < 1 for t in self.threads):
             raise SparsebenchError(f"thread counts must be at least 1, got {self.threads}")
+        if not 1 <= self.streams <= MAX_STREAMS:
+            raise SparsebenchError(f"--streams must be between 1 and {MAX_STREAMS}, got "
+                                   f"{self.streams}")
         t = self.timing
         for key, flag, low in (("min_calls", "--min-calls", 1), ("warmup_calls", "--warmup", 0),
                                ("min_seconds", "--min-time", 0)):
@@ -222,10 +230,10 @@ def plan(cfg: MeasureConfig, names: dict[str, str],
                             "inputs": cfg.inputs,
                             "trust": cfg.trust, "index_dtype": cfg.index_dtype,
                             "seed": cfg.seed, "inject_slowdown": cfg.inject_slowdown,
-                            "max_memory": cfg.max_memory})
+                            "max_memory": cfg.max_memory, "streams": cfg.streams})
                         if footprints and path in footprints:
                             jobs[-1]["estimated_bytes"] = estimate_bytes(
-                                *footprints[path], batch, bool(cfg.data))
+                                *footprints[path], batch, bool(cfg.data), cfg.streams)
     return jobs
 
 
@@ -295,6 +303,8 @@ def estimate_seconds(jobs: list[dict[str, Any]], forked: bool = True) -> float:
         policy = TimingPolicy(**job.get("timing", {}))
         total += (0 if forked else SPAWN_SECONDS) + SETUP_SECONDS + policy.warmup_seconds \
             + policy.min_seconds + (ACCURACY_SECONDS if job.get("data") else 0)
+        if int(job.get("streams") or 1) > 1:  # the streams' own warm-up and window
+            total += policy.warmup_seconds + policy.min_seconds
     return total
 
 
@@ -312,6 +322,9 @@ def plan_line(jobs: list[dict[str, Any]], forked: bool = True) -> str:
     text = (f"plan: {count(len(jobs), 'execution')} = {count(models, 'model')} x "
             f"{count(pairs, 'format/backend pair')} x {count(batches, 'batch size')} x "
             f"{count(threads, 'thread count')}")
+    streams = max((int(j.get("streams") or 1) for j in jobs), default=1)
+    if streams > 1:
+        text += f", each also as {streams} concurrent streams (throughput)"
     if jobs:
         text += (f"; estimated {fmt_duration(estimate_seconds(jobs, forked))} (an estimate: a "
                  "fixed cost per execution plus --min-time; slow calls, big models and a busy "
@@ -324,15 +337,19 @@ def run_plan(jobs: list[dict[str, Any]], results: ResultsFile, timeout: float,
              fork: bool = True) -> None:
     """Run every job, one at a time, each in a fresh process: forked from one preloaded
     server (``fork``, the default: no interpreter start per execution) or a new interpreter."""
-    if any(j["backend"] == "native" for j in jobs) and "roofline" not in results.doc:
-        from sparsebench.measure.roofline import probe_for_native  # ceilings, native rows
+    from sparsebench.measure import roofline
 
-        results.doc["roofline"] = probe_for_native(sorted({int(j["threads"]) for j in jobs}))
+    threads = sorted({int(j["threads"]) for j in jobs})
+    roof = results.doc.get("roofline") or {}  # the ceilings every row is set against
+    if jobs and any(str(t) not in (roof.get("gemm_gflops") or {}) for t in threads):
+        new = roofline.probe(threads)  # (kept from an appended file when it has them all)
+        results.doc["roofline"] = {**new, "gemm_gflops": {**(roof.get("gemm_gflops") or {}),
+                                                          **new["gemm_gflops"]}}
     from sparsebench.measure.forkserver import ForkServer
 
     with ForkServer() as server:
         for job in jobs:
             row = run_worker(job, timeout, server=server if fork else None)
             row.pop("dense_layers", None) if not row.get("dense_layers") else None
-            results.add(row)
+            results.add(roofline.annotate(row, results.doc.get("roofline")))
             on_row(row)

@@ -54,8 +54,15 @@ def _bytes(value: int | None) -> str:
 
 
 ROW_COLUMNS = ("model", "format", "backend", "impl", "batch", "threads", "p50 ms", "p90 ms",
-               "p99 ms", "vs dense torch", "vs ORT dense", "weights", "exec memory",
-               "setup memory", "max rel err", "accuracy", "layers", "status")
+               "p99 ms", "streams", "items/s", "stream p50 ms", "vs dense torch", "vs ORT dense",
+               "weights", "exec memory", "setup memory", "GFLOP/s", "of GEMM peak", "GB/s",
+               "of copy BW", "max rel err", "accuracy", "layers", "status")
+ROW_NUMERIC = tuple(range(4, 23))
+TRAFFIC_LABELS = {"plan": "plan", "weights+io": "w+io"}  # where a row's bytes come from
+ROOFLINE_NOTE = ("GFLOP/s: 2 x nonzero MACs x batch / p50, of GEMM peak: of torch.mm 2048^2 at "
+                 "the row's threads; GB/s: bytes per call / p50 (plan: the native plan's "
+                 "kernel arrays and activations; w+io: weight bytes + input and output), of "
+                 "copy BW: of np.copyto 256 MB")
 
 
 def _err(r: dict[str, Any]) -> str:
@@ -75,6 +82,19 @@ def _layers(r: dict[str, Any], detail: bool) -> str:
     return text
 
 
+def _rate(value: float | None) -> str:
+    """A rate with 3 significant digits or more (items/s, GFLOP/s, GB/s)."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _gbps(r: dict[str, Any]) -> str:
+    if r.get("achieved_gbps") is None:
+        return "-"
+    return f"{_rate(r['achieved_gbps'])} {TRAFFIC_LABELS.get(r.get('traffic_source'), '?')}"
+
+
 def row_cells(rows: list[dict[str, Any]], r: dict[str, Any]) -> list[str]:
     """Every column of ``ROW_COLUMNS`` (the wide table, Markdown), reasons in full."""
     lat = r.get("latency_ms") or {}
@@ -85,16 +105,50 @@ def row_cells(rows: list[dict[str, Any]], r: dict[str, Any]) -> list[str]:
         status = "ok (" + "; ".join(notes) + ")"
     return [r["model"], r["format"], r["backend"], r.get("impl") or "-", str(r["batch"]),
             str(r["threads"]), _num(lat.get("p50")), _num(lat.get("p90")), _num(lat.get("p99")),
+            str(r.get("streams") or "-"), _rate(r.get("throughput_items_s")),
+            _num(r.get("stream_p50_ms")),
             _num(speedup(rows, r, "dense-torch"), "{:.2f}x"),
             _num(speedup(rows, r, "ort-dense"), "{:.2f}x"), _bytes(r.get("weight_bytes")),
-            _bytes(r.get("peak_rss_bytes")), _bytes(r.get("setup_peak_rss_bytes")), _err(r),
+            _bytes(r.get("peak_rss_bytes")), _bytes(r.get("setup_peak_rss_bytes")),
+            _rate(r.get("achieved_gflops")), _num(r.get("roofline_flop_frac"), "{:.1%}"),
+            _gbps(r), _num(r.get("roofline_bw_frac"), "{:.1%}"), _err(r),
             _num(r.get("accuracy"), "{:.2f}%"), _layers(r, True), status]
 
 
 def progress_line(rows: list[dict[str, Any]], r: dict[str, Any]) -> str:
     """One finished execution, as the progress log (stderr) shows it."""
     c = row_cells(rows, r)
-    return f"  {c[0]} {c[1]}/{c[2]} b{c[4]} t{c[5]}: {c[3]} p50 {c[6]} ms  {c[-1]}"
+    streams = (f", {c[10]} items/s with {c[9]} streams (p50 {c[11]} ms)"
+               if r.get("throughput_items_s") else "")
+    return f"  {c[0]} {c[1]}/{c[2]} b{c[4]} t{c[5]}: {c[3]} p50 {c[6]} ms{streams}  {c[-1]}"
+
+
+THROUGHPUT_COLUMNS = ("execution", "items/s", "vs 1 stream", "stream p50 ms", "p50 ms")
+THROUGHPUT_NOTE = ("items/s: batch x calls the streams completed / wall seconds; vs 1 stream: "
+                   "items/s / (batch / p50 of one caller alone); stream p50 ms: the median call "
+                   "under that load")
+
+
+def throughput_table(rows: list[dict[str, Any]]) -> tuple[str, list[list[str]]] | None:
+    """(title, lines) of the rows measured with several streams, grouped by model; None when
+    the run has none."""
+    measured = [r for r in rows if r.get("throughput_items_s")]
+    if not measured:
+        return None
+    counts = sorted({r["streams"] for r in measured})
+    lines: list[list[str]] = []
+    model = None
+    for r in measured:
+        if r["model"] != model:
+            model = r["model"]
+            lines.append([f"[bold]{escape(model)}[/]"] + [""] * (len(THROUGHPUT_COLUMNS) - 1))
+        p50 = _p50(r)
+        alone = r["batch"] * 1e3 / p50 if p50 else None
+        lines.append(["  " + escape(execution_label(rows, r)), _rate(r["throughput_items_s"]),
+                      _num(r["throughput_items_s"] / alone if alone else None, "{:.2f}x"),
+                      _num(r.get("stream_p50_ms")), _num(p50)])
+    return (f"throughput ({'/'.join(map(str, counts))} concurrent streams, --threads each)",
+            lines)
 
 
 class Footnotes:
@@ -269,12 +323,11 @@ def print_report(doc: dict[str, Any], console: Any, wide: bool = False) -> None:
     rows = doc["rows"]
     if wide:
         lines = [[escape(c) for c in row_cells(rows, r)] for r in rows]
-        print_table(console, table(ROW_COLUMNS, lines, "executions", (4, 5, 6, 7, 8, 9, 10, 11,
-                                                                       12, 13, 14, 15),
+        print_table(console, table(ROW_COLUMNS, lines, "executions", ROW_NUMERIC,
                                    heavy=True), wide=True)
         print_table(console, table(MODEL_COLUMNS, model_summaries(doc), "models side by side",
                                    (2, 3, 4, 7, 8, 9, 10, 11), heavy=True), wide=True)
-        print_notes(console, report_notes(doc))
+        print_notes(console, report_notes(doc) + [ROOFLINE_NOTE + _ceilings(doc)])
         return
     notes = Footnotes()
     headers, lines, numeric = compact_table(rows, notes)
@@ -288,11 +341,27 @@ def print_report(doc: dict[str, Any], console: Any, wide: bool = False) -> None:
     console.print("speedup: vs dense torch (same model, batch, threads); memory: exec memory; "
                   "size: weights; error: max rel err vs dense torch; --wide: every column",
                   soft_wrap=False)
+    streams = throughput_table(rows)
+    if streams:
+        title, lines = streams
+        _split_labels(lines, list(THROUGHPUT_COLUMNS), console.width)
+        print_table(console, table(THROUGHPUT_COLUMNS, lines, title, (1, 2, 3, 4)))
+        console.print(THROUGHPUT_NOTE, soft_wrap=False)
     lines = compact_models(doc)
     short = max((len(line[0].split("\n")[0]) for line in lines), default=0) <= 24
     print_table(console, table(COMPACT_MODEL_COLUMNS, lines, "models side by side",
                                (1, 2, 3, 6), whole=(0, 4) if short else (4,)))
     print_notes(console, report_notes(doc))
+
+
+def _ceilings(doc: dict[str, Any]) -> str:
+    """``; ceilings: copy X GB/s, GEMM Y GFLOP/s at T thread(s)`` (empty without a probe)."""
+    roof = doc.get("roofline")
+    if not isinstance(roof, dict) or not roof.get("copy_gbps"):
+        return ""
+    gemm = ", ".join(f"{v:.0f} GFLOP/s at {t} thread(s)"
+                     for t, v in (roof.get("gemm_gflops") or {}).items())
+    return f"; ceilings: copy {roof['copy_gbps']:.1f} GB/s, GEMM {gemm}"
 
 
 def _md_table(header: tuple[str, ...] | list[str], lines: list[list[str]]) -> str:
@@ -311,5 +380,6 @@ def markdown(doc: dict[str, Any]) -> str:
     note = noise_note(doc["rows"])
     return (f"{head}\n\n### Models side by side\n\n"
             f"{_md_table(MODEL_COLUMNS, model_summaries(doc))}\n\n### Executions\n\n"
-            f"{_md_table(ROW_COLUMNS, rows)}\n\n{MEMORY_NOTE}.\n"
+            f"{_md_table(ROW_COLUMNS, rows)}\n\n{MEMORY_NOTE}.\n\n{ROOFLINE_NOTE}"
+            f"{_ceilings(doc)}.\n"
             + (f"\n**Warning:** {note}.\n" if note else ""))

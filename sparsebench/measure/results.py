@@ -33,7 +33,9 @@ ROW_KEYS = ("model", "format", "backend", "impl", "batch", "threads", "status", 
             "latency_ms", "samples", "samples_ns", "peak_rss_bytes", "setup_peak_rss_bytes",
             "weight_bytes", "max_abs_err", "max_rel_err", "accuracy", "dense_macs",
             "sparse_macs", "per_layer_ms", "warnings", "achieved_gbps", "achieved_gflops", "noise",
-            "estimated_bytes", "layers")
+            "estimated_bytes", "layers", "traffic_bytes", "traffic_source", "roofline_bw_frac",
+            "roofline_flop_frac", "streams", "stream_calls", "stream_wall_s",
+            "throughput_items_s", "stream_p50_ms")
 
 
 def row_key(row: dict[str, Any]) -> tuple:

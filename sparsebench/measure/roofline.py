@@ -1,15 +1,21 @@
-"""This machine's roofline ceilings, and where a native execution sits under them.
+"""This machine's roofline ceilings, and where each execution sits under them.
 
-``probe(threads)`` measures, once per process (cached):
+``probe(threads)`` measures, once per process (cached), before a ``measure`` run's workers:
 
 * ``copy_gbps``: ``np.copyto`` of a 256 MB float32 array (read + write bytes counted), the
   single-threaded memory bandwidth the issue's roofline target is stated against;
 * ``gemm_gflops``: ``torch.mm`` of two 2048 x 2048 float32 matrices at each thread count.
 
-``achieved(prepared, batch, sparse_macs, p50_ms)`` gives a row's ``achieved_gbps`` (bytes a call
-must move at least, from ``prepared.traffic_bytes``: the sparse arrays of every kernel plus its
-input/output activations) and ``achieved_gflops`` (2 * sparse MACs * batch / p50); both None
-for executions that do not report traffic (every backend but ``native``).
+Every timed row (every backend) carries:
+
+* ``traffic_bytes``, the bytes one call must move at least, and ``traffic_source``, where that
+  figure comes from: ``plan`` (a native plan's ``traffic_bytes``: the sparse arrays of every
+  kernel plus each kernel's input/output activations) or ``weights+io`` (every other
+  execution: the row's ``weight_bytes`` plus the model's input and output tensors);
+* ``achieved_gbps`` (traffic_bytes / p50) and ``achieved_gflops`` (2 x sparse MACs x batch /
+  p50: the useful FLOPs, not the ones a dense execution spends on zeros);
+* ``roofline_bw_frac`` (achieved_gbps / copy_gbps) and ``roofline_flop_frac``
+  (achieved_gflops / gemm_gflops at the row's threads), set by the harness (``annotate``).
 """
 
 from __future__ import annotations
@@ -58,22 +64,33 @@ def probe(threads: list[int] | tuple[int, ...] = (1,), copy_mb: int = 256,
     return _CACHE[key]
 
 
-def probe_for_native(threads: list[int]) -> dict[str, Any] | None:
-    """``probe(threads)`` when the native kernels can run here (else None: nothing to compare)."""
-    from sparsebench import native
+def traffic(prepared: Any, weight_bytes: int | None, inputs: Any,
+            output: Any) -> tuple[int | None, str | None]:
+    """(bytes one call moves at least, ``"plan"`` or ``"weights+io"``): the native plan's own
+    count where it has one, else ``weight_bytes`` plus the input and output tensors' bytes."""
+    plan = getattr(prepared, "traffic_bytes", None)
+    if plan:
+        return int(plan), "plan"
+    if weight_bytes is None:
+        return None, None
+    import torch
 
-    return probe(threads) if native.available() is None else None
+    from sparsebench.model_io import leaves
+
+    tensors = [*inputs, *leaves(output)]
+    return weight_bytes + sum(t.numel() * t.element_size() for t in tensors
+                              if isinstance(t, torch.Tensor)), "weights+io"
 
 
-def achieved(prepared: Any, batch: int, sparse_macs: int | None,
+def achieved(traffic_bytes: int | None, batch: int, sparse_macs: int | None,
              p50_ms: float | None) -> dict[str, float | None]:
-    """``achieved_gbps`` and ``achieved_gflops`` of one execution (None when not reported)."""
-    traffic = getattr(prepared, "traffic_bytes", None)
-    if not traffic or not p50_ms:
+    """``achieved_gbps`` and ``achieved_gflops`` of one execution (None when unknown)."""
+    if not p50_ms:
         return {"achieved_gbps": None, "achieved_gflops": None}
     seconds = p50_ms / 1e3
-    gflops = 2.0 * sparse_macs * batch / seconds / 1e9 if sparse_macs else None
-    return {"achieved_gbps": traffic / seconds / 1e9, "achieved_gflops": gflops}
+    return {"achieved_gbps": traffic_bytes / seconds / 1e9 if traffic_bytes else None,
+            "achieved_gflops": 2.0 * sparse_macs * batch / seconds / 1e9 if sparse_macs
+            else None}
 
 
 def fractions(row: dict[str, Any], roof: dict[str, Any] | None) -> tuple[float | None,
@@ -85,3 +102,9 @@ def fractions(row: dict[str, Any], roof: dict[str, Any] | None) -> tuple[float |
     peak = (roof.get("gemm_gflops") or {}).get(str(row.get("threads")))
     return (gbps / roof["copy_gbps"] if gbps and roof.get("copy_gbps") else None,
             gflops / peak if gflops and peak else None)
+
+
+def annotate(row: dict[str, Any], roof: dict[str, Any] | None) -> dict[str, Any]:
+    """``row`` with ``roofline_bw_frac`` and ``roofline_flop_frac`` (``fractions``)."""
+    row["roofline_bw_frac"], row["roofline_flop_frac"] = fractions(row, roof)
+    return row

@@ -1,7 +1,8 @@
 """The one clock (``perf_counter_ns``) and every timing loop: whole executions
 (``time_calls``, raw samples kept), two subjects alternating (``time_interleaved``, A/B),
-the steps of a plan or the modules of a model (``time_steps``, ``time_modules``: per-layer)
-and the roofline probes (``median_seconds``). No backend times itself.
+one of several concurrent streams (``time_stream``, throughput mode), the steps of a plan or
+the modules of a model (``time_steps``, ``time_modules``: per-layer) and the roofline probes
+(``median_seconds``). No backend times itself.
 """
 
 from __future__ import annotations
@@ -43,6 +44,33 @@ def time_calls(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) 
         samples.append(dt)
         total += dt
     return samples
+
+
+def time_stream(fn: Callable[[], object], start_ns: int,
+                policy: TimingPolicy = TimingPolicy()) -> tuple[list[int], int, int]:
+    """One of several concurrent streams (``measure --streams``), started together at the
+    shared ``start_ns`` (``clock``: CLOCK_MONOTONIC, the same in every process): warm-up calls
+    while one more fits before it, a wait until it, then timed calls until both ``min_calls``
+    and the window ``start_ns + min_seconds`` are reached. Returns (raw per-call durations in
+    ns, start of the first timed call, end of the last)."""
+    last = 0
+    while clock() + last < start_ns:
+        t0 = clock()
+        fn()
+        last = clock() - t0
+    wait = start_ns - clock()
+    if wait > 0:
+        time.sleep(wait / 1e9)
+    samples: list[int] = []
+    deadline = start_ns + policy.min_seconds * 1e9
+    first = end = clock()
+    while len(samples) < policy.max_calls and (len(samples) < policy.min_calls
+                                                or end < deadline):
+        t0 = clock()
+        fn()
+        end = clock()
+        samples.append(end - t0)
+    return samples, first, end
 
 
 def time_interleaved(base: Callable[[], object], new: Callable[[], object],

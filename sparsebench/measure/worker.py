@@ -111,21 +111,82 @@ def accuracy(backend: Any, converted: Any, job: dict[str, Any], threads: int,
     return 100.0 * correct / len(x)
 
 
+def load_job_model(job: dict[str, Any]) -> Any:
+    """The job's model file as a ``LoadedModel`` (with its ``--arch``, ``--input-shape``,
+    ``--input`` and ``--trust``)."""
+    from sparsebench.loading import load_model
+    from sparsebench.model_io import InputSpec
+
+    return load_model(job["path"], arch=job.get("arch"), trust=job.get("trust", False),
+                      input_shape=tuple(job["input_shape"]) if job.get("input_shape") else None,
+                      inputs=[InputSpec(s["name"], tuple(s["shape"]), s["dtype"], s.get("low"),
+                                        s.get("high")) for s in job.get("inputs") or []])
+
+
+def runs_original(loaded: Any, job: dict[str, Any]) -> bool:
+    """Whether the job runs the ONNX file's own bytes (its dense onnxruntime row)."""
+    return (loaded.onnx_bytes is not None and job["format"] == "dense"
+            and job["backend"] == "onnxruntime")
+
+
+def prepare_call(job: dict[str, Any]) -> Any:
+    """A throughput stream's own copy of the job's execution (``measure/streams.py``): load,
+    convert and prepare as ``run_job`` does, without the checks its row already has; returns
+    the timed call on the stream's own input."""
+    from sparsebench.backends import get_backend
+    from sparsebench.formats import convert
+    from sparsebench.model_io import make_inputs
+
+    threads, batch = int(job["threads"]), int(job["batch"])
+    backend = get_backend(job["backend"])
+    loaded = load_job_model(job)
+    xs = make_inputs(loaded.inputs, batch, int(job.get("seed", 0)))
+    if runs_original(loaded, job):
+        prepared = backend.prepare_original(loaded.onnx_bytes, loaded.inputs, threads=threads,
+                                            batch=batch)
+    else:
+        converted = convert(loaded.module, job["format"],
+                            index_dtype=job.get("index_dtype", "auto"))
+        prepared = backend.prepare(converted, threads=threads, batch=batch)
+        del converted
+    del loaded
+    prepared.release_setup()
+    release_memory()
+    return lambda: prepared.run(*xs)
+
+
 def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
     """Execute one (model, format, backend, batch, threads) job; returns the result row.
-    ``timer(call, policy)`` replaces the timing loop (the interleaved A/B worker uses it)."""
+    ``timer(call, policy)`` replaces the timing loop (the interleaved A/B worker uses it).
+    With ``job["streams"]`` > 1 (and no ``timer``) the row also gets the throughput of that
+    many concurrent streams (``measure/streams.py``), forked here before anything runs."""
+    import torch
+
+    torch.set_num_threads(int(job["threads"]))
+    streams = None
+    if int(job.get("streams") or 1) > 1 and timer is None:
+        from sparsebench.measure.streams import Streams
+
+        streams = Streams(job, int(job["streams"]), prepare_call)
+    try:
+        return _run_job(job, timer, streams)
+    finally:
+        if streams is not None:
+            streams.close()
+
+
+def _run_job(job: dict[str, Any], timer: Any, streams: Any) -> dict[str, Any]:
     threads, batch = int(job["threads"]), int(job["batch"])
     import torch
 
-    torch.set_num_threads(threads)
     from sparsebench.backends import get_backend
     from sparsebench.backends.base import Unsupported
     from sparsebench.errors import SparsebenchError
     from sparsebench.formats import convert, has_nonfinite
-    from sparsebench.loading import load_model
     from sparsebench.measure.results import skipped_row
+    from sparsebench.measure.roofline import traffic
     from sparsebench.measure.timing import time_modules, time_steps
-    from sparsebench.model_io import InputSpec, compare, make_inputs
+    from sparsebench.model_io import compare, make_inputs
 
     name, fmt, backend_name = job["model"], job["format"], job["backend"]
 
@@ -140,11 +201,8 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
         return skipped(reason)
     if not backend.supports(fmt):
         return skipped(f"{backend_name} does not execute the {fmt} format")
-    loaded = load_model(job["path"], arch=job.get("arch"), trust=job.get("trust", False),
-                        input_shape=tuple(job["input_shape"]) if job.get("input_shape") else None,
-                        inputs=[InputSpec(s["name"], tuple(s["shape"]), s["dtype"], s.get("low"),
-                                          s.get("high")) for s in job.get("inputs") or []])
-    original = loaded.onnx_bytes is not None and fmt == "dense" and backend_name == "onnxruntime"
+    loaded = load_job_model(job)
+    original = runs_original(loaded, job)
     if loaded.module is None and not original:
         return skipped(f"no torch module: {loaded.onnx_error}")
     if fmt != "dense" and not loaded.swappable:
@@ -187,7 +245,9 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
         row = skipped("")
         row.update(status="ok", impl=prepared.impl, weight_bytes=len(loaded.onnx_bytes),
                    max_abs_err=max_abs, max_rel_err=max_rel, warnings=warnings)
-        return _timed(row, prepared, xs, job, timer, baseline, warnings)
+        row["traffic_bytes"], row["traffic_source"] = traffic(prepared, row["weight_bytes"], xs,
+                                                              y)
+        return _timed(row, prepared, xs, job, timer, baseline, warnings, streams)
 
     storage = converted.storage
     row = skipped("")
@@ -197,6 +257,7 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
         dense_macs=sum(s.dense_macs for s in storage),
         sparse_macs=sum(s.sparse_macs for s in storage), warnings=warnings,
         dense_layers=[list(d) for d in converted.dense_layers], layers=converted.layer_counts)
+    row["traffic_bytes"], row["traffic_source"] = traffic(prepared, row["weight_bytes"], xs, y)
     recorded = ((loaded.checkpoint or {}).get("dataset") or {})
     stats = (recorded["mean"], recorded["std"]) if recorded.get("name") == job.get("data") \
         and recorded.get("mean") else None
@@ -218,34 +279,43 @@ def run_job(job: dict[str, Any], timer: Any = None) -> dict[str, Any]:
         except Unsupported as exc:
             row["warnings"].append(f"accuracy not measured: {exc}")
     del converted, storage
-    return _timed(row, prepared, xs, job, timer, baseline, warnings)
+    return _timed(row, prepared, xs, job, timer, baseline, warnings, streams)
 
 
 def _timed(row: dict[str, Any], prepared: Any, xs: tuple[Any, ...], job: dict[str, Any],
-           timer: Any, baseline: int, warnings: list[str]) -> dict[str, Any]:
-    """Free the setup, time the calls and measure memory: the row completed."""
+           timer: Any, baseline: int, warnings: list[str], streams: Any) -> dict[str, Any]:
+    """Free the setup, time the calls and measure memory (then the streams' throughput, when
+    there are streams): the row completed."""
+    from sparsebench.measure.roofline import achieved
     from sparsebench.measure.timing import TimingPolicy, latency_stats_ms, noise_flag, time_calls
 
     batch = int(job["batch"])
+    policy = TimingPolicy(**job.get("timing", {}))
     prepared.release_setup()
     release_memory()  # setup is over: only the prepared execution and its input remain
     setup_peak = peak_rss() - baseline
+    if streams is not None and streams.ready():  # every stream idle before the clock starts
+        warnings.append(f"streams not measured: {streams.failed}")
     peak_reset = reset_peak()
     call, injected = (lambda: prepared.run(*xs)), None
     if job.get("inject_slowdown"):  # a testing aid for the regression gate (measure/inject.py)
         from sparsebench.measure.inject import slowed
 
         call, injected = slowed(call, float(job["inject_slowdown"]))
-    samples = (timer or time_calls)(call, TimingPolicy(**job.get("timing", {})))
+    samples = (timer or time_calls)(call, policy)
     exec_peak = peak_rss() - baseline
     row.update(
-        reason=None if not warnings else "; ".join(warnings),
         latency_ms=latency_stats_ms(samples), samples=len(samples), samples_ns=samples,
         noise=noise_flag(samples), peak_rss_bytes=exec_peak if peak_reset else None,
-        setup_peak_rss_bytes=setup_peak)
-    from sparsebench.measure.roofline import achieved  # native rows: bytes and FLOP per second
-
-    row.update(achieved(prepared, batch, row.get("sparse_macs"), row["latency_ms"]["p50"]))
+        setup_peak_rss_bytes=setup_peak, streams=int(job.get("streams") or 1))
+    row.update(achieved(row.get("traffic_bytes"), batch, row.get("sparse_macs"),
+                        row["latency_ms"]["p50"]))
+    if streams is not None:
+        fields, failed = streams.measure(batch, policy)
+        row.update(fields)
+        if failed and not any(w.startswith("streams not measured") for w in warnings):
+            warnings.append(f"streams not measured: {failed}")
+    row["reason"] = None if not warnings else "; ".join(warnings)
     if injected:
         row["injected_slowdown"] = injected
     return row

@@ -13,11 +13,11 @@ loading, ``SPARSEBENCH_KERNEL_DIR`` to move the build cache.
 from sparsebench.native.abi import ABI_VERSION, ACTS
 from sparsebench.native.build import (CXXFLAGS, KERNEL_SRC, LIB_NAME, available, build,
                                       build_dir, build_info, isa, load, reset, tuning)
-from sparsebench.native.ops import (BSRLinear, CSRConv2d, CSRLinear, bsr_from_dense,
-                                    csr_from_dense, self_test)
+from sparsebench.native.ops import (BSRLinear, CSRConv2d, CSRLinear, MaxPool2d,
+                                    bsr_from_dense, csr_from_dense, self_test)
 from sparsebench.native.transformer import AddLayerNorm, Attention, GatherRows, ScaleAdd, suffix_of
 
 __all__ = ["ABI_VERSION", "ACTS", "AddLayerNorm", "Attention", "BSRLinear", "CSRConv2d",
-           "CSRLinear", "CXXFLAGS", "GatherRows", "KERNEL_SRC", "LIB_NAME", "available", "build",
-           "build_dir", "build_info", "bsr_from_dense", "csr_from_dense", "isa", "load", "reset",
-           "ScaleAdd", "self_test", "suffix_of", "tuning"]
+           "CSRLinear", "CXXFLAGS", "GatherRows", "KERNEL_SRC", "LIB_NAME", "MaxPool2d",
+           "ScaleAdd", "available", "build", "build_dir", "build_info", "bsr_from_dense",
+           "csr_from_dense", "isa", "load", "reset", "self_test", "suffix_of", "tuning"]

@@ -21,8 +21,8 @@ from sparsebench.native.abi import _SIGNATURES, ABI_VERSION
 from sparsebench.shipped import KERNEL_SOURCES
 
 KERNEL_SRC = KERNEL_SOURCES  # the checkout's kernels/, or the copy a wheel ships
-SOURCES = ("api.cpp", "csr_linear.cpp", "bsr_linear.cpp", "csr_conv.cpp", "threadpool.cpp",
-           "transformer.cpp")
+SOURCES = ("api.cpp", "csr_linear.cpp", "bsr_linear.cpp", "csr_conv.cpp", "pool.cpp",
+           "threadpool.cpp", "transformer.cpp")
 HEADERS = ("sparsebench_kernels.h", "common.hpp")
 CXXFLAGS = ("-O3", "-march=native", "-pthread", "-fPIC", "-shared", "-std=c++17")
 LIB_NAME = "libsparsebench_kernels.so"
@@ -193,8 +193,10 @@ def isa() -> str:
 
 
 def tuning(key: str, value: int = -1) -> int:
-    """Set a benchmark-only kernel knob ("spmv_gather", "transpose_batch", "batch_chunk"; see
-    kernels/README.md) and return its old value; a negative value only queries."""
+    """Set a benchmark-only kernel knob ("spmv_gather", "transpose_batch", "batch_chunk", the
+    thread pool's "pool_backoff_us" / "pool_spin_us"; see kernels/README.md) or reset a counter
+    ("pool_jobs", "pool_degraded_jobs", "pool_straggles", "pool_worker_chunks") and return its
+    old value; a negative value only queries."""
     old = load().sb_tuning(key.encode(), int(value))
     if old < 0:
         raise SparsebenchError(f"unknown kernel tuning key {key!r}")

@@ -606,6 +606,44 @@ class CSRConv2d(_Prepared):
     __call__ = run
 
 
+class MaxPool2d:
+    """A max-pool bound to one input and one output array (NCHW float32): ``run()`` pools
+    ``x`` into ``y`` (window, stride, padding read as -inf, ceil mode as torch's max_pool2d;
+    padding at most half the window). Shapes are checked once, here."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, kernel: Any, stride: Any, padding: Any = 0,
+                 ceil_mode: bool = False, threads: int = 1) -> None:
+        (kh, kw), (sh, sw) = _pair(kernel, "kernel", 1), _pair(stride, "stride", 1)
+        ph, pw = _pair(padding, "padding", 0)
+        self.threads = _check_threads(threads)
+        self.impl = f"native-maxpool{kh}x{kw}s{sh}-t{self.threads}"
+        if 2 * ph > kh or 2 * pw > kw:
+            raise SparsebenchError(f"{self.impl}: padding {padding} exceeds half the window")
+        for a, what in ((x, "input"), (y, "output")):
+            if a.dtype != _F32 or a.ndim != 4 or not a.flags.c_contiguous:
+                raise SparsebenchError(f"{self.impl}: {what} must be a C-contiguous float32 "
+                                       f"NCHW array, got {a.dtype} {a.shape}")
+        lib = load()
+        n, c, h, w = x.shape
+        ho = lib.sb_pool_out_size(h, kh, sh, ph, int(ceil_mode))
+        wo = lib.sb_pool_out_size(w, kw, sw, pw, int(ceil_mode))
+        if y.shape != (n, c, ho, wo):
+            raise SparsebenchError(f"{self.impl}: output must be {(n, c, ho, wo)}, got {y.shape}")
+        self.x, self.y = x, y
+        fn, args = lib.sb_maxpool2d, (n, c, h, w, kh, kw, sh, sw, ph, pw, int(ceil_mode))
+        xp, yp, nt = ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(y.ctypes.data), self.threads
+        self._call = lambda: fn(xp, *args, yp, nt)
+
+    def run(self) -> np.ndarray:
+        status = self._call()
+        if status:
+            raise SparsebenchError(
+                f"{self.impl}: kernel failed: {_STATUS.get(status, 'error')} (status {status})")
+        return self.y
+
+    __call__ = run
+
+
 def self_test() -> float:
     """Max relative error of a small CSR linear and conv against numpy/torch references."""
     rng = np.random.default_rng(0)

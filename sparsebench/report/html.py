@@ -266,7 +266,9 @@ def _status_class(value: Any) -> str:
 
 
 NUMERIC = ("peak_rss_bytes", "setup_peak_rss_bytes", "weight_bytes", "max_abs_err",
-           "max_rel_err", "accuracy", "achieved_gbps", "achieved_gflops", "dense_macs",
+           "max_rel_err", "accuracy", "achieved_gbps", "achieved_gflops", "traffic_bytes",
+           "roofline_bw_frac", "roofline_flop_frac", "stream_calls", "stream_wall_s",
+           "throughput_items_s", "stream_p50_ms", "dense_macs",
            "sparse_macs")
 
 

@@ -1,0 +1,80 @@
+// Max-pooling over NCHW maps (any window, stride, -inf padding, ceil mode),
+// for the pools the convolution epilogue cannot fuse (ResNet's 3x3 / stride 2 / pad 1 stem
+// pool: torch's CPU max_pool2d takes ~5 ms on that map at one thread, this ~0.2 ms).
+//
+// Per output row: the vertical max of the window's input rows into a row buffer (contiguous,
+// vectorised by the compiler), then the horizontal max over each output's window. Threads
+// claim chunks of (image, channel) planes.
+#include <cstdlib>
+#include <limits>
+
+#include "common.hpp"
+#include "sparsebench_kernels.h"
+
+namespace sb {
+namespace {
+
+struct PoolJob {
+  const float *x;
+  float *y;
+  int64_t planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw, nchunks;
+};
+
+void pool_planes(const PoolJob &j, int64_t p0, int64_t p1, float *row) {
+  const float lowest = -std::numeric_limits<float>::infinity();
+  for (int64_t p = p0; p < p1; ++p) {
+    const float *SB_RESTRICT xp = j.x + p * j.h * j.w;
+    float *SB_RESTRICT yp = j.y + p * j.ho * j.wo;
+    for (int64_t oy = 0; oy < j.ho; ++oy) {
+      const int64_t iy0 = oy * j.sh - j.ph;
+      const int64_t a = iy0 < 0 ? 0 : iy0, b = iy0 + j.kh < j.h ? iy0 + j.kh : j.h;
+      for (int64_t ix = 0; ix < j.w; ++ix) row[ix] = lowest;
+      for (int64_t iy = a; iy < b; ++iy) {
+        const float *SB_RESTRICT xr = xp + iy * j.w;
+        for (int64_t ix = 0; ix < j.w; ++ix) row[ix] = xr[ix] > row[ix] ? xr[ix] : row[ix];
+      }
+      for (int64_t ox = 0; ox < j.wo; ++ox) {
+        const int64_t ix0 = ox * j.sw - j.pw;
+        const int64_t c = ix0 < 0 ? 0 : ix0, d = ix0 + j.kw < j.w ? ix0 + j.kw : j.w;
+        float m = lowest;
+        for (int64_t ix = c; ix < d; ++ix) m = row[ix] > m ? row[ix] : m;
+        yp[oy * j.wo + ox] = m;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sb
+
+extern "C" int64_t sb_pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad,
+                                    int64_t ceil_mode) {
+  if (in < 1 || k < 1 || stride < 1 || pad < 0) return 0;
+  const int64_t span = in + 2 * pad - k;
+  if (span < 0) return 0;
+  int64_t out = (ceil_mode ? (span + stride - 1) / stride : span / stride) + 1;
+  if (ceil_mode && (out - 1) * stride >= in + pad) --out;  // a window must start inside
+  return out;
+}
+
+extern "C" int sb_maxpool2d(const float *x, int64_t n, int64_t c, int64_t h, int64_t w,
+                            int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                            int64_t pw, int64_t ceil_mode, float *y, int num_threads) {
+  if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
+  if (!x || !y || n < 1 || c < 1 || h < 1 || w < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 ||
+      ph < 0 || pw < 0 || 2 * ph > kh || 2 * pw > kw)
+    return SB_EINVAL;  // pad <= window/2 (torch's rule): every window holds an input element
+  sb::PoolJob j{x, y, n * c, h, w, sb_pool_out_size(h, kh, sh, ph, ceil_mode),
+                sb_pool_out_size(w, kw, sw, pw, ceil_mode), kh, kw, sh, sw, ph, pw, 0};
+  if (j.ho < 1 || j.wo < 1) return SB_EINVAL;
+  // a single thread below ~64k outputs (the hand-over costs more than it saves)
+  const int nt = j.planes * j.ho * j.wo < 65536 ? 1 : num_threads;
+  j.nchunks = sb::chunk_count(j.planes, nt, 4);
+  float *rows = (float *)std::malloc((size_t)(w * j.nchunks) * sizeof(float));
+  if (!rows) return SB_ENOMEM;
+  sb::parallel_for(nt, j.nchunks, [&](int64_t t) {
+    sb::pool_planes(j, j.planes * t / j.nchunks, j.planes * (t + 1) / j.nchunks, rows + t * w);
+  });
+  std::free(rows);
+  return SB_OK;
+}
