@@ -3,9 +3,9 @@
 // embedding lookup (rows of a table gathered by token id) and y = alpha * a (+ b).
 //
 // Attention per (batch, head): K^T is packed once ([dh][Tk rounded up to 16]); then, per block
-// of up to 32 queries, S = Q K^T from register tiles (4 queries x 64 keys: 16 zmm accumulators,
-// one broadcast of q and 4 loads of K^T per head-dim step), softmax over the keys in place
-// (scale, mask, max-subtracted exp), and O = P V from tiles of 4 queries x 64 head-dim values
+// of up to 24 queries, S = Q K^T from register tiles (6 queries x 64 keys: 24 zmm accumulators,
+// 6 broadcasts of q and 4 loads of K^T per head-dim step), softmax over the keys in place
+// (scale, mask, max-subtracted exp), and O = P V from tiles of 6 queries x 64 head-dim values
 // streaming V rows straight from the input. The 1/sum is applied at the store. Threads take
 // whole (batch, head) pairs.
 #include <atomic>
@@ -115,7 +115,7 @@ void norm_row(const float *x, const float *r, const float *gamma,
 
 // ----------------------------------------------------------------------------- attention
 
-constexpr int64_t kQueryBlock = 32;  // queries per softmax block (S block: 32 x Tk floats)
+constexpr int64_t kQueryBlock = 24;  // queries per softmax block (S block: 24 x Tk floats)
 constexpr float kExpFloor = -87.0f;  // exp of anything below is stored as exactly 0
 
 struct Attn {
@@ -249,17 +249,19 @@ void attend(const Attn &a, int64_t b, int64_t h, float *kt, float *sblk) {
   const float *v = a.v + b * tk * ld + h * dh;
   float *o = a.out + b * a.tq * ld + h * dh;
   const float *mbase = a.mask ? a.mask + b * a.msb + h * a.msh : nullptr;
-  for (int64_t d = 0; d < dh; ++d) {  // pack K^T, zero-padded to tkp keys
-    float *row = kt + d * tkp;
-    for (int64_t j = 0; j < tk; ++j) row[j] = k[j * ld + d];
-    for (int64_t j = tk; j < tkp; ++j) row[j] = 0.0f;
+  for (int64_t j = 0; j < tk; ++j) {  // pack K^T (contiguous reads of each key row)
+    const float *kr = k + j * ld;
+    for (int64_t d = 0; d < dh; ++d) kt[d * tkp + j] = kr[d];
   }
+  for (int64_t d = 0; d < dh; ++d)  // zero padding up to tkp keys
+    for (int64_t j = tk; j < tkp; ++j) kt[d * tkp + j] = 0.0f;
   float inv[kQueryBlock];
   for (int64_t i0 = 0; i0 < a.tq; i0 += kQueryBlock) {
     const int64_t rows = a.tq - i0 < kQueryBlock ? a.tq - i0 : kQueryBlock;
 #if SB_AVX512
     int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) qk_rows<4>(q + (i0 + r) * ld, ld, kt, tkp, dh, sblk + r * tkp);
+    for (; r + 6 <= rows; r += 6) qk_rows<6>(q + (i0 + r) * ld, ld, kt, tkp, dh, sblk + r * tkp);
+    for (; r + 2 <= rows; r += 2) qk_rows<2>(q + (i0 + r) * ld, ld, kt, tkp, dh, sblk + r * tkp);
     for (; r < rows; ++r) qk_rows<1>(q + (i0 + r) * ld, ld, kt, tkp, dh, sblk + r * tkp);
 #else
     for (int64_t r = 0; r < rows; ++r) {
@@ -278,8 +280,10 @@ void attend(const Attn &a, int64_t b, int64_t h, float *kt, float *sblk) {
                            a.scale);
 #if SB_AVX512
     r = 0;
-    for (; r + 4 <= rows; r += 4)
-      pv_rows<4>(sblk + r * tkp, tkp, v, ld, tk, dh, inv + r, o + (i0 + r) * ld, ld);
+    for (; r + 6 <= rows; r += 6)
+      pv_rows<6>(sblk + r * tkp, tkp, v, ld, tk, dh, inv + r, o + (i0 + r) * ld, ld);
+    for (; r + 2 <= rows; r += 2)
+      pv_rows<2>(sblk + r * tkp, tkp, v, ld, tk, dh, inv + r, o + (i0 + r) * ld, ld);
     for (; r < rows; ++r)
       pv_rows<1>(sblk + r * tkp, tkp, v, ld, tk, dh, inv + r, o + (i0 + r) * ld, ld);
 #else
