@@ -549,7 +549,7 @@ def roofline(prepared: Any, converted: Any, threads: int, batch: int, p50_ms: fl
     from sparsebench.measure.roofline import achieved, fractions
 
     sparse_macs = sum(s.sparse_macs for s in converted.storage)
-    out = achieved(prepared, batch, sparse_macs, p50_ms)
+    out = achieved(getattr(prepared, "traffic_bytes", None), batch, sparse_macs, p50_ms)
     out["roofline_bytes_fraction"], out["roofline_flops_fraction"] = fractions(
         {**out, "threads": threads}, roof)
     return out

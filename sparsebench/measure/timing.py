@@ -2,7 +2,7 @@
 (``time_calls``, raw samples kept), two subjects alternating (``time_interleaved``, A/B),
 one of several concurrent streams (``time_stream``, throughput mode), the steps of a plan or
 the modules of a model (``time_steps``, ``time_modules``: per-layer) and the roofline probes
-(``median_seconds``). No backend times itself.
+(``fastest_seconds``). No backend times itself.
 """
 
 from __future__ import annotations
@@ -146,15 +146,16 @@ def time_modules(module: Any, run: Callable[[], object], calls: int = 20) -> dic
     return {name: statistics.median(v) / 1e6 for name, v in times.items()}
 
 
-def median_seconds(fn: Callable[[], object], reps: int = 5) -> float:
-    """Median wall time of ``reps`` calls of ``fn`` (after one untimed call), in seconds."""
+def fastest_seconds(fn: Callable[[], object], reps: int = 5) -> float:
+    """Shortest wall time of ``reps`` calls of ``fn`` (after one untimed call), in seconds."""
     fn()
-    times = []
+    best = None
     for _ in range(reps):
         t0 = clock()
         fn()
-        times.append(clock() - t0)
-    return statistics.median(times) / 1e9
+        t = clock() - t0
+        best = t if best is None or t < best else best
+    return (best or 0) / 1e9
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
