@@ -163,8 +163,9 @@ int sb_add_layernorm(const float *x, const float *residual, const float *gamma,
  * (heads*head_dim), k and v batch x seq_k x (heads*head_dim), out like q. Per (batch b, head h):
  * out = softmax(q k^T * scale + mask) v, the softmax over keys, max-subtracted. mask (additive,
  * float) may be NULL; element (b, h, i, j) is mask[b*mask_batch_stride + h*mask_head_stride +
- * i*mask_row_stride + j] (stride 0: broadcast over that axis). out must not overlap q, k, v.
- * Threads take (batch, head) pairs. */
+ * i*mask_row_stride + j] (stride 0: broadcast over that axis). A query whose keys are all
+ * masked with -inf gets a zero output row (as the SDPA exports' Where(IsNaN(P), 0, P); a plain
+ * softmax would give NaN). out must not overlap q, k, v. Threads take (batch, head) pairs. */
 int sb_attention(const float *q, const float *k, const float *v, const float *mask,
                  int64_t mask_batch_stride, int64_t mask_head_stride, int64_t mask_row_stride,
                  int64_t batch, int64_t seq_q, int64_t seq_k, int64_t heads, int64_t head_dim,

@@ -632,6 +632,16 @@ static void test_transformer(void) {
     test_attention(1, seqs[s], seqs[s], 1, 80, (s + 2) % 3, 2);  /* dh > 64: two column tiles */
   }
   test_attention(2, 9, 130, 2, 33, 1, 2); /* Tq != Tk, keys beyond a 64-wide tile */
+  {
+    /* query 1 sees only -inf keys: a zero row (query 0 is a plain softmax over 3 keys) */
+    float q[2] = {0.5f, -1.f}, k[3] = {1.f, 2.f, 3.f}, v[3] = {1.f, 2.f, 4.f}, o[2];
+    const float inf = INFINITY;
+    float m[6] = {0.f, 0.f, -inf, -inf, -inf, -inf};
+    const double e0 = exp(0.5), e1 = exp(1.0);
+    const float want[2] = {(float)((1.0 * e0 + 2.0 * e1) / (e0 + e1)), 0.f};
+    expect_ok(sb_attention(q, k, v, m, 0, 0, 3, 1, 2, 3, 1, 1, 1.f, o, 1), "attention -inf");
+    compare("attention all keys masked", o, want, 2);
+  }
   test_attention(1, 37, 20, 4, 16, 2, 1); /* query block tail */
 }
 

@@ -201,7 +201,8 @@ void pv_rows(const float *p, int64_t pld, const float *v, int64_t ld, int64_t tk
   }
 }
 
-// Softmax of one score row in place: p = exp(s*scale + mask - max); returns 1/sum.
+// Softmax of one score row in place: p = exp(s*scale + mask - max); returns 1/sum (0 when
+// every key is masked with -inf: the exp of NaN differences is stored as 0).
 float softmax_row(float *s, const float *mask, int64_t tk, float scale) {
   const __m512 vs = _mm512_set1_ps(scale);
   __m512 vmax = _mm512_set1_ps(-INFINITY);
@@ -222,7 +223,8 @@ float softmax_row(float *s, const float *mask, int64_t tk, float scale) {
     _mm512_storeu_ps(s + j, e);
     vsum = _mm512_add_ps(vsum, e);
   }
-  return 1.0f / _mm512_reduce_add_ps(vsum);
+  const float sum = _mm512_reduce_add_ps(vsum);
+  return sum > 0.0f ? 1.0f / sum : 0.0f;  // every key masked with -inf: a zero output row
 }
 #else
 float softmax_row(float *s, const float *mask, int64_t tk, float scale) {
@@ -237,7 +239,7 @@ float softmax_row(float *s, const float *mask, int64_t tk, float scale) {
     s[j] = t >= kExpFloor ? std::exp(t) : 0.0f;
     sum += s[j];
   }
-  return 1.0f / sum;
+  return sum > 0.0f ? 1.0f / sum : 0.0f;  // every key masked with -inf: a zero output row
 }
 #endif
 

@@ -173,6 +173,21 @@ def test_scale_add_matches_numpy(shape: tuple[int, ...], b_shape: tuple[int, ...
 
 
 @needs_kernels
+def test_attention_query_with_every_key_masked_gives_zeros() -> None:
+    """As the SDPA exports' Where(IsNaN(P), 0, P) after the softmax."""
+    from sparsebench import native
+
+    q, k, v = (_f32(1, 5, 8) for _ in range(3))
+    mask = np.zeros((1, 1, 5, 5), np.float32)
+    mask[0, 0, 2] = -np.inf
+    got = native.Attention(2, 0.5).run(q, k, v, mask)
+    assert not got[0, 2].any()
+    rows = [0, 1, 3, 4]  # the other queries: a plain softmax
+    ref = _attention_ref(q[:, rows], k, v, None, 2, 0.5)
+    assert _max_rel(got[:, rows], ref) <= 1e-5
+
+
+@needs_kernels
 def test_transformer_kernel_arguments_are_checked() -> None:
     from sparsebench import native
     from sparsebench.errors import SparsebenchError
@@ -200,18 +215,23 @@ SEQ = 16
 
 @pytest.fixture(scope="module")
 def bert_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A tiny BERT (2 layers, hidden 64, 2 heads) exported by both torch exporters (and at
-    opset 14, where LayerNorm is decomposed into ReduceMean/Sub/Pow/Sqrt/Div/Mul/Add)."""
+    """A tiny BERT (2 layers, hidden 64, 2 heads) exported by both torch exporters, with eager
+    attention and with transformers' default SDPA attention (q and k scaled before the
+    MatMul, Where(IsNaN) after the softmax), and at opset 14 (LayerNorm decomposed into
+    ReduceMean/Sub/Pow/Sqrt/Div/Mul/Add)."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=128, vocab_size=100,
-                                  max_position_embeddings=32, attn_implementation="eager")
-    bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    models = {}
+    for attn in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=128, vocab_size=100,
+                                      max_position_embeddings=32, attn_implementation=attn)
+        models[attn] = transformers.BertModel(cfg, add_pooling_layer=False).eval()
 
     class LastHidden(torch.nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, bert: torch.nn.Module) -> None:
             super().__init__()
             self.bert = bert
 
@@ -223,11 +243,13 @@ def bert_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ids, mask = torch.randint(0, 100, (1, SEQ)), torch.ones(1, SEQ, dtype=torch.int64)
     folder = tmp_path_factory.mktemp("bert")
     paths = {}
-    for name, dynamo, opset in (("ts", False, 17), ("ts14", False, 14), ("dynamo", True, 18)):
+    for name, dynamo, opset, attn in (("ts", False, 17, "eager"), ("ts14", False, 14, "eager"),
+                                      ("dynamo", True, 18, "eager"), ("sdpa-ts", False, 17, "sdpa"),
+                                      ("sdpa-dynamo", True, 18, "sdpa")):
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(LastHidden().eval(), (ids, mask), buf, dynamo=dynamo,
+            torch.onnx.export(LastHidden(models[attn]).eval(), (ids, mask), buf, dynamo=dynamo,
                               input_names=["input_ids", "attention_mask"],
                               opset_version=opset,
                               **({"external_data": False} if dynamo else {}))
@@ -256,7 +278,7 @@ def _native_plan(path: Any, threads: int = 1) -> tuple[Any, float]:
 
 @needs_kernels
 @pytest.mark.parametrize("exporter,threads", [("ts", 1), ("ts14", 1), ("dynamo", 1),
-                                             ("ts", 2)])
+                                             ("sdpa-ts", 1), ("sdpa-dynamo", 1), ("ts", 2)])
 def test_bert_export_runs_its_blocks_natively(bert_exports: dict[str, Any], exporter: str,
                                               threads: int) -> None:
     prepared, err = _native_plan(bert_exports[exporter], threads)

@@ -7,11 +7,14 @@ graph and run as one native call each (``sparsebench.native.transformer``).
   when that add has no other reader (the residual); ``x + c1 + c2`` with constants ``c1``,
   ``c2`` (BERT's embeddings) adds ``c1 + c2`` once.
 * **attention**: from a ``Softmax`` over the last axis back through ``Add(mask)`` (optional),
-  ``Mul``/``Div`` by a scalar (optional) to ``MatMul(Transpose(Reshape(q)),
-  Transpose(Reshape(k)))`` and forward through ``MatMul(., Transpose(Reshape(v)))``,
-  ``Transpose``, ``Reshape``: the perms and shapes are checked (q, k, v the Linear outputs
-  ``(B, T, H*dh)``, heads split from the last axis), every intermediate read once. The
-  subgraph becomes one call on the Linear outputs: no transposes. The mask stays whatever
+  ``Mul``/``Div`` by a scalar (optional) to ``MatMul(q', k')`` and forward through
+  ``Where(IsNaN(P), 0, P)`` (optional, SDPA exports) and ``MatMul(P, v')`` to the output, where
+  q', k', v' are the Linear outputs ``(B, T, H*dh)`` moved by Reshape/Transpose chains (and
+  scaled by a scalar, SDPA exports) to ``(B, H, T, dh)`` (k': ``(B, H, dh, T)``) and the output
+  is moved back to ``(B, T, H*dh)``. Each chain is checked by running its nodes on element
+  indices (what the exporters write differs: one Transpose with perm (0, 2, 3, 1), or two, or
+  3-D reshapes in between), every intermediate must be read once. The subgraph becomes one
+  call on the Linear outputs: no transposes. The mask stays whatever
   computes it (torch steps on ``attention_mask``, once per call).
 
 * **gather**: an embedding lookup, ``Gather`` on axis 0 of a constant float table by integer
@@ -35,6 +38,7 @@ import torch
 
 from sparsebench import native
 from sparsebench.graph import Node
+from sparsebench.graph.execute import bind as bind_node
 
 KINDS = ("layernorm", "attention", "gather", "eltwise")
 
@@ -212,42 +216,84 @@ class _Finder:
 
     # ------------------------------------------------------------------ attention
 
-    def perm(self, v: str, want: tuple[int, ...]) -> tuple[int, str] | None:
-        """(index, input) of the Transpose producing v with perm ``want``."""
+    def scalar_factor(self, v: str, reader: int) -> tuple[float, str, int] | None:
+        """(factor, x, index) of ``v = x * c`` or ``x / c`` (c a scalar constant, v read only
+        by ``reader``), else None."""
         found = self.node(v)
-        if found is None or found[1].label != "Transpose" or found[1].kind != "call":
+        if found is None or len(found[1].inputs) != 2 or not self.only_reader(v, reader):
             return None
-        if tuple(found[1].attrs.get("perm", ())) != want:
+        j, n = found
+        a, c = n.inputs
+        if n.kind == "mul" and _scalar(self.const(a)) is not None:
+            a, c = c, a
+        value = _scalar(self.const(c))
+        if value is None or self.const(a) is not None:
             return None
-        return found[0], found[1].inputs[0]
+        if n.kind == "mul":
+            return value, a, j
+        if n.kind == "call" and n.label == "Div" and value != 0:
+            return 1.0 / value, a, j
+        return None
 
-    def heads_split(self, v: str, tokens: int, heads: int) -> tuple[int, str] | None:
-        """(index, linear output) of the Reshape (B, T, H*dh) -> (B, T, H, dh) producing v."""
-        found = self.node(v)
-        if found is None or found[1].kind != "reshape" or not found[1].inputs:
-            return None
-        src = found[1].inputs[0]
-        out_shape, in_shape = self.p.shape(v), self.p.shape(src) if self.p.is_buffer(src) else ()
-        if len(out_shape) != 4 or len(in_shape) != 3 or out_shape[1] != tokens \
-                or out_shape[2] != heads or in_shape != (out_shape[0], tokens,
-                                                         heads * out_shape[3]):
-            return None
-        return found[0], src
-
-    def projection(self, v: str, perms: list[tuple[int, ...]], tokens: int, heads: int,
-                   reader: int) -> tuple[list[int], str] | None:
-        """(covered nodes, linear output) of ``Transpose*(Reshape(lin))`` read by ``reader``."""
+    def layout_chain(self, v: str, reader: int) -> tuple[list[int], str] | None:
+        """(nodes, input) of the Reshape/Transpose chain producing v (each value read only by
+        the next node), back to the first value not made by one (its input)."""
         covers: list[int] = []
-        for want in perms:
-            found = self.perm(v, want)
-            if found is None or not self.only_reader(v, reader):
+        while True:
+            found = self.node(v)
+            if found is None or not (found[1].kind == "reshape" or found[1].label == "Transpose"):
+                return (covers, v) if covers else None
+            if not self.only_reader(v, reader) or not found[1].inputs:
                 return None
-            reader, v = found
-            covers.append(found[0])
-        split = self.heads_split(v, tokens, heads)
-        if split is None or not self.only_reader(v, reader):
+            reader, v = found[0], found[1].inputs[0]
+            covers.append(reader)
+
+    def moves_like(self, chain: list[int], start: str, shape: tuple[int, ...],
+                   want: torch.Tensor) -> bool:
+        """Whether the chain's nodes (in graph order), run on the element indices of a
+        ``shape`` tensor as their input ``start``, give exactly ``want``: the chain moves the
+        data as expected (a proof for these shapes: the indices are all distinct)."""
+        env: dict[str, Any] = dict(self.p.ref)  # sizes a Reshape reads: the planning run's
+        env[start] = torch.arange(want.numel()).reshape(shape)
+        try:
+            for j in sorted(chain):
+                node = self.g.nodes[j]
+                env[node.output] = bind_node(node, self.g.module)(env)
+            got = env[self.g.nodes[max(chain)].output]
+        except Exception:  # noqa: BLE001 - a node that cannot run on indices: no match
+            return False
+        return isinstance(got, torch.Tensor) and got.shape == want.shape \
+            and bool(torch.equal(got, want))
+
+    def projection(self, v: str, reader: int, tokens: int, heads: int,
+                   perm: tuple[int, ...]) -> tuple[list[int], str, float] | None:
+        """(covered nodes, Linear output, scale factor) of q, k or v as the MatMul reads it:
+        ``(B, T, H*dh)`` moved to ``(B, H, T, dh).permute(perm)`` by Reshape/Transpose nodes,
+        optionally multiplied by a scalar after or before the moves (the SDPA exports)."""
+        factor, covers = 1.0, []
+        scaled = self.scalar_factor(v, reader)
+        if scaled is not None:
+            factor, v, reader = scaled
+            covers.append(reader)
+        chain = self.layout_chain(v, reader)
+        if chain is None:
             return None
-        return [*covers, split[0]], split[1]
+        nodes, start = chain
+        src = start
+        if not covers:
+            inner = self.scalar_factor(start, nodes[-1])
+            if inner is not None:
+                factor, src = inner[0], inner[1]
+                covers.append(inner[2])
+        shape = self.p.shape(src) if self.p.is_buffer(src) else ()
+        if len(shape) != 3 or shape[1] != tokens or shape[2] % heads:
+            return None
+        b, t, w = shape
+        want = torch.arange(b * t * w).reshape(b, t, heads, w // heads).permute(0, 2, 1, 3) \
+            .permute(*perm)
+        if not self.moves_like(nodes, start, shape, want):
+            return None
+        return [*covers, *nodes], src, factor
 
     def attention(self, i: int, sm: Node) -> Block | None:
         if sm.kind != "call" or sm.label != "Softmax" or len(sm.inputs) != 1:
@@ -271,50 +317,74 @@ class _Finder:
                     x, mask = s_, m
                     found = self.node(s_)
                     break
-        if found is not None and len(found[1].inputs) == 2 and self.only_reader(x, covers[-1]):
-            a, c = found[1].inputs
-            if found[1].kind == "mul" and _scalar(self.const(a)) is not None:
-                a, c = c, a
-            value = _scalar(self.const(c))
-            if value is not None and (found[1].kind == "mul" or (
-                    found[1].kind == "call" and found[1].label == "Div" and value != 0)):
-                scale = value if found[1].kind == "mul" else 1.0 / value
-                covers.append(found[0])
-                x, found = a, self.node(a)
+        scaled = self.scalar_factor(x, covers[-1])
+        if scaled is not None:
+            scale, x = scaled[0], scaled[1]
+            covers.append(scaled[2])
+            found = self.node(x)
         if found is None or found[1].label != "MatMul" or len(found[1].inputs) != 2 \
                 or not self.only_reader(x, covers[-1]):
             return None
         mm = found[0]
         covers.append(mm)
-        qt, kt = found[1].inputs
-        q = self.projection(qt, [(0, 2, 1, 3)], tq, heads, mm)
-        k = (self.projection(kt, [(0, 2, 3, 1)], tk, heads, mm)
-             or self.projection(kt, [(0, 1, 3, 2), (0, 2, 1, 3)], tk, heads, mm))
-        # forward: P @ Transpose(Reshape(v)) -> Transpose -> Reshape (B, Tq, H*dh)
-        pv = self.p.sole_user(sm.output, self.consumed)
+        q = self.projection(found[1].inputs[0], mm, tq, heads, (0, 1, 2, 3))
+        k = self.projection(found[1].inputs[1], mm, tk, heads, (0, 1, 3, 2))
+        probs, after = sm.output, i
+        nan = self.nan_to_zero(probs)  # SDPA exports: Where(IsNaN(P), 0, P)
+        if nan is not None:
+            covers += nan[0]
+            probs, after = nan[1], nan[0][-1]
+        pv = self.p.sole_user(probs, self.consumed)
         if q is None or k is None or pv is None or pv[1].label != "MatMul" \
-                or pv[1].inputs[0] != sm.output or len(pv[1].inputs) != 2:
+                or pv[1].inputs[0] != probs or len(pv[1].inputs) != 2:
             return None
-        v = self.projection(pv[1].inputs[1], [(0, 2, 1, 3)], tk, heads, pv[0])
-        back = self.p.sole_user(pv[1].output, self.consumed)
-        if v is None or back is None or back[1].label != "Transpose" \
-                or tuple(back[1].attrs.get("perm", ())) != (0, 2, 1, 3):
+        v = self.projection(pv[1].inputs[1], pv[0], tk, heads, (0, 1, 2, 3))
+        if v is None or v[2] != 1.0 or len({q[1], k[1], v[1]}) != 3:
             return None
-        merge = self.p.sole_user(back[1].output, self.consumed)
-        if merge is None or merge[1].kind != "reshape":
-            return None
-        width = self.p.shape(q[1])[2]
-        if self.p.shape(merge[1].output) != (batch, tq, width) or not self.p.is_buffer(
-                merge[1].output) or len({q[1], k[1], v[1]}) != 3:
+        out = self.merge_heads(pv[0], pv[1].output, (batch, heads, tq, self.p.shape(q[1])[2]
+                                                      // heads))
+        if out is None:
             return None
         ins = (q[1], k[1], v[1]) + ((mask,) if mask is not None and self.p.is_buffer(mask)
                                     else ())
-        params = {"heads": heads, "scale": scale}
+        params = {"heads": heads, "scale": scale * q[2] * k[2]}
         if mask is not None and not self.p.is_buffer(mask):
             params["mask"] = np.ascontiguousarray(self.const(mask).float().numpy())
-        covers += [*q[0], *k[0], *v[0], pv[0], back[0], merge[0]]
-        return Block("attention", merge[0], merge[1].output, ins, sm, covers, "attention",
-                     params)
+        covers += [*q[0], *k[0], *v[0], pv[0], *out[0]]
+        return Block("attention", max(covers), out[1], ins, sm, covers, "attention", params)
+
+    def nan_to_zero(self, p: str) -> tuple[list[int], str] | None:
+        """([IsNaN, Where], output) of ``Where(IsNaN(p), 0, p)`` when those read p, else None."""
+        users = self.readers(p)
+        isnan = next((u for u in users if u[1].label == "IsNaN"), None)
+        where = next((u for u in users if u[1].label == "Where"), None)
+        if len(users) != 2 or isnan is None or where is None:
+            return None
+        cond, zero, keep = (where[1].inputs + ("", "", ""))[:3]
+        if cond != isnan[1].output or keep != p or _scalar(self.const(zero)) != 0.0 \
+                or not self.only_reader(cond, where[0]) or not self.p.is_buffer(where[1].output):
+            return None
+        return [isnan[0], where[0]], where[1].output
+
+    def merge_heads(self, reader: int, v: str, shape: tuple[int, ...]
+                    ) -> tuple[list[int], str] | None:
+        """(nodes, output) of the Reshape/Transpose chain after P @ V that turns its
+        ``(B, H, T, dh)`` output into ``(B, T, H*dh)``, checked on element indices."""
+        chain: list[int] = []
+        out = v
+        while True:
+            nxt = self.p.sole_user(out, self.consumed)
+            if nxt is None or not (nxt[1].kind == "reshape" or nxt[1].label == "Transpose") \
+                    or nxt[1].inputs[0] != out:
+                break
+            chain.append(nxt[0])
+            out = nxt[1].output
+        b, h, t, dh = shape
+        if not chain or self.p.shape(out) != (b, t, h * dh) or not self.p.is_buffer(out):
+            return None
+        want = torch.arange(b * h * t * dh).reshape(b, h, t, dh).permute(0, 2, 1, 3) \
+            .reshape(b, t, h * dh)
+        return (chain, out) if self.moves_like(chain, v, shape, want) else None
 
 
 def _other(node: Node, value: str) -> str:
