@@ -295,7 +295,8 @@ def test_bert_export_runs_its_blocks_natively(bert_exports: dict[str, Any], expo
     assert len(prepared.kernels) == 12
 
 
-def _attention_onnx(softmax_axis: int, heads: int = 2, dh: int = 8, seq: int = 5) -> Any:
+def _attention_onnx(softmax_axis: int, mask_first: bool = False, heads: int = 2, dh: int = 8,
+                    seq: int = 5) -> Any:
     """q, k, v inputs (1, seq, heads*dh) through BERT's attention ops, then a Linear."""
     mk = helper.make_node
     w = heads * dh
@@ -308,7 +309,7 @@ def _attention_onnx(softmax_axis: int, heads: int = 2, dh: int = 8, seq: int = 5
               mk("Transpose", ["kr"], ["kt"], perm=[0, 2, 3, 1]),
               mk("Transpose", ["vr"], ["vt"], perm=[0, 2, 1, 3]),
               mk("MatMul", ["qt", "kt"], ["s"]), mk("Div", ["s", "sqrt_dh"], ["ss"]),
-              mk("Add", ["ss", "mask"], ["sm_in"]),
+              mk("Add", ["mask", "ss"] if mask_first else ["ss", "mask"], ["sm_in"]),
               mk("Softmax", ["sm_in"], ["p"], axis=softmax_axis), mk("MatMul", ["p", "vt"], ["o"]),
               mk("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
               mk("Reshape", ["ot", "merge"], ["om"]), mk("MatMul", ["om", "w"], ["y"])]
@@ -323,15 +324,16 @@ def _attention_onnx(softmax_axis: int, heads: int = 2, dh: int = 8, seq: int = 5
 
 
 @needs_kernels
-@pytest.mark.parametrize("axis,fused", [(-1, True), (3, True), (2, False)])
-def test_attention_pattern_needs_softmax_over_keys(axis: int, fused: bool,
+@pytest.mark.parametrize("axis,mask_first,fused", [(-1, False, True), (3, True, True),
+                                                   (2, False, False)])
+def test_attention_pattern_needs_softmax_over_keys(axis: int, mask_first: bool, fused: bool,
                                                    tmp_path: Any) -> None:
     from sparsebench.backends import get_backend
     from sparsebench.formats import convert
     from sparsebench.loading import load_model
 
     path = tmp_path / "att.onnx"
-    path.write_bytes(_attention_onnx(axis).SerializeToString())
+    path.write_bytes(_attention_onnx(axis, mask_first).SerializeToString())
     loaded = load_model(path)
     xs = [torch.randn(1, 5, 16) for _ in range(3)]
     with torch.inference_mode():

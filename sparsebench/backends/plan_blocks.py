@@ -235,6 +235,16 @@ class _Finder:
             return 1.0 / value, a, j
         return None
 
+    def made_by_matmul(self, v: str) -> bool:
+        """Whether v is a MatMul output, possibly times a scalar (the scores, not the mask)."""
+        found = self.node(v)
+        if found is not None and found[1].kind in ("mul", "call") and len(found[1].inputs) == 2:
+            users = self.p.users.get(v, [])
+            scaled = self.scalar_factor(v, users[0]) if len(users) == 1 else None
+            if scaled is not None:
+                found = self.node(scaled[1])
+        return found is not None and found[1].label == "MatMul"
+
     def layout_chain(self, v: str, reader: int) -> tuple[list[int], str] | None:
         """(nodes, input) of the Reshape/Transpose chain producing v (each value read only by
         the next node), back to the first value not made by one (its input)."""
@@ -312,7 +322,7 @@ class _Finder:
                 mshape = self.p.shape(m) if (self.p.is_buffer(m) or isinstance(
                     self.const(m), torch.Tensor)) else ()
                 if s_ != m and self.p.is_buffer(s_) and mshape and mshape[-1] == tk \
-                        and _broadcasts(mshape, shape) and self.node(s_) is not None:
+                        and _broadcasts(mshape, shape) and self.made_by_matmul(s_):
                     covers.append(found[0])
                     x, mask = s_, m
                     found = self.node(s_)
