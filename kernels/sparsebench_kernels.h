@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define SB_ABI_VERSION 2
+#define SB_ABI_VERSION 3
 
 #define SB_ACT_NONE 0
 #define SB_ACT_RELU 1

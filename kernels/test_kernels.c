@@ -438,14 +438,24 @@ static void test_straggler_guard(void) {
   const int old_backoff = sb_tuning("pool_backoff_us", 60000000); /* 60 s */
   sb_tuning("pool_test_delay_us", 20000);                        /* 20 ms in rank 1's chunks */
   const int straggles0 = sb_tuning("pool_straggles", -1);
+  sb_tuning("pool_worker_chunks", 0); /* reset: counts the chunks workers ran from here */
   int calls = 0;
-  for (; calls < 500 && sb_tuning("pool_straggles", -1) == straggles0; ++calls) {
+  for (; calls < 2000 && sb_tuning("pool_straggles", -1) == straggles0; ++calls) {
     memset(y, 0, (size_t)M * sizeof(float));
     expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
     ++checks;
     if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
   }
   ++checks;
+  if (sb_tuning("pool_straggles", -1) == straggles0 && sb_tuning("pool_worker_chunks", -1) == 0) {
+    /* the worker never claimed a chunk (an oversubscribed machine: the caller finished every
+     * job first), so there was nothing to guard against: not a failure, but say so */
+    fprintf(stderr, "note: straggler guard not exercised (no worker chunk in %d calls)\n", calls);
+    sb_tuning("pool_test_delay_us", 0);
+    sb_tuning("pool_backoff_us", old_backoff);
+    free(x), free(y), free(first), free_csr(s), free(w);
+    return;
+  }
   if (sb_tuning("pool_straggles", -1) != straggles0 + 1) {
     fprintf(stderr, "FAIL straggler guard: no straggle in %d delayed calls\n", calls);
     ++failures;

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-ABI_VERSION = 2  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
+ABI_VERSION = 3  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
 
 _STATUS = {
     1: "invalid argument",
