@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -182,6 +183,21 @@ class _Planner:
         steps.sort(key=lambda s: s.pos)
         return steps
 
+    def static_values(self) -> set[str]:
+        """Values that are the same on every call of this plan: constants, the shapes of
+        tensors (every shape is fixed once the batch is) and what is computed from those
+        alone (a dynamic-batch export's Shape/Gather/Concat/Range chains), when they are not
+        float buffers. The plan stores them once instead of running their torch steps."""
+        static = set(self.g.consts)
+        for op in self.g.nodes:
+            args = [self.canon.get(a, a) for a in op.inputs if a]
+            if self.is_buffer(self.canon[op.output]) or op.output == self.output:
+                continue
+            if op.label == "Shape" or (args and all(a in static for a in args)):
+                static.add(op.output)
+                static.add(self.canon[op.output])
+        return static
+
     def dense_density(self, sw: SparseWeight, x: str) -> float | None:
         """The nonzero fraction of a CSR Linear dense enough for torch's GEMM to win
         (``DENSE_WINS``), else None (the kernel runs it)."""
@@ -310,8 +326,11 @@ class NativePrepared(Prepared):
         self._names: dict[int, list[str]] = {}
         self._native_layers: set[str] = set()   # layers a native kernel runs, in every plan
         self._torch_layers: set[str] = set()    # layers torch runs (they keep their weights)
+        self._per_sample: set[int] = set()  # batch sizes run as one batch-1 plan per sample
         self.kernels, self.torch_ops, self.traffic_bytes = self._build(batch)
         self.impl = _impl(label, self.kernels, threads, self.torch_ops, self.blocks)
+        if batch > 1 and self._choose_per_sample(batch):
+            self.impl += "-per-sample"
 
     def _build(self, batch: int) -> tuple[list[Any], list[str], int]:
         """Plan the model for one batch size: (kernels, torch op labels, bytes per call)."""
@@ -335,8 +354,12 @@ class NativePrepared(Prepared):
         names: list[str] = []
         kernels, torch_ops, traffic = [], [], 0
         self.blocks: list[str] = []  # the plan_blocks steps' labels (the impl names them)
+        static = planner.static_values()
         for s in steps:
             if s.kind == "view":
+                continue
+            if s.kind == "torch" and s.op.output in static:  # fixed for this plan: computed once
+                env[s.op.output] = planner.ref[s.op.output]
                 continue
             names.append(s.name() if s.kind != "torch" else f"{s.label} (torch)")
             if s.kind == "pool":
@@ -399,6 +422,29 @@ class NativePrepared(Prepared):
                 node.weights = {}
         self._released = True
 
+    def _choose_per_sample(self, batch: int) -> bool:
+        """For a convolutional model at batch > 1: time the batch plan against the batch-1 plan
+        run once per sample (a CNN's activations at batch 8 overflow the caches: ResNet-50
+        stacks 25 MB per tensor) and keep the faster; True when per-sample won."""
+        if not any(isinstance(k, native.CSRConv2d) for k in self.kernels):
+            return False
+        xs = make_inputs(self.converted.inputs, batch)
+        self.run(*xs)
+        self._build(1)
+        timings = {}
+        for per_sample in (False, True, False, True):
+            self._per_sample = {batch} if per_sample else set()
+            t0 = time.perf_counter()
+            self.run(*xs)
+            took = time.perf_counter() - t0
+            timings[per_sample] = min(took, timings.get(per_sample, took))
+        if timings[True] < timings[False]:
+            self._plans.pop(batch, None)
+            self._per_sample = {batch}
+            return True
+        self._per_sample = set()
+        return False
+
     def _plan(self, batch: int) -> tuple[Any, ...]:
         plan = self._plans.get(batch)
         if plan is None:
@@ -424,19 +470,43 @@ class NativePrepared(Prepared):
     def run(self, *xs: torch.Tensor) -> torch.Tensor:
         if self.torch_ops and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        feeds, calls, out, env = self._plan(int(xs[0].shape[0]))
+        batch = int(xs[0].shape[0])
+        if batch in self._per_sample:
+            return self._run_per_sample(batch, xs)
+        feeds, calls, out, env = self._plan(batch)
         self._feed(feeds, env, xs)
         for call in calls:
             call()
         return out.clone()
+
+    def _run_per_sample(self, batch: int, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        feeds, calls, out, env = self._plan(1)
+        result = torch.empty((batch, *out.shape[1:]), dtype=out.dtype)
+        for i in range(batch):
+            self._feed(feeds, env, tuple(x[i:i + 1] for x in xs))
+            for call in calls:
+                call()
+            result[i].copy_(out[0])
+        return result
 
     def steps(self, *xs: torch.Tensor) -> tuple[list[str], tuple[Callable[[], Any], ...],
                                                 Callable[[], Any]]:
         """(names, step callables, input reset) of the plan for this batch, for per-layer
         timing by ``measure.timing.time_steps`` (the sum of the steps exceeds one ``run``)."""
         self.run(*xs)
-        feeds, steps, _, env = self._plans[xs[0].shape[0]]
-        return self._names[xs[0].shape[0]], steps, lambda: self._feed(feeds, env, xs)
+        batch = int(xs[0].shape[0])
+        if batch in self._per_sample:  # each step once per sample, on the first sample
+            feeds, one, _, env = self._plans[1]
+            steps = tuple(functools.partial(_repeat, c, batch) for c in one)
+            first = tuple(x[:1] for x in xs)
+            return self._names[1], steps, lambda: self._feed(feeds, env, first)
+        feeds, steps, _, env = self._plans[batch]
+        return self._names[batch], steps, lambda: self._feed(feeds, env, xs)
+
+
+def _repeat(call: Callable[[], Any], times: int) -> None:
+    for _ in range(times):
+        call()
 
 
 def _impl(label: str, kernels: list[Any], threads: int, torch_ops: list[str],
