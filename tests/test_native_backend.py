@@ -449,3 +449,26 @@ def test_dense_enough_linears_run_on_torch_gemm(batch: int, density: float,
         assert rel_err(prepared.run(x), m(x)) <= 1e-5
     structured = get_backend("native").prepare(convert(m, "structured"), batch=batch)
     assert "nonzero)" not in structured.impl  # a structured model asked for its compaction
+
+
+@needs_kernels
+def test_per_sample_execution_matches_the_batch_plan() -> None:
+    """A CNN at batch > 1 may run its batch-1 plan once per sample (chosen by timing both at
+    prepare time): forced either way, the outputs and the per-layer steps agree."""
+    from sparsebench.backends import get_backend
+    from sparsebench.measure.timing import time_steps
+
+    m = model("resnet18")
+    prepared = get_backend("native").prepare(converted("resnet18", "csr"), batch=3)
+    assert re.search(r"-t1(-per-sample)?(\+|$)", prepared.impl)  # marker before any +part
+    x = torch.randn(3, *m.input_shape)
+    with torch.no_grad():
+        want = m(x)
+    prepared._build(1)
+    prepared._build(3)
+    for per_sample in (set(), {3}):
+        prepared._per_sample = per_sample
+        assert rel_err(prepared.run(x), want) <= 1e-4
+        names, steps, reset = prepared.steps(x)
+        assert len(names) == len(steps) == len(prepared._names[1])
+        assert sum(time_steps(names, steps, reset).values()) > 0

@@ -329,8 +329,8 @@ class NativePrepared(Prepared):
         self._per_sample: set[int] = set()  # batch sizes run as one batch-1 plan per sample
         self.kernels, self.torch_ops, self.traffic_bytes = self._build(batch)
         self.impl = _impl(label, self.kernels, threads, self.torch_ops, self.blocks)
-        if batch > 1 and self._choose_per_sample(batch):
-            self.impl += "-per-sample"
+        if batch > 1 and self._choose_per_sample(batch):  # before the +native/+torch parts
+            self.impl = self.impl.replace(f"-t{threads}", f"-t{threads}-per-sample", 1)
 
     def _build(self, batch: int) -> tuple[list[Any], list[str], int]:
         """Plan the model for one batch size: (kernels, torch op labels, bytes per call)."""
