@@ -424,9 +424,10 @@ def test_native_maxpool_refuses_bad_shapes() -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("batch,density,dense", [(1, 0.1, False), (1, 0.6, False),
-                                                 (1, 1.0, True), (32, 0.3, False),
-                                                 (32, 0.6, True), (2, 1.0, "small")])
+@pytest.mark.parametrize("batch,density,dense", [(1, 0.1, False), (1, 0.3, False),
+                                                 (1, 0.6, True), (1, 1.0, True),
+                                                 (32, 0.3, False), (32, 0.6, True),
+                                                 (2, 1.0, "small")])
 def test_dense_enough_linears_run_on_torch_gemm(batch: int, density: float,
                                                 dense: bool | str) -> None:
     """csr/native: a Linear denser than the break-even (DENSE_WINS) and big enough

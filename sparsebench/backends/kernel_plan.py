@@ -45,12 +45,12 @@ from sparsebench.formats.fold import fold_batchnorm
 from sparsebench.model_io import make_inputs
 
 _ACTS = ("relu", "gelu")
-# Nonzero fraction of a CSR Linear above which torch's dense GEMM (MKL) beats the CSR kernel:
-# the batched kernel reaches ~40% of the SGEMM rate, so at 16+ rows (tokens x batch) a layer
-# denser than 0.45 runs dense; below 16 rows both are bound by streaming the weight (CSR int16:
-# 6 bytes per nonzero, dense 4 per weight), so the break-even is ~0.65. Layers under
-# DENSE_MIN_MACS (rows x weights) stay on the kernel: torch's ~10 us call overhead dominates.
-DENSE_WINS = {"batched": 0.45, "vector": 0.65}
+# Nonzero fraction of a CSR Linear above which torch's dense GEMM/GEMV (MKL) beats the CSR
+# kernel. Measured (same process, interleaved, 1 thread): 768x768 and 3072x768 at 128 tokens,
+# 2048^2 and 4096^2 at batch 1 all cross between 35% (CSR 1.15-1.29x faster) and 45% (dense
+# 1.0-1.2x faster). Layers under DENSE_MIN_MACS (rows x weights per call) stay on the kernel:
+# torch's ~10 us call overhead dominates there.
+DENSE_WINS = 0.40
 DENSE_MIN_MACS = 1 << 22
 _GLOBAL_AVG = -1  # _Step.pool: a fused global average pool
 # what a torch step of these kinds is called in the impl (other nodes: what they came from)
@@ -208,8 +208,7 @@ class _Planner:
         if rows * sw.shape[0] * sw.shape[1] < DENSE_MIN_MACS:
             return None
         density = sw.nnz / max(1, sw.shape[0] * sw.shape[1])
-        limit = DENSE_WINS["batched" if rows >= 16 else "vector"]
-        return density if density > limit else None
+        return density if density > DENSE_WINS else None
 
     def native_pool(self, op: Node, x: str) -> bool:
         """A max-pool the native pool kernel runs (4-D float map, no dilation, padding at
