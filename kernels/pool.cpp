@@ -3,8 +3,9 @@
 // pool: torch's CPU max_pool2d takes ~5 ms on that map at one thread, this ~0.2 ms).
 //
 // Per output row: the vertical max of the window's input rows into a row buffer (contiguous,
-// vectorised by the compiler), then the horizontal max over each output's window. Threads
-// claim chunks of (image, channel) planes.
+// vectorised by the compiler), then the horizontal max over each output's window (stride 2:
+// over the row's even/odd halves, contiguous shifted reads). Threads claim chunks of
+// (image, channel) planes.
 #include <cstdlib>
 #include <limits>
 
@@ -20,8 +21,31 @@ struct PoolJob {
   int64_t planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw, nchunks;
 };
 
+// Stride 2 across: the row split into its even and odd elements (each padded with -inf), so
+// every tap kx is one contiguous shifted read: y[ox] = max over kx of (even|odd)[ox + off].
+void hmax_stride2(const PoolJob &j, const float *SB_RESTRICT row, float *SB_RESTRICT even,
+                  float *SB_RESTRICT odd, int64_t pad, float *SB_RESTRICT y) {
+  const float lowest = -std::numeric_limits<float>::infinity();
+  const int64_t half = (j.w + 1) / 2, len = half + 2 * pad;
+  for (int64_t i = 0; i < len; ++i) even[i] = odd[i] = lowest;
+  for (int64_t i = 0; i < j.w / 2; ++i) {
+    even[pad + i] = row[2 * i];
+    odd[pad + i] = row[2 * i + 1];
+  }
+  if (j.w % 2) even[pad + j.w / 2] = row[j.w - 1];
+  for (int64_t ox = 0; ox < j.wo; ++ox) y[ox] = lowest;
+  for (int64_t kx = 0; kx < j.kw; ++kx) {
+    const int64_t s = kx - j.pw;                        // input column 2*ox + s
+    const float *src = (s % 2 == 0 ? even : odd) + pad;  // element (2*ox + s) >> 1 ...
+    const int64_t off = s >= 0 ? s / 2 : -((-s + 1) / 2);  // ... = ox + floor(s / 2)
+    for (int64_t ox = 0; ox < j.wo; ++ox) y[ox] = src[ox + off] > y[ox] ? src[ox + off] : y[ox];
+  }
+}
+
 void pool_planes(const PoolJob &j, int64_t p0, int64_t p1, float *row) {
   const float lowest = -std::numeric_limits<float>::infinity();
+  const int64_t pad = (j.kw + 1) / 2 + 1;  // even/odd padding: covers every shifted read
+  float *even = row + j.w, *odd = even + (j.w + 1) / 2 + 2 * pad;
   for (int64_t p = p0; p < p1; ++p) {
     const float *SB_RESTRICT xp = j.x + p * j.h * j.w;
     float *SB_RESTRICT yp = j.y + p * j.ho * j.wo;
@@ -32,6 +56,10 @@ void pool_planes(const PoolJob &j, int64_t p0, int64_t p1, float *row) {
       for (int64_t iy = a; iy < b; ++iy) {
         const float *SB_RESTRICT xr = xp + iy * j.w;
         for (int64_t ix = 0; ix < j.w; ++ix) row[ix] = xr[ix] > row[ix] ? xr[ix] : row[ix];
+      }
+      if (j.sw == 2) {
+        hmax_stride2(j, row, even, odd, pad, yp + oy * j.wo);
+        continue;
       }
       for (int64_t ox = 0; ox < j.wo; ++ox) {
         const int64_t ix0 = ox * j.sw - j.pw;
@@ -70,10 +98,12 @@ extern "C" int sb_maxpool2d(const float *x, int64_t n, int64_t c, int64_t h, int
   // a single thread below ~64k outputs (the hand-over costs more than it saves)
   const int nt = j.planes * j.ho * j.wo < 65536 ? 1 : num_threads;
   j.nchunks = sb::chunk_count(j.planes, nt, 4);
-  float *rows = (float *)std::malloc((size_t)(w * j.nchunks) * sizeof(float));
+  // per chunk: the row buffer, then the even / odd halves of the stride-2 path with padding
+  const int64_t per = w + 2 * ((w + 1) / 2 + 2 * ((kw + 1) / 2 + 1)) + 16;
+  float *rows = (float *)std::malloc((size_t)(per * j.nchunks) * sizeof(float));
   if (!rows) return SB_ENOMEM;
   sb::parallel_for(nt, j.nchunks, [&](int64_t t) {
-    sb::pool_planes(j, j.planes * t / j.nchunks, j.planes * (t + 1) / j.nchunks, rows + t * w);
+    sb::pool_planes(j, j.planes * t / j.nchunks, j.planes * (t + 1) / j.nchunks, rows + t * per);
   });
   std::free(rows);
   return SB_OK;
