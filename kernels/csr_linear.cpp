@@ -9,8 +9,9 @@
 //   AVX-512 stores go through a [16 rows][ld] tile, written as one 16-float run per batch
 //   element (BERT-base's linears at 128 tokens, 90% sparse: 48 -> 34 ms for the 72 of them;
 //   chunk 32 rather than 64 keeps a 768-wide XT at 96 KB: another ~5%).
-// Work is split into row chunks balanced by nnz (+ a per-row overhead), ~8 per thread,
-// claimed dynamically by the thread pool (threadpool.cpp).
+// Work is split into row chunks balanced by nnz (+ a per-row overhead), 2 per thread (8 cost
+// BERT-base's linears 9% at 2 threads: 22.4 vs 20.5 ms), claimed dynamically by the thread
+// pool (threadpool.cpp).
 #include <cstdint>
 #include <cstdlib>
 
@@ -22,7 +23,7 @@ namespace sb {
 int g_spmv_gather = 1;
 int g_transpose_batch = 3;
 int g_batch_chunk = 32;
-int g_linear_chunks = 8;
+int g_linear_chunks = 2;
 int g_linear_min_parallel = 32768;
 int g_linear_tile = 1;
 

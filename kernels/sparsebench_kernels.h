@@ -50,7 +50,7 @@ const char *sb_isa(void);
  *   "conv_layout"        0 shift, 1 kx-copy, 2 taps, 3 auto (default; csr_conv.cpp), new plans
  *   "conv_l1_kb"         input KB per channel block of a conv tile (applies to new plans)
  *   "conv_prefetch"      conv weight-stream software prefetch distance in nonzeros (0: off)
- *   "linear_chunks"      linear row chunks per thread (default 8)
+ *   "linear_chunks"      linear row chunks per thread (default 2)
  *   "linear_min_parallel" work (nnz*batch + 8*rows*batch) below which a linear runs on one thread
  *   "linear_tile"        1 = batched CSR results go through a 16-row tile (default), 0 = stored
  *                        per row with stride M (the previous kernel, for A/B runs)
