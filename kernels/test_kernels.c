@@ -451,10 +451,7 @@ static void test_straggler_guard(void) {
     /* the worker never claimed a chunk (an oversubscribed machine: the caller finished every
      * job first), so there was nothing to guard against: not a failure, but say so */
     fprintf(stderr, "note: straggler guard not exercised (no worker chunk in %d calls)\n", calls);
-    sb_tuning("pool_test_delay_us", 0);
-    sb_tuning("pool_backoff_us", old_backoff);
-    free(x), free(y), free(first), free_csr(s), free(w);
-    return;
+    goto done;
   }
   if (sb_tuning("pool_straggles", -1) != straggles0 + 1) {
     fprintf(stderr, "FAIL straggler guard: no straggle in %d delayed calls\n", calls);
@@ -497,6 +494,7 @@ static void test_straggler_guard(void) {
     fprintf(stderr, "FAIL straggler guard: engaged while off\n");
     ++failures;
   }
+done:
   sb_tuning("pool_test_delay_us", 0);
   sb_tuning("pool_backoff_us", old_backoff);
   free(x);

@@ -26,6 +26,17 @@ RNG = np.random.default_rng(0)
 
 # ----------------------------------------------------------------------------- GELU pass
 
+class _LastHidden(torch.nn.Module):
+    """A HuggingFace BertModel as (input_ids, attention_mask) -> last hidden state."""
+
+    def __init__(self, bert: torch.nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
 def _const(name: str, value: float) -> Any:
     return numpy_helper.from_array(np.array([value], np.float32), name)
 
@@ -230,16 +241,6 @@ def bert_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                                       max_position_embeddings=32, attn_implementation=attn)
         models[attn] = transformers.BertModel(cfg, add_pooling_layer=False).eval()
 
-    class LastHidden(torch.nn.Module):
-        def __init__(self, bert: torch.nn.Module) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                    ) -> torch.Tensor:
-            return self.bert(input_ids=input_ids,
-                             attention_mask=attention_mask).last_hidden_state
-
     ids, mask = torch.randint(0, 100, (1, SEQ)), torch.ones(1, SEQ, dtype=torch.int64)
     folder = tmp_path_factory.mktemp("bert")
     paths = {}
@@ -249,7 +250,7 @@ def bert_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(LastHidden(models[attn]).eval(), (ids, mask), buf, dynamo=dynamo,
+            torch.onnx.export(_LastHidden(models[attn]).eval(), (ids, mask), buf, dynamo=dynamo,
                               input_names=["input_ids", "attention_mask"],
                               opset_version=opset,
                               **({"external_data": False} if dynamo else {}))
@@ -425,23 +426,13 @@ def test_dynamic_batch_bert_runs_at_batch_2(tmp_path: Any) -> None:
                                   max_position_embeddings=16, attn_implementation="eager")
     bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
 
-    class LastHidden(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                    ) -> torch.Tensor:
-            return self.bert(input_ids=input_ids,
-                             attention_mask=attention_mask).last_hidden_state
-
     ids, mask = torch.randint(0, 50, (2, 8)), torch.ones(2, 8, dtype=torch.int64)
     mask[0, 5:] = 0
     mask[1, 2:] = 0
     path = tmp_path / "bert-dyn.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(LastHidden().eval(), (ids, mask), str(path), dynamo=False,
+        torch.onnx.export(_LastHidden(bert).eval(), (ids, mask), str(path), dynamo=False,
                           input_names=["input_ids", "attention_mask"], opset_version=17,
                           dynamic_axes={"input_ids": {0: "b"}, "attention_mask": {0: "b"}})
     from sparsebench.backends import get_backend

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,6 +41,7 @@ from sparsebench.graph import Graph, Node, from_module, run
 from sparsebench.graph.execute import bind
 from sparsebench.formats import ConvertedModel, SparseWeight, convert, format_family
 from sparsebench.formats.fold import fold_batchnorm
+from sparsebench.measure.timing import fastest_seconds
 from sparsebench.model_io import make_inputs
 
 _ACTS = ("relu", "gelu")
@@ -428,15 +428,11 @@ class NativePrepared(Prepared):
         if not any(isinstance(k, native.CSRConv2d) for k in self.kernels):
             return False
         xs = make_inputs(self.converted.inputs, batch)
-        self.run(*xs)
         self._build(1)
         timings = {}
-        for per_sample in (False, True, False, True):
+        for per_sample in (False, True):
             self._per_sample = {batch} if per_sample else set()
-            t0 = time.perf_counter()
-            self.run(*xs)
-            took = time.perf_counter() - t0
-            timings[per_sample] = min(took, timings.get(per_sample, took))
+            timings[per_sample] = fastest_seconds(lambda: self.run(*xs), 2)
         if timings[True] < timings[False]:
             self._plans.pop(batch, None)
             self._per_sample = {batch}

@@ -2,7 +2,8 @@
 (``time_calls``, raw samples kept), two subjects alternating (``time_interleaved``, A/B),
 one of several concurrent streams (``time_stream``, throughput mode), the steps of a plan or
 the modules of a model (``time_steps``, ``time_modules``: per-layer) and the roofline probes
-(``fastest_seconds``). No backend times itself.
+(``fastest_seconds``; also the native plan's prepare-time choice of per-sample execution).
+No backend has a clock of its own.
 """
 
 from __future__ import annotations
