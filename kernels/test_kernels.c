@@ -113,6 +113,34 @@ static void expect_ok(int rc, const char *what) {
   }
 }
 
+/* d with a K-panel copy of panel_cols columns (sb_csr_panels) in the caller's buffers; free
+ * with free_panels. panel_cols 0 returns d unchanged. */
+typedef struct panels_t {
+  int32_t *ptr;
+  uint16_t *off;
+  float *val;
+} panels_t;
+
+static sb_linear with_panels(const sb_linear *d, int64_t panel_cols, panels_t *p) {
+  sb_linear e = *d;
+  p->ptr = NULL, p->off = NULL, p->val = NULL;
+  if (!panel_cols) return e;
+  const int64_t np = (d->cols + panel_cols - 1) / panel_cols, nnz = d->row_ptr[d->rows];
+  p->ptr = (int32_t *)malloc((size_t)(np * (d->rows + 1)) * sizeof(int32_t));
+  p->off = (uint16_t *)malloc((size_t)(nnz + 1) * sizeof(uint16_t));
+  p->val = (float *)malloc((size_t)(nnz + 1) * sizeof(float));
+  expect_ok(sb_csr_panels(d, panel_cols, p->ptr, p->off, p->val), "sb_csr_panels");
+  e.panel_ptr = p->ptr, e.panel_offsets = p->off, e.panel_values = p->val;
+  e.panel_cols = panel_cols;
+  return e;
+}
+
+static void free_panels(panels_t *p) {
+  free(p->ptr);
+  free(p->off);
+  free(p->val);
+}
+
 static void test_csr(int64_t M, int64_t K, double density, int64_t empty_every) {
   static const int64_t batches[] = {1, 2, 5, 7, 8, 17, 64, 70, 128};
   float *w = sparse_dense(M, K, density, empty_every);
@@ -130,13 +158,21 @@ static void test_csr(int64_t M, int64_t K, double density, int64_t empty_every) 
       for (int bits = 16; bits <= 32; bits += 16) {
         if (bits == 16 && K > 32767) continue;
         const void *ci = bits == 16 ? (const void *)s.c16 : (const void *)s.c32;
-        memset(y, 0xff, (size_t)(B * M) * sizeof(float));
-        const sb_linear d = {M, K, 1, 1, s.rp, ci, s.v, bp, bits, relu};
-        expect_ok(sb_csr_linear(&d, x, B, y, threads), "sb_csr_linear");
-        char what[160];
-        snprintf(what, sizeof what, "csr M=%lld K=%lld d=%.2f B=%lld bits=%d var=%d",
-                 (long long)M, (long long)K, density, (long long)B, bits, variant);
-        compare(what, y, r, B * M);
+        const sb_linear d = {M, K, 1, 1, s.rp, ci, s.v, bp, bits, relu, NULL, NULL, NULL, 0};
+        static const int64_t panel_cols[] = {0, 7, 256}; /* none, ragged last panel, widest */
+        for (size_t pi = 0; pi < 3; ++pi) {
+          if (panel_cols[pi] && B < 64 && variant) continue; /* the row path ignores panels */
+          panels_t p;
+          const sb_linear e = with_panels(&d, panel_cols[pi], &p);
+          memset(y, 0xff, (size_t)(B * M) * sizeof(float));
+          expect_ok(sb_csr_linear(&e, x, B, y, threads), "sb_csr_linear");
+          char what[160];
+          snprintf(what, sizeof what, "csr M=%lld K=%lld d=%.2f B=%lld bits=%d var=%d panels=%lld",
+                   (long long)M, (long long)K, density, (long long)B, bits, variant,
+                   (long long)panel_cols[pi]);
+          compare(what, y, r, B * M);
+          free_panels(&p);
+        }
       }
     }
     sb_tuning("spmv_gather", 1);
@@ -163,15 +199,19 @@ static void test_csr_unsorted(int64_t M, int64_t K, int64_t B) {
     }
   float *x = falloc(B * K), *y = falloc(B * M), *r = falloc(B * M);
   ref_linear(w, M, K, NULL, 0, x, B, r);
-  for (int threads = 1; threads <= 2; ++threads) {
-    memset(y, 0xff, (size_t)(B * M) * sizeof(float));
-    const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0};
-    expect_ok(sb_csr_linear(&d, x, B, y, threads), "sb_csr_linear");
-    char what[120];
-    snprintf(what, sizeof what, "csr unsorted M=%lld K=%lld B=%lld t%d", (long long)M,
-             (long long)K, (long long)B, threads);
-    compare(what, y, r, B * M);
-  }
+  for (int threads = 1; threads <= 2; ++threads)
+    for (int64_t pc = 0; pc <= 64; pc += 64) { /* without and with a K-panel copy */
+      memset(y, 0xff, (size_t)(B * M) * sizeof(float));
+      const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0, NULL, NULL, NULL, 0};
+      panels_t p;
+      const sb_linear e = with_panels(&d, pc, &p);
+      expect_ok(sb_csr_linear(&e, x, B, y, threads), "sb_csr_linear");
+      char what[120];
+      snprintf(what, sizeof what, "csr unsorted M=%lld K=%lld B=%lld t%d panels=%lld",
+               (long long)M, (long long)K, (long long)B, threads, (long long)pc);
+      compare(what, y, r, B * M);
+      free_panels(&p);
+    }
   free(x);
   free(y);
   free(r);
@@ -213,7 +253,7 @@ static void test_bsr(int64_t R, int64_t C, int64_t MB, int64_t KB, double densit
       ref_linear(w, M, K, bp, relu, x, B, r);
       memset(y, 0xff, (size_t)(B * M) * sizeof(float));
       const void *ci = bits == 16 ? (const void *)c16 : (const void *)c32;
-      const sb_linear d = {M, K, R, C, rp, ci, blocks, bp, bits, relu};
+      const sb_linear d = {M, K, R, C, rp, ci, blocks, bp, bits, relu, NULL, NULL, NULL, 0};
       expect_ok(sb_bsr_linear(&d, x, B, y, threads), "sb_bsr_linear");
       char what[160];
       snprintf(what, sizeof what, "bsr %lldx%lld M=%lld K=%lld d=%.2f B=%lld var=%d",
@@ -371,7 +411,7 @@ static void test_pool_stress(void) {
   float *w = sparse_dense(M, K, 0.3, 5);
   csr_t s = to_csr(w, M, K);
   float *x = falloc(K), *y = falloc(M), *first = falloc(M);
-  const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0};
+  const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0, NULL, NULL, NULL, 0};
   expect_ok(sb_csr_linear(&d, x, 1, first, 1), "sb_csr_linear");
   ++checks;
   for (int i = 0; i < 3000; ++i) {
@@ -433,7 +473,7 @@ static void test_straggler_guard(void) {
   float *w = sparse_dense(M, K, 0.3, 7);
   csr_t s = to_csr(w, M, K);
   float *x = falloc(K), *y = falloc(M), *first = falloc(M);
-  const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0};
+  const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0, NULL, NULL, NULL, 0};
   expect_ok(sb_csr_linear(&d, x, 1, first, 1), "sb_csr_linear");
   const int old_backoff = sb_tuning("pool_backoff_us", 60000000); /* 60 s */
   sb_tuning("pool_test_delay_us", 20000);                        /* 20 ms in rank 1's chunks */
@@ -663,9 +703,9 @@ int main(void) {
   /* argument errors */
   int32_t rp0[2] = {0, 0};
   float y0[4];
-  const sb_linear bad_bits = {1, 1, 1, 1, rp0, NULL, NULL, NULL, 8, 0};
-  const sb_linear csr1 = {1, 1, 1, 1, rp0, NULL, NULL, NULL, 32, 0};
-  const sb_linear bad_block = {3, 4, 2, 2, rp0, NULL, NULL, NULL, 32, 0};
+  const sb_linear bad_bits = {1, 1, 1, 1, rp0, NULL, NULL, NULL, 8, 0, NULL, NULL, NULL, 0};
+  const sb_linear csr1 = {1, 1, 1, 1, rp0, NULL, NULL, NULL, 32, 0, NULL, NULL, NULL, 0};
+  const sb_linear bad_block = {3, 4, 2, 2, rp0, NULL, NULL, NULL, 32, 0, NULL, NULL, NULL, 0};
   const sb_conv2d big_kernel = {1, 1, 3, 3, 1, 1, 0, 0, rp0, NULL, NULL, NULL, 32, 0};
   if (sb_csr_linear(&bad_bits, y0, 1, y0, 1) != SB_EINDEX) ++failures;
   if (sb_csr_linear(&csr1, y0, 1, y0, 0) != SB_ETHREADS) ++failures;
@@ -683,9 +723,30 @@ int main(void) {
   }
   const sb_conv2d bad_act = {1, 1, 1, 1, 1, 1, 0, 0, rp0, NULL, NULL, NULL, 32, 7};
   if (sb_csr_conv2d(&bad_act, y0, 1, 2, 2, y0, 1) != SB_EINVAL) ++failures;
-  const sb_linear bad_lact = {1, 1, 1, 1, rp0, NULL, NULL, NULL, 32, 3};
+  const sb_linear bad_lact = {1, 1, 1, 1, rp0, NULL, NULL, NULL, 32, 3, NULL, NULL, NULL, 0};
   if (sb_csr_linear(&bad_lact, y0, 1, y0, 1) != SB_EINVAL) ++failures;
   if (sb_csr_linear(&csr1, y0, 1, y0, 1) != SB_OK || y0[0] != 0.0f) ++failures;
+  {
+    /* K-panel copies: panel_cols outside 1..65536, a column outside [0, K), a descriptor
+     * whose panel fields are half set */
+    int32_t rpp[2] = {0, 1}, cp[1] = {5}, pp[4];
+    uint16_t po[1];
+    float vp[1] = {1.f}, pv[1];
+    const sb_linear one = {1, 4, 1, 1, rpp, cp, vp, NULL, 32, 0, NULL, NULL, NULL, 0};
+    if (sb_csr_panels(&one, 0, pp, po, pv) != SB_EINVAL) ++failures;
+    if (sb_csr_panels(&one, 257, pp, po, pv) != SB_EINVAL) ++failures;
+    if (sb_csr_panels(&one, 2, pp, po, pv) != SB_EINVAL) ++failures; /* column 5 >= K = 4 */
+    cp[0] = 3;
+    if (sb_csr_panels(&one, 2, pp, po, pv) != SB_OK || pp[2] != 0 || pp[3] != 1 || po[0] != 1 ||
+        pv[0] != 1.f)
+      ++failures;
+    sb_linear half = one;
+    half.panel_cols = 2;
+    if (sb_csr_linear(&half, y0, 1, y0, 1) != SB_EINVAL) ++failures;
+    half.panel_ptr = pp, half.panel_offsets = po, half.panel_values = pv, half.panel_cols = 70000;
+    if (sb_csr_linear(&half, y0, 1, y0, 1) != SB_EINVAL) ++failures;
+    checks += 6;
+  }
   if (sb_tuning("no-such-knob", 1) != -1) ++failures;
   if (sb_tuning("pool_backoff_us", -1) != 10000 || sb_tuning("pool_spin_us", -1) != 50) ++failures;
 

@@ -123,6 +123,40 @@ def test_csr_threads_are_bitwise_identical() -> None:
         np.testing.assert_array_equal(y1, y2)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", [None, "relu", "gelu"])
+def test_k_panel_copy_is_built_at_batch_64_and_matches(threads: int, act: str | None) -> None:
+    """The batched kernel's K-panel copy: built on the first call with >= 64 rows (AVX-512,
+    K > PANEL_COLS), the same results as the row-major path and the dense reference."""
+    from sparsebench.native import ops
+
+    rng = np.random.default_rng(9)
+    k = ops.PANEL_COLS * 2 + 37  # three panels, the last ragged
+    w = sparse_weight(rng, (70, k), 0.9, empty_every=6)
+    bias = rng.standard_normal(70).astype(np.float32)
+    op = native.CSRLinear.from_dense(w, bias=bias, act=act, threads=threads)
+    op.run(rng.standard_normal((63, k)).astype(np.float32))
+    assert op.panels is None  # below PANEL_BATCH rows: the row path only
+    x = rng.standard_normal((130, k)).astype(np.float32)
+    got = op.run(x)
+    want = torch.from_numpy(linear_ref(x, w, bias, act == "relu"))
+    if act == "gelu":
+        want = torch.nn.functional.gelu(want)
+    assert_close(got, want.numpy())
+    if native.isa() != "avx512":
+        assert op.panels is None
+        return
+    ptr, off, val = op.panels
+    assert ptr.shape == (3 * 71,) and off.shape == val.shape == (op.nnz,)
+    assert sorted(val.tolist()) == sorted(op.values.tolist())
+    old = native.tuning("linear_panels", 0)
+    try:
+        rows = op.run(x)
+    finally:
+        native.tuning("linear_panels", old)
+    np.testing.assert_allclose(got, rows, rtol=1e-5, atol=1e-5)
+
+
 def test_gather_and_scalar_spmv_agree() -> None:
     rng = np.random.default_rng(3)
     w = sparse_weight(rng, (100, 777), 0.8, empty_every=5)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-ABI_VERSION = 3  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
+ABI_VERSION = 4  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
 
 _STATUS = {
     1: "invalid argument",
@@ -30,6 +30,8 @@ class _LinearDesc(ctypes.Structure):
         ("rows", _I64), ("cols", _I64), ("block_rows", _I64), ("block_cols", _I64),
         ("row_ptr", _PTR), ("col_idx", _PTR), ("values", _PTR), ("bias", _PTR),
         ("index_bits", _I64), ("act", _I64),
+        ("panel_ptr", _PTR), ("panel_offsets", _PTR), ("panel_values", _PTR),
+        ("panel_cols", _I64),
     ]
 
 
@@ -61,6 +63,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "sb_isa": (ctypes.c_char_p, []),
     "sb_tuning": (_INT, [ctypes.c_char_p, _INT]),
     "sb_csr_linear": (_INT, [ctypes.POINTER(_LinearDesc), _PTR, _I64, _PTR, _INT]),
+    "sb_csr_panels": (_INT, [ctypes.POINTER(_LinearDesc), _I64, _PTR, _PTR, _PTR]),
     "sb_bsr_linear": (_INT, [ctypes.POINTER(_LinearDesc), _PTR, _I64, _PTR, _INT]),
     "sb_conv_out_size": (_I64, [_I64, _I64, _I64, _I64]),
     "sb_csr_conv2d": (_INT, [ctypes.POINTER(_ConvDesc), _PTR, _I64, _I64, _I64, _PTR, _INT]),

@@ -299,13 +299,23 @@ class _Linear(_Prepared):
         return (shape[0], self.shape[0]), (_I64(shape[0]),)
 
 
+# The K-panel copy of a CSR weight (sb_linear.panel_* in the header): built on the first call
+# with at least PANEL_BATCH rows on AVX-512 when K > PANEL_COLS; the batched kernel then reads
+# the transposed input one panel (PANEL_COLS x 64 floats) at a time.
+PANEL_COLS, PANEL_BATCH = 256, 64
+
+
 class CSRLinear(_Linear):
     """y = act(x @ W.T (+ bias)) with W an (M, K) CSR matrix; act: ``relu=True`` or
     ``act="relu"``/``"gelu"`` (fused into the store).
 
     ``run(x, out=None)`` takes float32 C-contiguous x of shape (B, K) or (K,) and returns
     (B, M) or (M,). Passing ``out=`` and reusing the same x/out arrays costs ~1 us of Python.
+    The first call with B >= 64 on AVX-512 builds a K-panel copy of the weight (``panels``:
+    6 bytes per nonzero + 4 per row and panel) that the batched kernel then reads.
     """
+
+    panels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __init__(
         self,
@@ -335,6 +345,33 @@ class CSRLinear(_Linear):
                         _addr(self.values), _addr(self.bias), bits, self.act),
         )
         self.impl = f"native-csr-{self._isa}-i{bits}-t{self.threads}"
+        self._panel_lock = threading.Lock()
+
+    def _io_shapes(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+        out = super()._io_shapes(shape)
+        if (len(shape) == 2 and shape[0] >= PANEL_BATCH and self.panels is None
+                and self._isa == "avx512" and self.shape[1] > PANEL_COLS):
+            self._build_panels()
+        return out
+
+    def _build_panels(self) -> None:
+        """Fill the K-panel copy and point the descriptor at it (once, under a lock)."""
+        with self._panel_lock:
+            if self.panels is not None:
+                return
+            m, k = self.shape
+            ptr = np.empty(-(-k // PANEL_COLS) * (m + 1), np.int32)
+            off, val = np.empty(self.nnz, np.uint16), np.empty(self.nnz, np.float32)
+            status = load().sb_csr_panels(ctypes.byref(self._desc), PANEL_COLS, _addr(ptr),
+                                          _addr(off), _addr(val))
+            if status:
+                raise SparsebenchError(
+                    f"{self.impl}: K-panel copy failed: {_STATUS.get(status, 'error')}"
+                )
+            self.panels = (ptr, off, val)
+            d = self._desc
+            d.panel_ptr, d.panel_offsets, d.panel_values = _addr(ptr), _addr(off), _addr(val)
+            d.panel_cols = PANEL_COLS
 
     @classmethod
     def from_dense(
