@@ -284,7 +284,7 @@ void rows_panels(int64_t lo, int64_t hi, int64_t M, int64_t K, const sb_linear *
   constexpr int NV = 4;
   constexpr int64_t LD = 64;
   const int64_t kp = w->panel_cols, np = (K + kp - 1) / kp;
-  const uint16_t *off = w->panel_offsets;
+  const uint8_t *off = w->panel_offsets;
   const float *val = w->panel_values;
   for (int64_t p = 0; p < np; ++p) {
     const float *xp = xt + p * kp * LD;
@@ -427,7 +427,7 @@ int csr_linear(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const flo
 
 template <typename Idx>
 int csr_panels(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const float *val,
-               int64_t kp, int32_t *pp, uint16_t *off, float *pv) {
+               int64_t kp, int32_t *pp, uint8_t *off, float *pv) {
   const int64_t np = (K + kp - 1) / kp;
   for (int64_t j = 0; j < rp[M]; ++j)
     if (ci[j] < 0 || ci[j] >= K) return SB_EINVAL;
@@ -447,7 +447,7 @@ int csr_panels(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const flo
   for (int64_t m = 0; m < M; ++m)
     for (int64_t j = rp[m]; j < rp[m + 1]; ++j) {
       const int64_t p = ci[j] / kp, d = cur[p * M + m]++;
-      off[d] = (uint16_t)(ci[j] - p * kp);
+      off[d] = (uint8_t)(ci[j] - p * kp);
       pv[d] = val[j];
     }
   std::free(cur);
@@ -458,8 +458,8 @@ int csr_panels(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const flo
 }  // namespace sb
 
 extern "C" int sb_csr_panels(const sb_linear *w, int64_t panel_cols, int32_t *panel_ptr,
-                             uint16_t *panel_offsets, float *panel_values) {
-  if (!w || panel_cols < 1 || panel_cols > 65536 || w->rows < 0 || w->cols < 1 || !w->row_ptr ||
+                             uint8_t *panel_offsets, float *panel_values) {
+  if (!w || panel_cols < 1 || panel_cols > 256 || w->rows < 0 || w->cols < 1 || !w->row_ptr ||
       !panel_ptr)
     return SB_EINVAL;
   const int64_t M = w->rows, K = w->cols;
@@ -484,7 +484,7 @@ extern "C" int sb_csr_linear(const sb_linear *w, const float *x, int64_t B, floa
   if (M == 0 || B == 0) return SB_OK;
   const int act = (int)w->act;
   if (w->act < 0 || w->act > sb::kActGelu) return SB_EINVAL;
-  if (w->panel_cols < 0 || w->panel_cols > 65536 ||
+  if (w->panel_cols < 0 || w->panel_cols > 256 ||
       (w->panel_cols > 0 && (!w->panel_ptr || (w->row_ptr[M] > 0 && (!w->panel_offsets || !w->panel_values)))))
     return SB_EINVAL;
 #if SB_AVX512

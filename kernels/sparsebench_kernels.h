@@ -81,14 +81,14 @@ typedef struct sb_linear {
   int64_t index_bits;             /* 16 or 32: width of col_idx entries */
   int64_t act;                    /* SB_ACT_NONE / SB_ACT_RELU / SB_ACT_GELU */
   /* Optional K-panel copy of a CSR weight (all NULL / 0 = none; BSR ignores it), used at batch
-   * >= 64 on AVX-512: the columns cut into panels of panel_cols (1..65536) and the nonzeros
+   * >= 64 on AVX-512: the columns cut into panels of panel_cols (1..256) and the nonzeros
    * regrouped panel by panel, so that 64 batch elements of one panel of the transposed input
    * (panel_cols x 256 bytes) stay in cache while every row reads it. Nonzero j of panel p,
    * row m (panel_ptr[p * (M + 1) + m] <= j < panel_ptr[p * (M + 1) + m + 1]) has the value
    * panel_values[j] and the column p * panel_cols + panel_offsets[j]. Order within a row does
    * not matter. Built by sb_csr_panels. */
   const int32_t *panel_ptr;       /* ceil(K / panel_cols) * (M + 1) pointers */
-  const uint16_t *panel_offsets;  /* nnz columns within the panel */
+  const uint8_t *panel_offsets;   /* nnz columns within the panel */
   const float *panel_values;      /* nnz values */
   int64_t panel_cols;             /* 0 = no panel copy */
 } sb_linear;
@@ -108,12 +108,12 @@ typedef struct sb_conv2d {
 /* Y[B, M] = X[B, K] @ W^T (+ bias) (relu) with W in CSR (block_rows/cols ignored). */
 int sb_csr_linear(const sb_linear *w, const float *x, int64_t batch, float *y, int num_threads);
 
-/* Fill the K-panel copy (sb_linear.panel_*) of the CSR weight w, panels of panel_cols (1..65536)
+/* Fill the K-panel copy (sb_linear.panel_*) of the CSR weight w, panels of panel_cols (1..256)
  * columns: the caller allocates panel_ptr (ceil(K / panel_cols) * (M + 1) int32), offsets and
  * values (nnz each), then sets the four fields of its descriptor. SB_EINVAL for a column
  * index outside [0, K). */
 int sb_csr_panels(const sb_linear *w, int64_t panel_cols, int32_t *panel_ptr,
-                  uint16_t *panel_offsets, float *panel_values);
+                  uint8_t *panel_offsets, float *panel_values);
 
 /* Same with W in block-sparse row format (the scipy.sparse.bsr_matrix layout). */
 int sb_bsr_linear(const sb_linear *w, const float *x, int64_t batch, float *y, int num_threads);

@@ -312,7 +312,7 @@ class CSRLinear(_Linear):
     ``run(x, out=None)`` takes float32 C-contiguous x of shape (B, K) or (K,) and returns
     (B, M) or (M,). Passing ``out=`` and reusing the same x/out arrays costs ~1 us of Python.
     The first call with B >= 64 on AVX-512 builds a K-panel copy of the weight (``panels``:
-    6 bytes per nonzero + 4 per row and panel) that the batched kernel then reads.
+    5 bytes per nonzero + 4 per row and panel) that the batched kernel then reads.
     """
 
     panels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -361,7 +361,7 @@ class CSRLinear(_Linear):
                 return
             m, k = self.shape
             ptr = np.empty(-(-k // PANEL_COLS) * (m + 1), np.int32)
-            off, val = np.empty(self.nnz, np.uint16), np.empty(self.nnz, np.float32)
+            off, val = np.empty(self.nnz, np.uint8), np.empty(self.nnz, np.float32)
             status = load().sb_csr_panels(ctypes.byref(self._desc), PANEL_COLS, _addr(ptr),
                                           _addr(off), _addr(val))
             if status:
