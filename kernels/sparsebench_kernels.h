@@ -58,6 +58,7 @@ const char *sb_isa(void);
  *                        per row with stride M (the previous kernel, for A/B runs)
  *   "conv_chunks"        conv output-channel chunks per thread (default 2)
  *   "conv_pack_min"      packed floats below which conv packing is not split across threads
+ *                        (default 32768)
  *   "pool_backoff_us"    thread pool straggler guard: base back-off period in us (default
  *                        10000; 0 = guard off); setting it also ends a running back-off
  *   "pool_spin_us"       us a waiting pool thread (worker or caller) spins before sleeping (50)
