@@ -28,6 +28,7 @@ extern "C" int sb_tuning(const char *key, int value) {
   else if (std::strcmp(key, "linear_min_parallel") == 0) knob = &sb::g_linear_min_parallel;
   else if (std::strcmp(key, "linear_tile") == 0) knob = &sb::g_linear_tile;
   else if (std::strcmp(key, "linear_panels") == 0) knob = &sb::g_linear_panels;
+  else if (std::strcmp(key, "linear_prefetch") == 0) knob = &sb::g_linear_prefetch;
   else if (std::strcmp(key, "conv_layout") == 0) knob = &sb::g_conv_layout;
   else if (std::strcmp(key, "conv_l1_kb") == 0) knob = &sb::g_conv_l1_kb;
   else if (std::strcmp(key, "conv_prefetch") == 0) knob = &sb::g_conv_prefetch;

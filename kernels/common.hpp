@@ -26,6 +26,7 @@ extern int g_linear_chunks;
 extern int g_linear_min_parallel;
 extern int g_linear_tile;
 extern int g_linear_panels;
+extern int g_linear_prefetch;
 extern int g_conv_layout;
 extern int g_conv_l1_kb;
 extern int g_conv_prefetch;

@@ -33,6 +33,7 @@ int g_linear_chunks = 2;
 int g_linear_min_parallel = 32768;
 int g_linear_tile = 1;
 int g_linear_panels = 1;
+int g_linear_prefetch = 256;
 
 namespace {
 
@@ -291,6 +292,11 @@ void rows_panels(int64_t lo, int64_t hi, int64_t M, int64_t K, const sb_linear *
     const int32_t *rp = w->panel_ptr + p * (M + 1);
     for (int64_t m = lo; m < hi; ++m) {
       float *o = acc + (m - lo) * LD;
+      if (g_linear_prefetch) {
+        const int64_t ahead = rp[m + 1] + g_linear_prefetch;
+        _mm_prefetch((const char *)(val + ahead), _MM_HINT_T0);
+        _mm_prefetch((const char *)(off + ahead), _MM_HINT_T0);
+      }
       __m512 a[NV];
       for (int q = 0; q < NV; ++q) a[q] = p ? _mm512_load_ps(o + 16 * q) : _mm512_setzero_ps();
       fma_nonzeros<NV>(a, rp[m], rp[m + 1], val,

@@ -54,6 +54,8 @@ const char *sb_isa(void);
  *   "linear_min_parallel" work (nnz*batch + 8*rows*batch) below which a linear runs on one thread
  *   "linear_panels"      1 = a CSR linear with a K-panel copy uses it at batch >= 64 (default),
  *                        0 = the row-major path (for A/B)
+ *   "linear_prefetch"    K-panel path: prefetch the weight stream this many nonzeros past the
+ *                        next row (default 256, 0 = off)
  *   "linear_tile"        1 = batched CSR results go through a 16-row tile (default), 0 = stored
  *                        per row with stride M (the previous kernel, for A/B runs)
  *   "conv_chunks"        conv output-channel chunks per thread (default 2)
