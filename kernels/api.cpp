@@ -34,6 +34,7 @@ extern "C" int sb_tuning(const char *key, int value) {
   else if (std::strcmp(key, "conv_prefetch") == 0) knob = &sb::g_conv_prefetch;
   else if (std::strcmp(key, "conv_chunks") == 0) knob = &sb::g_conv_chunks;
   else if (std::strcmp(key, "conv_pack_min") == 0) knob = &sb::g_conv_pack_min;
+  else if (std::strcmp(key, "conv_pairs") == 0) knob = &sb::g_conv_pairs;
   if (!knob) return -1;
   const int old = *knob;
   if (value >= 0) *knob = value;

@@ -68,6 +68,7 @@ int g_conv_l1_kb = 32;    // input KB per channel block
 int g_conv_prefetch = 128;  // weight-stream prefetch distance in nonzeros (0: off)
 int g_conv_chunks = 2;      // output-channel chunks per thread
 int g_conv_pack_min = 32768;  // packed floats below which packing stays on the caller
+int g_conv_pairs = 1;         // new plans: rows with the same taps computed in pairs
 
 namespace {
 
@@ -392,6 +393,31 @@ SB_INLINE void tile_acc(const float *SB_RESTRICT xp, const Nz *SB_RESTRICT nz, i
   }
 }
 
+// Two output channels with the same taps (nz0[j].off == nz1[j].off): every input vector is
+// loaded once for both (a dense weight, e.g. ResNet's 7x7 stem: half the loads per FMA).
+template <int W, int NV, bool Tail>
+SB_INLINE void tile_acc2(const float *SB_RESTRICT xp, const Nz *SB_RESTRICT nz0,
+                         const Nz *SB_RESTRICT nz1, int64_t n, const typename V<W>::M *mk,
+                         typename V<W>::T *acc0, typename V<W>::T *acc1, int64_t pf) {
+  using Vt = V<W>;
+  typename Vt::T a[NV], b[NV];
+  for (int q = 0; q < NV; ++q) a[q] = acc0[q], b[q] = acc1[q];
+  for (int64_t j = 0; j < n; ++j) {
+    if (pf && (j & 7) == 0) {
+      _mm_prefetch((const char *)(nz0 + j + pf), _MM_HINT_T0);
+      _mm_prefetch((const char *)(nz1 + j + pf), _MM_HINT_T0);
+    }
+    const typename Vt::T v0 = Vt::set1(nz0[j].val), v1 = Vt::set1(nz1[j].val);
+    const float *s = xp + nz0[j].off;
+    for (int q = 0; q < NV; ++q) {
+      const typename Vt::T x = Tail ? Vt::loadm(mk[q], s + W * q) : Vt::load(s + W * q);
+      a[q] = Vt::fma(v0, x, a[q]);
+      b[q] = Vt::fma(v1, x, b[q]);
+    }
+  }
+  for (int q = 0; q < NV; ++q) acc0[q] = a[q], acc1[q] = b[q];
+}
+
 template <int W, int NV>
 void conv_rows(const Job &k, int64_t c0, int64_t c1) {
   using Vt = V<W>;
@@ -413,16 +439,12 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1) {
       const int64_t a0 = w0 > c0 ? w0 : c0, a1 = w0 + win < c1 ? w0 + win : c1;
       for (int64_t cb = 0; cb < ncb; ++cb) {
         const bool first = cb == 0, last = cb == ncb - 1;
-        for (int64_t co = a0; co < a1; ++co) {
-          const int64_t s = seg[2 * (co * ncb + cb)], n = seg[2 * (co * ncb + cb) + 1] - s;
-          typename Vt::T acc[NV];
+        // the sums of row co for this block are in acc: keep them or run the epilogue
+        auto finish_row = [&](int64_t co, typename Vt::T *acc) {
           float *part = partial + (co - w0) * T;
-          for (int q = 0; q < NV; ++q) acc[q] = first ? Vt::zero() : Vt::load(part + W * q);
-          if (valid == T) tile_acc<W, NV, false>(xt, stream + s, n, mk, acc, k.prefetch);
-          else tile_acc<W, NV, true>(xt, stream + s, n, mk, acc, k.prefetch);
           if (!last) {
             for (int q = 0; q < NV; ++q) Vt::store(part + W * q, acc[q]);
-            continue;
+            return;
           }
           const typename Vt::T bb = Vt::set1(w->bias ? w->bias[co] : 0.f);
           if (p.direct_out) {
@@ -446,6 +468,33 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1) {
             float *eo = pl->ext + co * pl->ext_stride + p0;
             for (int q = 0; q < NV; ++q) Vt::store(eo + W * q, Vt::add(acc[q], bb));
           }
+        };
+        auto start = [&](int64_t co, typename Vt::T *acc) {
+          const float *part = partial + (co - w0) * T;
+          for (int q = 0; q < NV; ++q) acc[q] = first ? Vt::zero() : Vt::load(part + W * q);
+        };
+        int64_t co = a0;
+        if (p.rows_paired)
+          for (; co + 1 < a1; co += 2) {
+            const int64_t s0 = seg[2 * (co * ncb + cb)], n = seg[2 * (co * ncb + cb) + 1] - s0;
+            const int64_t s1 = seg[2 * ((co + 1) * ncb + cb)];
+            typename Vt::T acc0[NV], acc1[NV];
+            start(co, acc0);
+            start(co + 1, acc1);
+            if (valid == T)
+              tile_acc2<W, NV, false>(xt, stream + s0, stream + s1, n, mk, acc0, acc1, k.prefetch);
+            else
+              tile_acc2<W, NV, true>(xt, stream + s0, stream + s1, n, mk, acc0, acc1, k.prefetch);
+            finish_row(co, acc0);
+            finish_row(co + 1, acc1);
+          }
+        for (; co < a1; ++co) {
+          const int64_t s0 = seg[2 * (co * ncb + cb)], n = seg[2 * (co * ncb + cb) + 1] - s0;
+          typename Vt::T acc[NV];
+          start(co, acc);
+          if (valid == T) tile_acc<W, NV, false>(xt, stream + s0, n, mk, acc, k.prefetch);
+          else tile_acc<W, NV, true>(xt, stream + s0, n, mk, acc, k.prefetch);
+          finish_row(co, acc);
         }
       }
     }
@@ -702,6 +751,15 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
           pl->stream[pos++] = sb::Nz{off[j], w->values[j]};
         pl->seg[2 * (co * ncb + cb) + 1] = (int32_t)pos;
       }
+  // same taps in every row and block (a dense weight): conv_rows may take rows in pairs
+  pl->pub.rows_paired = sb::g_conv_pairs != 0 && Cout > 1;
+  for (int64_t co = 1; co < Cout && pl->pub.rows_paired; ++co)
+    for (int64_t cb = 0; cb < ncb && pl->pub.rows_paired; ++cb) {
+      const int32_t *a = pl->seg + 2 * (co * ncb + cb), *b = pl->seg + 2 * cb;
+      if (a[1] - a[0] != b[1] - b[0]) pl->pub.rows_paired = 0;
+      for (int32_t j = 0; pl->pub.rows_paired && j < a[1] - a[0]; ++j)
+        if (pl->stream[a[0] + j].off != pl->stream[b[0] + j].off) pl->pub.rows_paired = 0;
+    }
   std::free(off);
   *out = &pl->pub;
   return SB_OK;

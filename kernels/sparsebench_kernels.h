@@ -59,6 +59,7 @@ const char *sb_isa(void);
  *   "linear_tile"        1 = batched CSR results go through a 16-row tile (default), 0 = stored
  *                        per row with stride M (the previous kernel, for A/B runs)
  *   "conv_chunks"        conv output-channel chunks per thread (default 2)
+ *   "conv_pairs"         new conv plans: rows of a dense weight run in pairs (default 1)
  *   "conv_pack_min"      packed floats below which conv packing is not split across threads
  *                        (default 32768)
  *   "pool_backoff_us"    thread pool straggler guard: base back-off period in us (default
@@ -150,6 +151,7 @@ typedef struct sb_conv_plan {
   int64_t layout;           /* 0: shift (phase copies), 1: kx-copy, 2: taps */
   int64_t channel_blocks;   /* input-channel blocks (partial sums between them) */
   int64_t scratch_bytes;    /* memory owned by the plan */
+  int64_t rows_paired;      /* 1: every row has the same taps (a dense weight), run in pairs */
 } sb_conv_plan;
 
 /* Plan w for input N x Cin x H x W with a fused max-pool `pool` (window = stride; 0/1: none;

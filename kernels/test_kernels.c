@@ -790,6 +790,9 @@ int main(void) {
   test_conv(2, 5, 7, 2, 2, 3, 3, 1, 1, 0.9);
   test_conv(1, 40, 33, 11, 11, 3, 3, 1, 1, 0.2); /* several tiles */
   test_conv(3, 16, 9, 13, 10, 1, 1, 2, 0, 0.4);
+  /* dense weights: rows with the same taps run in pairs (odd Cout: one row alone) */
+  test_conv(1, 3, 8, 30, 30, 7, 7, 2, 3, 1.0); /* a small 7x7 / 2 stem */
+  test_conv(2, 40, 7, 11, 11, 3, 3, 1, 1, 1.0);
 
   test_conv_planned(1, 6, 10, 8, 8, 3, 1, 1, 0.4, 0);
   test_conv_planned(1, 6, 10, 8, 8, 3, 1, 1, 0.4, 2); /* fused 2x2 max-pool */

@@ -319,6 +319,27 @@ def test_conv_property(cin, cout, kh, kw, sh, sw, ph, pw, h, w_, n, density, idx
     assert_close(op.run(x), conv_ref(x, w, bias, (sh, sw), (ph, pw), relu))
 
 
+@pytest.mark.parametrize("cout", [8, 7])
+def test_dense_conv_rows_in_pairs_match(cout: int) -> None:
+    """A dense weight (every row the same taps) runs two output channels per pass over the
+    input; the result matches torch and the one-row-at-a-time plan (knob conv_pairs=0)."""
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((cout, 3, 7, 7)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((1, 3, 40, 36)).astype(np.float32)
+    paired = native.CSRConv2d.from_dense(w, bias=bias, stride=2, padding=3, relu=True)
+    old = native.tuning("conv_pairs", 0)
+    try:
+        single = native.CSRConv2d.from_dense(w, bias=bias, stride=2, padding=3, relu=True)
+        want_single = single.run(x)
+    finally:
+        native.tuning("conv_pairs", old)
+    got = paired.run(x)
+    assert paired.plan(x.shape)["rows_paired"] == 1 and single.plan(x.shape)["rows_paired"] == 0
+    assert_close(got, conv_ref(x, w, bias, (2, 2), (3, 3), True))
+    np.testing.assert_allclose(got, want_single, rtol=1e-5, atol=1e-4)
+
+
 def test_conv_explicit_csr_and_impl_name() -> None:
     rng = np.random.default_rng(6)
     w = sparse_weight(rng, (4, 2, 3, 3), 0.5)

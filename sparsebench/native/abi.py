@@ -52,7 +52,7 @@ class _ConvPlan(ctypes.Structure):
     _fields_ = [(name, _I64) for name in (
         "n", "h", "w", "ho", "wo", "hq", "wq", "plane", "positions", "tile", "ntiles",
         "direct_in", "direct_out", "pool", "yh", "yw", "layout", "channel_blocks",
-        "scratch_bytes")]
+        "scratch_bytes", "rows_paired")]
 
 
 ACTS = {None: 0, "none": 0, "relu": 1, "gelu": 2}
