@@ -50,7 +50,10 @@ _ACTS = ("relu", "gelu")
 # 2048^2 and 4096^2 at batch 1 all cross between 35% (CSR 1.15-1.29x faster) and 45% (dense
 # 1.0-1.2x faster). Layers under DENSE_MIN_MACS (rows x weights per call) stay on the kernel:
 # torch's ~10 us call overhead dominates there.
+# With 64 or more rows the kernel's K-panel path (AVX-512, K > PANEL_COLS) is faster: the
+# 128-token shapes cross between 45% (CSR 1.16-1.18x faster) and 55% (dense 1.03x faster).
 DENSE_WINS = 0.40
+DENSE_WINS_PANELS = 0.50
 DENSE_MIN_MACS = 1 << 22
 _GLOBAL_AVG = -1  # _Step.pool: a fused global average pool
 # what a torch step of these kinds is called in the impl (other nodes: what they came from)
@@ -200,7 +203,8 @@ class _Planner:
 
     def dense_density(self, sw: SparseWeight, x: str) -> float | None:
         """The nonzero fraction of a CSR Linear dense enough for torch's GEMM to win
-        (``DENSE_WINS``), else None (the kernel runs it)."""
+        (``DENSE_WINS``, ``DENSE_WINS_PANELS`` where the K-panel path runs), else None (the
+        kernel runs it)."""
         if not (self.dense_choice and sw.layer == "linear" and sw.kind == "csr"
                 and self.is_buffer(x) and len(self.shape(x)) >= 2):
             return None
@@ -208,7 +212,9 @@ class _Planner:
         if rows * sw.shape[0] * sw.shape[1] < DENSE_MIN_MACS:
             return None
         density = sw.nnz / max(1, sw.shape[0] * sw.shape[1])
-        return density if density > DENSE_WINS else None
+        panels = (rows >= native.ops.PANEL_BATCH and sw.shape[1] > native.ops.PANEL_COLS
+                  and native.isa() == "avx512")
+        return density if density > (DENSE_WINS_PANELS if panels else DENSE_WINS) else None
 
     def native_pool(self, op: Node, x: str) -> bool:
         """A max-pool the native pool kernel runs (4-D float map, no dilation, padding at
