@@ -36,6 +36,7 @@ extern int g_conv_pairs;
 
 constexpr int kMaxThreads = 255;      // thread count fits the pool's job word
 constexpr int64_t kMaxChunks = 65535;  // chunks per job, likewise
+constexpr int64_t kMaxGroup = 8;       // weights per sb_csr_linear_group call
 
 // Rows [lo, hi) of chunk t out of T, balanced by cost(m) = ptr[m] + alpha * m: the nnz
 // before row m plus a per-row overhead expressed in nnz units. ptr[0] must be 0.

@@ -322,20 +322,30 @@ void rows_panels(int64_t lo, int64_t hi, int64_t M, int64_t K, const sb_linear *
   }
 }
 
-// The batched path on the K-panel copy: chunks of 64 batch elements (the last zero-padded),
-// transposed a group at a time like csr_linear() below, then rows_panels() per row chunk.
-int csr_linear_panels(const sb_linear *w, const int32_t *rp, const float *bias, int act,
-                      const float *x, int64_t B, float *y, int nt) {
-  const int64_t M = w->rows, K = w->cols;
+// The batched path on K-panel copies: chunks of 64 batch elements (the last zero-padded),
+// transposed a group at a time like csr_linear() below, then rows_panels() per (weight, row
+// chunk). The n weights (same K) share the transposes and the parallel regions: attention's
+// Q, K and V projections of one input.
+int csr_linear_panels(const sb_linear *const *ws, int64_t n, const float *x, int64_t B,
+                      float *const *ys, int nt) {
+  const int64_t K = ws[0]->cols;
   constexpr int64_t LD = 64;
-  const int64_t nbc = (B + LD - 1) / LD, per = K * LD;
-  const int64_t nc = chunk_count(M, nt, g_linear_chunks), kc = chunk_count(K, nt, 2);
+  const int64_t nbc = (B + LD - 1) / LD, per = K * LD, kc = chunk_count(K, nt, 2);
+  int64_t nc[kMaxGroup], first[kMaxGroup + 1], base[kMaxGroup], rows = 0;
+  first[0] = 0;
+  for (int64_t i = 0; i < n; ++i) {  // row chunks of weight i: jobs [first[i], first[i + 1])
+    nc[i] = chunk_count(ws[i]->rows, nt, g_linear_chunks);
+    first[i + 1] = first[i] + nc[i];
+    base[i] = rows;
+    rows += ws[i]->rows;
+  }
+  const int64_t jobs = first[n];
   int64_t group = (int64_t)(2 << 20) / (per * 4);
-  const int64_t most = kMaxChunks / (nc > kc ? nc : kc);
+  const int64_t most = kMaxChunks / (jobs > kc ? jobs : kc);
   group = group > most ? most : group;
   group = group < 1 ? 1 : group > nbc ? nbc : group;
   float *xt = (float *)std::aligned_alloc(64, (size_t)(group * per * 4));
-  float *acc = (float *)std::aligned_alloc(64, (size_t)(group * M * LD * 4));
+  float *acc = (float *)std::aligned_alloc(64, (size_t)(group * rows * LD * 4));
   if (!xt || !acc) {
     std::free(xt);
     std::free(acc);
@@ -352,11 +362,14 @@ int csr_linear_panels(const sb_linear *w, const int32_t *rp, const float *bias, 
       const int64_t bc = rows_of(c / kc, &b0), part = c % kc;
       transpose_chunk(x, K, b0, bc, LD, K * part / kc, K * (part + 1) / kc, xt + (c / kc) * per);
     });
-    parallel_for(nt, ng * nc, [&](int64_t c) {
-      int64_t b0, lo, hi;
-      const int64_t i = c / nc, bc = rows_of(i, &b0);
-      balanced_range(rp, M, 2, c % nc, nc, &lo, &hi);
-      rows_panels(lo, hi, M, K, w, bias, act, xt + i * per, acc + i * M * LD + lo * LD, b0, bc, y);
+    parallel_for(nt, ng * jobs, [&](int64_t c) {
+      int64_t b0, lo, hi, w = 0;
+      const int64_t i = c / jobs, r = c % jobs, bc = rows_of(i, &b0);
+      while (r >= first[w + 1]) ++w;
+      const sb_linear *lw = ws[w];
+      balanced_range(lw->row_ptr, lw->rows, 2, r - first[w], nc[w], &lo, &hi);
+      rows_panels(lo, hi, lw->rows, K, lw, lw->bias, (int)lw->act, xt + i * per,
+                  acc + (i * rows + base[w] + lo) * LD, b0, bc, ys[w]);
     });
   }
   std::free(xt);
@@ -480,28 +493,67 @@ extern "C" int sb_csr_panels(const sb_linear *w, int64_t panel_cols, int32_t *pa
   return SB_EINDEX;
 }
 
-extern "C" int sb_csr_linear(const sb_linear *w, const float *x, int64_t B, float *y,
-                             int num_threads) {
-  if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
+namespace {
+// The argument checks of sb_csr_linear (num_threads aside); SB_OK to go on.
+int check_linear(const sb_linear *w, const float *x, int64_t B, const float *y) {
   if (!w) return SB_EINVAL;
   const int64_t M = w->rows, K = w->cols;
   if (M < 0 || K < 0 || B < 0 || !w->row_ptr || !y || (K > 0 && B > 0 && !x)) return SB_EINVAL;
   if (w->row_ptr[M] > 0 && (!w->col_idx || !w->values)) return SB_EINVAL;
-  if (M == 0 || B == 0) return SB_OK;
-  const int act = (int)w->act;
   if (w->act < 0 || w->act > sb::kActGelu) return SB_EINVAL;
   if (w->panel_cols < 0 || w->panel_cols > 256 ||
-      (w->panel_cols > 0 && (!w->panel_ptr || (w->row_ptr[M] > 0 && (!w->panel_offsets || !w->panel_values)))))
+      (w->panel_cols > 0 &&
+       (!w->panel_ptr || (w->row_ptr[M] > 0 && (!w->panel_offsets || !w->panel_values)))))
     return SB_EINVAL;
+  if (w->index_bits != 16 && w->index_bits != 32) return SB_EINDEX;
+  return SB_OK;
+}
+
+bool panels_apply(const sb_linear *w, int64_t B) {
 #if SB_AVX512
-  if (w->panel_cols > 0 && B >= 64 && sb::g_linear_panels)
-    return sb::csr_linear_panels(w, w->row_ptr, w->bias, act, x, B, y, num_threads);
+  return w->panel_cols > 0 && B >= 64 && sb::g_linear_panels;
+#else
+  (void)w, (void)B;
+  return false;
+#endif
+}
+}  // namespace
+
+extern "C" int sb_csr_linear(const sb_linear *w, const float *x, int64_t B, float *y,
+                             int num_threads) {
+  if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
+  const int bad = check_linear(w, x, B, y);
+  if (bad) return bad;
+  const int64_t M = w->rows, K = w->cols;
+  if (M == 0 || B == 0) return SB_OK;
+  const int act = (int)w->act;
+#if SB_AVX512
+  if (panels_apply(w, B)) return sb::csr_linear_panels(&w, 1, x, B, &y, num_threads);
 #endif
   if (w->index_bits == 32)
     return sb::csr_linear(M, K, w->row_ptr, (const int32_t *)w->col_idx, w->values, w->bias, act,
                           x, B, y, num_threads);
-  if (w->index_bits == 16)
-    return sb::csr_linear(M, K, w->row_ptr, (const int16_t *)w->col_idx, w->values, w->bias, act,
-                          x, B, y, num_threads);
-  return SB_EINDEX;
+  return sb::csr_linear(M, K, w->row_ptr, (const int16_t *)w->col_idx, w->values, w->bias, act,
+                        x, B, y, num_threads);
+}
+
+extern "C" int sb_csr_linear_group(const sb_linear *const *ws, int64_t n, const float *x,
+                                   int64_t B, float *const *ys, int num_threads) {
+  if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
+  if (!ws || !ys || n < 1 || n > sb::kMaxGroup) return SB_EINVAL;
+  bool together = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const int bad = check_linear(ws[i], x, B, ys[i]);
+    if (bad) return bad;
+    together = together && ws[i]->cols == ws[0]->cols && ws[i]->rows > 0 && panels_apply(ws[i], B);
+  }
+  if (B == 0) return SB_OK;
+#if SB_AVX512
+  if (together) return sb::csr_linear_panels(ws, n, x, B, ys, num_threads);
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    const int status = sb_csr_linear(ws[i], x, B, ys[i], num_threads);
+    if (status) return status;
+  }
+  return SB_OK;
 }

@@ -112,6 +112,13 @@ typedef struct sb_conv2d {
 /* Y[B, M] = X[B, K] @ W^T (+ bias) (relu) with W in CSR (block_rows/cols ignored). */
 int sb_csr_linear(const sb_linear *w, const float *x, int64_t batch, float *y, int num_threads);
 
+/* n (1..8) CSR weights with the same number of columns applied to one input: y_i = act_i(x
+ * W_i^T + b_i), y_i of shape (batch, M_i). When every weight has a K-panel copy and batch >= 64
+ * (AVX-512) the input is transposed once for all of them and their rows share the parallel
+ * regions (attention's Q, K and V projections); otherwise the same as n sb_csr_linear calls. */
+int sb_csr_linear_group(const sb_linear *const *ws, int64_t n, const float *x, int64_t batch,
+                        float *const *ys, int num_threads);
+
 /* Fill the K-panel copy (sb_linear.panel_*) of the CSR weight w, panels of panel_cols (1..256)
  * columns: the caller allocates panel_ptr (ceil(K / panel_cols) * (M + 1) int32), offsets and
  * values (nnz each), then sets the four fields of its descriptor. SB_EINVAL for a column

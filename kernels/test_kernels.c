@@ -185,6 +185,45 @@ static void test_csr(int64_t M, int64_t K, double density, int64_t empty_every) 
   free(w);
 }
 
+/* sb_csr_linear_group: three weights of one K (different M, activations, bias), with and
+ * without K-panel copies (then the shared-transpose path runs at B >= 64 on AVX-512), each
+ * output against the dense reference; a weight without a copy makes it n separate calls. */
+static void test_csr_group(int64_t K, int64_t B, int64_t panel_cols, int threads) {
+  const int64_t Ms[3] = {37, 64, 5};
+  float *w[3], *r[3], *y[3], *bias = falloc(64);
+  csr_t s[3];
+  panels_t p[3];
+  sb_linear d[3];
+  const sb_linear *dp[3];
+  float *x = falloc(B * K);
+  for (int i = 0; i < 3; ++i) {
+    w[i] = sparse_dense(Ms[i], K, 0.2 + 0.3 * i, i == 1 ? 4 : 0);
+    s[i] = to_csr(w[i], Ms[i], K);
+    const int act = i == 0 ? SB_ACT_GELU : i == 1 ? SB_ACT_RELU : SB_ACT_NONE;
+    const sb_linear base = {Ms[i], K, 1, 1, s[i].rp, s[i].c32, s[i].v, i == 2 ? NULL : bias, 32,
+                            act, NULL, NULL, NULL, 0};
+    d[i] = with_panels(&base, i == 2 && panel_cols < 0 ? 0 : panel_cols < 0 ? 128 : panel_cols,
+                       &p[i]);
+    dp[i] = &d[i];
+    r[i] = falloc(B * Ms[i]);
+    y[i] = falloc(B * Ms[i]);
+    memset(y[i], 0xff, (size_t)(B * Ms[i]) * sizeof(float));
+    ref_linear(w[i], Ms[i], K, i == 2 ? NULL : bias, act, x, B, r[i]);
+  }
+  expect_ok(sb_csr_linear_group(dp, 3, x, B, y, threads), "sb_csr_linear_group");
+  for (int i = 0; i < 3; ++i) {
+    char what[120];
+    snprintf(what, sizeof what, "csr group K=%lld B=%lld panels=%lld t%d weight %d", (long long)K,
+             (long long)B, (long long)panel_cols, threads, i);
+    compare(what, y[i], r[i], B * Ms[i]);
+    free(w[i]), free(r[i]), free(y[i]);
+    free_csr(s[i]);
+    free_panels(&p[i]);
+  }
+  free(x);
+  free(bias);
+}
+
 /* The batched CSR path with columns in descending order within every row (the K-blocked
  * walk must still use each nonzero exactly once), several K blocks, 1 and 2 threads. */
 static void test_csr_unsorted(int64_t M, int64_t K, int64_t B) {
@@ -746,6 +785,13 @@ int main(void) {
     half.panel_ptr = pp, half.panel_offsets = po, half.panel_values = pv, half.panel_cols = 300;
     if (sb_csr_linear(&half, y0, 1, y0, 1) != SB_EINVAL) ++failures;
     checks += 6;
+    const sb_linear *group[2] = {&one, &bad_lact};
+    float *outs[2] = {y0, y0};
+    if (sb_csr_linear_group(group, 0, y0, 1, outs, 1) != SB_EINVAL) ++failures;
+    if (sb_csr_linear_group(group, 9, y0, 1, outs, 1) != SB_EINVAL) ++failures;
+    if (sb_csr_linear_group(group, 2, y0, 1, outs, 1) != SB_EINVAL) ++failures; /* act 3 */
+    if (sb_csr_linear_group(NULL, 1, y0, 1, outs, 1) != SB_EINVAL) ++failures;
+    checks += 4;
   }
   if (sb_tuning("no-such-knob", 1) != -1) ++failures;
   if (sb_tuning("pool_backoff_us", -1) != 10000 || sb_tuning("pool_spin_us", -1) != 50) ++failures;
@@ -757,6 +803,13 @@ int main(void) {
   test_csr(64, 300, 1.0, 0);    /* dense */
   test_csr(40, 2000, 0.01, 0);  /* 99% sparse */
   test_csr(5, 40000, 0.001, 2); /* K > int16 range: int32 only */
+  for (int threads = 1; threads <= 2; ++threads) {
+    test_csr_group(700, 130, 256, threads); /* shared transposes, a ragged batch chunk */
+    test_csr_group(700, 64, 7, threads);
+    test_csr_group(300, 7, 256, threads);   /* batch < 64: separate calls */
+    test_csr_group(300, 70, 0, threads);    /* no copies: separate calls */
+    test_csr_group(300, 70, -1, threads);   /* one weight without a copy */
+  }
   test_csr_unsorted(37, 1500, 7);
   test_csr_unsorted(40, 1000, 128);
 

@@ -456,6 +456,64 @@ def test_dense_enough_linears_run_on_torch_gemm(batch: int, density: float,
     assert "nonzero)" not in structured.impl  # a structured model asked for its compaction
 
 
+class _ThreeProjections(nn.Module):
+    """q, k, v = three Linears of one input (attention's projections), combined in torch."""
+
+    def __init__(self, width: int = 300) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(width, n) for n in (width, width, 40))
+        self.out = nn.Linear(width, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        return self.out(torch.relu(q) * k) + v[..., :8]
+
+
+@needs_kernels
+@pytest.mark.parametrize("tokens,grouped", [(64, True), (8, False)])
+def test_linears_of_one_input_run_as_one_group_call(tokens: int, grouped: bool) -> None:
+    """csr/native: consecutive Linears reading the same input of >= 64 rows are one
+    CSRLinearGroup call (one transpose of the input), named by the steps it runs; fewer rows
+    keep one call each; the output matches either way."""
+    from sparsebench.backends import get_backend
+
+    torch.manual_seed(1)
+    m = _ThreeProjections().eval()
+    magnitude_prune(m, 0.9)
+    m.input_shape = (tokens, 300)
+    prepared = get_backend("native").prepare(convert(m, "csr"), batch=1)
+    names = prepared._names[1]
+    joined = [n for n in names if " + " in n]
+    assert len(joined) == (1 if grouped else 0), names
+    if grouped:
+        assert joined[0].count(" + ") == 2  # q, k and v
+    x = torch.randn(1, tokens, 300)
+    with torch.no_grad():
+        assert rel_err(prepared.run(x), m(x)) <= 1e-5
+
+
+@needs_kernels
+def test_linear_group_checks_its_ops() -> None:
+    from sparsebench.errors import SparsebenchError
+
+    a = native.CSRLinear.from_dense(np.eye(4, dtype=np.float32))
+    b = native.CSRLinear.from_dense(np.eye(5, dtype=np.float32))
+    with pytest.raises(SparsebenchError, match="share the input width"):
+        native.CSRLinearGroup([a, b])
+    with pytest.raises(SparsebenchError, match="1 to 8 CSRLinear ops"):
+        native.CSRLinearGroup([a] * 9)
+    g = native.CSRLinearGroup([a, a])
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(SparsebenchError, match="2 ops but 1 outputs"):
+        g.bind(x, [np.empty((2, 4), np.float32)])
+    with pytest.raises(SparsebenchError, match="out must be a float32 array of shape"):
+        g.bind(x, [np.empty((2, 4), np.float32), np.empty((2, 3), np.float32)])
+    outs = [np.empty((2, 4), np.float32), np.empty((2, 4), np.float32)]
+    g.bind(x, outs)()
+    np.testing.assert_array_equal(outs[0], x)
+    np.testing.assert_array_equal(outs[1], x)
+
+
 @needs_kernels
 def test_per_sample_execution_matches_the_batch_plan() -> None:
     """A CNN at batch > 1 may run its batch-1 plan once per sample (chosen by timing both at

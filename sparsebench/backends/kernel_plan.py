@@ -357,6 +357,7 @@ class NativePrepared(Prepared):
                 env[v] = tviews[c]
         calls: list[Callable[[], Any]] = []
         names: list[str] = []
+        linears: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}  # call index: op, x, y
         kernels, torch_ops, traffic = [], [], 0
         self.blocks: list[str] = []  # the plan_blocks steps' labels (the impl names them)
         static = planner.static_values()
@@ -396,11 +397,14 @@ class NativePrepared(Prepared):
             if s.pool == _GLOBAL_AVG and y.ndim != 4:  # mean without keepdim: same memory
                 y = y.reshape(*y.shape, 1, 1)
             res = bufs[s.residual] if s.residual is not None else None
+            if isinstance(op, native.CSRLinear) and res is None:
+                linears[len(calls)] = (op, x, y)
             calls.append(_bind(op, sw, x, y, res))
             kernels.append(op)
             traffic += (op.values.nbytes + op.col_idx.nbytes + op.row_ptr.nbytes
                         + (op.bias.nbytes if op.bias is not None else 0)
                         + x.nbytes + y.nbytes + (res.nbytes if res is not None else 0))
+        calls, names = _group_linears(calls, names, linears)
         out_t = tviews[planner.output] if planner.output in tviews else None
         if out_t is None:
             raise SparsebenchError("the model's output is not a float32 tensor")
@@ -563,6 +567,36 @@ def _bind(op: Any, sw: SparseWeight, x: np.ndarray, y: np.ndarray,
     if res is not None:
         return functools.partial(op.run, x, y, res)
     return functools.partial(op.run, x, y)
+
+
+def _group_linears(calls: list[Callable[[], Any]], names: list[str],
+                   linears: dict[int, tuple[Any, np.ndarray, np.ndarray]]
+                   ) -> tuple[list[Callable[[], Any]], list[str]]:
+    """Consecutive CSR Linear steps on the same input of at least ``PANEL_BATCH`` rows (a
+    transformer's Q, K, V projections) become one ``CSRLinearGroup`` call, named by its
+    steps joined with " + "."""
+    out_calls: list[Callable[[], Any]] = []
+    out_names: list[str] = []
+    i = 0
+    while i < len(calls):
+        j = i
+        if i in linears and linears[i][1].shape[0] >= native.ops.PANEL_BATCH:
+            x = linears[i][1]
+            outs = {linears[i][2].ctypes.data}
+            while (j + 1 in linears and j + 1 - i < 8 and linears[j + 1][1].shape == x.shape
+                   and linears[j + 1][1].ctypes.data == x.ctypes.data
+                   and linears[j + 1][2].ctypes.data not in outs):
+                j += 1
+                outs.add(linears[j][2].ctypes.data)
+        if j > i:
+            group = native.CSRLinearGroup([linears[k][0] for k in range(i, j + 1)])
+            out_calls.append(group.bind(linears[i][1], [linears[k][2] for k in range(i, j + 1)]))
+            out_names.append(" + ".join(names[i:j + 1]))
+        else:
+            out_calls.append(calls[i])
+            out_names.append(names[i])
+        i = j + 1
+    return out_calls, out_names
 
 
 def _scale_vector(c: Any) -> torch.Tensor | None:

@@ -63,6 +63,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "sb_isa": (ctypes.c_char_p, []),
     "sb_tuning": (_INT, [ctypes.c_char_p, _INT]),
     "sb_csr_linear": (_INT, [ctypes.POINTER(_LinearDesc), _PTR, _I64, _PTR, _INT]),
+    "sb_csr_linear_group": (_INT, [_PTR, _I64, _PTR, _I64, _PTR, _INT]),
     "sb_csr_panels": (_INT, [ctypes.POINTER(_LinearDesc), _I64, _PTR, _PTR, _PTR]),
     "sb_bsr_linear": (_INT, [ctypes.POINTER(_LinearDesc), _PTR, _I64, _PTR, _INT]),
     "sb_conv_out_size": (_I64, [_I64, _I64, _I64, _I64]),

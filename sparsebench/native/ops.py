@@ -8,7 +8,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -188,6 +188,18 @@ def _ptr(a: np.ndarray) -> Any:
     if a.flags.writeable and a.nbytes:
         return ctypes.byref(ctypes.c_char.from_buffer(a))
     return ctypes.c_void_p(a.ctypes.data)
+
+
+def _checked(fn: Any, args: tuple[Any, ...], impl: str, keep: Any) -> Callable[[], None]:
+    """``fn(*args)`` raising on a bad status; ``keep`` (the op and the arrays behind the raw
+    addresses) lives as long as the callable."""
+    def call() -> None:
+        status = fn(*args)
+        if status:
+            raise SparsebenchError(f"{impl}: kernel failed: {_STATUS.get(status, 'error')} "
+                                   f"(status {status})")
+    call.keep = keep  # type: ignore[attr-defined]
+    return call
 
 
 # ----------------------------------------------------------------------------- prepared calls
@@ -385,6 +397,37 @@ class CSRLinear(_Linear):
     def from_scipy(cls, m: Any, bias: Any = None, **kw: Any) -> CSRLinear:
         m = m.tocsr()
         return cls(m.data, m.indices, m.indptr, m.shape, bias=bias, **kw)
+
+
+class CSRLinearGroup:
+    """Up to 8 ``CSRLinear`` ops of the same input width applied to one input in one kernel
+    call (``sb_csr_linear_group``): at 64 or more rows on AVX-512 the input is transposed
+    once for all of them and their rows share the parallel regions (attention's Q, K and V
+    projections); otherwise the same as calling each op."""
+
+    def __init__(self, ops: list[CSRLinear]) -> None:
+        if not 1 <= len(ops) <= 8 or not all(isinstance(op, CSRLinear) for op in ops):
+            raise SparsebenchError("CSRLinearGroup: give 1 to 8 CSRLinear ops")
+        if len({op.shape[1] for op in ops}) != 1 or len({op.threads for op in ops}) != 1:
+            raise SparsebenchError("CSRLinearGroup: the ops must share the input width and the "
+                                   "thread count")
+        self.ops, self.threads = list(ops), ops[0].threads
+        self.impl = "+".join(op.impl for op in ops)
+
+    def bind(self, x: np.ndarray, outs: list[np.ndarray]) -> Any:
+        """The call on these arrays (checked now, as each op's ``run`` would)."""
+        if len(outs) != len(self.ops):
+            raise SparsebenchError(f"CSRLinearGroup: {len(self.ops)} ops but {len(outs)} outputs")
+        for op, out in zip(self.ops, outs):
+            xc = op._input(x)
+            op._output(out, xc)
+            if len(xc[1]) != 2:
+                raise SparsebenchError("CSRLinearGroup: the input must be (batch, features)")
+        descs = (ctypes.c_void_p * len(self.ops))(*(op._desc_ptr.value for op in self.ops))
+        ys = (ctypes.c_void_p * len(outs))(*(int(o.ctypes.data) for o in outs))
+        args = (descs, _I64(len(self.ops)), ctypes.c_void_p(int(x.ctypes.data)),
+                _I64(x.shape[0]), ys, ctypes.c_int(self.threads))
+        return _checked(load().sb_csr_linear_group, args, self.impl, (self.ops, x, outs))
 
 
 class BSRLinear(_Linear):

@@ -14,9 +14,9 @@ from typing import Any, Callable
 import numpy as np
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.native.abi import _F32, _I64, _INT, _STATUS
+from sparsebench.native.abi import _F32, _I64, _INT
 from sparsebench.native.build import isa, load
-from sparsebench.native.ops import _check_threads, _numpy
+from sparsebench.native.ops import _check_threads, _checked, _numpy
 
 _F = ctypes.c_float
 
@@ -38,18 +38,6 @@ def _array(a: Any, what: str, impl: str, writeable: bool = False) -> np.ndarray:
 
 def _vp(a: np.ndarray | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(None if a is None else int(a.ctypes.data))
-
-
-def _checked(fn: Any, args: tuple[Any, ...], impl: str, keep: Any) -> Callable[[], None]:
-    """``fn(*args)`` raising on a bad status; ``keep`` (the op and the arrays behind the raw
-    addresses) lives as long as the callable."""
-    def call() -> None:
-        status = fn(*args)
-        if status:
-            raise SparsebenchError(f"{impl}: kernel failed: {_STATUS.get(status, 'error')} "
-                                   f"(status {status})")
-    call.keep = keep  # type: ignore[attr-defined]
-    return call
 
 
 class AddLayerNorm:
