@@ -279,9 +279,11 @@ void rows_chunk(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx 
 // Rows [lo, hi) of the K-panel layout against XT (K x 64): acc[(m - lo) * 64 + b] sums panel
 // by panel, then bias and the activation (GELU too) are applied on the transposed store to y
 // (16 rows at a time).
-void rows_panels(int64_t lo, int64_t hi, int64_t M, int64_t K, const sb_linear *w,
-                 const float *bias, int act, const float *xt, float *acc, int64_t b0,
-                 int64_t bc, float *y) {
+void rows_panels(int64_t lo, int64_t hi, const sb_linear *w, const float *xt, float *acc,
+                 int64_t b0, int64_t bc, float *y) {
+  const int64_t M = w->rows, K = w->cols;
+  const float *bias = w->bias;
+  const int act = (int)w->act;
   constexpr int NV = 4;
   constexpr int64_t LD = 64;
   const int64_t kp = w->panel_cols, np = (K + kp - 1) / kp;
@@ -368,8 +370,7 @@ int csr_linear_panels(const sb_linear *const *ws, int64_t n, const float *x, int
       while (r >= first[w + 1]) ++w;
       const sb_linear *lw = ws[w];
       balanced_range(lw->row_ptr, lw->rows, 2, r - first[w], nc[w], &lo, &hi);
-      rows_panels(lo, hi, lw->rows, K, lw, lw->bias, (int)lw->act, xt + i * per,
-                  acc + (i * rows + base[w] + lo) * LD, b0, bc, ys[w]);
+      rows_panels(lo, hi, lw, xt + i * per, acc + (i * rows + base[w] + lo) * LD, b0, bc, ys[w]);
     });
   }
   std::free(xt);

@@ -212,9 +212,8 @@ class _Planner:
         if rows * sw.shape[0] * sw.shape[1] < DENSE_MIN_MACS:
             return None
         density = sw.nnz / max(1, sw.shape[0] * sw.shape[1])
-        panels = (rows >= native.ops.PANEL_BATCH and sw.shape[1] > native.ops.PANEL_COLS
-                  and native.isa() == "avx512")
-        return density if density > (DENSE_WINS_PANELS if panels else DENSE_WINS) else None
+        wins = DENSE_WINS_PANELS if native.ops.panel_path(rows, sw.shape[1]) else DENSE_WINS
+        return density if density > wins else None
 
     def native_pool(self, op: Node, x: str) -> bool:
         """A max-pool the native pool kernel runs (4-D float map, no dilation, padding at
@@ -583,7 +582,7 @@ def _group_linears(calls: list[Callable[[], Any]], names: list[str],
         if i in linears and linears[i][1].shape[0] >= native.ops.PANEL_BATCH:
             x = linears[i][1]
             outs = {linears[i][2].ctypes.data}
-            while (j + 1 in linears and j + 1 - i < 8 and linears[j + 1][1].shape == x.shape
+            while (j + 1 in linears and j + 1 - i < native.ops.GROUP_MAX and linears[j + 1][1].shape == x.shape
                    and linears[j + 1][1].ctypes.data == x.ctypes.data
                    and linears[j + 1][2].ctypes.data not in outs):
                 j += 1

@@ -15,7 +15,7 @@ import numpy as np
 from sparsebench.errors import SparsebenchError
 from sparsebench.native.abi import (_F32, _I64, _INT_DTYPES, _STATUS, ACTS, _ConvDesc, _ConvPlan,
                                     _LinearDesc)
-from sparsebench.native.build import load
+from sparsebench.native.build import isa, load
 
 def _numpy(a: Any) -> np.ndarray:
     if hasattr(a, "detach"):  # torch tensor
@@ -315,6 +315,13 @@ class _Linear(_Prepared):
 # with at least PANEL_BATCH rows on AVX-512 when K > PANEL_COLS; the batched kernel then reads
 # the transposed input one panel (PANEL_COLS x 64 floats) at a time.
 PANEL_COLS, PANEL_BATCH = 256, 64
+GROUP_MAX = 8  # ops per CSRLinearGroup (kMaxGroup in kernels/common.hpp)
+
+
+def panel_path(rows: int, cols: int) -> bool:
+    """Whether a CSR Linear of ``cols`` inputs called on ``rows`` rows runs on its K-panel
+    copy."""
+    return rows >= PANEL_BATCH and cols > PANEL_COLS and isa() == "avx512"
 
 
 class CSRLinear(_Linear):
@@ -361,8 +368,7 @@ class CSRLinear(_Linear):
 
     def _io_shapes(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[Any, ...]]:
         out = super()._io_shapes(shape)
-        if (len(shape) == 2 and shape[0] >= PANEL_BATCH and self.panels is None
-                and self._isa == "avx512" and self.shape[1] > PANEL_COLS):
+        if len(shape) == 2 and self.panels is None and panel_path(shape[0], self.shape[1]):
             self._build_panels()
         return out
 
@@ -406,8 +412,8 @@ class CSRLinearGroup:
     projections); otherwise the same as calling each op."""
 
     def __init__(self, ops: list[CSRLinear]) -> None:
-        if not 1 <= len(ops) <= 8 or not all(isinstance(op, CSRLinear) for op in ops):
-            raise SparsebenchError("CSRLinearGroup: give 1 to 8 CSRLinear ops")
+        if not 1 <= len(ops) <= GROUP_MAX or not all(isinstance(op, CSRLinear) for op in ops):
+            raise SparsebenchError(f"CSRLinearGroup: give 1 to {GROUP_MAX} CSRLinear ops")
         if len({op.shape[1] for op in ops}) != 1 or len({op.threads for op in ops}) != 1:
             raise SparsebenchError("CSRLinearGroup: the ops must share the input width and the "
                                    "thread count")
