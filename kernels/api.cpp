@@ -35,6 +35,7 @@ extern "C" int sb_tuning(const char *key, int value) {
   else if (std::strcmp(key, "conv_chunks") == 0) knob = &sb::g_conv_chunks;
   else if (std::strcmp(key, "conv_pack_min") == 0) knob = &sb::g_conv_pack_min;
   else if (std::strcmp(key, "conv_pairs") == 0) knob = &sb::g_conv_pairs;
+  else if (std::strcmp(key, "conv_bands") == 0) knob = &sb::g_conv_bands;
   if (!knob) return -1;
   const int old = *knob;
   if (value >= 0) *knob = value;

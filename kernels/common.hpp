@@ -33,6 +33,7 @@ extern int g_conv_prefetch;
 extern int g_conv_chunks;
 extern int g_conv_pack_min;
 extern int g_conv_pairs;
+extern int g_conv_bands;
 
 constexpr int kMaxThreads = 255;      // thread count fits the pool's job word
 constexpr int64_t kMaxChunks = 65535;  // chunks per job, likewise

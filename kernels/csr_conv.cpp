@@ -26,10 +26,20 @@
 // Epilogue: bias in registers; then either the final epilogue in registers (when the
 // extended layout is y itself: batch 1, no wasted columns, no pool) or a compaction pass per
 // output channel adding the residual, activation, channel scale and fused max-pool.
-// Threads claim chunks of output channels (balanced by nnz); packing is split by channels.
+// A band's or the map's last partial tile runs in the narrowest tile that holds it.
+//
+// Threads. A plan made for T threads (sb_conv2d_plan's `bands`) cuts the map into T position
+// bands of equal size (at multiples of 16 positions; not with a pool, not for maps under a
+// tile per band). Each band has its own packed region holding its rows and its halo rows (the
+// rows below it that its taps read), so one chunk packs a band and computes every output
+// channel on it: no barrier between packing and compute, no packed line read by two cores,
+// and each thread writes its own part of y, which the next layer banded the same way reads
+// from the same core's cache. Otherwise (one band, or more threads than bands) threads pack
+// planes, then claim chunks of output channels (balanced by nnz) over the whole map.
 // Narrow maps are packed with AVX-512 gathers from a precomputed index map.
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <initializer_list>
 
 #include "common.hpp"
@@ -39,6 +49,8 @@ namespace sb {
 struct Nz;
 }
 
+constexpr int64_t sb_kMaxBands = 16;
+
 struct sb_conv_plan_impl {
   sb_conv_plan pub;
   const sb_conv2d *w;
@@ -46,6 +58,9 @@ struct sb_conv_plan_impl {
   int64_t layout;       // kShift, kKxCopy or kTaps
   int64_t per_row;      // copies per packed row phase: stride_w (shift) or kernel_w
   int64_t ncopies, pitch, ncb, cbs, ext_stride, window;
+  int64_t nbands;       // position bands (see sb_conv2d_run), 1: one band, the whole map
+  int64_t band_pos[sb_kMaxBands + 1];  // first output position of each band (+ positions)
+  int64_t band_floats;  // packed floats per band (copies x Cin x plane)
   int32_t *gmap;        // gather packing: source index in a channel plane per packed float
   sb::Nz *stream;       // nnz (offset, value) pairs in traversal order (window, block, row)
   int32_t *seg;         // Cout x ncb x 2: [start, end) of each (row, block) in the stream
@@ -69,6 +84,7 @@ int g_conv_prefetch = 128;  // weight-stream prefetch distance in nonzeros (0: o
 int g_conv_chunks = 2;      // output-channel chunks per thread
 int g_conv_pack_min = 32768;  // packed floats below which packing stays on the caller
 int g_conv_pairs = 1;         // new plans: rows with the same taps computed in pairs
+int g_conv_bands = 0;         // new plans: position bands (0: sb_conv2d_plan's argument)
 
 namespace {
 
@@ -131,15 +147,19 @@ Geo layout_geometry(const sb_conv2d *w, int64_t n, int64_t h, int64_t width, int
 struct Job {
   const sb_conv2d *w;
   const sb_conv_plan_impl *pl;
-  const float *xp;        // packed input (or x itself)
+  const float *xp;        // packed input (or x itself) of output position xpos
+  int64_t xpos;
   const float *residual;  // N x Cout x Ho x Wo or NULL
   float *y;
   int act;
   int64_t prefetch;  // nonzeros ahead to prefetch in the weight stream (0: off)
 };
 
+// Stacked packed rows [r0, r1) (row R = n * hq + i) of copy (a, u) of channel c into its plane
+// dst, row R at dst + (R - row0) * pitch; with row0 == 0 and r1 == n * hq (one band) this also
+// zeroes the plane's alignment tail.
 void pack_copy(const sb_conv2d *w, const sb_conv_plan_impl *pl, const float *x, int64_t a,
-               int64_t u, int64_t c, float *dst) {
+               int64_t u, int64_t c, float *dst, int64_t row0, int64_t r0, int64_t r1) {
   const sb_conv_plan &p = pl->pub;
   const int64_t Cin = w->in_channels, sh = w->stride_h, sw = w->stride_w;
   const int64_t H = p.h, W = p.w, hq = p.hq, pitch = pl->pitch;
@@ -148,29 +168,41 @@ void pack_copy(const sb_conv2d *w, const sb_conv_plan_impl *pl, const float *x, 
   int64_t jhi = W - 1 - shift < 0 ? 0 : (W - 1 - shift) / sw + 1;
   if (jhi > pitch) jhi = pitch;
   if (jlo > jhi) jlo = jhi;
-  for (int64_t n = 0; n < p.n; ++n)
-    for (int64_t i = 0; i < hq; ++i) {
-      float *d = dst + (n * hq + i) * pitch;
-      const int64_t iy = sh * i + a - w->pad_h;
-      if (iy < 0 || iy >= H) {
-        std::memset(d, 0, (size_t)pitch * sizeof(float));
-        continue;
-      }
-      const float *src = x + ((n * Cin + c) * H + iy) * W;
 #if SB_AVX512
-      if (sw == 1 && pitch <= 64) {  // short rows: masked vector copies, no library calls
-        for (int64_t j0 = 0; j0 < pitch; j0 += 16) {
-          const int64_t lo = jlo - j0 > 0 ? jlo - j0 : 0, hi = jhi - j0 < 16 ? jhi - j0 : 16;
-          const __mmask16 valid = hi > lo ? (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u))
-                                          : (__mmask16)0;
-          const __m512 v = valid ? _mm512_maskz_expandloadu_ps(valid, src + j0 + lo + shift)
-                                 : _mm512_setzero_ps();
-          const int64_t lanes = pitch - j0 < 16 ? pitch - j0 : 16;
-          _mm512_mask_storeu_ps(d + j0, (__mmask16)((1u << lanes) - 1u), v);
-        }
+  // short unit-stride rows: per 16-column block, the lanes read from the source row (masked
+  // lanes are neither read nor faulted) and the lanes stored; the same for every row
+  const bool vec = sw == 1 && pitch <= 64;
+  const int64_t nb = (pitch + 15) / 16;
+  __mmask16 ld[4] = {0, 0, 0, 0}, st[4] = {0, 0, 0, 0};
+  for (int64_t b = 0; vec && b < nb; ++b) {
+    const int64_t j0 = 16 * b, lo = jlo - j0 > 0 ? jlo - j0 : 0, hi = jhi - j0 < 16 ? jhi - j0 : 16;
+    ld[b] = hi > lo ? (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u)) : (__mmask16)0;
+    const int64_t lanes = pitch - j0 < 16 ? pitch - j0 : 16;
+    st[b] = (__mmask16)((1u << lanes) - 1u);
+  }
+#endif
+  for (int64_t n = r0 / hq; n < p.n && n * hq < r1; ++n) {
+    const int64_t i0 = r0 - n * hq > 0 ? r0 - n * hq : 0, i1 = r1 - n * hq < hq ? r1 - n * hq : hq;
+    const float *plane = x + (n * Cin + c) * H * W;
+    for (int64_t i = i0; i < i1; ++i) {
+      float *d = dst + (n * hq + i - row0) * pitch;
+      const int64_t iy = sh * i + a - w->pad_h;
+      const bool inside = iy >= 0 && iy < H;
+#if SB_AVX512
+      if (vec) {
+        const float *src = plane + (inside ? iy * W + shift : 0);  // d[j] = src[j], j in [jlo, jhi)
+        for (int64_t b = 0; b < nb; ++b)
+          _mm512_mask_storeu_ps(d + 16 * b, st[b],
+                                inside ? _mm512_maskz_loadu_ps(ld[b], src + 16 * b)
+                                       : _mm512_setzero_ps());
         continue;
       }
 #endif
+      if (!inside) {
+        std::memset(d, 0, (size_t)pitch * sizeof(float));
+        continue;
+      }
+      const float *src = plane + iy * W;
       for (int64_t j = 0; j < jlo; ++j) d[j] = 0.f;
       if (sw == 1) {
         std::memcpy(d + jlo, src + jlo + shift, (size_t)(jhi - jlo) * sizeof(float));
@@ -179,28 +211,33 @@ void pack_copy(const sb_conv2d *w, const sb_conv_plan_impl *pl, const float *x, 
       }
       for (int64_t j = jhi; j < pitch; ++j) d[j] = 0.f;
     }
+  }
+  if (row0 != 0 || r1 < p.n * hq) return;
   const int64_t used = p.n * hq * pitch;  // zero the alignment tail of the plane
   for (int64_t i = used; i < p.plane; ++i) dst[i] = 0.f;
 }
 
 #if SB_AVX512
-// Gather packing for narrow maps: every copy of channel c of image n from a precomputed map
-// (source index within the H*W channel plane, -1 for padding): 16 floats per instruction.
+// Gather packing for narrow maps: rows [i0, i1) of every copy of channel c of image n from a
+// precomputed map (source index within the H*W channel plane, -1 for padding) into the band
+// at `band` whose first row is stacked row row0: 16 floats per instruction.
 void pack_gather(const sb_conv2d *w, const sb_conv_plan_impl *pl, const float *x, int64_t c,
-                 int64_t n) {
+                 int64_t n, int64_t i0, int64_t i1, float *band, int64_t row0) {
   const sb_conv_plan &p = pl->pub;
   const int64_t img = p.hq * pl->pitch, HW = p.h * p.w;
   const float *src = x + (n * w->in_channels + c) * HW;
   for (int64_t copy = 0; copy < pl->ncopies; ++copy) {
-    float *d = pl->pack + (copy * w->in_channels + c) * p.plane + n * img;
+    // map index k goes to band[base + k] (base < 0 when the band starts inside image n)
+    const int64_t base = (copy * w->in_channels + c) * p.plane + (n * p.hq - row0) * pl->pitch;
     const int32_t *map = pl->gmap + copy * img;
-    for (int64_t k = 0; k < img; k += 16) {
-      const __mmask16 lanes = img - k >= 16 ? (__mmask16)0xffff
-                                            : (__mmask16)((1u << (img - k)) - 1u);
+    const int64_t end = i1 * pl->pitch;
+    for (int64_t k = i0 * pl->pitch; k < end; k += 16) {
+      const __mmask16 lanes = end - k >= 16 ? (__mmask16)0xffff
+                                            : (__mmask16)((1u << (end - k)) - 1u);
       const __m512i idx = _mm512_maskz_loadu_epi32(lanes, map + k);
       const __mmask16 m = _mm512_mask_cmpge_epi32_mask(lanes, idx, _mm512_setzero_si512());
       const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, src, 4);
-      _mm512_mask_storeu_ps(d + k, lanes, v);
+      _mm512_mask_storeu_ps(band + (base + k), lanes, v);
     }
   }
 }
@@ -243,8 +280,9 @@ void pool2(const float *SB_RESTRICT a, const float *SB_RESTRICT b, float *SB_RES
 }
 
 // Residual, activation, channel scale and max-pool (or global average) from the extended
-// rows to NCHW y.
-void compact(const Job &k, int64_t c0, int64_t c1) {
+// rows to NCHW y: channels [c0, c1), extended positions [pa, pb) (a part of the map only
+// without a pool).
+void compact(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
   const sb_conv_plan &p = k.pl->pub;
   const int64_t Cout = k.w->out_channels, ho = p.ho, wo = p.wo, pitch = k.pl->pitch;
   const int64_t img = p.hq * pitch, P = p.pool > 1 ? p.pool : 1;
@@ -255,16 +293,18 @@ void compact(const Job &k, int64_t c0, int64_t c1) {
     const bool scaled = scale != nullptr;
     for (int64_t n = 0; n < p.n; ++n) {
       float *base = k.pl->ext + co * k.pl->ext_stride + n * img;  // this chunk's rows
-      // conv output row oy of this (n, co): residual added, activation, scale, in place
-      auto finish_row = [&](int64_t oy, int64_t len) -> float * {
+      // columns [x0, x1) of conv output row oy of this (n, co): residual added, activation,
+      // scale, in place
+      auto finish_span = [&](int64_t oy, int64_t x0, int64_t x1) -> float * {
         float *SB_RESTRICT row = base + oy * pitch;
         if (k.residual) {
           const float *SB_RESTRICT res = k.residual + ((n * Cout + co) * ho + oy) * wo;
-          for (int64_t x = 0; x < len; ++x) row[x] += res[x];
+          for (int64_t x = x0; x < x1; ++x) row[x] += res[x];
         }
-        post_range(row, len, act, scaled, sc);
+        post_range(row + x0, x1 - x0, act, scaled, sc);
         return row;
       };
+      auto finish_row = [&](int64_t oy, int64_t len) { return finish_span(oy, 0, len); };
       if (p.pool == kGlobalAvg) {
         float sum = 0.f;
         for (int64_t oy = 0; oy < ho; ++oy) {
@@ -273,9 +313,16 @@ void compact(const Job &k, int64_t c0, int64_t c1) {
         }
         k.y[n * Cout + co] = sum / (float)(ho * wo);
       } else if (P == 1) {
-        for (int64_t oy = 0; oy < ho; ++oy) {
-          const float *row = finish_row(oy, wo);
-          std::memcpy(k.y + ((n * Cout + co) * ho + oy) * wo, row, (size_t)wo * sizeof(float));
+        const int64_t first = n * img;  // position of the image's row 0
+        const int64_t lo = pa > first ? (pa - first) / pitch : 0;
+        const int64_t hi = pb - first < ho * pitch ? (pb - first + pitch - 1) / pitch : ho;
+        for (int64_t oy = lo; oy < hi; ++oy) {  // the part of each row inside [pa, pb)
+          const int64_t r = first + oy * pitch;
+          const int64_t x0 = pa > r ? pa - r : 0, x1 = pb - r < wo ? pb - r : wo;
+          if (x0 >= x1) continue;
+          const float *row = finish_span(oy, x0, x1);
+          std::memcpy(k.y + ((n * Cout + co) * ho + oy) * wo + x0, row + x0,
+                      (size_t)(x1 - x0) * sizeof(float));
         }
       } else {
         const int64_t yh = p.yh, yw = p.yw, span = yw * P;
@@ -418,8 +465,9 @@ SB_INLINE void tile_acc2(const float *SB_RESTRICT xp, const Nz *SB_RESTRICT nz0,
   for (int q = 0; q < NV; ++q) acc0[q] = a[q], acc1[q] = b[q];
 }
 
+// Output channels [c0, c1) at output positions [pa, pb), in tiles of T from pa.
 template <int W, int NV>
-void conv_rows(const Job &k, int64_t c0, int64_t c1) {
+void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
   using Vt = V<W>;
   constexpr int64_t T = W * NV;
   const sb_conv_plan_impl *pl = k.pl;
@@ -429,11 +477,11 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1) {
   const int32_t *seg = pl->seg;
   const int64_t P = p.positions, ncb = pl->ncb, win = pl->window;
   alignas(64) float partial[kPartialFloats];
-  for (int64_t t = 0; t < p.ntiles; ++t) {
-    const int64_t p0 = t * T, valid = P - p0 < T ? P - p0 : T;
+  for (int64_t p0 = pa; p0 < pb; p0 += T) {
+    const int64_t valid = pb - p0 < T ? pb - p0 : T;
     typename Vt::M mk[NV];
     for (int q = 0; q < NV; ++q) mk[q] = Vt::mask(valid - W * q);
-    const float *xt = k.xp + p0;
+    const float *xt = k.xp + (p0 - k.xpos);
     // output-channel windows are aligned to multiples of `win`, as the stream is ordered
     for (int64_t w0 = c0 / win * win; w0 < c1; w0 += win) {
       const int64_t a0 = w0 > c0 ? w0 : c0, a1 = w0 + win < c1 ? w0 + win : c1;
@@ -465,8 +513,8 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1) {
               }
             }
           } else {
-            float *eo = pl->ext + co * pl->ext_stride + p0;
-            for (int q = 0; q < NV; ++q) Vt::store(eo + W * q, Vt::add(acc[q], bb));
+            float *eo = pl->ext + co * pl->ext_stride + p0;  // masked: chunks may abut
+            for (int q = 0; q < NV; ++q) Vt::storem(eo + W * q, mk[q], Vt::add(acc[q], bb));
           }
         };
         auto start = [&](int64_t co, typename Vt::T *acc) {
@@ -501,24 +549,23 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1) {
   }
 }
 
-void run_rows(int64_t tile, const Job &k, int64_t c0, int64_t c1) {
+void tiles_of(int64_t tile, const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
   switch (tile) {
-    case 4: conv_rows<4, 1>(k, c0, c1); break;
-    case 8: conv_rows<8, 1>(k, c0, c1); break;
-    case 16: conv_rows<16, 1>(k, c0, c1); break;
-    case 32: conv_rows<16, 2>(k, c0, c1); break;
-    case 48: conv_rows<16, 3>(k, c0, c1); break;
-    case 64: conv_rows<16, 4>(k, c0, c1); break;
-    case 96: conv_rows<16, 6>(k, c0, c1); break;
-    default: conv_rows<16, 8>(k, c0, c1); break;
+    case 4: conv_rows<4, 1>(k, c0, c1, pa, pb); break;
+    case 8: conv_rows<8, 1>(k, c0, c1, pa, pb); break;
+    case 16: conv_rows<16, 1>(k, c0, c1, pa, pb); break;
+    case 32: conv_rows<16, 2>(k, c0, c1, pa, pb); break;
+    case 48: conv_rows<16, 3>(k, c0, c1, pa, pb); break;
+    case 64: conv_rows<16, 4>(k, c0, c1, pa, pb); break;
+    case 96: conv_rows<16, 6>(k, c0, c1, pa, pb); break;
+    default: conv_rows<16, 8>(k, c0, c1, pa, pb); break;
   }
-  if (!k.pl->pub.direct_out) compact(k, c0, c1);
 }
 #else
 // Portable version (AVX2 / scalar builds): the same tiles and blocks as plain loops the
 // compiler vectorises.
 template <int64_t T>
-void conv_rows(const Job &k, int64_t c0, int64_t c1) {
+void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
   const sb_conv_plan_impl *pl = k.pl;
   const sb_conv_plan &p = pl->pub;
   const sb_conv2d *w = k.w;
@@ -526,8 +573,8 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1) {
   const int32_t *seg = pl->seg;
   const int64_t P = p.positions, ncb = pl->ncb, win = pl->window;
   static thread_local float partial[kPartialFloats];
-  for (int64_t t = 0; t < p.ntiles; ++t) {
-    const int64_t p0 = t * T, valid = P - p0 < T ? P - p0 : T;
+  for (int64_t p0 = pa; p0 < pb; p0 += T) {
+    const int64_t valid = pb - p0 < T ? pb - p0 : T;
     for (int64_t w0 = c0 / win * win; w0 < c1; w0 += win) {
       const int64_t a0 = w0 > c0 ? w0 : c0, a1 = w0 + win < c1 ? w0 + win : c1;
       for (int64_t cb = 0; cb < ncb; ++cb) {
@@ -537,7 +584,7 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1) {
             for (int64_t i = 0; i < T; ++i) acc[i] = 0.f;
           for (int64_t j = seg[2 * (co * ncb + cb)]; j < seg[2 * (co * ncb + cb) + 1]; ++j) {
             const float v = stream[j].val;
-            const float *SB_RESTRICT s = k.xp + p0 + stream[j].off;
+            const float *SB_RESTRICT s = k.xp + (p0 - k.xpos) + stream[j].off;
             if (valid == T) {
               for (int64_t i = 0; i < T; ++i) acc[i] += v * s[i];
             } else {
@@ -556,7 +603,7 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1) {
             }
           } else {
             float *eo = pl->ext + co * pl->ext_stride + p0;
-            for (int64_t i = 0; i < T; ++i) eo[i] = acc[i] + b;
+            for (int64_t i = 0; i < valid; ++i) eo[i] = acc[i] + b;
           }
         }
       }
@@ -564,18 +611,33 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1) {
   }
 }
 
-void run_rows(int64_t tile, const Job &k, int64_t c0, int64_t c1) {
+void tiles_of(int64_t tile, const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
   switch (tile) {
-    case 16: conv_rows<16>(k, c0, c1); break;
-    case 32: conv_rows<32>(k, c0, c1); break;
-    case 48: conv_rows<48>(k, c0, c1); break;
-    case 64: conv_rows<64>(k, c0, c1); break;
-    case 96: conv_rows<96>(k, c0, c1); break;
-    default: conv_rows<128>(k, c0, c1); break;
+    case 4:
+    case 8:
+    case 16: conv_rows<16>(k, c0, c1, pa, pb); break;
+    case 32: conv_rows<32>(k, c0, c1, pa, pb); break;
+    case 48: conv_rows<48>(k, c0, c1, pa, pb); break;
+    case 64: conv_rows<64>(k, c0, c1, pa, pb); break;
+    case 96: conv_rows<96>(k, c0, c1, pa, pb); break;
+    default: conv_rows<128>(k, c0, c1, pa, pb); break;
   }
-  if (!k.pl->pub.direct_out) compact(k, c0, c1);
 }
 #endif
+
+// Output channels [c0, c1) at positions [pa, pb): whole tiles of the plan's width, then the
+// rest (a band's or the map's last partial tile) in the narrowest tile that holds it, so a
+// partial tile costs about its share of lanes.
+void run_tiles(int64_t tile, const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
+  if (tile < 16) return tiles_of(tile, k, c0, c1, pa, pb);
+  const int64_t full = pa + (pb - pa) / tile * tile;
+  if (full > pa) tiles_of(tile, k, c0, c1, pa, full);
+  if (pb <= full) return;
+  int64_t rest = 16;
+  for (int64_t nv : {1, 2, 3, 4, 6, 8})
+    if ((rest = 16 * nv) >= pb - full) break;
+  tiles_of(rest, k, c0, c1, full, pb);
+}
 
 bool valid_weight(const sb_conv2d *w) {
   return w && w->out_channels >= 1 && w->in_channels >= 1 && w->kernel_h >= 1 &&
@@ -607,7 +669,8 @@ extern "C" void sb_conv2d_plan_free(sb_conv_plan *p) {
 }
 
 extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t width,
-                              int64_t pool, const float *scale, sb_conv_plan **out) {
+                              int64_t pool, const float *scale, int64_t bands,
+                              sb_conv_plan **out) {
   if (!out) return SB_EINVAL;
   *out = nullptr;
   if (w && w->index_bits != 16 && w->index_bits != 32) return SB_EINDEX;
@@ -643,6 +706,29 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   }
   const sb::Geo g = sb::layout_geometry(w, n, h, width, ho, wo, pool, layout);
 
+  // Position bands (see sb_conv2d_run): equal runs of stacked output rows, each packed into
+  // its own region with its halo rows; without a pool, and only when every band has at least
+  // one tile of positions and no more halo than rows.
+  const int64_t halo = layout == sb::kTaps ? 0 : (kh - 1) / w->stride_h;
+  const int64_t want = sb::g_conv_bands > 0 ? sb::g_conv_bands : bands;
+  int64_t nbands = std::min<int64_t>(std::max<int64_t>(want, 1), sb_kMaxBands);
+  if (pool > 1 || pool == sb::kGlobalAvg) nbands = 1;
+  // equal bands, cut at multiples of 16 positions (the vectors keep their alignment); at least
+  // one whole tile and as many rows as the halo per band
+  while (nbands > 1 && (g.positions / g.tile < nbands ||
+                        g.positions / nbands < std::max<int64_t>(halo, 1) * g.pitch))
+    --nbands;
+  int64_t band_pos[sb_kMaxBands + 1], band_rows = 0;  // packed rows of the largest band
+  for (int64_t b = 0; b <= nbands; ++b)
+    band_pos[b] = b == nbands ? g.positions : 16 * ((g.positions * b / nbands + 8) / 16);
+  for (int64_t b = 0; b < nbands; ++b)
+    band_rows = std::max(band_rows, (band_pos[b + 1] + g.pitch - 1) / g.pitch + halo -
+                                        band_pos[b] / g.pitch);
+  // a band's rows start `lead` = (first row * pitch) % 16 floats into its planes, so that its
+  // tiles read the same vector alignment as in one band (plus up to 15 floats per plane)
+  const int64_t bplane =
+      nbands == 1 || g.direct_in ? g.plane : sb::round_up(band_rows * g.pitch + 15, 16);
+
   // channel blocks: the input one tile reads per channel, kept within the L1 budget
   const int64_t per_channel =
       g.copies * (g.tile + ((kh - 1) / w->stride_h) * g.pitch) * (int64_t)sizeof(float);
@@ -651,7 +737,7 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   if (cbs > Cin) cbs = Cin;
   const int64_t ncb = (Cin + cbs - 1) / cbs;
   const int64_t ntiles = (g.positions + g.tile - 1) / g.tile;
-  const int64_t pack = g.direct_in ? 0 : g.copies * Cin * g.plane;
+  const int64_t pack = g.direct_in ? 0 : g.copies * Cin * bplane * nbands;
   const int64_t ext = g.direct_out ? 0 : Cout * ntiles * g.tile;
 
   sb_conv_plan_impl *pl = (sb_conv_plan_impl *)std::calloc(1, sizeof(sb_conv_plan_impl));
@@ -684,7 +770,7 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
 
   sb_conv_plan &p = pl->pub;
   p.n = n, p.h = h, p.w = width, p.ho = ho, p.wo = wo, p.hq = g.hq, p.wq = g.pitch;
-  p.plane = g.plane, p.positions = g.positions, p.tile = g.tile, p.ntiles = ntiles;
+  p.plane = bplane, p.positions = g.positions, p.tile = g.tile, p.ntiles = ntiles;
   p.direct_in = g.direct_in, p.direct_out = g.direct_out;
   p.pool = pool > 1 || pool == sb::kGlobalAvg ? pool : 0;
   p.yh = p.pool == sb::kGlobalAvg ? 1 : p.pool ? ho / pool : ho;
@@ -697,6 +783,10 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   pl->layout = layout;
   pl->per_row = layout == sb::kShift ? w->stride_w : kw;
   pl->ncopies = g.copies, pl->pitch = g.pitch, pl->ncb = ncb, pl->cbs = cbs;
+  pl->nbands = nbands;
+  p.bands = nbands;
+  pl->band_floats = g.direct_in ? 0 : g.copies * Cin * bplane;
+  for (int64_t b = 0; b <= nbands; ++b) pl->band_pos[b] = band_pos[b];
   pl->ext_stride = ntiles * g.tile;
   pl->window = sb::kPartialFloats / g.tile > 0 ? sb::kPartialFloats / g.tile : 1;
   pl->scale = scale;
@@ -733,9 +823,9 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
       const int64_t c = col / khw, r = col - c * khw, ky = r / kw, kx = r - ky * kw;
       const int64_t a = ky % sh, qy = ky / sh;
       int64_t o;
-      if (layout == sb::kTaps) o = (r * Cin + c) * g.plane;
-      else if (layout == sb::kKxCopy) o = ((a * kw + kx) * Cin + c) * g.plane + qy * g.pitch;
-      else o = ((a * sw + kx % sw) * Cin + c) * g.plane + qy * g.pitch + kx / sw;
+      if (layout == sb::kTaps) o = (r * Cin + c) * bplane;
+      else if (layout == sb::kKxCopy) o = ((a * kw + kx) * Cin + c) * bplane + qy * g.pitch;
+      else o = ((a * sw + kx % sw) * Cin + c) * bplane + qy * g.pitch + kx / sw;
       off[j] = (int32_t)o;
       while (c >= (cb + 1) * cbs) blk[co * (ncb + 1) + ++cb] = (int32_t)j;
     }
@@ -773,34 +863,78 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
   const sb_conv_plan &p = pl->pub;
   if (!x || !y) return SB_EINVAL;
   const int64_t Cin = w->in_channels, Cout = w->out_channels;
-  const float *xp = x;
-  if (!p.direct_in && pl->gmap) {
+  const int64_t P = p.positions, pitch = pl->pitch, rows = p.n * p.hq, nb = pl->nbands;
+  const int64_t halo = p.hq - p.ho;  // packed rows below an output row that its taps read
+  // Band b: output positions [pos(b), pos(b + 1)), its packed rows (halo included) in its own
+  // region; one band is the whole map in the plain layout.
+  auto pos = [&](int64_t b) { return pl->band_pos[b]; };
+  auto band_x = [&](int64_t b) {  // where output position pos(b) / pitch * pitch reads tap 0
+    return pl->pack + b * pl->band_floats + (nb == 1 ? 0 : pos(b) / pitch * pitch % 16);
+  };
+  auto pack_band = [&](int64_t b, int64_t i0, int64_t i1) {  // planes [i0, i1) of band b
+    const int64_t row0 = nb == 1 ? 0 : pos(b) / pitch;
+    const int64_t r1 = nb == 1 ? rows : std::min((pos(b + 1) + pitch - 1) / pitch + halo, rows);
+    float *dst = band_x(b);
 #if SB_AVX512
-    const int pack_threads = pl->ncopies * Cin * p.plane < sb::g_conv_pack_min ? 1 : num_threads;
-    const int64_t items = Cin * p.n, nc = sb::chunk_count(items, pack_threads, 4);
-    sb::parallel_for(pack_threads, nc, [&](int64_t c) {
-      for (int64_t i = items * c / nc; i < items * (c + 1) / nc; ++i)
-        sb::pack_gather(w, pl, x, i % Cin, i / Cin);
-    });
+    if (pl->gmap) {  // planes: channels (every copy at once)
+      for (int64_t n = row0 / p.hq; n < p.n && n * p.hq < r1; ++n) {
+        const int64_t a = std::max(row0 - n * p.hq, (int64_t)0);
+        const int64_t e = std::min(r1 - n * p.hq, p.hq);
+        for (int64_t ch = i0; ch < i1; ++ch) sb::pack_gather(w, pl, x, ch, n, a, e, dst, row0);
+      }
+      return;
+    }
 #endif
-    xp = pl->pack;
-  } else if (!p.direct_in) {
-    const int64_t planes = pl->ncopies * Cin, per_row = pl->per_row;
-    const int64_t nc = sb::chunk_count(planes, num_threads, 4);
-    sb::parallel_for(num_threads, nc, [&](int64_t c) {
-      for (int64_t i = planes * c / nc; i < planes * (c + 1) / nc; ++i) {
-        const int64_t copy = i / Cin, ch = i - copy * Cin;
-        sb::pack_copy(w, pl, x, copy / per_row, copy % per_row, ch, pl->pack + i * p.plane);
+    for (int64_t i = i0; i < i1; ++i) {  // planes: (copy, channel)
+      const int64_t copy = i / Cin, ch = i - copy * Cin;
+      sb::pack_copy(w, pl, x, copy / pl->per_row, copy % pl->per_row, ch, dst + i * p.plane, row0,
+                    row0, r1);
+    }
+  };
+  const int64_t planes = pl->gmap ? Cin : pl->ncopies * Cin;
+  auto job_of = [&](int64_t b) {
+    if (p.direct_in) return sb::Job{w, pl, x, 0, residual, y, (int)w->act, sb::g_conv_prefetch};
+    return sb::Job{w, pl, band_x(b), nb == 1 ? 0 : pos(b) / pitch * pitch, residual, y, (int)w->act,
+                   sb::g_conv_prefetch};
+  };
+  // Bands: each chunk packs its band and runs every output channel on it, so a thread packs and
+  // reads only its own rows (no barrier between packing and compute, no lines shared between
+  // cores) and writes its own part of y, which the next layer banded the same way reads from
+  // its own cache. Used whenever there are bands and no more threads than bands.
+  if (nb > 1 && num_threads <= nb) {
+    sb::parallel_for(num_threads, nb, [&](int64_t b) {
+      if (!p.direct_in) pack_band(b, 0, planes);
+      const sb::Job job = job_of(b);
+      sb::run_tiles(p.tile, job, 0, Cout, pos(b), pos(b + 1));
+      if (!p.direct_out)
+        sb::compact(job, 0, Cout, pos(b), pos(b + 1));
+    });
+    return SB_OK;
+  }
+  // Channels: pack every band (split by planes), then chunks of output channels over all bands.
+  if (!p.direct_in) {
+    const int64_t items = nb * planes;
+    const int pack_threads = pl->ncopies * Cin * p.plane * nb < sb::g_conv_pack_min ? 1 : num_threads;
+    const int64_t nc = sb::chunk_count(items, pack_threads, 4);
+    sb::parallel_for(pack_threads, nc, [&](int64_t c) {
+      const int64_t i0 = items * c / nc, i1 = items * (c + 1) / nc;
+      for (int64_t i = i0; i < i1;) {  // runs of planes within one band
+        const int64_t b = i / planes, e = std::min(i1, (b + 1) * planes);
+        pack_band(b, i - b * planes, e - b * planes);
+        i = e;
       }
     });
-    xp = pl->pack;
   }
-  const sb::Job job{w, pl, xp, residual, y, (int)w->act, sb::g_conv_prefetch};
   const int64_t nc = sb::chunk_count(Cout, num_threads, sb::g_conv_chunks);
   sb::parallel_for(num_threads, nc, [&](int64_t c) {
     int64_t lo, hi;
     sb::balanced_range(w->row_ptr, Cout, 4, c, nc, &lo, &hi);
-    if (lo < hi) sb::run_rows(p.tile, job, lo, hi);
+    if (lo >= hi) return;
+    for (int64_t b = 0; b < nb; ++b) {
+      const sb::Job job = job_of(b);
+      sb::run_tiles(p.tile, job, lo, hi, pos(b), pos(b + 1));
+    }
+    if (!p.direct_out) sb::compact(job_of(0), lo, hi, 0, P);
   });
   return SB_OK;
 }
@@ -818,7 +952,7 @@ extern "C" int sb_csr_conv2d(const sb_conv2d *w, const float *x, int64_t N, int6
   if (N == 0 || w->out_channels == 0) return SB_OK;
   if (!y) return SB_EINVAL;
   sb_conv_plan *p = nullptr;
-  int st = sb_conv2d_plan(w, N, H, W, 0, nullptr, &p);
+  int st = sb_conv2d_plan(w, N, H, W, 0, nullptr, num_threads, &p);
   if (st == SB_OK) st = sb_conv2d_run(w, p, x, nullptr, y, num_threads);
   sb_conv2d_plan_free(p);
   return st;

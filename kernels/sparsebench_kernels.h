@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define SB_ABI_VERSION 4
+#define SB_ABI_VERSION 5
 
 #define SB_ACT_NONE 0
 #define SB_ACT_RELU 1
@@ -58,7 +58,9 @@ const char *sb_isa(void);
  *                        next row (default 256, 0 = off)
  *   "linear_tile"        1 = batched CSR results go through a 16-row tile (default), 0 = stored
  *                        per row with stride M (the previous kernel, for A/B runs)
- *   "conv_chunks"        conv output-channel chunks per thread (default 2)
+ *   "conv_chunks"        conv work chunks per thread (default 2)
+ *   "conv_bands"         new conv plans: position bands instead of sb_conv2d_plan's `bands`
+ *                        argument (0 = the argument, default)
  *   "conv_pairs"         new conv plans: rows of a dense weight run in pairs (default 1)
  *   "conv_pack_min"      packed floats below which conv packing is not split across threads
  *                        (default 32768)
@@ -159,13 +161,17 @@ typedef struct sb_conv_plan {
   int64_t channel_blocks;   /* input-channel blocks (partial sums between them) */
   int64_t scratch_bytes;    /* memory owned by the plan */
   int64_t rows_paired;      /* 1: every row has the same taps (a dense weight), run in pairs */
+  int64_t bands;            /* position bands, each packed with its halo rows (1: the whole map) */
 } sb_conv_plan;
 
 /* Plan w for input N x Cin x H x W with a fused max-pool `pool` (window = stride; 0/1: none;
  * -1: global average pool, y is N x Cout x 1 x 1) and optional
- * post-activation channel scales (Cout floats, or NULL). *out receives the plan. */
+ * post-activation channel scales (Cout floats, or NULL). `bands`: how many position bands to
+ * cut the map into (at most 16; fewer when the map is small, 1 with a pool): a run with at
+ * most that many threads gives each thread whole bands, packed and computed by that thread
+ * alone; pass the thread count the plan will run with (1: no bands). *out receives the plan. */
 int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t width, int64_t pool,
-                   const float *scale, sb_conv_plan **out);
+                   const float *scale, int64_t bands, sb_conv_plan **out);
 void sb_conv2d_plan_free(sb_conv_plan *p);
 
 /* y = pool(scale * act(conv(x) + bias + residual)); residual (N x Cout x Ho x Wo) may be NULL.

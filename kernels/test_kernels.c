@@ -364,7 +364,10 @@ static void test_conv(int64_t N, int64_t Cin, int64_t Cout, int64_t H, int64_t W
   free(w);
 }
 
-/* The planned API: residual add, channel scale, fused max-pool, every activation. */
+static int banded_plans = 0; /* planned convs whose map was cut into position bands */
+
+/* The planned API: residual add, channel scale, fused max-pool, every activation; position
+ * bands (1-4) run on 1, 2 and 4 threads. */
 static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, int64_t W,
                               int64_t k, int64_t stride, int64_t pad, double density,
                               int64_t pool) {
@@ -377,8 +380,9 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
   float *res = falloc(N * Cout * Ho * Wo), *full = falloc(N * Cout * Ho * Wo);
   float *y = falloc(N * Cout * Yh * Yw), *r = falloc(N * Cout * Yh * Yw);
   for (int variant = 0; variant < 16; ++variant) {
-    const int act = variant % 3, threads = 1 + (variant & 1);
+    const int act = variant % 3, threads = variant & 1 ? 2 + 2 * ((variant >> 3) & 1) : 1;
     const int use_res = (variant & 2) != 0, use_scale = (variant & 4) != 0;
+    const int64_t bands = 1 + variant % 4; /* 1 to 4 threads: band and channel runs */
     ref_conv(w, Cout, Cin, k, k, stride, stride, pad, pad, bias, SB_ACT_NONE, x, N, H, W, Ho,
              Wo, full);
     for (int64_t i = 0; i < N * Cout * Ho * Wo; ++i) {
@@ -410,19 +414,23 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
       sb_tuning("conv_layout", layout);
       sb_tuning("conv_l1_kb", variant & 8 ? 1 : 32); /* 1 KB: many channel blocks */
       sb_conv_plan *plan = NULL;
-      expect_ok(sb_conv2d_plan(&d, N, H, W, pool, use_scale ? scale : NULL, &plan),
+      expect_ok(sb_conv2d_plan(&d, N, H, W, pool, use_scale ? scale : NULL, bands, &plan),
                 "sb_conv2d_plan");
       if (!plan) continue;
-      if (plan->yh != Yh || plan->yw != Yw) ++failures;
+      if (plan->yh != Yh || plan->yw != Yw || plan->bands < 1 || plan->bands > bands ||
+          (pool != 0 && plan->bands != 1))
+        ++failures;
+      if (plan->bands > 1) ++banded_plans;
       memset(y, 0xff, (size_t)(N * Cout * Yh * Yw) * sizeof(float));
       expect_ok(sb_conv2d_run(&d, plan, x, use_res ? res : NULL, y, threads), "sb_conv2d_run");
       char what[220];
       snprintf(what, sizeof what,
                "planned conv N=%lld %lld->%lld %lldx%lld k=%lld s=%lld p=%lld pool=%lld var=%d "
-               "layout=%lld blocks=%lld tile=%lld",
+               "layout=%lld blocks=%lld tile=%lld bands=%lld t%d",
                (long long)N, (long long)Cin, (long long)Cout, (long long)H, (long long)W,
                (long long)k, (long long)stride, (long long)pad, (long long)pool, variant,
-               (long long)plan->layout, (long long)plan->channel_blocks, (long long)plan->tile);
+               (long long)plan->layout, (long long)plan->channel_blocks, (long long)plan->tile,
+               (long long)plan->bands, threads);
       compare(what, y, r, N * Cout * Yh * Yw);
       /* a plan is bound to its weight */
       const sb_conv2d other = d;
@@ -752,13 +760,13 @@ int main(void) {
   if (sb_bsr_linear(&bad_block, y0, 1, y0, 1) != SB_EINVAL) ++failures;
   if (sb_csr_conv2d(&big_kernel, y0, 1, 2, 2, y0, 1) != SB_EINVAL) ++failures;
   sb_conv_plan *plan0 = NULL;
-  if (sb_conv2d_plan(&big_kernel, 1, 2, 2, 0, NULL, &plan0) != SB_EINVAL || plan0) ++failures;
+  if (sb_conv2d_plan(&big_kernel, 1, 2, 2, 0, NULL, 1, &plan0) != SB_EINVAL || plan0) ++failures;
   {
     /* unsorted columns within a row are refused by the planner */
     int32_t rpu[2] = {0, 2}, cu[2] = {3, 1};
     float vu[2] = {1.f, 2.f};
     const sb_conv2d unsorted = {1, 1, 3, 3, 1, 1, 1, 1, rpu, cu, vu, NULL, 32, 0};
-    if (sb_conv2d_plan(&unsorted, 1, 4, 4, 0, NULL, &plan0) != SB_EINVAL) ++failures;
+    if (sb_conv2d_plan(&unsorted, 1, 4, 4, 0, NULL, 1, &plan0) != SB_EINVAL) ++failures;
   }
   const sb_conv2d bad_act = {1, 1, 1, 1, 1, 1, 0, 0, rp0, NULL, NULL, NULL, 32, 7};
   if (sb_csr_conv2d(&bad_act, y0, 1, 2, 2, y0, 1) != SB_EINVAL) ++failures;
@@ -856,6 +864,23 @@ int main(void) {
   test_conv_planned(1, 3, 4, 20, 20, 5, 1, 2, 0.7, 3);
   test_conv_planned(1, 16, 8, 4, 4, 3, 1, 1, 0.5, -1); /* global average pool */
   test_conv_planned(3, 6, 5, 7, 5, 3, 2, 1, 0.5, -1);
+  /* maps large enough for position bands: kx-copy (direct out), shift with compaction (bands
+   * end mid-row), gathered rows, strided and batch-stacked (bands across images), a 5x5 halo,
+   * direct in/out 1x1, 0% and 100% nonzero */
+  test_conv_planned(1, 8, 6, 32, 32, 3, 1, 1, 0.4, 0);
+  test_conv_planned(1, 5, 7, 30, 30, 3, 1, 1, 0.5, 0);
+  test_conv_planned(1, 6, 5, 24, 24, 3, 1, 1, 0.5, 0);
+  test_conv_planned(2, 4, 6, 21, 20, 3, 2, 1, 0.6, 0);
+  test_conv_planned(3, 4, 5, 24, 23, 5, 1, 2, 0.3, 0);
+  test_conv_planned(1, 8, 12, 40, 40, 1, 1, 0, 0.5, 0);
+  test_conv_planned(1, 3, 4, 61, 60, 7, 2, 3, 1.0, 0);
+  test_conv_planned(1, 4, 3, 33, 33, 3, 1, 1, 0.0, 0);
+  ++checks;
+  printf("planned convs cut into position bands: %d\n", banded_plans);
+  if (banded_plans == 0) {
+    fprintf(stderr, "FAIL no planned conv used position bands\n");
+    ++failures;
+  }
 
   test_pool_stress();
   test_straggler_guard();

@@ -340,6 +340,42 @@ def test_dense_conv_rows_in_pairs_match(cout: int) -> None:
     np.testing.assert_allclose(got, want_single, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,k,stride,pad", [
+    ((1, 8, 32, 32), 3, 1, 1),   # kx-copy layout, the output is y itself
+    ((1, 6, 30, 30), 3, 1, 1),   # shift layout: bands end inside a row (compaction)
+    ((2, 4, 41, 40), 3, 2, 1),   # strided, two images stacked: a band crosses images
+    ((1, 8, 40, 40), 1, 1, 0),   # 1x1 on x in place
+])
+def test_conv_position_bands_match(shape, k: int, stride: int, pad: int) -> None:
+    """A 2-thread plan cuts the map into two position bands (each thread packs and computes its
+    own); outputs with a residual match torch and the 1-band plan (to rounding: a band's last
+    partial tile may sum in another order), whether 1, 2 or 4 threads run the bands."""
+    rng = np.random.default_rng(13)
+    cin = shape[1]
+    w = sparse_weight(rng, (7, cin, k, k), 0.5)
+    bias = rng.standard_normal(7).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    banded = native.CSRConv2d.from_dense(w, bias=bias, stride=stride, padding=pad, relu=True,
+                                         threads=2)
+    single = native.CSRConv2d.from_dense(w, bias=bias, stride=stride, padding=pad, relu=True)
+    assert banded.plan(x.shape)["bands"] == 2 and single.plan(x.shape)["bands"] == 1
+    want = conv_ref(x, w, bias, (stride, stride), (pad, pad), False)
+    res = rng.standard_normal(want.shape).astype(np.float32)
+    got = banded.run(x, residual=res)
+    assert_close(got, np.maximum(want + res, 0))
+    np.testing.assert_allclose(got, single.run(x, residual=res), rtol=1e-5, atol=1e-5)
+    # a 2-band plan run by 1 thread (the bands in turn) and by 4 (channel chunks over bands)
+    old = native.tuning("conv_bands", 2)
+    try:
+        for threads in (1, 4):
+            op = native.CSRConv2d.from_dense(w, bias=bias, stride=stride, padding=pad,
+                                             relu=True, threads=threads)
+            assert op.plan(x.shape)["bands"] == 2
+            np.testing.assert_allclose(op.run(x, residual=res), got, rtol=1e-5, atol=1e-5)
+    finally:
+        native.tuning("conv_bands", old)
+
+
 def test_conv_explicit_csr_and_impl_name() -> None:
     rng = np.random.default_rng(6)
     w = sparse_weight(rng, (4, 2, 3, 3), 0.5)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-ABI_VERSION = 4  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
+ABI_VERSION = 5  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
 
 _STATUS = {
     1: "invalid argument",
@@ -52,7 +52,7 @@ class _ConvPlan(ctypes.Structure):
     _fields_ = [(name, _I64) for name in (
         "n", "h", "w", "ho", "wo", "hq", "wq", "plane", "positions", "tile", "ntiles",
         "direct_in", "direct_out", "pool", "yh", "yw", "layout", "channel_blocks",
-        "scratch_bytes", "rows_paired")]
+        "scratch_bytes", "rows_paired", "bands")]
 
 
 ACTS = {None: 0, "none": 0, "relu": 1, "gelu": 2}
@@ -68,7 +68,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "sb_bsr_linear": (_INT, [ctypes.POINTER(_LinearDesc), _PTR, _I64, _PTR, _INT]),
     "sb_conv_out_size": (_I64, [_I64, _I64, _I64, _I64]),
     "sb_csr_conv2d": (_INT, [ctypes.POINTER(_ConvDesc), _PTR, _I64, _I64, _I64, _PTR, _INT]),
-    "sb_conv2d_plan": (_INT, [ctypes.POINTER(_ConvDesc), _I64, _I64, _I64, _I64, _PTR,
+    "sb_conv2d_plan": (_INT, [ctypes.POINTER(_ConvDesc), _I64, _I64, _I64, _I64, _PTR, _I64,
                               ctypes.POINTER(ctypes.POINTER(_ConvPlan))]),
     "sb_conv2d_plan_free": (None, [ctypes.POINTER(_ConvPlan)]),
     "sb_conv2d_run": (_INT, [ctypes.POINTER(_ConvDesc), ctypes.POINTER(_ConvPlan), _PTR, _PTR,

@@ -616,7 +616,7 @@ class CSRConv2d(_Prepared):
         lib = load()
         plan = ctypes.POINTER(_ConvPlan)()
         status = lib.sb_conv2d_plan(self._desc, n, h, w, self._pool_code, _addr(self.scale),
-                                    ctypes.byref(plan))
+                                    self.threads, ctypes.byref(plan))
         if status or not plan:
             raise SparsebenchError(
                 f"{self.impl}: cannot plan input {shape} (pool {self.pool}): "
