@@ -67,6 +67,8 @@ const char *sb_isa(void);
  *   "pool_backoff_us"    thread pool straggler guard: base back-off period in us (default
  *                        10000; 0 = guard off); setting it also ends a running back-off
  *   "pool_spin_us"       us a waiting pool thread (worker or caller) spins before sleeping (50)
+ *   "pool_confirm_us"    straggler guard: a second straggle within this many us (or 4x the
+ *                        first wait) engages it (default 5000; 0 = the first one does)
  *   "pool_test_delay_us" tests only: pool worker 1 sleeps this long before each chunk it claims
  * Counters (value >= 0 resets them): "pool_jobs" multi-threaded jobs the pool ran,
  *   "pool_degraded_jobs" multi-threaded jobs (a kernel call runs one or more) that the

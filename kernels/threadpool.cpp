@@ -21,11 +21,12 @@
 //    its scheduler share and gets preempted later, mid-chunk; and when the straggler shares
 //    the caller's CPU, a sleeping caller hands it the CPU at once.
 //  - the straggler guard: when the caller waited for workers' chunks more than twice its own
-//    working time and more than kStraggleMinNs, the machine is oversubscribed; the following
-//    jobs run on the caller alone (same chunks, so the same results, at 1-thread speed) for a
-//    back-off period, then threads are tried again. The period starts at pool_backoff_us,
-//    doubles on each straggle up to max(1 s, base), and halves after a clean stretch as long
-//    as itself.
+//    working time and more than kStraggleMinNs twice within pool_confirm_us (5 ms) or four
+//    times the first wait (once may be a hiccup: an interrupt, a kernel thread, a slow
+//    wake-up), the machine is oversubscribed; the following jobs run on the caller alone
+//    (same chunks, so the same results, at 1-thread speed) for a back-off period, then
+//    threads are tried again. The period starts at pool_backoff_us, doubles on each straggle
+//    up to max(1 s, base), and halves after a clean stretch as long as itself.
 #include <pthread.h>
 #include <sched.h>
 #include <time.h>
@@ -53,6 +54,7 @@ namespace {
 // Knobs and counters of sb_tuning's "pool_*" keys; atomics because workers read them.
 std::atomic<int> g_backoff_us{10000};   // straggler guard base period; 0 disables the guard
 std::atomic<int> g_spin_us{50};         // spinning before a waiting thread sleeps
+std::atomic<int> g_confirm_us{5000};    // a second straggle this soon engages the guard (0: the first)
 std::atomic<int> g_test_delay_us{0};    // tests only: worker rank 1 sleeps before each chunk
 std::atomic<int> g_jobs{0};             // multi-threaded jobs run by the pool
 std::atomic<int> g_degraded_jobs{0};    // jobs the guard ran on the caller alone
@@ -125,6 +127,8 @@ struct Pool {
   void *ctx = nullptr;
   // straggler guard state, under call_mu (the verdict: g_degraded_until)
   int64_t backoff_ns = 0, last_event_ns = 0, guard_base_ns = -1;
+  // an unconfirmed straggle: until when a second one engages the guard (0: none)
+  int64_t confirm_until_ns = 0;
 
   // Claim and run chunks of the job in `s` (as thread `rank`); false when none are left.
   bool work(uint64_t s, int rank) {
@@ -211,9 +215,18 @@ struct Pool {
       guard_base_ns = base;
       backoff_ns = base;
       last_event_ns = now;
+      confirm_until_ns = 0;
     }
     if (base <= 0) return;
     if (waited > kStraggleMinNs && waited > 2 * own) {
+      // one straggle alone may be a hiccup (an interrupt, a kernel thread, a slow wake-up):
+      // only a second one soon after (within 5 ms, or 4 times this wait) engages the guard
+      const int64_t confirm = (int64_t)knob(g_confirm_us) * 1000;
+      if (confirm > 0 && now > confirm_until_ns) {
+        confirm_until_ns = now + std::max(confirm, 4 * waited);
+        return;
+      }
+      confirm_until_ns = 0;
       g_degraded_until.store(now + backoff_ns, std::memory_order_relaxed);
       backoff_ns = std::min(2 * backoff_ns, std::max(kMaxBackoffNs, base));
       last_event_ns = now;
@@ -282,6 +295,7 @@ bool pool_tuning(const char *key, int value, int *old) {
     const char *name;
     std::atomic<int> *value;
   } keys[] = {{"pool_backoff_us", &g_backoff_us},   {"pool_spin_us", &g_spin_us},
+              {"pool_confirm_us", &g_confirm_us},
               {"pool_test_delay_us", &g_test_delay_us}, {"pool_jobs", &g_jobs},
               {"pool_degraded_jobs", &g_degraded_jobs}, {"pool_straggles", &g_straggles},
               {"pool_worker_chunks", &g_worker_chunks}};
