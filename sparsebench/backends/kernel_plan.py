@@ -24,6 +24,7 @@ modules instead (each layer a native call inside the original module), and the i
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import functools
 from dataclasses import dataclass
@@ -331,10 +332,14 @@ class NativePrepared(Prepared):
         self._native_layers: set[str] = set()   # layers a native kernel runs, in every plan
         self._torch_layers: set[str] = set()    # layers torch runs (they keep their weights)
         self._per_sample: set[int] = set()  # batch sizes run as one batch-1 plan per sample
+        # per-sample batches split across `threads` 1-thread batch-1 plans run concurrently
+        self._lanes: list[NativePrepared] = []
+        self._lane_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.kernels, self.torch_ops, self.traffic_bytes = self._build(batch)
         self.impl = _impl(label, self.kernels, threads, self.torch_ops, self.blocks)
         if batch > 1 and self._choose_per_sample(batch):  # before the +native/+torch parts
-            self.impl = self.impl.replace(f"-t{threads}", f"-t{threads}-per-sample", 1)
+            mode = "sample-parallel" if self._lanes else "per-sample"
+            self.impl = self.impl.replace(f"-t{threads}", f"-t{threads}-{mode}", 1)
 
     def _build(self, batch: int) -> tuple[list[Any], list[str], int]:
         """Plan the model for one batch size: (kernels, torch op labels, bytes per call)."""
@@ -433,21 +438,33 @@ class NativePrepared(Prepared):
     def _choose_per_sample(self, batch: int) -> bool:
         """For a convolutional model at batch > 1: time the batch plan against the batch-1 plan
         run once per sample (a CNN's activations at batch 8 overflow the caches: ResNet-50
-        stacks 25 MB per tensor) and keep the faster; True when per-sample won."""
+        stacks 25 MB per tensor) and, with several threads, against `threads` 1-thread batch-1
+        plans each running a share of the samples at the same time (no synchronisation inside
+        a sample); keep the fastest. True when a per-sample mode won (``self._lanes`` set when
+        it was the concurrent one)."""
         if not any(isinstance(k, native.CSRConv2d) for k in self.kernels):
             return False
         xs = make_inputs(self.converted.inputs, batch)
         self._build(1)
+        modes = ["batch", "per-sample"]
+        lanes = []
+        if self.threads > 1 and batch >= 2:
+            lanes = [NativePrepared(self.converted, self.graph, 1, 1, self.label)
+                     for _ in range(min(self.threads, batch))]
+            modes.append("sample-parallel")
         timings = {}
-        for per_sample in (False, True):
-            self._per_sample = {batch} if per_sample else set()
-            timings[per_sample] = fastest_seconds(lambda: self.run(*xs), 2)
-        if timings[True] < timings[False]:
-            self._plans.pop(batch, None)
-            self._per_sample = {batch}
-            return True
-        self._per_sample = set()
-        return False
+        for mode in modes:
+            self._per_sample = set() if mode == "batch" else {batch}
+            self._lanes = lanes if mode == "sample-parallel" else []
+            timings[mode] = fastest_seconds(lambda: self.run(*xs), 2)
+        best = min(modes, key=lambda m: timings[m])
+        self._lanes = lanes if best == "sample-parallel" else []
+        if best == "batch":
+            self._per_sample = set()
+            return False
+        self._plans.pop(batch, None)
+        self._per_sample = {batch}
+        return True
 
     def _plan(self, batch: int) -> tuple[Any, ...]:
         plan = self._plans.get(batch)
@@ -476,6 +493,8 @@ class NativePrepared(Prepared):
             torch.set_num_threads(self.threads)
         batch = int(xs[0].shape[0])
         if batch in self._per_sample:
+            if self._lanes:
+                return self._run_sample_parallel(batch, xs)
             return self._run_per_sample(batch, xs)
         feeds, calls, out, env = self._plan(batch)
         self._feed(feeds, env, xs)
@@ -492,6 +511,21 @@ class NativePrepared(Prepared):
                 call()
             result[i].copy_(out[0])
         return result
+
+    def _run_sample_parallel(self, batch: int, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Samples [j * batch / L, (j + 1) * batch / L) on lane j; lane 0 on this thread. The
+        kernels release the GIL, so the lanes run on separate cores."""
+        lanes = self._lanes
+        if self._lane_pool is None:
+            self._lane_pool = concurrent.futures.ThreadPoolExecutor(len(lanes) - 1)
+        bounds = [batch * j // len(lanes) for j in range(len(lanes) + 1)]
+
+        def lane(j: int) -> torch.Tensor:
+            lo, hi = bounds[j], bounds[j + 1]
+            return lanes[j]._run_per_sample(hi - lo, tuple(x[lo:hi] for x in xs))
+        futures = [self._lane_pool.submit(lane, j) for j in range(1, len(lanes))]
+        first = lane(0)
+        return torch.cat([first] + [f.result() for f in futures])
 
     def steps(self, *xs: torch.Tensor) -> tuple[list[str], tuple[Callable[[], Any], ...],
                                                 Callable[[], Any]]:
