@@ -34,6 +34,7 @@ extern int g_conv_chunks;
 extern int g_conv_pack_min;
 extern int g_conv_pairs;
 extern int g_conv_bands;
+extern int g_linear_split;
 
 constexpr int kMaxThreads = 255;      // thread count fits the pool's job word
 constexpr int64_t kMaxChunks = 65535;  // chunks per job, likewise
@@ -81,6 +82,37 @@ SB_INLINE void parallel_for(int num_threads, int64_t nchunks, F &&body) {
   run_chunks(num_threads, nchunks,
              [](void *c, int64_t i) { (*static_cast<Body *>(c))(i); }, (void *)&body);
 }
+
+#if SB_AVX512
+// 16 x 16 floats: out[j * ldo + i] = in[i * ldi + j].
+SB_INLINE void transpose16(const float *in, int64_t ldi, float *out, int64_t ldo) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(in + i * ldi);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  for (int i = 0; i < 4; ++i) {  // 128-bit lanes: rows i, i+4, i+8, i+12
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+  for (int q = 0; q < 16; ++q) _mm512_storeu_ps(out + q * ldo, r[q]);  // r[q]: column q
+}
+#endif
 
 // Activation codes (sb_linear.act / sb_conv2d.act): 0 none, 1 ReLU, 2 GELU (erf form).
 constexpr int kActNone = 0, kActRelu = 1, kActGelu = 2;

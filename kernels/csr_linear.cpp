@@ -28,6 +28,7 @@ namespace sb {
 
 int g_spmv_gather = 1;
 int g_transpose_batch = 3;
+int g_linear_split = 2;  // K-panel path: 0 row chunks, 1 token chunks, 2 auto
 int g_batch_chunk = 32;
 int g_linear_chunks = 2;
 int g_linear_min_parallel = 32768;
@@ -113,36 +114,6 @@ void rows_dot(int64_t lo, int64_t hi, int64_t M, int64_t K, const int32_t *rp, c
   }
 }
 
-#if SB_AVX512
-// 16 x 16 floats: out[j * ldo + i] = in[i * ldi + j].
-SB_INLINE void transpose16(const float *in, int64_t ldi, float *out, int64_t ldo) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(in + i * ldi);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
-  }
-  for (int i = 0; i < 4; ++i) {  // 128-bit lanes: rows i, i+4, i+8, i+12
-    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
-    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
-  }
-  for (int q = 0; q < 16; ++q) _mm512_storeu_ps(out + q * ldo, r[q]);  // r[q]: column q
-}
-#endif
 
 // XT[k * ld + b] = X[(b0 + b) * K + k] for k in [k0, k1), b < bc; columns bc..ld-1 zeroed.
 void transpose_chunk(const float *x, int64_t K, int64_t b0, int64_t bc, int64_t ld, int64_t k0,
@@ -359,6 +330,21 @@ int csr_linear_panels(const sb_linear *const *ws, int64_t n, const float *x, int
       *b0 = (g0 + i) * LD;
       return B - *b0 < LD ? B - *b0 : LD;
     };
+    // Tokens: when the group's batch chunks split evenly over the threads, each chunk is one
+    // job that transposes its tokens and runs every row of every weight on them: one parallel
+    // region, the transposed tokens read only by the core that wrote them, and y's rows of
+    // those tokens written by that core (the next layer split the same way reads them there).
+    if (g_linear_split == 1 || (g_linear_split == 2 && nt > 1 && ng % nt == 0)) {
+      parallel_for(nt, ng, [&](int64_t i) {
+        int64_t b0;
+        const int64_t bc = rows_of(i, &b0);
+        transpose_chunk(x, K, b0, bc, LD, 0, K, xt + i * per);
+        for (int64_t w = 0; w < n; ++w)
+          rows_panels(0, ws[w]->rows, ws[w], xt + i * per, acc + (i * rows + base[w]) * LD, b0,
+                      bc, ys[w]);
+      });
+      continue;
+    }
     parallel_for(nt, ng * kc, [&](int64_t c) {
       int64_t b0;
       const int64_t bc = rows_of(c / kc, &b0), part = c % kc;

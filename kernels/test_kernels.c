@@ -511,10 +511,11 @@ static void test_maxpool(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh,
 }
 
 /* The straggler guard (threadpool.cpp): a worker delayed inside its chunk
- * ("pool_test_delay_us") makes the caller wait far longer than its own work, so the guard
- * engages and the next multi-threaded calls run on the caller alone; results stay exact. No
- * time is asserted: the calls are repeated until a worker has claimed a chunk, and the
- * back-off period is set far longer than the test runs. */
+ * ("pool_test_delay_us") makes the caller wait far longer than its own work. One such straggle
+ * alone does not engage the guard (it needs a second within pool_confirm_us); with
+ * pool_confirm_us = 0 it does, and the next multi-threaded calls run on the caller alone;
+ * results stay exact. No time is asserted: the calls are repeated until a worker has claimed
+ * a chunk, and the back-off period is set far longer than the test runs. */
 static void test_straggler_guard(void) {
   const int64_t M = 256, K = 256;
   float *w = sparse_dense(M, K, 0.3, 7);
@@ -523,10 +524,34 @@ static void test_straggler_guard(void) {
   const sb_linear d = {M, K, 1, 1, s.rp, s.c32, s.v, NULL, 32, 0, NULL, NULL, NULL, 0};
   expect_ok(sb_csr_linear(&d, x, 1, first, 1), "sb_csr_linear");
   const int old_backoff = sb_tuning("pool_backoff_us", 60000000); /* 60 s */
-  sb_tuning("pool_test_delay_us", 20000);                        /* 20 ms in rank 1's chunks */
+  const int old_confirm = sb_tuning("pool_confirm_us", 60000000);  /* a second straggle: 60 s */
+  int calls = 0;
+  /* one straggle (one delayed worker chunk), then none: the guard stays off */
+  sb_tuning("pool_test_delay_us", 20000); /* 20 ms in rank 1's chunks */
+  const int straggles00 = sb_tuning("pool_straggles", -1);
+  sb_tuning("pool_worker_chunks", 0);
+  for (; calls < 2000 && sb_tuning("pool_worker_chunks", -1) == 0; ++calls) {
+    expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+    if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+  }
+  sb_tuning("pool_test_delay_us", 0);
+  {
+    const int jobs00 = sb_tuning("pool_jobs", -1);
+    expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+    ++checks;
+    if (sb_tuning("pool_worker_chunks", -1) > 0 &&
+        (sb_tuning("pool_straggles", -1) != straggles00 || sb_tuning("pool_jobs", -1) != jobs00 + 1)) {
+      fprintf(stderr, "FAIL straggler guard: engaged on a single straggle\n");
+      ++failures;
+    }
+  }
+  /* pool_confirm_us = 0: the first straggle engages it */
+  sb_tuning("pool_backoff_us", 60000000); /* (re)setting it restarts the guard */
+  sb_tuning("pool_confirm_us", 0);
+  sb_tuning("pool_test_delay_us", 20000);
   const int straggles0 = sb_tuning("pool_straggles", -1);
   sb_tuning("pool_worker_chunks", 0); /* reset: counts the chunks workers ran from here */
-  int calls = 0;
+  calls = 0;
   for (; calls < 2000 && sb_tuning("pool_straggles", -1) == straggles0; ++calls) {
     memset(y, 0, (size_t)M * sizeof(float));
     expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
@@ -584,6 +609,7 @@ static void test_straggler_guard(void) {
 done:
   sb_tuning("pool_test_delay_us", 0);
   sb_tuning("pool_backoff_us", old_backoff);
+  sb_tuning("pool_confirm_us", old_confirm);
   free(x);
   free(y);
   free(first);

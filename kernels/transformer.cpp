@@ -251,9 +251,15 @@ void attend(const Attn &a, int64_t b, int64_t h, float *kt, float *sblk) {
   const float *v = a.v + b * tk * ld + h * dh;
   float *o = a.out + b * a.tq * ld + h * dh;
   const float *mbase = a.mask ? a.mask + b * a.msb + h * a.msh : nullptr;
-  for (int64_t j = 0; j < tk; ++j) {  // pack K^T (contiguous reads of each key row)
+  int64_t jfull = 0, dfull = 0;
+#if SB_AVX512
+  jfull = tk / 16 * 16, dfull = dh / 16 * 16;  // pack K^T: 16 x 16 blocks, then the edges
+  for (int64_t j = 0; j < jfull; j += 16)
+    for (int64_t d = 0; d < dfull; d += 16) transpose16(k + j * ld + d, ld, kt + d * tkp + j, tkp);
+#endif
+  for (int64_t j = 0; j < tk; ++j) {  // (contiguous reads of each key row)
     const float *kr = k + j * ld;
-    for (int64_t d = 0; d < dh; ++d) kt[d * tkp + j] = kr[d];
+    for (int64_t d = j < jfull ? dfull : 0; d < dh; ++d) kt[d * tkp + j] = kr[d];
   }
   for (int64_t d = 0; d < dh; ++d)  // zero padding up to tkp keys
     for (int64_t j = tk; j < tkp; ++j) kt[d * tkp + j] = 0.0f;
