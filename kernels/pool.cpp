@@ -4,8 +4,8 @@
 //
 // Per output row: the vertical max of the window's input rows into a row buffer (contiguous,
 // vectorised by the compiler), then the horizontal max over each output's window (stride 2:
-// over the row's even/odd halves, contiguous shifted reads). Threads claim chunks of
-// (image, channel) planes.
+// over the row's even/odd halves, contiguous shifted reads). Threads take bands of output rows
+// of every plane (tall maps) or claim chunks of (image, channel) planes.
 #include <cstdlib>
 #include <limits>
 
@@ -42,14 +42,15 @@ void hmax_stride2(const PoolJob &j, const float *SB_RESTRICT row, float *SB_REST
   }
 }
 
-void pool_planes(const PoolJob &j, int64_t p0, int64_t p1, float *row) {
+// Planes [p0, p1), output rows [r0, r1) of each.
+void pool_planes(const PoolJob &j, int64_t p0, int64_t p1, int64_t r0, int64_t r1, float *row) {
   const float lowest = -std::numeric_limits<float>::infinity();
   const int64_t pad = (j.kw + 1) / 2 + 1;  // even/odd padding: covers every shifted read
   float *even = row + j.w, *odd = even + (j.w + 1) / 2 + 2 * pad;
   for (int64_t p = p0; p < p1; ++p) {
     const float *SB_RESTRICT xp = j.x + p * j.h * j.w;
     float *SB_RESTRICT yp = j.y + p * j.ho * j.wo;
-    for (int64_t oy = 0; oy < j.ho; ++oy) {
+    for (int64_t oy = r0; oy < r1; ++oy) {
       const int64_t iy0 = oy * j.sh - j.ph;
       const int64_t a = iy0 < 0 ? 0 : iy0, b = iy0 + j.kh < j.h ? iy0 + j.kh : j.h;
       for (int64_t ix = 0; ix < j.w; ++ix) row[ix] = lowest;
@@ -97,13 +98,22 @@ extern "C" int sb_maxpool2d(const float *x, int64_t n, int64_t c, int64_t h, int
   if (j.ho < 1 || j.wo < 1) return SB_EINVAL;
   // a single thread below ~64k outputs (the hand-over costs more than it saves)
   const int nt = j.planes * j.ho * j.wo < 65536 ? 1 : num_threads;
-  j.nchunks = sb::chunk_count(j.planes, nt, 4);
+  // tall maps: one chunk per thread of whole output rows across every plane (the position
+  // bands of the convolution before and after it: each thread reads and writes its own rows);
+  // else chunks of planes
+  const bool by_rows = nt > 1 && j.ho >= 4 * nt;
+  j.nchunks = by_rows ? nt : sb::chunk_count(j.planes, nt, 4);
   // per chunk: the row buffer, then the even / odd halves of the stride-2 path with padding
   const int64_t per = w + 2 * ((w + 1) / 2 + 2 * ((kw + 1) / 2 + 1)) + 16;
   float *rows = (float *)std::malloc((size_t)(per * j.nchunks) * sizeof(float));
   if (!rows) return SB_ENOMEM;
   sb::parallel_for(nt, j.nchunks, [&](int64_t t) {
-    sb::pool_planes(j, j.planes * t / j.nchunks, j.planes * (t + 1) / j.nchunks, rows + t * per);
+    if (by_rows)
+      sb::pool_planes(j, 0, j.planes, j.ho * t / j.nchunks, j.ho * (t + 1) / j.nchunks,
+                      rows + t * per);
+    else
+      sb::pool_planes(j, j.planes * t / j.nchunks, j.planes * (t + 1) / j.nchunks, 0, j.ho,
+                      rows + t * per);
   });
   std::free(rows);
   return SB_OK;

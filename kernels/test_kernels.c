@@ -848,6 +848,7 @@ int main(void) {
   test_csr_unsorted(40, 1000, 128);
 
   test_maxpool(1, 64, 112, 112, 3, 3, 2, 2, 1, 1, 0); /* ResNet's stem pool, threaded */
+  test_maxpool(3, 10, 101, 99, 3, 3, 2, 2, 1, 1, 1); /* threaded by bands of odd rows */
   test_maxpool(2, 3, 7, 9, 3, 3, 2, 2, 1, 1, 1);
   test_maxpool(1, 5, 8, 8, 2, 2, 2, 2, 0, 0, 0);
   test_maxpool(1, 4, 5, 6, 3, 2, 1, 2, 1, 0, 1);
