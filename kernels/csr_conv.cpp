@@ -412,7 +412,7 @@ template <int W, int NV, bool Tail>
 SB_INLINE void tile_acc(const float *SB_RESTRICT xp, const Nz *SB_RESTRICT nz, int64_t n,
                         const typename V<W>::M *mk, typename V<W>::T *acc, int64_t pf) {
   using Vt = V<W>;
-  constexpr int NCH = NV <= 2 ? 4 : 2;  // independent accumulator chains (FMA latency)
+  constexpr int NCH = NV == 1 ? 8 : NV <= 2 ? 4 : 2;  // independent accumulator chains (FMA latency)
   typename Vt::T a[NCH][NV];
   for (int q = 0; q < NV; ++q) a[0][q] = acc[q];
   for (int h = 1; h < NCH; ++h)

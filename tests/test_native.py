@@ -519,9 +519,10 @@ def test_build_dir_honours_env_and_build_is_cached(monkeypatch, tmp_path) -> Non
 
 
 def test_straggler_guard_runs_delayed_jobs_on_the_caller() -> None:
-    """A worker delayed inside its chunk (test knob) engages the pool's straggler guard: the
-    following 2-thread calls run on the caller alone, with the same results; resetting the
-    back-off (or setting it to 0) brings the pool back."""
+    """A worker delayed inside its chunk (test knob) engages the pool's straggler guard (here on
+    the first straggle: pool_confirm_us=0; by default it takes a second one soon after, which
+    the C driver checks): the following 2-thread calls run on the caller alone, with the same
+    results; resetting the back-off (or setting it to 0) brings the pool back."""
     rng = np.random.default_rng(13)
     w = sparse_weight(rng, (300, 400), 0.7)
     x = rng.standard_normal(400).astype(np.float32)
@@ -529,6 +530,7 @@ def test_straggler_guard_runs_delayed_jobs_on_the_caller() -> None:
     want = native.CSRLinear.from_dense(w, threads=1).run(x)
     assert_close(want, linear_ref(x[None], w, None, False)[0])
     old_backoff = native.tuning("pool_backoff_us", 60_000_000)  # far longer than the test
+    old_confirm = native.tuning("pool_confirm_us", 0)
     old_delay = native.tuning("pool_test_delay_us", 20_000)
     try:
         straggles = native.tuning("pool_straggles")
@@ -548,4 +550,5 @@ def test_straggler_guard_runs_delayed_jobs_on_the_caller() -> None:
         assert native.tuning("pool_jobs") == jobs + 1
     finally:
         native.tuning("pool_test_delay_us", old_delay)
+        native.tuning("pool_confirm_us", old_confirm)
         native.tuning("pool_backoff_us", old_backoff)
