@@ -706,9 +706,8 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   }
   const sb::Geo g = sb::layout_geometry(w, n, h, width, ho, wo, pool, layout);
 
-  // Position bands (see sb_conv2d_run): equal runs of stacked output rows, each packed into
-  // its own region with its halo rows; without a pool, and only when every band has at least
-  // one tile of positions and no more halo than rows.
+  // Position bands (see sb_conv2d_run): equal runs of output positions, each packed into its
+  // own region with the rows it reads (its halo included); without a pool.
   const int64_t halo = layout == sb::kTaps ? 0 : (kh - 1) / w->stride_h;
   const int64_t want = sb::g_conv_bands > 0 ? sb::g_conv_bands : bands;
   int64_t nbands = std::min<int64_t>(std::max<int64_t>(want, 1), sb_kMaxBands);
