@@ -864,36 +864,37 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
   const int64_t Cin = w->in_channels, Cout = w->out_channels;
   const int64_t P = p.positions, pitch = pl->pitch, rows = p.n * p.hq, nb = pl->nbands;
   const int64_t halo = p.hq - p.ho;  // packed rows below an output row that its taps read
-  // Band b: output positions [pos(b), pos(b + 1)), its packed rows (halo included) in its own
-  // region; one band is the whole map in the plain layout.
+  // Band b: output positions [pos(b), pos(b + 1)), its packed rows from row0(b) (halo
+  // included) in its own region; one band is the whole map in the plain layout (row0 0).
   auto pos = [&](int64_t b) { return pl->band_pos[b]; };
-  auto band_x = [&](int64_t b) {  // where output position pos(b) / pitch * pitch reads tap 0
-    return pl->pack + b * pl->band_floats + (nb == 1 ? 0 : pos(b) / pitch * pitch % 16);
+  auto row0 = [&](int64_t b) { return pos(b) / pitch; };
+  auto band_x = [&](int64_t b) {  // where output position row0(b) * pitch reads tap 0
+    return pl->pack + b * pl->band_floats + row0(b) * pitch % 16;
   };
   auto pack_band = [&](int64_t b, int64_t i0, int64_t i1) {  // planes [i0, i1) of band b
-    const int64_t row0 = nb == 1 ? 0 : pos(b) / pitch;
-    const int64_t r1 = nb == 1 ? rows : std::min((pos(b + 1) + pitch - 1) / pitch + halo, rows);
+    const int64_t r0 = row0(b);
+    const int64_t r1 = std::min((pos(b + 1) + pitch - 1) / pitch + halo, rows);
     float *dst = band_x(b);
 #if SB_AVX512
     if (pl->gmap) {  // planes: channels (every copy at once)
-      for (int64_t n = row0 / p.hq; n < p.n && n * p.hq < r1; ++n) {
-        const int64_t a = std::max(row0 - n * p.hq, (int64_t)0);
+      for (int64_t n = r0 / p.hq; n < p.n && n * p.hq < r1; ++n) {
+        const int64_t a = std::max(r0 - n * p.hq, (int64_t)0);
         const int64_t e = std::min(r1 - n * p.hq, p.hq);
-        for (int64_t ch = i0; ch < i1; ++ch) sb::pack_gather(w, pl, x, ch, n, a, e, dst, row0);
+        for (int64_t ch = i0; ch < i1; ++ch) sb::pack_gather(w, pl, x, ch, n, a, e, dst, r0);
       }
       return;
     }
 #endif
     for (int64_t i = i0; i < i1; ++i) {  // planes: (copy, channel)
       const int64_t copy = i / Cin, ch = i - copy * Cin;
-      sb::pack_copy(w, pl, x, copy / pl->per_row, copy % pl->per_row, ch, dst + i * p.plane, row0,
-                    row0, r1);
+      sb::pack_copy(w, pl, x, copy / pl->per_row, copy % pl->per_row, ch, dst + i * p.plane, r0, r0,
+                    r1);
     }
   };
   const int64_t planes = pl->gmap ? Cin : pl->ncopies * Cin;
   auto job_of = [&](int64_t b) {
     if (p.direct_in) return sb::Job{w, pl, x, 0, residual, y, (int)w->act, sb::g_conv_prefetch};
-    return sb::Job{w, pl, band_x(b), nb == 1 ? 0 : pos(b) / pitch * pitch, residual, y, (int)w->act,
+    return sb::Job{w, pl, band_x(b), row0(b) * pitch, residual, y, (int)w->act,
                    sb::g_conv_prefetch};
   };
   // Bands: each chunk packs its band and runs every output channel on it, so a thread packs and
