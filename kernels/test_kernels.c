@@ -530,30 +530,52 @@ static void test_straggler_guard(void) {
   int calls = 0;
   /* one straggle (one call that waited for a delayed worker chunk), then none: the guard
    * stays off. The worker spins instead of sleeping between these calls, so that the check
-   * call below cannot wait for its wake-up (a slow wake-up is a straggle too). */
+   * call below is unlikely to wait for its wake-up; but any call may straggle on its own (a
+   * slow wake-up, an interrupt), so the exact check is on the counters: every engagement must
+   * follow a straggle that only opened the confirmation window (engaged <= unconfirmed). An
+   * attempt where nothing else straggled (unconfirmed 1, engaged 0) is the clean case; on a
+   * busy machine up to 5 attempts are made, each after restarting the guard. */
   const int old_spin = sb_tuning("pool_spin_us", 200000);
-  sb_tuning("pool_test_delay_us", 20000); /* 20 ms in rank 1's chunks */
-  const int straggles00 = sb_tuning("pool_straggles", -1);
-  int delayed = 0;
-  for (; calls < 2000 && !delayed; ++calls) {
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    delayed = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec) > 0.015;
-    if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
-  }
-  sb_tuning("pool_test_delay_us", 0);
-  {
+  int clean = 0;
+  for (int attempt = 0; attempt < 5 && !clean; ++attempt) {
+    sb_tuning("pool_backoff_us", 60000000); /* restarts the guard */
+    sb_tuning("pool_test_delay_us", 20000); /* 20 ms in rank 1's chunks */
+    const int straggles00 = sb_tuning("pool_straggles", -1);
+    const int unconfirmed00 = sb_tuning("pool_unconfirmed_straggles", -1);
+    int delayed = 0;
+    for (calls = 0; calls < 2000 && !delayed; ++calls) {
+      struct timespec t0, t1;
+      clock_gettime(CLOCK_MONOTONIC, &t0);
+      expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+      clock_gettime(CLOCK_MONOTONIC, &t1);
+      delayed = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec) > 0.015;
+      if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+    }
+    sb_tuning("pool_test_delay_us", 0);
     const int jobs00 = sb_tuning("pool_jobs", -1);
     expect_ok(sb_csr_linear(&d, x, 1, y, 2), "sb_csr_linear");
+    if (memcmp(y, first, (size_t)M * sizeof(float)) != 0) ++failures;
+    const int engaged = sb_tuning("pool_straggles", -1) - straggles00;
+    const int unconfirmed = sb_tuning("pool_unconfirmed_straggles", -1) - unconfirmed00;
     ++checks;
-    if (delayed &&
-        (sb_tuning("pool_straggles", -1) != straggles00 || sb_tuning("pool_jobs", -1) != jobs00 + 1)) {
-      fprintf(stderr, "FAIL straggler guard: engaged on a single straggle\n");
+    if (engaged > unconfirmed) {
+      fprintf(stderr, "FAIL straggler guard: engaged on a single straggle (%d engagements, %d "
+              "unconfirmed straggles)\n", engaged, unconfirmed);
       ++failures;
+      break;
+    }
+    clean = delayed && unconfirmed == 1 && engaged == 0;
+    if (clean) {
+      ++checks;
+      if (sb_tuning("pool_jobs", -1) != jobs00 + 1) {
+        fprintf(stderr, "FAIL straggler guard: the call after one straggle did not use the pool\n");
+        ++failures;
+      }
     }
   }
+  if (!clean)
+    fprintf(stderr, "note: straggler guard's confirmation not seen alone in 5 attempts (a busy "
+            "machine)\n");
   sb_tuning("pool_spin_us", old_spin);
   /* pool_confirm_us = 0: the first straggle engages it */
   sb_tuning("pool_backoff_us", 60000000); /* (re)setting it restarts the guard */

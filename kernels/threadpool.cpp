@@ -59,6 +59,8 @@ std::atomic<int> g_test_delay_us{0};    // tests only: worker rank 1 sleeps befo
 std::atomic<int> g_jobs{0};             // multi-threaded jobs run by the pool
 std::atomic<int> g_degraded_jobs{0};    // jobs the guard ran on the caller alone
 std::atomic<int> g_straggles{0};        // jobs after which the guard engaged
+std::atomic<int> g_unconfirmed{0};      // straggles that only opened a confirmation window
+std::atomic<int> g_guard_resets{0};     // bumped by setting pool_backoff_us: the guard restarts
 std::atomic<int> g_worker_chunks{0};    // chunks run by workers (the rest: by callers)
 // Until when (CLOCK_MONOTONIC ns) jobs run on the caller alone; 0: not degraded.
 std::atomic<int64_t> g_degraded_until{0};
@@ -127,6 +129,7 @@ struct Pool {
   void *ctx = nullptr;
   // straggler guard state, under call_mu (the verdict: g_degraded_until)
   int64_t backoff_ns = 0, last_event_ns = 0, guard_base_ns = -1;
+  int guard_resets = -1;  // g_guard_resets when the state below was started
   // an unconfirmed straggle: until when a second one engages the guard (0: none)
   int64_t confirm_until_ns = 0;
 
@@ -211,8 +214,10 @@ struct Pool {
   // chunks, waited = its time waiting for chunks held by workers afterwards.
   void judge(int64_t own, int64_t waited, int64_t now) {
     const int64_t base = (int64_t)knob(g_backoff_us) * 1000;
-    if (base != guard_base_ns) {  // (re)configured: start afresh
+    const int resets = knob(g_guard_resets);
+    if (base != guard_base_ns || resets != guard_resets) {  // (re)configured: start afresh
       guard_base_ns = base;
+      guard_resets = resets;
       backoff_ns = base;
       last_event_ns = now;
       confirm_until_ns = 0;
@@ -224,6 +229,7 @@ struct Pool {
       const int64_t confirm = (int64_t)knob(g_confirm_us) * 1000;
       if (confirm > 0 && now > confirm_until_ns) {
         confirm_until_ns = now + std::max(confirm, 4 * waited);
+        bump(g_unconfirmed);
         return;
       }
       confirm_until_ns = 0;
@@ -298,13 +304,17 @@ bool pool_tuning(const char *key, int value, int *old) {
               {"pool_confirm_us", &g_confirm_us},
               {"pool_test_delay_us", &g_test_delay_us}, {"pool_jobs", &g_jobs},
               {"pool_degraded_jobs", &g_degraded_jobs}, {"pool_straggles", &g_straggles},
-              {"pool_worker_chunks", &g_worker_chunks}};
+              {"pool_worker_chunks", &g_worker_chunks},
+              {"pool_unconfirmed_straggles", &g_unconfirmed}};
   for (const auto &k : keys) {
     if (std::strcmp(key, k.name) != 0) continue;
     *old = k.value->load(std::memory_order_relaxed);
     if (value >= 0) {
       k.value->store(value, std::memory_order_relaxed);
-      if (k.value == &g_backoff_us) g_degraded_until.store(0);  // the guard starts afresh
+      if (k.value == &g_backoff_us) {  // the guard starts afresh
+        g_degraded_until.store(0);
+        bump(g_guard_resets);
+      }
     }
     return true;
   }
