@@ -61,6 +61,7 @@ struct sb_conv_plan_impl {
   int64_t nbands;       // position bands (see sb_conv2d_run), 1: one band, the whole map
   int64_t band_pos[sb_kMaxBands + 1];  // first output position of each band (+ positions)
   int64_t band_floats;  // packed floats per band (copies x Cin x plane)
+  int64_t row_out;      // 1: tiles write their output runs straight to y (no ext, no compaction)
   int32_t *gmap;        // gather packing: source index in a channel plane per packed float
   sb::Nz *stream;       // nnz (offset, value) pairs in traversal order (window, block, row)
   int32_t *seg;         // Cout x ncb x 2: [start, end) of each (row, block) in the stream
@@ -85,6 +86,7 @@ int g_conv_chunks = 2;      // output-channel chunks per thread
 int g_conv_pack_min = 32768;  // packed floats below which packing stays on the caller
 int g_conv_pairs = 1;         // new plans: rows with the same taps computed in pairs
 int g_conv_bands = 0;         // new plans: position bands (0: sb_conv2d_plan's argument)
+int g_conv_row_out = 1;       // new plans: row-scatter epilogue instead of ext + compaction
 
 namespace {
 
@@ -251,6 +253,60 @@ void post_range(float *SB_RESTRICT r, int64_t n, int act, bool scaled, float sc)
     act_range(r, n, act);
   if (scaled)
     for (int64_t x = 0; x < n; ++x) r[x] *= sc;
+}
+
+// A run of a tile's output positions: tile offset t0, length len, its place in y (plus
+// co * ho * wo for channel co).
+struct OutRun {
+  int32_t t0, len;
+  int64_t yoff;
+};
+constexpr int64_t kMaxRuns = 130;  // a 128-position tile: at most one run per position (+2)
+
+// The runs of output positions in extended positions [p0, p0 + valid) (row-out plans): the
+// padded columns of the shift layout and the rows between stacked images are skipped.
+int tile_runs(const sb_conv_plan_impl *pl, int64_t Cout, int64_t p0, int64_t valid,
+              OutRun *runs) {
+  const sb_conv_plan &p = pl->pub;
+  const int64_t pitch = pl->pitch, img = p.hq * pitch, ho = p.ho, wo = p.wo, end = p0 + valid;
+  int nrun = 0;
+  for (int64_t q = p0; q < end;) {
+    const int64_t n = q / img, r = q - n * img, oy = r / pitch, ox = r - oy * pitch;
+    if (oy >= ho) {  // halo rows below an image: on to the next image
+      q = (n + 1) * img;
+      continue;
+    }
+    if (ox >= wo) {  // padded columns: on to the next row
+      q += pitch - ox;
+      continue;
+    }
+    // rows are contiguous in y when the pitch is the width: a run may span rows of one image
+    const int64_t stop = pitch == wo ? n * img + ho * wo : q + (wo - ox);
+    const int64_t len = (stop < end ? stop : end) - q;
+    runs[nrun++] = OutRun{(int32_t)(q - p0), (int32_t)len, n * Cout * ho * wo + oy * wo + ox};
+    q += len;
+  }
+  return nrun;
+}
+
+// Channel co's tile sums (bias included) from tb to y: residual, activation, channel scale.
+void store_runs(const Job &k, int64_t co, const float *SB_RESTRICT tb, const OutRun *runs,
+                int nrun) {
+  const sb_conv_plan &p = k.pl->pub;
+  const int64_t at = co * p.ho * p.wo;
+  const float *scale = k.pl->scale;
+  for (int i = 0; i < nrun; ++i) {
+    float *SB_RESTRICT dst = k.y + at + runs[i].yoff;
+    const float *src = tb + runs[i].t0;
+    const int64_t len = runs[i].len;
+    if (k.residual) {
+      const float *SB_RESTRICT res = k.residual + at + runs[i].yoff;
+      for (int64_t x = 0; x < len; ++x) dst[x] = src[x] + res[x];
+    } else {
+      std::memcpy(dst, src, (size_t)len * sizeof(float));
+    }
+    post_range(dst, len, k.act, scale != nullptr, scale ? scale[co] : 1.f);
+  }
 }
 
 // dst[x] = max of the 2x2 window at column 2x of rows a and b.
@@ -482,6 +538,8 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
     typename Vt::M mk[NV];
     for (int q = 0; q < NV; ++q) mk[q] = Vt::mask(valid - W * q);
     const float *xt = k.xp + (p0 - k.xpos);
+    OutRun runs[kMaxRuns];
+    const int nrun = pl->row_out ? tile_runs(pl, w->out_channels, p0, valid, runs) : 0;
     // output-channel windows are aligned to multiples of `win`, as the stream is ordered
     for (int64_t w0 = c0 / win * win; w0 < c1; w0 += win) {
       const int64_t a0 = w0 > c0 ? w0 : c0, a1 = w0 + win < c1 ? w0 + win : c1;
@@ -512,6 +570,10 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
                 yo[i] = pl->scale ? g * pl->scale[co] : g;
               }
             }
+          } else if (pl->row_out) {
+            alignas(64) float tb[T];
+            for (int q = 0; q < NV; ++q) Vt::store(tb + W * q, Vt::add(acc[q], bb));
+            store_runs(k, co, tb, runs, nrun);
           } else {
             float *eo = pl->ext + co * pl->ext_stride + p0;  // masked: chunks may abut
             for (int q = 0; q < NV; ++q) Vt::storem(eo + W * q, mk[q], Vt::add(acc[q], bb));
@@ -575,6 +637,8 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
   static thread_local float partial[kPartialFloats];
   for (int64_t p0 = pa; p0 < pb; p0 += T) {
     const int64_t valid = pb - p0 < T ? pb - p0 : T;
+    OutRun runs[kMaxRuns];
+    const int nrun = pl->row_out ? tile_runs(pl, w->out_channels, p0, valid, runs) : 0;
     for (int64_t w0 = c0 / win * win; w0 < c1; w0 += win) {
       const int64_t a0 = w0 > c0 ? w0 : c0, a1 = w0 + win < c1 ? w0 + win : c1;
       for (int64_t cb = 0; cb < ncb; ++cb) {
@@ -601,6 +665,10 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
               const float v = act_scalar(acc[i] + b + (ro ? ro[i] : 0.f), k.act);
               yo[i] = pl->scale ? v * sc : v;
             }
+          } else if (pl->row_out) {
+            float tb[T];
+            for (int64_t i = 0; i < valid; ++i) tb[i] = acc[i] + b;
+            store_runs(k, co, tb, runs, nrun);
           } else {
             float *eo = pl->ext + co * pl->ext_stride + p0;
             for (int64_t i = 0; i < valid; ++i) eo[i] = acc[i] + b;
@@ -737,7 +805,9 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   const int64_t ncb = (Cin + cbs - 1) / cbs;
   const int64_t ntiles = (g.positions + g.tile - 1) / g.tile;
   const int64_t pack = g.direct_in ? 0 : g.copies * Cin * bplane * nbands;
-  const int64_t ext = g.direct_out ? 0 : Cout * ntiles * g.tile;
+  const bool row_out = !g.direct_out && !(pool > 1 || pool == sb::kGlobalAvg) &&
+                       sb::g_conv_row_out != 0;
+  const int64_t ext = g.direct_out || row_out ? 0 : Cout * ntiles * g.tile;
 
   sb_conv_plan_impl *pl = (sb_conv_plan_impl *)std::calloc(1, sizeof(sb_conv_plan_impl));
   if (!pl) return SB_ENOMEM;
@@ -783,6 +853,8 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   pl->per_row = layout == sb::kShift ? w->stride_w : kw;
   pl->ncopies = g.copies, pl->pitch = g.pitch, pl->ncb = ncb, pl->cbs = cbs;
   pl->nbands = nbands;
+  pl->row_out = row_out;
+  p.row_out = row_out;
   p.bands = nbands;
   pl->band_floats = g.direct_in ? 0 : g.copies * Cin * bplane;
   for (int64_t b = 0; b <= nbands; ++b) pl->band_pos[b] = band_pos[b];
@@ -906,8 +978,7 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
       if (!p.direct_in) pack_band(b, 0, planes);
       const sb::Job job = job_of(b);
       sb::run_tiles(p.tile, job, 0, Cout, pos(b), pos(b + 1));
-      if (!p.direct_out)
-        sb::compact(job, 0, Cout, pos(b), pos(b + 1));
+      if (!p.direct_out && !pl->row_out) sb::compact(job, 0, Cout, pos(b), pos(b + 1));
     });
     return SB_OK;
   }
@@ -934,7 +1005,7 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
       const sb::Job job = job_of(b);
       sb::run_tiles(p.tile, job, lo, hi, pos(b), pos(b + 1));
     }
-    if (!p.direct_out) sb::compact(job_of(0), lo, hi, 0, P);
+    if (!p.direct_out && !pl->row_out) sb::compact(job_of(0), lo, hi, 0, P);
   });
   return SB_OK;
 }

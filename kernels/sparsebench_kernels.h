@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define SB_ABI_VERSION 5
+#define SB_ABI_VERSION 6
 
 #define SB_ACT_NONE 0
 #define SB_ACT_RELU 1
@@ -164,6 +164,7 @@ typedef struct sb_conv_plan {
   int64_t scratch_bytes;    /* memory owned by the plan */
   int64_t rows_paired;      /* 1: every row has the same taps (a dense weight), run in pairs */
   int64_t bands;            /* position bands, each packed with its halo rows (1: the whole map) */
+  int64_t row_out;          /* 1: not direct_out, but tiles write their output runs straight to y */
 } sb_conv_plan;
 
 /* Plan w for input N x Cin x H x W with a fused max-pool `pool` (window = stride; 0/1: none;
@@ -221,6 +222,15 @@ int sb_gather_rows(const float *table, int64_t rows, int64_t cols, const int64_t
  * (1, T, C) addend of a (B, T, C) tensor); b may be NULL (y = alpha * a). y may be a. */
 int sb_scale_add(const float *a, float alpha, const float *b, int64_t b_size, int64_t n,
                  float *y, int num_threads);
+
+/* An attention mask from a (batch x keys) key mask: y[b][i][j] = m[b * keys + j] != 0 ? on :
+ * off for i < rows (y is batch x rows x keys; rows 1 when the attention broadcasts it). */
+int sb_key_mask(const int64_t *m, int64_t batch, int64_t rows, int64_t keys, float on, float off,
+                float *y);
+
+/* y = softmax over the last axis of a rows x cols matrix (max-subtracted, as torch): a row of
+ * NaN or +inf, or of all -inf, gives NaN, as torch does. y may be x. Threads take rows. */
+int sb_softmax(const float *x, int64_t rows, int64_t cols, float *y, int num_threads);
 
 #ifdef __cplusplus
 }

@@ -367,6 +367,7 @@ static void test_conv(int64_t N, int64_t Cin, int64_t Cout, int64_t H, int64_t W
 }
 
 static int banded_plans = 0; /* planned convs whose map was cut into position bands */
+static int row_out_plans = 0; /* planned convs writing their output runs straight to y */
 
 /* The planned API: residual add, channel scale, fused max-pool, every activation; position
  * bands (1-4) run on 1, 2 and 4 threads. */
@@ -415,13 +416,17 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
     for (int layout = 0; layout < 4; ++layout) {
       sb_tuning("conv_layout", layout);
       sb_tuning("conv_l1_kb", variant & 8 ? 1 : 32); /* 1 KB: many channel blocks */
+      const int row_out = (variant >> 1) % 3 != 2;   /* else extended rows + compaction */
+      sb_tuning("conv_row_out", row_out);
       sb_conv_plan *plan = NULL;
       expect_ok(sb_conv2d_plan(&d, N, H, W, pool, use_scale ? scale : NULL, bands, &plan),
                 "sb_conv2d_plan");
       if (!plan) continue;
       if (plan->yh != Yh || plan->yw != Yw || plan->bands < 1 || plan->bands > bands ||
-          (pool != 0 && plan->bands != 1))
+          (pool != 0 && plan->bands != 1) ||
+          plan->row_out != (row_out && !plan->direct_out && plan->pool == 0))
         ++failures;
+      if (plan->row_out) ++row_out_plans;
       if (plan->bands > 1) ++banded_plans;
       memset(y, 0xff, (size_t)(N * Cout * Yh * Yw) * sizeof(float));
       expect_ok(sb_conv2d_run(&d, plan, x, use_res ? res : NULL, y, threads), "sb_conv2d_run");
@@ -441,6 +446,7 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
     }
     sb_tuning("conv_layout", 3);
     sb_tuning("conv_l1_kb", 32);
+    sb_tuning("conv_row_out", 1);
   }
   free(bias);
   free(scale);
@@ -759,6 +765,42 @@ static void test_scale_add(int64_t n, int64_t b_size, float alpha, int threads) 
   free(a), free(b), free(y), free(want);
 }
 
+/* sb_softmax against a double-precision softmax over each row, in and out of place; a row of
+ * -inf and a row holding NaN come out NaN (torch's result); 1 column gives 1. */
+static void test_softmax(int64_t rows, int64_t cols, int threads) {
+  float *x = falloc(rows * cols), *y = falloc(rows * cols), *want = falloc(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) x[i] *= 20.f; /* exp over a wide range */
+  for (int64_t j = 0; rows > 1 && j < cols; ++j) x[cols + j] = j % 2 ? -INFINITY : x[cols + j];
+  for (int64_t r = 0; r < rows; ++r) {
+    double m = -INFINITY, s = 0.0;
+    for (int64_t j = 0; j < cols; ++j) m = x[r * cols + j] > m ? x[r * cols + j] : m;
+    for (int64_t j = 0; j < cols; ++j) s += exp((double)x[r * cols + j] - m);
+    for (int64_t j = 0; j < cols; ++j) want[r * cols + j] = (float)(exp((double)x[r * cols + j] - m) / s);
+  }
+  char what[80];
+  snprintf(what, sizeof what, "softmax %lldx%lld t%d", (long long)rows, (long long)cols, threads);
+  expect_ok(sb_softmax(x, rows, cols, y, threads), what);
+  compare(what, y, want, rows * cols);
+  expect_ok(sb_softmax(x, rows, cols, x, threads), what); /* in place */
+  compare(what, x, want, rows * cols);
+  /* a row of -inf, a row with one NaN, a row with +inf: NaN rows */
+  for (int64_t j = 0; j < cols; ++j) x[j] = -INFINITY;
+  if (rows > 2) x[2 * cols + cols / 2] = NAN;
+  if (rows > 3) x[3 * cols] = INFINITY;
+  expect_ok(sb_softmax(x, rows, cols, y, threads), what);
+  ++checks;
+  for (int64_t r = 0; r < rows && r < 4; ++r) {
+    if (r == 1) continue;
+    for (int64_t j = 0; j < cols; ++j)
+      if (y[r * cols + j] == y[r * cols + j]) {
+        fprintf(stderr, "FAIL %s: row %lld not NaN\n", what, (long long)r);
+        ++failures;
+        break;
+      }
+  }
+  free(x), free(y), free(want);
+}
+
 static void test_transformer(void) {
   float z[4] = {0};
   test_gather_rows();
@@ -768,6 +810,30 @@ static void test_transformer(void) {
   test_scale_add(7 * 63, 63, -0.5f, 2);
   test_scale_add(3 * 128 * 768, 128 * 768, 1.f, 2); /* threaded, b repeated per batch */
   test_scale_add(200003, 1, 0.25f, 2);
+  if (sb_softmax(z, 1, 0, z, 1) != SB_EINVAL || sb_softmax(NULL, 1, 1, z, 1) != SB_EINVAL ||
+      sb_softmax(z, 1, 1, z, 0) != SB_ETHREADS)
+    ++failures;
+  {
+    const int64_t m[2 * 5] = {1, 1, 0, 1, 0, 0, 0, 0, 2, -1};
+    float km[2 * 3 * 5];
+    expect_ok(sb_key_mask(m, 2, 3, 5, 0.f, -INFINITY, km), "key_mask");
+    ++checks;
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t i = 0; i < 3; ++i)
+        for (int64_t j = 0; j < 5; ++j)
+          if (km[(b * 3 + i) * 5 + j] != (m[b * 5 + j] ? 0.f : -INFINITY)) {
+            fprintf(stderr, "FAIL key_mask at %lld %lld %lld\n", (long long)b, (long long)i,
+                    (long long)j);
+            ++failures;
+          }
+    if (sb_key_mask(m, 1, 0, 5, 0.f, 1.f, km) != SB_EINVAL || sb_key_mask(NULL, 1, 1, 5, 0.f, 1.f, km) != SB_EINVAL)
+      ++failures;
+  }
+  test_softmax(1, 1, 1);
+  test_softmax(5, 7, 2);
+  test_softmax(4, 1000, 1);    /* ImageNet classes */
+  test_softmax(129, 1000, 2);  /* threaded */
+  test_softmax(3, 17, 2);
   if (sb_add_layernorm(z, NULL, NULL, NULL, 1e-5f, 1, 0, z, 1) != SB_EINVAL) ++failures;
   if (sb_add_layernorm(z, NULL, NULL, NULL, -1.f, 1, 1, z, 1) != SB_EINVAL) ++failures;
   if (sb_add_layernorm(z, NULL, NULL, NULL, 1e-5f, 1, 1, z, 0) != SB_ETHREADS) ++failures;
@@ -935,7 +1001,13 @@ int main(void) {
   test_conv_planned(1, 3, 4, 61, 60, 7, 2, 3, 1.0, 0);
   test_conv_planned(1, 4, 3, 33, 33, 3, 1, 1, 0.0, 0);
   ++checks;
-  printf("planned convs cut into position bands: %d\n", banded_plans);
+  printf("planned convs cut into position bands: %d, with row-scatter output: %d\n", banded_plans,
+         row_out_plans);
+  ++checks;
+  if (row_out_plans == 0) {
+    fprintf(stderr, "FAIL no planned conv used the row-scatter output\n");
+    ++failures;
+  }
   if (banded_plans == 0) {
     fprintf(stderr, "FAIL no planned conv used position bands\n");
     ++failures;

@@ -404,3 +404,43 @@ extern "C" int sb_scale_add(const float *a, float alpha, const float *b, int64_t
   });
   return SB_OK;
 }
+
+extern "C" int sb_softmax(const float *x, int64_t rows, int64_t cols, float *y,
+                          int num_threads) {
+  if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
+  if (!x || !y || rows < 0 || cols < 1) return SB_EINVAL;
+  const int threads = rows * cols < (int64_t)1 << 15 ? 1 : num_threads;
+  const int64_t chunks = sb::chunk_count(rows, threads, 4), padded = (cols + 15) / 16 * 16;
+  std::atomic<int> status{SB_OK};
+  sb::parallel_for(threads, chunks, [&](int64_t c) {
+    // softmax_row reads and writes whole vectors: each row goes through a padded copy
+    float *row = (float *)std::aligned_alloc(64, (size_t)padded * sizeof(float));
+    if (!row) {
+      status.store(SB_ENOMEM);
+      return;
+    }
+    for (int64_t r = rows * c / chunks; r < rows * (c + 1) / chunks; ++r) {
+      const float *xr = x + r * cols;
+      float *yr = y + r * cols;
+      bool nan = false;  // NaN or +inf in the row: torch gives NaN (softmax_row would not)
+      for (int64_t j = 0; j < cols; ++j) nan |= !(xr[j] < INFINITY);
+      std::memcpy(row, xr, (size_t)cols * sizeof(float));
+      const float inv = nan ? 0.0f : sb::softmax_row(row, nullptr, cols, 1.0f);
+      for (int64_t j = 0; j < cols; ++j) yr[j] = inv == 0.0f ? NAN : row[j] * inv;  // 0: all -inf
+    }
+    std::free(row);
+  });
+  return status.load();
+}
+
+extern "C" int sb_key_mask(const int64_t *m, int64_t batch, int64_t rows, int64_t keys, float on,
+                           float off, float *y) {
+  if (!m || !y || batch < 0 || rows < 1 || keys < 1) return SB_EINVAL;
+  for (int64_t b = 0; b < batch; ++b) {
+    float *first = y + b * rows * keys;
+    for (int64_t j = 0; j < keys; ++j) first[j] = m[b * keys + j] != 0 ? on : off;
+    for (int64_t i = 1; i < rows; ++i)
+      std::memcpy(first + i * keys, first, (size_t)keys * sizeof(float));
+  }
+  return SB_OK;
+}

@@ -376,6 +376,46 @@ def test_conv_position_bands_match(shape, k: int, stride: int, pad: int) -> None
         native.tuning("conv_bands", old)
 
 
+@pytest.mark.parametrize("shape,k,stride,pad,pool,row_out", [
+    ((1, 5, 20, 20), 3, 1, 1, 1, 1),   # shift layout, pitch 22: runs of 20 per row
+    ((1, 5, 40, 40), 3, 2, 1, 1, 1),   # stride 2, shift layout: pitch 21 for 20 outputs
+    ((3, 4, 7, 7), 3, 1, 1, 1, 1),     # stacked images: runs end at each image
+    ((1, 5, 20, 20), 3, 1, 1, 2, 0),   # a fused max-pool keeps the extended rows
+    ((1, 4, 16, 16), 1, 1, 0, 1, 0)])  # direct output: y is the extended layout
+def test_conv_row_scatter_output_matches(shape, k: int, stride: int, pad: int, pool: int,
+                                         row_out: int) -> None:
+    """Plans whose extended layout is not y write each tile's runs of outputs straight to y
+    (``row_out``) instead of extended rows and a compaction pass: same outputs, with a
+    residual, a channel scale and at 1 and 2 threads, as with the knob off."""
+    rng = np.random.default_rng(17)
+    w = sparse_weight(rng, (6, shape[1], k, k), 0.5)
+    bias = rng.standard_normal(6).astype(np.float32)
+    scale = rng.uniform(0.5, 2.0, 6).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    want = conv_ref(x, w, bias, (stride, stride), (pad, pad), False)
+    res = rng.standard_normal(want.shape).astype(np.float32)
+    full = np.maximum(want + res, 0) * scale[None, :, None, None]
+    if pool > 1:
+        n, c, h, wd = full.shape
+        full = full[:, :, :h // 2 * 2, :wd // 2 * 2].reshape(n, c, h // 2, 2, wd // 2, 2)
+        full = full.max(axis=(3, 5))
+    for threads in (1, 2):
+        outs = []
+        for knob in (1, 0):
+            old = native.tuning("conv_row_out", knob)
+            try:
+                op = native.CSRConv2d.from_dense(w, bias=bias, stride=stride, padding=pad,
+                                                 relu=True, threads=threads, scale=scale,
+                                                 pool=pool)
+                assert op.plan(x.shape)["row_out"] == (row_out if knob else 0)
+                outs.append(op.run(x, residual=None if pool > 1 else res))
+            finally:
+                native.tuning("conv_row_out", old)
+        if pool == 1:
+            assert_close(outs[0], full)
+        np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-6)
+
+
 def test_conv_explicit_csr_and_impl_name() -> None:
     rng = np.random.default_rng(6)
     w = sparse_weight(rng, (4, 2, 3, 3), 0.5)

@@ -284,11 +284,10 @@ def test_bert_export_runs_its_blocks_natively(bert_exports: dict[str, Any], expo
                                               threads: int) -> None:
     prepared, err = _native_plan(bert_exports[exporter], threads)
     assert err <= 1e-4, prepared.impl
-    assert "+native(attention,gather,layernorm)" in prepared.impl
-    # left to torch: the embedding lookup and the mask's small integer/bool arithmetic
-    assert set(prepared.torch_ops) <= {"Gather", "GatherND", "Cast", "Shape", "Flatten", "Mul",
-                                       "add", "Reshape", "Concat", "And", "Expand", "Where"}
-    assert prepared.torch_ops.count("add") <= 1  # the mask's index arithmetic (TorchScript)
+    assert "+native(attention,gather,keymask,layernorm)" in prepared.impl
+    # nothing left to torch: the mask's integer/bool chain is one native key-mask step (one
+    # per layer in the SDPA exports, which give each layer its own Where)
+    assert prepared.torch_ops == [], prepared.impl
     names = prepared._names[1]
     assert names.count("attention") == 2 and names.count("add+layernorm") == 5
     assert names[0] == "embedding"  # the word-embedding lookup
@@ -415,6 +414,126 @@ def test_leftover_add_and_scale_run_natively(tmp_path: Any) -> None:
     assert [n for n in prepared._names[1] if "matmul" not in n] == ["scale", "add", "add"]
 
 
+def _plan_onnx(tmp_path: Any, nodes: list[Any], inputs: list[Any], out: Any, inits: list[Any],
+               opset: int = 17) -> tuple[Any, Any]:
+    """(the loaded ONNX module, its csr/native plan at batch 1)."""
+    from sparsebench.backends import get_backend
+    from sparsebench.formats import convert
+    from sparsebench.loading import load_model
+
+    path = tmp_path / "m.onnx"
+    graph = helper.make_graph(nodes, "m", inputs, [out], inits)
+    path.write_bytes(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString())
+    loaded = load_model(path)
+    return loaded.module, get_backend("native").prepare(convert(loaded.module, "csr"), batch=1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("opset,axis,shape,native_step", [
+    (17, None, (1, 6), True), (17, 1, (1, 6), True), (11, None, (1, 6), True),
+    (17, -1, (1, 3, 6), True), (17, 1, (1, 3, 6), False), (11, None, (1, 3, 6), False)])
+def test_classifier_softmax_runs_natively(opset: int, axis: int | None, shape: tuple[int, ...],
+                                          native_step: bool, tmp_path: Any) -> None:
+    """x @ W, a Reshape, then Softmax: over the last axis it is a native step (and the Reshape
+    a view); over another axis (or opset < 13's flattening axis 1 of a 3-D tensor) torch."""
+    mk = helper.make_node
+    attrs = {} if axis is None else {"axis": axis}
+    nodes = [mk("MatMul", ["x", "w"], ["h"]), mk("Reshape", ["h", "shape"], ["r"]),
+             mk("Softmax", ["r"], ["y"], **attrs)]
+    flat = (1, int(np.prod(shape[1:-1])), 5)
+    inits = [numpy_helper.from_array(_f32(5, shape[-1]), "w"),
+             numpy_helper.from_array(np.array(shape, np.int64), "shape")]
+    module, prepared = _plan_onnx(
+        tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, flat)],
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, shape), inits, opset)
+    x = torch.randn(*flat) * 4
+    with torch.inference_mode():
+        want = module(x)
+    assert rel_err(prepared.run(x), want) <= 1e-5
+    assert ("softmax" in prepared._names[1]) is native_step, prepared.impl
+    assert ("Softmax" in prepared.torch_ops) is not native_step
+    assert "Reshape" not in prepared.torch_ops  # a view of the MatMul's buffer
+
+
+def _mask_onnx(boolean: bool, seq: int = 6) -> tuple[list[Any], list[Any]]:
+    """scores (1, 1, seq, seq) + the mask of an int64 (1, seq) key mask: Where(Cast(m, bool),
+    0, -inf) unsqueezed to (1, 1, 1, seq) (boolean) or (1 - m) * -10000 (affine), then * 2
+    (so the mask is not the output)."""
+    mk = helper.make_node
+    if boolean:
+        nodes = [mk("Cast", ["m"], ["mb"], to=TensorProto.BOOL),
+                 mk("Unsqueeze", ["mb", "axes"], ["mu"]),
+                 mk("Where", ["mu", "zero", "ninf"], ["mask"])]
+    else:
+        nodes = [mk("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+                 mk("Sub", ["one", "mf"], ["inv"]), mk("Mul", ["inv", "big"], ["ms"]),
+                 mk("Unsqueeze", ["ms", "axes"], ["mask"])]
+    nodes += [mk("Add", ["s", "mask"], ["sm"]), mk("Mul", ["sm", "two"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array(-np.inf, np.float32), "ninf"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(-10000.0, np.float32), "big"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    inputs = [helper.make_tensor_value_info("s", TensorProto.FLOAT, (1, 1, seq, seq)),
+              helper.make_tensor_value_info("m", TensorProto.INT64, (1, seq))]
+    return nodes, [inits, inputs]
+
+
+@needs_kernels
+@pytest.mark.parametrize("boolean", [True, False])
+def test_key_mask_chain_is_one_native_step(boolean: bool, tmp_path: Any) -> None:
+    """A boolean mask chain on an integer input becomes one key-mask step, checked on probe
+    masks; an affine one ((1 - m) * -10000: a mask value of 2 gives +10000) stays in torch.
+    Both give the module's output for real masks."""
+    seq = 6
+    nodes, (inits, inputs) = _mask_onnx(boolean, seq)
+    module, prepared = _plan_onnx(
+        tmp_path, nodes, inputs, helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, (1, 1, seq, seq)), inits)
+    assert ("key mask" in prepared._names[1]) is boolean, prepared.impl
+    assert (prepared.torch_ops == []) is boolean, prepared.impl
+    for m in ([[1, 1, 1, 1, 0, 0]], [[1, 0, 1, 0, 1, 1]], [[0] * seq]):
+        s, mask = torch.randn(1, 1, seq, seq), torch.tensor(m, dtype=torch.int64)
+        with torch.inference_mode():
+            want = module(s, mask)
+        got = prepared.run(s, mask)
+        assert torch.equal(torch.isinf(got), torch.isinf(want))
+        finite = torch.isfinite(want)
+        assert not finite.any() or rel_err(got[finite], want[finite]) <= 1e-5
+    if boolean:  # the kernel's own checks: a mask of the wrong shape
+        from sparsebench import native
+        from sparsebench.errors import SparsebenchError
+
+        call = native.KeyMask(0.0, -1.0).bind(lambda: torch.ones(1, seq + 1, dtype=torch.int64),
+                                              np.zeros((1, 1, 1, seq), np.float32))
+        with pytest.raises(SparsebenchError, match="key mask has shape"):
+            call()
+
+
+@needs_kernels
+def test_softmax_and_key_mask_kernels_match_torch() -> None:
+    from sparsebench import native
+
+    x = _f32(7, 1000) * 30
+    x[2, :] = -np.inf
+    x[3, 5] = np.nan
+    want = torch.softmax(torch.from_numpy(x), -1).numpy()
+    got = native.Softmax(2).run(x)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    assert np.abs(got[ok] - want[ok]).max() <= 1e-6
+    m = torch.tensor([[1, 0, 3, 0], [0, 0, 1, 1]])
+    out = np.zeros((2, 1, 3, 4), np.float32)
+    native.KeyMask(0.5, -2.0).bind(lambda: m, out)()
+    want = np.broadcast_to(np.where(m.numpy()[:, None, None, :] != 0, 0.5, -2.0), out.shape)
+    assert np.array_equal(out, want)
+    out[...] = 0
+    native.KeyMask(0.5, -2.0).bind(lambda: m.to(torch.int32).numpy(), out)()  # converted
+    assert np.array_equal(out, want)
+
+
 @needs_kernels
 def test_dynamic_batch_bert_runs_at_batch_2(tmp_path: Any) -> None:
     """A TorchScript export with a dynamic batch axis: three embedding lookups (the position
@@ -444,7 +563,7 @@ def test_dynamic_batch_bert_runs_at_batch_2(tmp_path: Any) -> None:
         want = loaded.module(ids, mask)
     prepared = get_backend("native").prepare(convert(loaded.module, "csr"), batch=2)
     assert rel_err(prepared.run(ids, mask), want) <= 1e-4
-    assert "+native(attention,eltwise,gather,layernorm)" in prepared.impl
-    assert not {"LayerNormalization", "Softmax", "MatMul", "Transpose"} & set(prepared.torch_ops)
-    # the export's shape arithmetic is fixed once the batch is: stored, not run per call
-    assert not {"Shape", "Concat", "Unsqueeze"} & set(prepared.torch_ops), prepared.torch_ops
+    assert "+native(attention,eltwise,gather,keymask,layernorm)" in prepared.impl
+    # the export's shape arithmetic is fixed once the batch is: stored, not run per call; the
+    # two sequences' masks are one native key-mask step
+    assert prepared.torch_ops == [], prepared.torch_ops

@@ -12,7 +12,7 @@ torch.fx, or an ONNX import's step list):
 * LayerNorm (with the residual add before it), attention subgraphs and embedding lookups of
   transformer exports are one native call each (``plan_blocks``), GELU is fused into the
   Linear before it; an add of two buffers or a scaling by a constant left over is native too;
-* flatten and dropout/identity are views (no work);
+* flatten, reshapes of a float buffer and dropout/identity are views (no work);
 * anything else (e.g. ResNet's global average pool, ops of a foreign graph, layers a format
   kept dense) runs in torch on views of the same buffers, named in the impl
   (``+torch(adaptive_avg_pool2d)``); torch gets the same thread count.
@@ -134,6 +134,16 @@ class _Planner:
         return (isinstance(r, torch.Tensor) and r.dtype == torch.float32
                 and v not in self.g.consts)
 
+    def is_view(self, op: Node, args: tuple[str, ...]) -> bool:
+        """A flatten, or a reshape of a float buffer into one of as many elements (every
+        reshape kind keeps the C order: view, reshape, squeeze, unsqueeze, unflatten, ONNX
+        Reshape/Flatten/Squeeze/Unsqueeze): the same memory, no step at run time."""
+        if op.kind == "flatten":
+            return self.is_buffer(args[0])
+        return (op.kind == "reshape" and bool(args) and self.is_buffer(args[0])
+                and self.is_buffer(op.output)
+                and self.ref[args[0]].numel() == self.ref[op.output].numel())
+
     def scale(self, op: Node) -> tuple[str, torch.Tensor] | None:
         """(x, per-channel vector) of a ``mul`` by a constant channel vector, else None."""
         if op.kind != "mul" or len(op.inputs) != 2:
@@ -168,7 +178,7 @@ class _Planner:
             dense = self.dense_density(sw, args[0]) if sw is not None else None
             if sw is not None and dense is None and self.native_layer(sw, args[0]):
                 steps.append(self.fuse(i, op, sw, args[0], consumed))
-            elif op.kind == "flatten" and self.is_buffer(args[0]):
+            elif self.is_view(op, args):
                 steps.append(_Step("view", i, op.output, args, op))
             elif op.kind == "maxpool" and self.native_pool(op, args[0]):
                 steps.append(_Step("pool", i, op.output, args, op, label="maxpool"))

@@ -6,8 +6,8 @@ Four rooms: ``abi`` (ctypes mirrors of the C header), ``build`` (compiler, cache
 used (None) or why not (a one-line reason); ``CSRLinear``, ``BSRLinear`` and ``CSRConv2d``
 validate a sparse weight once and then run it with about a microsecond of Python overhead per
 call (``CSRLinearGroup``: several CSRLinear of one input in one call); ``AddLayerNorm``,
-``Attention``, ``GatherRows`` and ``ScaleAdd`` (``transformer``) run the transformer blocks
-around them. Set ``SPARSEBENCH_NO_NATIVE=1`` to disable building and
+``Attention``, ``GatherRows``, ``KeyMask``, ``ScaleAdd`` and ``Softmax`` (``transformer``) run
+the transformer blocks around them. Set ``SPARSEBENCH_NO_NATIVE=1`` to disable building and
 loading, ``SPARSEBENCH_KERNEL_DIR`` to move the build cache.
 """
 
@@ -16,10 +16,11 @@ from sparsebench.native.build import (CXXFLAGS, KERNEL_SRC, LIB_NAME, available,
                                       build_dir, build_info, isa, load, reset, tuning)
 from sparsebench.native.ops import (BSRLinear, CSRConv2d, CSRLinear, CSRLinearGroup, MaxPool2d,
                                     bsr_from_dense, csr_from_dense, self_test)
-from sparsebench.native.transformer import AddLayerNorm, Attention, GatherRows, ScaleAdd, suffix_of
+from sparsebench.native.transformer import (AddLayerNorm, Attention, GatherRows, KeyMask,
+                                            ScaleAdd, Softmax, suffix_of)
 
 __all__ = ["ABI_VERSION", "ACTS", "AddLayerNorm", "Attention", "BSRLinear", "CSRConv2d",
-           "CSRLinear", "CSRLinearGroup", "CXXFLAGS", "GatherRows", "KERNEL_SRC", "LIB_NAME",
-           "MaxPool2d", "ScaleAdd", "available", "build", "build_dir", "build_info",
+           "CSRLinear", "CSRLinearGroup", "CXXFLAGS", "GatherRows", "KERNEL_SRC", "KeyMask",
+           "LIB_NAME", "MaxPool2d", "ScaleAdd", "Softmax", "available", "build", "build_dir", "build_info",
            "bsr_from_dense", "csr_from_dense", "isa", "load", "reset", "self_test", "suffix_of",
            "tuning"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-ABI_VERSION = 5  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
+ABI_VERSION = 6  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
 
 _STATUS = {
     1: "invalid argument",
@@ -52,7 +52,7 @@ class _ConvPlan(ctypes.Structure):
     _fields_ = [(name, _I64) for name in (
         "n", "h", "w", "ho", "wo", "hq", "wq", "plane", "positions", "tile", "ntiles",
         "direct_in", "direct_out", "pool", "yh", "yw", "layout", "channel_blocks",
-        "scratch_bytes", "rows_paired", "bands")]
+        "scratch_bytes", "rows_paired", "bands", "row_out")]
 
 
 ACTS = {None: 0, "none": 0, "relu": 1, "gelu": 2}
@@ -79,6 +79,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "sb_add_layernorm": (_INT, [_PTR, _PTR, _PTR, _PTR, ctypes.c_float, _I64, _I64, _PTR, _INT]),
     "sb_gather_rows": (_INT, [_PTR, _I64, _I64, _PTR, _I64, _PTR]),
     "sb_scale_add": (_INT, [_PTR, ctypes.c_float, _PTR, _I64, _I64, _PTR, _INT]),
+    "sb_softmax": (_INT, [_PTR, _I64, _I64, _PTR, _INT]),
+    "sb_key_mask": (_INT, [_PTR, _I64, _I64, _I64, ctypes.c_float, ctypes.c_float, _PTR]),
     "sb_attention": (_INT, [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64,
                             _I64, ctypes.c_float, _PTR, _INT]),
 }

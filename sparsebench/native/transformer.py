@@ -1,6 +1,7 @@
 """Prepared calls of the transformer kernels (kernels/transformer.cpp): add + LayerNorm over
 the last axis, scaled dot-product attention with an additive mask on the Linear outputs'
-``(batch, tokens, heads * head_dim)`` layout, the embedding lookup and ``alpha * a (+ b)``.
+``(batch, tokens, heads * head_dim)`` layout, the embedding lookup, ``alpha * a (+ b)``, a
+softmax over the last axis and the additive attention mask of a key mask.
 
 ``run`` validates its arrays on every call; ``bind`` validates them once and returns a
 zero-argument callable on their raw addresses (what the native plan calls, ~0.5 us of Python).
@@ -12,11 +13,12 @@ import ctypes
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from sparsebench.errors import SparsebenchError
 from sparsebench.native.abi import _F32, _I64, _INT
 from sparsebench.native.build import isa, load
-from sparsebench.native.ops import _check_threads, _checked, _numpy
+from sparsebench.native.ops import _STATUS, _check_threads, _checked, _numpy
 
 _F = ctypes.c_float
 
@@ -242,3 +244,68 @@ class ScaleAdd:
         return out
 
     __call__ = run
+
+
+class Softmax:
+    """``y = softmax(x)`` over the last axis, max-subtracted as torch computes it (a row of
+    all -inf, or holding NaN or +inf, gives NaN); ``out`` may be ``x``."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = _check_threads(threads)
+        self._fn = _raw("sb_softmax")
+        self.impl = f"native-softmax-{isa()}-t{self.threads}"
+
+    def bind(self, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+        x = _array(x, "x", self.impl)
+        out = _array(out, "out", self.impl, writeable=True)
+        if out.shape != x.shape or x.ndim < 1 or x.shape[-1] < 1:
+            raise SparsebenchError(f"{self.impl}: out {out.shape} must have x's shape {x.shape}"
+                                   " with a last axis of at least 1")
+        cols = x.shape[-1]
+        args = (_vp(x), _I64(x.size // cols), _I64(cols), _vp(out), _INT(self.threads))
+        return _checked(self._fn, args, self.impl, (self, x, out))
+
+    def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = np.empty_like(x) if out is None else out
+        self.bind(x, out)()
+        return out
+
+    __call__ = run
+
+
+class KeyMask:
+    """The additive attention mask of a ``(batch, keys)`` key mask (a model's
+    ``attention_mask`` input): ``y[b, ..., i, j] = on if m[b, j] != 0 else off`` for ``y`` of
+    shape ``(batch, 1, rows, keys)`` (or any shape of ``batch * rows * keys`` floats)."""
+
+    def __init__(self, on: float, off: float) -> None:
+        self.on, self.off = float(on), float(off)
+        self._fn = _raw("sb_key_mask")
+        self.impl = f"native-keymask-{isa()}"
+
+    def bind(self, mask: Callable[[], Any], out: np.ndarray) -> Callable[[], None]:
+        """``mask()`` gives the key mask at call time (an int64 or bool tensor or array of
+        ``(batch, keys)``; other integer types are converted)."""
+        out = _array(out, "out", self.impl, writeable=True)
+        batch, keys = int(out.shape[0]), int(out.shape[-1])
+        rows = out.size // max(batch * keys, 1)
+        fn, on, off, impl = self._fn, _F(self.on), _F(self.off), self.impl
+        dst, b, r, k = _vp(out), _I64(batch), _I64(rows), _I64(keys)
+
+        def call() -> None:
+            m = mask()
+            if isinstance(m, torch.Tensor) and m.dtype is torch.int64 and m.is_contiguous() \
+                    and m.device.type == "cpu" and tuple(m.shape) == (batch, keys):
+                src = ctypes.c_void_p(m.data_ptr())  # no torch op: its dispatcher is cold here
+            else:
+                m = np.ascontiguousarray(_numpy(m), np.int64)
+                if m.shape != (batch, keys):
+                    raise SparsebenchError(f"{impl}: the key mask has shape {m.shape}, the "
+                                           f"plan {(batch, keys)}")
+                src = _vp(m)
+            status = fn(src, b, r, k, on, off, dst)
+            if status:
+                raise SparsebenchError(f"{impl}: kernel failed: {_STATUS.get(status, 'error')} "
+                                       f"(status {status})")
+        call.keep = (self, out)  # type: ignore[attr-defined]
+        return call
