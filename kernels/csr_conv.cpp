@@ -24,7 +24,8 @@
 // output channels stay in an L1 buffer between blocks.
 //
 // Epilogue: bias in registers; then either the final epilogue in registers (when the
-// extended layout is y itself: batch 1, no wasted columns, no pool) or a compaction pass per
+// extended layout is y itself: batch 1, no wasted columns, no pool), or without a pool each
+// tile's runs of real outputs written straight to y ("row_out"), or a compaction pass per
 // output channel adding the residual, activation, channel scale and fused max-pool.
 // A band's or the map's last partial tile runs in the narrowest tile that holds it.
 //
