@@ -561,3 +561,68 @@ def test_sample_parallel_execution_matches_the_batch_plan(batch: int) -> None:
         got = prepared.run(x)
         assert got.shape == want.shape
         assert rel_err(got, want) <= 1e-4
+
+
+class _ProjectionBlock(nn.Module):
+    """A stem, a max-pool, then ResNet-50's first bottleneck: 1x1, 3x3, 1x1, and a 1x1
+    stride-1 projection shortcut added before the final ReLU; ``tap`` also returns the
+    shortcut (a second reader of its output)."""
+
+    input_shape = (3, 16, 16)
+
+    def __init__(self, tap: bool = False) -> None:
+        super().__init__()
+        self.tap = tap
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 4, 3, padding=1)
+        self.c, self.proj = nn.Conv2d(4, 16, 1), nn.Conv2d(8, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = self.pool(torch.relu(self.stem(x)))
+        h = torch.relu(self.b(torch.relu(self.a(x0))))
+        short = self.proj(x0)
+        y = torch.relu(self.c(h) + short)
+        return y + short if self.tap else y
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_projection_shortcut_is_merged_into_the_block_conv(threads: int) -> None:
+    """At batch 1 the shortcut and the block's last 1x1 become one conv on one buffer holding
+    both inputs as channel slices (no shortcut output stored); every layer still counts as
+    native; outputs match the dense module at batch 1 and in a batched plan (no merge); with
+    a second reader of the shortcut, or with the switch off, the two convs stay apart."""
+    from sparsebench.backends import get_backend, kernel_plan
+
+    torch.manual_seed(0)
+    m = _ProjectionBlock().eval()
+    magnitude_prune(m, 0.5)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.inference_mode():
+        want = m(x)
+    prepared = get_backend("native").prepare(convert(m, "csr"), threads=threads, batch=1)
+    assert rel_err(prepared.run(x), want) <= 1e-5
+    names = prepared._names[1]  # (fx order makes proj the conv that takes the add)
+    merged = [n for n in names if set(n.split("+")) >= {"c", "proj"}]
+    assert len(names) == 4 and merged == ["proj+c+relu"], names
+    assert prepared._native_layers >= {"c", "proj"}
+    xs = torch.randn(4, 3, 16, 16)
+    with torch.inference_mode():
+        want4 = m(xs)
+    batched = get_backend("native").prepare(convert(m, "csr"), threads=threads, batch=4)
+    assert rel_err(batched.run(xs), want4) <= 1e-5
+    tapped = _ProjectionBlock(tap=True).eval()
+    tapped.load_state_dict(m.state_dict())
+    with torch.inference_mode():
+        want_t = tapped(x)
+    kept = get_backend("native").prepare(convert(tapped, "csr"), threads=threads, batch=1)
+    assert rel_err(kept.run(x), want_t) <= 1e-5
+    assert len(kept._names[1]) > 4 and "proj" in kept._names[1], kept._names[1]
+    kernel_plan.MERGE_PROJECTIONS = False
+    try:
+        off = get_backend("native").prepare(convert(m, "csr"), threads=threads, batch=1)
+    finally:
+        kernel_plan.MERGE_PROJECTIONS = True
+    assert "c" in off._names[1] and "proj+residual+relu" in off._names[1], off._names[1]
+    assert rel_err(off.run(x), want) <= 1e-5

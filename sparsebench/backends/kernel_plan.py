@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import functools
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,6 +63,9 @@ _KIND_LABELS = {"global_avgpool": "gap", "relu": "relu", "gelu": "gelu", "maxpoo
                 "flatten": "flatten", "add": "add", "alias": "alias"}
 
 
+MERGE_PROJECTIONS = True  # merge_projections on (a switch for benchmarks and tests)
+
+
 @dataclass
 class _Step:
     kind: str                          # "linear" | "conv" | "pool" | "view" | "torch"
@@ -75,12 +79,15 @@ class _Step:
     pool: int = 1
     label: str = ""
     params: dict[str, Any] | None = None  # a plan_blocks block's kernel parameters
+    weight: SparseWeight | None = None    # a merged weight replacing the layer's (merge_projections)
+    merged: str | None = None             # the projection layer merged into this one
 
     def name(self) -> str:
         """The layer and what was fused into it, e.g. ``features.0+relu+maxpool2``."""
         if self.kind in plan_blocks.KINDS:
             return self.label
         parts = [self.op.module or self.label or self.kind]
+        parts += [self.merged] if self.merged else []
         parts += ["residual"] if self.residual is not None else []
         parts += [self.act] if self.act else []
         parts += ["scale"] if self.scale is not None else []
@@ -124,6 +131,8 @@ class _Planner:
                 if a:
                     self.users.setdefault(self.canon[a], []).append(i)
         self.output = self.canon[graph.output]
+        # channel slices of a concatenated buffer: value -> (buffer value, first, end channel)
+        self.parts: dict[str, tuple[str, int, int]] = {}
 
     def shape(self, v: str) -> tuple[int, ...]:
         r = self.ref[v]
@@ -195,6 +204,52 @@ class _Planner:
                     label = "scale"
                 steps.append(_Step("torch", i, op.output, args, op, label=label))
         steps.sort(key=lambda s: s.pos)
+        return self.merge_projections(steps)
+
+    def merge_projections(self, steps: list[_Step]) -> list[_Step]:
+        """A ResNet block's projection shortcut merged into the convolution that adds it: when
+        ``y = act(conv_a(b) + conv_p(x0))`` with both 1x1 stride-1 CSR convs on maps of one
+        size at batch 1, ``b`` and ``x0`` are placed as channel slices of one buffer and the
+        step becomes one conv with the weights side by side (``[W_a | W_p]``, biases summed):
+        the shortcut's output (ResNet-50's stage 1: 3.2 MB written and read again) is never
+        stored. Only when the shortcut's output has no other reader (``MERGE_PROJECTIONS``
+        False: never, for A/B runs)."""
+        if self.batch != 1 or not MERGE_PROJECTIONS:
+            return steps
+        made = {s.out: s for s in steps}
+        viewed = {v for s in steps if s.kind == "view" for v in (s.out, *s.ins)}
+        inputs = {self.canon[v] for v in self.g.inputs}
+        for s in steps:
+            proj = made.get(s.residual) if s.kind == "conv" and s.residual else None
+            if proj is None or proj.kind != "conv" or proj.act or proj.residual \
+                    or proj.scale is not None or proj.pool != 1 or proj.weight is not None \
+                    or sum(s.residual in t.ins for t in steps) != 1 or s.residual == self.output:
+                continue
+            main, short = (self.cv.layers[t.op.module or ""] for t in (s, proj))
+            b, x0 = s.ins[0], proj.ins[0]
+            if not all(w.kind == "csr" and w.kernel_size == (1, 1) and w.stride == (1, 1)
+                       and w.padding == (0, 0) for w in (main, short)) \
+                    or main.out_channels != short.out_channels or b == x0 \
+                    or {b, x0} & (viewed | inputs | set(self.parts) | {self.output}) \
+                    or b not in made or x0 not in made \
+                    or self.shape(b)[2:] != self.shape(x0)[2:]:
+                continue
+            cb, cx = self.shape(b)[1], self.shape(x0)[1]
+            cat = f"{b}|{x0}"
+            self.ref[cat] = torch.cat([self.ref[b], self.ref[x0]], 1)
+            self.canon[cat] = cat
+            self.parts[b], self.parts[x0] = (cat, 0, cb), (cat, cb, cb + cx)
+            dense = np.concatenate([main.to_dense(), short.to_dense()], axis=1)
+            dtype = np.int16 if cb + cx <= np.iinfo(np.int16).max else np.int32
+            values, cols, ptr = native.csr_from_dense(dense, dtype)
+            bias = None if main.bias is None and short.bias is None else (
+                (main.bias if main.bias is not None else 0) +
+                (short.bias if short.bias is not None else 0)).astype(np.float32)
+            s.weight = dataclasses.replace(main, values=values, indices=cols, indptr=ptr,
+                                           bias=bias, shape=(main.shape[0], cb + cx),
+                                           in_channels=cb + cx)
+            s.merged, s.ins, s.residual = proj.op.module, (cat,), None
+            steps.remove(proj)
         return steps
 
     def static_values(self) -> set[str]:
@@ -300,7 +355,7 @@ class _Planner:
 
     def buffers(self, steps: list[_Step]) -> dict[str, np.ndarray]:
         """A float32 buffer (or a view of one) per tensor value, reused once dead."""
-        storage: dict[str, str] = {}
+        storage: dict[str, str] = {v: cat for v, (cat, _, _) in self.parts.items()}
         last: dict[str, int] = {}
         for n, s in enumerate(steps):
             if s.kind == "view":
@@ -320,6 +375,12 @@ class _Planner:
         for n, s in enumerate(steps):
             if s.kind == "view":
                 bufs[s.out] = bufs[s.ins[0]].reshape(self.shape(s.out))
+            elif s.out in self.parts:  # a channel slice (batch 1: contiguous) of its buffer
+                cat, c0, c1 = self.parts[s.out]
+                if cat not in bufs:
+                    pool = free.get(self.shape(cat))
+                    bufs[cat] = pool.pop() if pool else np.zeros(self.shape(cat), np.float32)
+                bufs[s.out] = bufs[cat][:, c0:c1]
             elif self.is_buffer(s.out) and s.out not in bufs:
                 shape = self.shape(s.out)
                 pool = free.get(shape)
@@ -402,8 +463,10 @@ class NativePrepared(Prepared):
                 calls.append(_torch_step(s, planner, env, tviews.get(s.out)))
                 torch_ops.append(s.label)
                 continue
-            sw = self.converted.layers[s.op.module or ""]
+            sw = s.weight or self.converted.layers[s.op.module or ""]
             self._native_layers.add(s.op.module or "")
+            if s.merged:
+                self._native_layers.add(s.merged)
             op = _kernel(sw, s, self.threads)
             x, y = bufs[s.ins[0]], bufs[s.out]
             if sw.layer == "linear" and x.ndim > 2:  # a transformer Linear: (B*T, features)
