@@ -564,19 +564,19 @@ def test_sample_parallel_execution_matches_the_batch_plan(batch: int) -> None:
 
 
 class _ProjectionBlock(nn.Module):
-    """A stem, a max-pool, then ResNet-50's first bottleneck: 1x1, 3x3, 1x1, and a 1x1
-    stride-1 projection shortcut added before the final ReLU; ``tap`` also returns the
-    shortcut (a second reader of its output)."""
+    """A stem, a max-pool, then a ResNet-50 bottleneck: 1x1, 3x3 (stride 1 or 2), 1x1, and a
+    1x1 projection shortcut of the same stride added before the final ReLU; ``tap`` also
+    returns the shortcut (a second reader of its output)."""
 
     input_shape = (3, 16, 16)
 
-    def __init__(self, tap: bool = False) -> None:
+    def __init__(self, tap: bool = False, stride: int = 1) -> None:
         super().__init__()
         self.tap = tap
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
-        self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 4, 3, padding=1)
-        self.c, self.proj = nn.Conv2d(4, 16, 1), nn.Conv2d(8, 16, 1)
+        self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 4, 3, stride, padding=1)
+        self.c, self.proj = nn.Conv2d(4, 16, 1), nn.Conv2d(8, 16, 1, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = self.pool(torch.relu(self.stem(x)))
@@ -588,15 +588,17 @@ class _ProjectionBlock(nn.Module):
 
 @needs_kernels
 @pytest.mark.parametrize("threads", [1, 2])
-def test_projection_shortcut_is_merged_into_the_block_conv(threads: int) -> None:
+@pytest.mark.parametrize("stride", [1, 2])
+def test_projection_shortcut_is_merged_into_the_block_conv(threads: int, stride: int) -> None:
     """At batch 1 the shortcut and the block's last 1x1 become one conv on one buffer holding
-    both inputs as channel slices (no shortcut output stored); every layer still counts as
-    native; outputs match the dense module at batch 1 and in a batched plan (no merge); with
-    a second reader of the shortcut, or with the switch off, the two convs stay apart."""
+    both inputs as channel slices (a stride-2 shortcut's input subsampled into it first; no
+    shortcut output stored); every layer still counts as native; outputs match the dense
+    module at batch 1 and in a batched plan (no merge); with a second reader of the shortcut,
+    or with the switch off, the two convs stay apart."""
     from sparsebench.backends import get_backend, kernel_plan
 
     torch.manual_seed(0)
-    m = _ProjectionBlock().eval()
+    m = _ProjectionBlock(stride=stride).eval()
     magnitude_prune(m, 0.5)
     x = torch.randn(1, 3, 16, 16)
     with torch.inference_mode():
@@ -605,20 +607,21 @@ def test_projection_shortcut_is_merged_into_the_block_conv(threads: int) -> None
     assert rel_err(prepared.run(x), want) <= 1e-5
     names = prepared._names[1]  # (fx order makes proj the conv that takes the add)
     merged = [n for n in names if set(n.split("+")) >= {"c", "proj"}]
-    assert len(names) == 4 and merged == ["proj+c+relu"], names
+    assert merged == ["proj+c+relu"], names
+    assert names[3:] == (["proj+c+relu"] if stride == 1 else ["subsample", "proj+c+relu"])
     assert prepared._native_layers >= {"c", "proj"}
     xs = torch.randn(4, 3, 16, 16)
     with torch.inference_mode():
         want4 = m(xs)
     batched = get_backend("native").prepare(convert(m, "csr"), threads=threads, batch=4)
     assert rel_err(batched.run(xs), want4) <= 1e-5
-    tapped = _ProjectionBlock(tap=True).eval()
+    tapped = _ProjectionBlock(tap=True, stride=stride).eval()
     tapped.load_state_dict(m.state_dict())
     with torch.inference_mode():
         want_t = tapped(x)
     kept = get_backend("native").prepare(convert(tapped, "csr"), threads=threads, batch=1)
     assert rel_err(kept.run(x), want_t) <= 1e-5
-    assert len(kept._names[1]) > 4 and "proj" in kept._names[1], kept._names[1]
+    assert "proj" in kept._names[1] and "subsample" not in kept._names[1], kept._names[1]
     kernel_plan.MERGE_PROJECTIONS = False
     try:
         off = get_backend("native").prepare(convert(m, "csr"), threads=threads, batch=1)

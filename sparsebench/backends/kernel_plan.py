@@ -208,32 +208,49 @@ class _Planner:
 
     def merge_projections(self, steps: list[_Step]) -> list[_Step]:
         """A ResNet block's projection shortcut merged into the convolution that adds it: when
-        ``y = act(conv_a(b) + conv_p(x0))`` with both 1x1 stride-1 CSR convs on maps of one
-        size at batch 1, ``b`` and ``x0`` are placed as channel slices of one buffer and the
-        step becomes one conv with the weights side by side (``[W_a | W_p]``, biases summed):
-        the shortcut's output (ResNet-50's stage 1: 3.2 MB written and read again) is never
-        stored. Only when the shortcut's output has no other reader (``MERGE_PROJECTIONS``
+        ``y = act(conv_a(b) + conv_p(x0))`` with both convs 1x1 CSR of stride 1 or 2 and the
+        same output map, at batch 1, the two inputs (one of stride 2 subsampled,
+        ``x[:, :, ::2, ::2]``, by a step writing it there) are placed as channel slices of one
+        buffer and the step becomes one stride-1 conv with the weights side by side
+        (``[W_a | W_p]``, biases summed): the shortcut's output (ResNet-50: 3.2 MB at stage 1)
+        is never stored. Only when that output has no other reader (``MERGE_PROJECTIONS``
         False: never, for A/B runs)."""
         if self.batch != 1 or not MERGE_PROJECTIONS:
             return steps
         made = {s.out: s for s in steps}
         viewed = {v for s in steps if s.kind == "view" for v in (s.out, *s.ins)}
         inputs = {self.canon[v] for v in self.g.inputs}
-        for s in steps:
+        for s in list(steps):
             proj = made.get(s.residual) if s.kind == "conv" and s.residual else None
             if proj is None or proj.kind != "conv" or proj.act or proj.residual \
                     or proj.scale is not None or proj.pool != 1 or proj.weight is not None \
                     or sum(s.residual in t.ins for t in steps) != 1 or s.residual == self.output:
                 continue
-            main, short = (self.cv.layers[t.op.module or ""] for t in (s, proj))
-            b, x0 = s.ins[0], proj.ins[0]
-            if not all(w.kind == "csr" and w.kernel_size == (1, 1) and w.stride == (1, 1)
-                       and w.padding == (0, 0) for w in (main, short)) \
-                    or main.out_channels != short.out_channels or b == x0 \
-                    or {b, x0} & (viewed | inputs | set(self.parts) | {self.output}) \
-                    or b not in made or x0 not in made \
-                    or self.shape(b)[2:] != self.shape(x0)[2:]:
+            pair = [(t, self.cv.layers[t.op.module or ""], t.ins[0]) for t in (s, proj)]
+            size = self.shape(s.residual)[2:]
+            if not all(w.kind == "csr" and w.kernel_size == (1, 1) and w.padding == (0, 0)
+                       and (w.stride or (1, 1)) in ((1, 1), (2, 2)) and x in made
+                       and len(self.shape(x)) == 4 and tuple(self.ref[x][
+                           :, :, ::(w.stride or (1, 1))[0], ::(w.stride or (1, 1))[1]].shape[2:])
+                       == size for _, w, x in pair) \
+                    or pair[0][1].out_channels != pair[1][1].out_channels \
+                    or pair[0][2] == pair[1][2] \
+                    or {x for _, _, x in pair} & (viewed | inputs | set(self.parts)
+                                                  | {self.output}):
                 continue
+            ins = []
+            for _, w, x in pair:
+                if (w.stride or (1, 1)) != (1, 1):  # subsampled into the buffer first
+                    xs = f"{x}[::2]"
+                    self.ref[xs] = self.ref[x][:, :, ::2, ::2].contiguous()
+                    self.canon[xs] = xs
+                    node = Node("maxpool", xs, (x,), xs, {"kernel": (1, 1), "stride": (2, 2),
+                                                          "padding": (0, 0), "ceil_mode": False})
+                    steps.insert(steps.index(s), _Step("pool", s.pos, xs, (x,), node,
+                                                       label="subsample"))
+                    x = xs
+                ins.append(x)
+            (b, x0), (main, short) = ins, (pair[0][1], pair[1][1])
             cb, cx = self.shape(b)[1], self.shape(x0)[1]
             cat = f"{b}|{x0}"
             self.ref[cat] = torch.cat([self.ref[b], self.ref[x0]], 1)
@@ -247,7 +264,7 @@ class _Planner:
                 (short.bias if short.bias is not None else 0)).astype(np.float32)
             s.weight = dataclasses.replace(main, values=values, indices=cols, indptr=ptr,
                                            bias=bias, shape=(main.shape[0], cb + cx),
-                                           in_channels=cb + cx)
+                                           in_channels=cb + cx, stride=(1, 1))
             s.merged, s.ins, s.residual = proj.op.module, (cat,), None
             steps.remove(proj)
         return steps
