@@ -128,8 +128,9 @@ struct Pool {
   void (*fn)(void *, int64_t) = nullptr;  // valid while a chunk of the current job is claimed
   void *ctx = nullptr;
   // straggler guard state, under call_mu (the verdict: g_degraded_until)
-  int64_t backoff_ns = 0, last_event_ns = 0, guard_base_ns = -1;
-  int guard_resets = -1;  // g_guard_resets when the state below was started
+  int64_t backoff_ns = 0, last_event_ns = 0;
+  int guard_resets = -1;  // g_guard_resets when the state below was started (any set of
+                         // pool_backoff_us bumps it)
   // an unconfirmed straggle: until when a second one engages the guard (0: none)
   int64_t confirm_until_ns = 0;
 
@@ -215,8 +216,7 @@ struct Pool {
   void judge(int64_t own, int64_t waited, int64_t now) {
     const int64_t base = (int64_t)knob(g_backoff_us) * 1000;
     const int resets = knob(g_guard_resets);
-    if (base != guard_base_ns || resets != guard_resets) {  // (re)configured: start afresh
-      guard_base_ns = base;
+    if (resets != guard_resets) {  // (re)configured: start afresh
       guard_resets = resets;
       backoff_ns = base;
       last_event_ns = now;

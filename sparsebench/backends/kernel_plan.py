@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import functools
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -220,27 +220,29 @@ class _Planner:
         made = {s.out: s for s in steps}
         viewed = {v for s in steps if s.kind == "view" for v in (s.out, *s.ins)}
         inputs = {self.canon[v] for v in self.g.inputs}
+
+        def fits(w: SparseWeight, st: tuple[int, int], x: str, size: tuple[int, ...]) -> bool:
+            """A 1x1 CSR conv of stride 1 or 2 whose input x (made by a step) gives ``size``."""
+            return (w.kind == "csr" and w.kernel_size == (1, 1) and w.padding == (0, 0)
+                    and st in ((1, 1), (2, 2)) and x in made and len(self.shape(x)) == 4
+                    and tuple(self.ref[x][:, :, ::st[0], ::st[1]].shape[2:]) == size)
         for s in list(steps):
             proj = made.get(s.residual) if s.kind == "conv" and s.residual else None
             if proj is None or proj.kind != "conv" or proj.act or proj.residual \
                     or proj.scale is not None or proj.pool != 1 or proj.weight is not None \
                     or sum(s.residual in t.ins for t in steps) != 1 or s.residual == self.output:
                 continue
-            pair = [(t, self.cv.layers[t.op.module or ""], t.ins[0]) for t in (s, proj)]
+            (main, short), xs_in = ([self.cv.layers[t.op.module or ""] for t in (s, proj)],
+                                    [t.ins[0] for t in (s, proj)])
+            strides = [w.stride or (1, 1) for w in (main, short)]
             size = self.shape(s.residual)[2:]
-            if not all(w.kind == "csr" and w.kernel_size == (1, 1) and w.padding == (0, 0)
-                       and (w.stride or (1, 1)) in ((1, 1), (2, 2)) and x in made
-                       and len(self.shape(x)) == 4 and tuple(self.ref[x][
-                           :, :, ::(w.stride or (1, 1))[0], ::(w.stride or (1, 1))[1]].shape[2:])
-                       == size for _, w, x in pair) \
-                    or pair[0][1].out_channels != pair[1][1].out_channels \
-                    or pair[0][2] == pair[1][2] \
-                    or {x for _, _, x in pair} & (viewed | inputs | set(self.parts)
-                                                  | {self.output}):
+            if not all(fits(w, st, x, size) for w, st, x in zip((main, short), strides, xs_in)) \
+                    or main.out_channels != short.out_channels or xs_in[0] == xs_in[1] \
+                    or set(xs_in) & (viewed | inputs | set(self.parts) | {self.output}):
                 continue
             ins = []
-            for _, w, x in pair:
-                if (w.stride or (1, 1)) != (1, 1):  # subsampled into the buffer first
+            for st, x in zip(strides, xs_in):
+                if st != (1, 1):  # subsampled into the buffer first
                     xs = f"{x}[::2]"
                     self.ref[xs] = self.ref[x][:, :, ::2, ::2].contiguous()
                     self.canon[xs] = xs
@@ -250,7 +252,7 @@ class _Planner:
                                                        label="subsample"))
                     x = xs
                 ins.append(x)
-            (b, x0), (main, short) = ins, (pair[0][1], pair[1][1])
+            b, x0 = ins
             cb, cx = self.shape(b)[1], self.shape(x0)[1]
             cat = f"{b}|{x0}"
             self.ref[cat] = torch.cat([self.ref[b], self.ref[x0]], 1)

@@ -14,8 +14,8 @@ graph and run as one native call each (``sparsebench.native.transformer``).
   is moved back to ``(B, T, H*dh)``. Each chain is checked by running its nodes on element
   indices (what the exporters write differs: one Transpose with perm (0, 2, 3, 1), or two, or
   3-D reshapes in between), every intermediate must be read once. The subgraph becomes one
-  call on the Linear outputs: no transposes. The mask stays whatever
-  computes it (torch steps on ``attention_mask``, once per call).
+  call on the Linear outputs: no transposes. The mask is whatever computes it (a ``keymask``
+  block, or torch steps once per call).
 
 * **keymask**: the additive attention mask an export computes from its integer
   ``attention_mask`` input (``Cast``/``Reshape``/``Gather``/``And``/``Expand``/``Where`` in the
@@ -272,20 +272,17 @@ class _Finder:
                     covers |= more[0]
                     grown = True
         blocks = []
-        for a, chain in sorted(chains.items()):
+        for a, chain in sorted(chains.items()):  # the shared nodes go with the first
             node = self.g.nodes[a]
-            values = self.mask_values(sorted(chain), src, self.p.ref[src],
-                                      self.p.shape(node.output))
+            values = self.mask_values(chain, src, self.p.ref[src], self.p.shape(node.output))
             if values is None:
                 return None
-            blocks.append(Block("keymask", a, node.output, (), node, sorted(chain), "key mask",
+            blocks.append(Block("keymask", a, node.output, (), node,
+                                [a] if blocks else sorted(covers), "key mask",
                                 {"mask": src, "on": values[0], "off": values[1]}))
-        blocks[0].covers = sorted(covers)  # the shared nodes go with the first
-        for b in blocks[1:]:
-            b.covers = [b.pos]
         return blocks
 
-    def mask_values(self, chain: list[int], src: str, m: torch.Tensor,
+    def mask_values(self, chain: set[int], src: str, m: torch.Tensor,
                     shape: tuple[int, ...]) -> tuple[float, float] | None:
         """(on, off) when the chain computes ``on if mask[b, j] != 0 else off`` broadcast to
         ``shape`` for every probe mask, else None."""
@@ -296,15 +293,7 @@ class _Finder:
             probes.append(torch.randint(-2, 3, m.shape, generator=gen))
         got = []
         for probe in probes:
-            env: dict[str, Any] = dict(self.p.ref)
-            env[src] = probe.to(m.dtype)
-            try:
-                for j in chain:
-                    n = self.g.nodes[j]
-                    env[n.output] = bind_node(n, self.g.module)(env)
-            except Exception:  # noqa: BLE001 - a chain that cannot run on a probe: no match
-                return None
-            r = env[self.g.nodes[chain[-1]].output]
+            r = self.run_chain(chain, src, probe.to(m.dtype))
             if not isinstance(r, torch.Tensor) or tuple(r.shape) != shape \
                     or r.dtype != torch.float32:
                 return None
@@ -381,17 +370,23 @@ class _Finder:
         """Whether the chain's nodes (in graph order), run on the element indices of a
         ``shape`` tensor as their input ``start``, give exactly ``want``: the chain moves the
         data as expected (a proof for these shapes: the indices are all distinct)."""
-        env: dict[str, Any] = dict(self.p.ref)  # sizes a Reshape reads: the planning run's
-        env[start] = torch.arange(want.numel()).reshape(shape)
+        got = self.run_chain(chain, start, torch.arange(want.numel()).reshape(shape))
+        return isinstance(got, torch.Tensor) and got.shape == want.shape \
+            and bool(torch.equal(got, want))
+
+    def run_chain(self, chain: list[int] | set[int], start: str, value: Any) -> Any:
+        """The last node's output when the chain's nodes run (in graph order) with ``start``
+        set to ``value`` and every other value the planning run's (the sizes a Reshape reads);
+        None when a node cannot run on it."""
+        env: dict[str, Any] = dict(self.p.ref)
+        env[start] = value
         try:
             for j in sorted(chain):
                 node = self.g.nodes[j]
                 env[node.output] = bind_node(node, self.g.module)(env)
-            got = env[self.g.nodes[max(chain)].output]
-        except Exception:  # noqa: BLE001 - a node that cannot run on indices: no match
-            return False
-        return isinstance(got, torch.Tensor) and got.shape == want.shape \
-            and bool(torch.equal(got, want))
+        except Exception:  # noqa: BLE001 - a node that cannot run on the probe: no match
+            return None
+        return env[self.g.nodes[max(chain)].output]
 
     def projection(self, v: str, reader: int, tokens: int, heads: int,
                    perm: tuple[int, ...]) -> tuple[list[int], str, float] | None:

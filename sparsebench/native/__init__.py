@@ -21,6 +21,6 @@ from sparsebench.native.transformer import (AddLayerNorm, Attention, GatherRows,
 
 __all__ = ["ABI_VERSION", "ACTS", "AddLayerNorm", "Attention", "BSRLinear", "CSRConv2d",
            "CSRLinear", "CSRLinearGroup", "CXXFLAGS", "GatherRows", "KERNEL_SRC", "KeyMask",
-           "LIB_NAME", "MaxPool2d", "ScaleAdd", "Softmax", "available", "build", "build_dir", "build_info",
-           "bsr_from_dense", "csr_from_dense", "isa", "load", "reset", "self_test", "suffix_of",
-           "tuning"]
+           "LIB_NAME", "MaxPool2d", "ScaleAdd", "Softmax", "available", "build", "build_dir",
+           "build_info", "bsr_from_dense", "csr_from_dense", "isa", "load", "reset", "self_test",
+           "suffix_of", "tuning"]

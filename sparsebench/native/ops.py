@@ -190,14 +190,18 @@ def _ptr(a: np.ndarray) -> Any:
     return ctypes.c_void_p(a.ctypes.data)
 
 
+def _raise_on(status: int, impl: str) -> None:
+    """A kernel's nonzero status as a SparsebenchError."""
+    if status:
+        raise SparsebenchError(f"{impl}: kernel failed: {_STATUS.get(status, 'error')} "
+                               f"(status {status})")
+
+
 def _checked(fn: Any, args: tuple[Any, ...], impl: str, keep: Any) -> Callable[[], None]:
     """``fn(*args)`` raising on a bad status; ``keep`` (the op and the arrays behind the raw
     addresses) lives as long as the callable."""
     def call() -> None:
-        status = fn(*args)
-        if status:
-            raise SparsebenchError(f"{impl}: kernel failed: {_STATUS.get(status, 'error')} "
-                                   f"(status {status})")
+        _raise_on(fn(*args), impl)
     call.keep = keep  # type: ignore[attr-defined]
     return call
 

@@ -18,7 +18,7 @@ import torch
 from sparsebench.errors import SparsebenchError
 from sparsebench.native.abi import _F32, _I64, _INT
 from sparsebench.native.build import isa, load
-from sparsebench.native.ops import _STATUS, _check_threads, _checked, _numpy
+from sparsebench.native.ops import _check_threads, _checked, _numpy, _raise_on
 
 _F = ctypes.c_float
 
@@ -303,9 +303,6 @@ class KeyMask:
                     raise SparsebenchError(f"{impl}: the key mask has shape {m.shape}, the "
                                            f"plan {(batch, keys)}")
                 src = _vp(m)
-            status = fn(src, b, r, k, on, off, dst)
-            if status:
-                raise SparsebenchError(f"{impl}: kernel failed: {_STATUS.get(status, 'error')} "
-                                       f"(status {status})")
+            _raise_on(fn(src, b, r, k, on, off, dst), impl)
         call.keep = (self, out)  # type: ignore[attr-defined]
         return call
