@@ -1,8 +1,35 @@
-// Library identity (ABI version, compiled ISA) and benchmark tuning knobs.
+// Library identity (ABI version, compiled ISA), benchmark tuning knobs, per-thread scratch.
+#include <cstdlib>
 #include <cstring>
 
 #include "common.hpp"
 #include "sparsebench_kernels.h"
+
+namespace sb {
+namespace {
+struct ScratchCache {
+  void *ptr[kScratchSlots] = {};
+  size_t cap[kScratchSlots] = {};
+  ~ScratchCache() {
+    for (void *p : ptr) std::free(p);
+  }
+};
+thread_local ScratchCache t_scratch;
+}  // namespace
+
+float *scratch(ScratchSlot slot, size_t bytes) {
+  ScratchCache &c = t_scratch;
+  if (bytes > c.cap[slot] || !c.ptr[slot]) {
+    const size_t rounded = (bytes + 4095) / 4096 * 4096;
+    void *p = std::aligned_alloc(64, rounded);
+    if (!p) return nullptr;
+    std::free(c.ptr[slot]);
+    c.ptr[slot] = p;
+    c.cap[slot] = rounded;
+  }
+  return static_cast<float *>(c.ptr[slot]);
+}
+}  // namespace sb
 
 extern "C" int sb_abi_version(void) { return SB_ABI_VERSION; }
 

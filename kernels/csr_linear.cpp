@@ -248,13 +248,9 @@ void rows_chunk(int64_t lo, int64_t hi, int64_t M, const int32_t *rp, const Idx 
 
 #if SB_AVX512
 // Rows [lo, hi) of the K-panel layout against XT (K x 64): acc[(m - lo) * 64 + b] sums panel
-// by panel, then bias and the activation (GELU too) are applied on the transposed store to y
-// (16 rows at a time).
-void rows_panels(int64_t lo, int64_t hi, const sb_linear *w, const float *xt, float *acc,
-                 int64_t b0, int64_t bc, float *y) {
+// by panel (no bias, no activation).
+void panels_accumulate(int64_t lo, int64_t hi, const sb_linear *w, const float *xt, float *acc) {
   const int64_t M = w->rows, K = w->cols;
-  const float *bias = w->bias;
-  const int act = (int)w->act;
   constexpr int NV = 4;
   constexpr int64_t LD = 64;
   const int64_t kp = w->panel_cols, np = (K + kp - 1) / kp;
@@ -277,6 +273,27 @@ void rows_panels(int64_t lo, int64_t hi, const sb_linear *w, const float *xt, fl
       for (int q = 0; q < NV; ++q) _mm512_store_ps(o + 16 * q, a[q]);
     }
   }
+}
+
+// Bias and activation applied in place to rows [lo, hi) of panels_accumulate's sums: the
+// result is the next layer's transposed input (row m = feature m of 64 batch elements).
+void panels_finish(int64_t lo, int64_t hi, const sb_linear *w, float *acc) {
+  for (int64_t m = lo; m < hi; ++m) {
+    const __m512 bb = _mm512_set1_ps(w->bias ? w->bias[m] : 0.f);
+    float *o = acc + (m - lo) * 64;
+    for (int q = 0; q < 4; ++q)
+      _mm512_store_ps(o + 16 * q, act_ps(_mm512_add_ps(_mm512_load_ps(o + 16 * q), bb), (int)w->act));
+  }
+}
+
+// y rows b0..b0+bc, columns [lo, hi) from panels_accumulate's sums, with bias and activation
+// (GELU too), transposed on the store (16 rows at a time).
+void panels_store(int64_t lo, int64_t hi, const sb_linear *w, const float *acc, int64_t b0,
+                  int64_t bc, float *y) {
+  const int64_t M = w->rows;
+  const float *bias = w->bias;
+  const int act = (int)w->act;
+  constexpr int64_t LD = 64;
   const __m512i rows = _mm512_mullo_epi32(
       _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(LD));
   for (int64_t m0 = lo; m0 < hi; m0 += 16) {
@@ -293,6 +310,12 @@ void rows_panels(int64_t lo, int64_t hi, const sb_linear *w, const float *xt, fl
           y[(b0 + b) * M + m] = act_scalar(tile[(m - m0) * LD + b] + (bias ? bias[m] : 0.f), act);
     }
   }
+}
+
+void rows_panels(int64_t lo, int64_t hi, const sb_linear *w, const float *xt, float *acc,
+                 int64_t b0, int64_t bc, float *y) {
+  panels_accumulate(lo, hi, w, xt, acc);
+  panels_store(lo, hi, w, acc, b0, bc, y);
 }
 
 // The batched path on K-panel copies: chunks of 64 batch elements (the last zero-padded),
@@ -317,13 +340,9 @@ int csr_linear_panels(const sb_linear *const *ws, int64_t n, const float *x, int
   const int64_t most = kMaxChunks / (jobs > kc ? jobs : kc);
   group = group > most ? most : group;
   group = group < 1 ? 1 : group > nbc ? nbc : group;
-  float *xt = (float *)std::aligned_alloc(64, (size_t)(group * per * 4));
-  float *acc = (float *)std::aligned_alloc(64, (size_t)(group * rows * LD * 4));
-  if (!xt || !acc) {
-    std::free(xt);
-    std::free(acc);
-    return SB_ENOMEM;
-  }
+  float *xt = scratch(kScratchTransposed, (size_t)(group * per * 4));
+  float *acc = scratch(kScratchSums, (size_t)(group * rows * LD * 4));
+  if (!xt || !acc) return SB_ENOMEM;
   for (int64_t g0 = 0; g0 < nbc; g0 += group) {
     const int64_t ng = nbc - g0 < group ? nbc - g0 : group;
     auto rows_of = [&](int64_t i, int64_t *b0) {
@@ -359,8 +378,72 @@ int csr_linear_panels(const sb_linear *const *ws, int64_t n, const float *x, int
       rows_panels(lo, hi, lw, xt + i * per, acc + (i * rows + base[w] + lo) * LD, b0, bc, ys[w]);
     });
   }
-  std::free(xt);
-  std::free(acc);
+  return SB_OK;
+}
+
+// y = second(first(x)) on K-panel copies, the intermediate never stored in (batch, features)
+// form: first's sums for a chunk of 64 batch elements, with its bias and activation applied in
+// place, are already second's transposed input (feature-major, 64 floats per feature). That
+// skips first's transposed store and second's transpose (BERT-base's FFN: 1.5 MB each way
+// per 128 tokens). Chunks that split evenly over the threads are one job each (both layers,
+// no hand-over in between); otherwise both layers' rows are split, with a region per layer.
+int csr_linear_chain(const sb_linear *first, const sb_linear *second, const float *x, int64_t B,
+                     float *y, int nt) {
+  const int64_t K = first->cols, M1 = first->rows, M2 = second->rows;
+  constexpr int64_t LD = 64;
+  const int64_t nbc = (B + LD - 1) / LD, per = K * LD, kc = chunk_count(K, nt, 2);
+  const int64_t per_chunk = per + (M1 + M2) * LD;  // floats: transposed x, both layers' sums
+  const int64_t nc1 = chunk_count(M1, nt, g_linear_chunks), nc2 = chunk_count(M2, nt, g_linear_chunks);
+  int64_t group = (int64_t)(4 << 20) / (per_chunk * 4);
+  const int64_t jobs = nc1 > nc2 ? nc1 : nc2, most = kMaxChunks / (jobs > kc ? jobs : kc);
+  group = group > most ? most : group;
+  if (nt > 1 && nbc >= nt) group = group < nt ? nt : group / nt * nt;  // chunks split evenly
+  group = group < 1 ? 1 : group > nbc ? nbc : group;
+  float *mem = scratch(kScratchSums, (size_t)(group * per_chunk * 4));
+  if (!mem) return SB_ENOMEM;
+  for (int64_t g0 = 0; g0 < nbc; g0 += group) {
+    const int64_t ng = nbc - g0 < group ? nbc - g0 : group;
+    auto chunk = [&](int64_t i, int64_t *b0, float **xt, float **mid, float **out) {
+      *b0 = (g0 + i) * LD;
+      *xt = mem + i * per_chunk;
+      *mid = *xt + per;
+      *out = *mid + M1 * LD;
+      return B - *b0 < LD ? B - *b0 : LD;
+    };
+    if (nt == 1 || ng % nt == 0) {
+      parallel_for(nt, ng, [&](int64_t i) {
+        int64_t b0;
+        float *xt, *mid, *out;
+        const int64_t bc = chunk(i, &b0, &xt, &mid, &out);
+        transpose_chunk(x, K, b0, bc, LD, 0, K, xt);
+        panels_accumulate(0, M1, first, xt, mid);
+        panels_finish(0, M1, first, mid);
+        rows_panels(0, M2, second, mid, out, b0, bc, y);
+      });
+      continue;
+    }
+    parallel_for(nt, ng * kc, [&](int64_t c) {
+      int64_t b0;
+      float *xt, *mid, *out;
+      const int64_t bc = chunk(c / kc, &b0, &xt, &mid, &out), part = c % kc;
+      transpose_chunk(x, K, b0, bc, LD, K * part / kc, K * (part + 1) / kc, xt);
+    });
+    parallel_for(nt, ng * nc1, [&](int64_t c) {
+      int64_t b0, lo, hi;
+      float *xt, *mid, *out;
+      chunk(c / nc1, &b0, &xt, &mid, &out);
+      balanced_range(first->row_ptr, M1, 2, c % nc1, nc1, &lo, &hi);
+      panels_accumulate(lo, hi, first, xt, mid + lo * LD);
+      panels_finish(lo, hi, first, mid + lo * LD);
+    });
+    parallel_for(nt, ng * nc2, [&](int64_t c) {
+      int64_t b0, lo, hi;
+      float *xt, *mid, *out;
+      const int64_t bc = chunk(c / nc2, &b0, &xt, &mid, &out);
+      balanced_range(second->row_ptr, M2, 2, c % nc2, nc2, &lo, &hi);
+      rows_panels(lo, hi, second, mid, out + lo * LD, b0, bc, y);
+    });
+  }
   return SB_OK;
 }
 #endif
@@ -400,7 +483,7 @@ int csr_linear(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const flo
   const int64_t most = kMaxChunks / (nc > kc ? nc : kc);  // a job has at most kMaxChunks
   group = group > most ? most : group;
   group = group < 1 ? 1 : group > nbc ? nbc : group;
-  float *xt = (float *)std::aligned_alloc(64, (size_t)((group * per * 4 + 127) / 64 * 64));
+  float *xt = scratch(kScratchTransposed, (size_t)(group * per * 4 + 64));
   if (!xt) return SB_ENOMEM;
   for (int64_t g0 = 0; g0 < nbc; g0 += group) {
     const int64_t ng = nbc - g0 < group ? nbc - g0 : group;
@@ -427,7 +510,6 @@ int csr_linear(int64_t M, int64_t K, const int32_t *rp, const Idx *ci, const flo
         for (int64_t b = b0; b < b0 + bc; ++b) act_range(y + b * M + lo, hi - lo, act);
     });
   }
-  std::free(xt);
   return SB_OK;
 }
 
@@ -543,4 +625,23 @@ extern "C" int sb_csr_linear_group(const sb_linear *const *ws, int64_t n, const 
     if (status) return status;
   }
   return SB_OK;
+}
+
+extern "C" int sb_csr_linear_chain(const sb_linear *first, const sb_linear *second,
+                                   const float *x, int64_t B, float *y, int num_threads) {
+  if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
+  if (!first || !second || first->rows != second->cols) return SB_EINVAL;
+  int bad = check_linear(first, x, B, y);
+  if (!bad) bad = check_linear(second, x, B, y);
+  if (bad) return bad;
+  if (B == 0 || second->rows == 0) return SB_OK;
+#if SB_AVX512
+  if (first->rows > 0 && panels_apply(first, B) && panels_apply(second, B))
+    return sb::csr_linear_chain(first, second, x, B, y, num_threads);
+#endif
+  // otherwise two calls through an intermediate (batch, features) buffer
+  float *mid = sb::scratch(sb::kScratchChain, (size_t)(B * first->rows * 4 + 64));
+  if (!mid) return SB_ENOMEM;
+  const int status = sb_csr_linear(first, x, B, mid, num_threads);
+  return status ? status : sb_csr_linear(second, mid, B, y, num_threads);
 }

@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define SB_ABI_VERSION 6
+#define SB_ABI_VERSION 7
 
 #define SB_ACT_NONE 0
 #define SB_ACT_RELU 1
@@ -122,6 +122,13 @@ int sb_csr_linear(const sb_linear *w, const float *x, int64_t batch, float *y, i
  * regions (attention's Q, K and V projections); otherwise the same as n sb_csr_linear calls. */
 int sb_csr_linear_group(const sb_linear *const *ws, int64_t n, const float *x, int64_t batch,
                         float *const *ys, int num_threads);
+
+/* y = act2(act1(x W1^T + b1) W2^T + b2) for two CSR weights with first->rows ==
+ * second->cols, y of shape (batch, second->rows): a transformer's feed-forward pair. When both
+ * have K-panel copies and batch >= 64 (AVX-512) the intermediate stays in the kernel's
+ * transposed layout and is never written; otherwise the same as two sb_csr_linear calls. */
+int sb_csr_linear_chain(const sb_linear *first, const sb_linear *second, const float *x,
+                        int64_t batch, float *y, int num_threads);
 
 /* Fill the K-panel copy (sb_linear.panel_*) of the CSR weight w, panels of panel_cols (1..256)
  * columns: the caller allocates panel_ptr (ceil(K / panel_cols) * (M + 1) int32), offsets and

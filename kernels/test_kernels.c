@@ -226,6 +226,37 @@ static void test_csr_group(int64_t K, int64_t B, int64_t panel_cols, int threads
   free(bias);
 }
 
+/* sb_csr_linear_chain: y = second(first(x)) against the dense reference of both layers (the
+ * intermediate rounded to float, as stored), with K-panel copies on both (the kernel then keeps
+ * the intermediate in its transposed layout at B >= 64 on AVX-512: whole chunks per thread,
+ * or both layers' rows split when the chunks do not split evenly), on one only, or none;
+ * rows of first left empty (100% sparse) every `empty_every` rows. */
+static void test_csr_chain(int64_t K, int64_t M1, int64_t M2, int64_t B, int64_t panel_cols,
+                           int threads, int act1, int act2, double density, int64_t empty_every) {
+  float *w1 = sparse_dense(M1, K, density, empty_every), *w2 = sparse_dense(M2, M1, density, 0);
+  csr_t s1 = to_csr(w1, M1, K), s2 = to_csr(w2, M2, M1);
+  float *b1 = falloc(M1), *b2 = falloc(M2), *x = falloc(B * K);
+  float *mid = falloc(B * M1), *r = falloc(B * M2), *y = falloc(B * M2);
+  ref_linear(w1, M1, K, b1, act1, x, B, mid);
+  ref_linear(w2, M2, M1, act2 == SB_ACT_RELU ? NULL : b2, act2, mid, B, r);
+  const sb_linear d1 = {M1, K, 1, 1, s1.rp, s1.c16, s1.v, b1, 16, act1, NULL, NULL, NULL, 0};
+  const sb_linear d2 = {M2, M1, 1, 1, s2.rp, s2.c32, s2.v, act2 == SB_ACT_RELU ? NULL : b2, 32,
+                        act2, NULL, NULL, NULL, 0};
+  panels_t p1, p2;
+  const sb_linear e1 = with_panels(&d1, panel_cols < 0 ? 0 : panel_cols, &p1);
+  const sb_linear e2 = with_panels(&d2, panel_cols < 0 ? 64 : panel_cols, &p2);
+  memset(y, 0xff, (size_t)(B * M2) * sizeof(float));
+  expect_ok(sb_csr_linear_chain(&e1, &e2, x, B, y, threads), "sb_csr_linear_chain");
+  char what[160];
+  snprintf(what, sizeof what, "csr chain K=%lld M1=%lld M2=%lld B=%lld panels=%lld t%d acts %d %d",
+           (long long)K, (long long)M1, (long long)M2, (long long)B, (long long)panel_cols,
+           threads, act1, act2);
+  compare(what, y, r, B * M2);
+  free_panels(&p1), free_panels(&p2);
+  free_csr(s1), free_csr(s2);
+  free(w1), free(w2), free(b1), free(b2), free(x), free(mid), free(r), free(y);
+}
+
 /* The batched CSR path with columns in descending order within every row (the K-blocked
  * walk must still use each nonzero exactly once), several K blocks, 1 and 2 threads. */
 static void test_csr_unsorted(int64_t M, int64_t K, int64_t B) {
@@ -924,6 +955,14 @@ int main(void) {
     if (sb_csr_linear_group(group, 2, y0, 1, outs, 1) != SB_EINVAL) ++failures; /* act 3 */
     if (sb_csr_linear_group(NULL, 1, y0, 1, outs, 1) != SB_EINVAL) ++failures;
     checks += 4;
+    /* chains: rows of the first != columns of the second, NULL, a bad activation, threads */
+    const sb_linear four = {1, 1, 1, 1, rpp, cp, vp, NULL, 32, 0, NULL, NULL, NULL, 0};
+    if (sb_csr_linear_chain(&one, &one, y0, 1, y0, 1) != SB_EINVAL) ++failures;
+    if (sb_csr_linear_chain(NULL, &one, y0, 1, y0, 1) != SB_EINVAL) ++failures;
+    if (sb_csr_linear_chain(&one, NULL, y0, 1, y0, 1) != SB_EINVAL) ++failures;
+    if (sb_csr_linear_chain(&bad_lact, &four, y0, 1, y0, 1) != SB_EINVAL) ++failures;
+    if (sb_csr_linear_chain(&one, &four, y0, 1, y0, 0) != SB_ETHREADS) ++failures;
+    checks += 5;
   }
   if (sb_tuning("no-such-knob", 1) != -1) ++failures;
   if (sb_tuning("pool_backoff_us", -1) != 10000 || sb_tuning("pool_spin_us", -1) != 50) ++failures;
@@ -941,6 +980,15 @@ int main(void) {
     test_csr_group(300, 7, 256, threads);   /* batch < 64: separate calls */
     test_csr_group(300, 70, 0, threads);    /* no copies: separate calls */
     test_csr_group(300, 70, -1, threads);   /* one weight without a copy */
+    test_csr_chain(700, 300, 45, 130, 256, threads, SB_ACT_GELU, SB_ACT_NONE, 0.2, 0);
+    test_csr_chain(700, 300, 45, 256, 256, threads, SB_ACT_GELU, SB_ACT_NONE, 0.2, 0);
+    test_csr_chain(300, 333, 17, 64, 7, threads, SB_ACT_RELU, SB_ACT_RELU, 0.3, 3);
+    test_csr_chain(300, 48, 20, 200, 256, threads, SB_ACT_NONE, SB_ACT_GELU, 1.0, 0); /* dense */
+    test_csr_chain(300, 48, 20, 70, 256, threads, SB_ACT_GELU, SB_ACT_NONE, 0.0, 0); /* empty */
+    test_csr_chain(300, 40, 20, 7, 256, threads, SB_ACT_GELU, SB_ACT_NONE, 0.3, 0); /* B < 64 */
+    test_csr_chain(300, 40, 20, 1, 256, threads, SB_ACT_GELU, SB_ACT_NONE, 0.3, 0);
+    test_csr_chain(300, 40, 20, 70, 0, threads, SB_ACT_GELU, SB_ACT_RELU, 0.3, 0);  /* no copies */
+    test_csr_chain(300, 40, 20, 70, -1, threads, SB_ACT_GELU, SB_ACT_NONE, 0.3, 0); /* one */
   }
   test_csr_unsorted(37, 1500, 7);
   test_csr_unsorted(40, 1000, 128);

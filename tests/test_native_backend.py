@@ -394,7 +394,11 @@ def test_onnx_resnet_blocks_run_natively_with_sum_and_pools() -> None:
         assert "swapped" not in prepared.impl and "torch(" not in prepared.impl, prepared.impl
         x = torch.randn(2, 3, 32, 32)
         names = prepared.steps(x)[0]
-        assert "maxpool" in names and any(n.endswith("+residual+relu+avgpool") for n in names)
+        # the shortcut is added by the block's last conv: as its residual (the batch plan) or
+        # merged into it (the batch-1 plan, which prepare may choose to run per sample)
+        assert "maxpool" in names and any(
+            n.endswith(("+residual+relu+avgpool", "+short_short_0_conv+relu+avgpool"))
+            for n in names), names
         with torch.no_grad():
             assert rel_err(prepared.run(x), m(x)) <= 1e-4
 
@@ -512,6 +516,86 @@ def test_linear_group_checks_its_ops() -> None:
     g.bind(x, outs)()
     np.testing.assert_array_equal(outs[0], x)
     np.testing.assert_array_equal(outs[1], x)
+
+
+class _FeedForward(nn.Module):
+    """A transformer's feed-forward pair, optionally with a second reader of the hidden layer."""
+
+    def __init__(self, width: int = 300, hidden: int = 520, tap: bool = False) -> None:
+        super().__init__()
+        self.up, self.down, self.tap = nn.Linear(width, hidden), nn.Linear(hidden, width), tap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.gelu(self.up(x))
+        y = self.down(h)
+        return y + h[..., :1] if self.tap else y
+
+
+@needs_kernels
+@pytest.mark.parametrize("tokens,tap,threads,chained", [
+    (130, False, 1, True), (130, False, 2, True), (64, False, 2, True), (256, False, 2, True),
+    (130, True, 1, False),  # the hidden layer has a second reader: it must be stored
+    (8, False, 1, False),   # too few rows for the K-panel path
+])
+def test_feed_forward_pair_runs_as_one_chain_call(tokens: int, tap: bool, threads: int,
+                                                  chained: bool) -> None:
+    """csr/native: a Linear whose output only the next Linear reads, both on the K-panel path,
+    is one CSRLinearChain call named "first -> second"; the output matches the dense model and
+    the plan with the chain switched off."""
+    from sparsebench.backends import get_backend, kernel_plan
+
+    if chained and native.isa() != "avx512":
+        chained = False  # no K-panel path: the steps stay apart
+    torch.manual_seed(2)
+    m = _FeedForward(tap=tap).eval()
+    with torch.no_grad():  # 90% sparse, the last layer too (magnitude_prune keeps it dense)
+        for layer in (m.up, m.down):
+            layer.weight.mul_((torch.rand_like(layer.weight) < 0.1).float())
+    m.input_shape = (tokens, 300)
+    cv = convert(m, "csr")
+    prepared = get_backend("native").prepare(cv, batch=1, threads=threads)
+    names = prepared._names[1]
+    assert sum(" -> " in n for n in names) == int(chained), names
+    kernel_plan.CHAIN_LINEARS = False
+    try:
+        apart = get_backend("native").prepare(cv, batch=1, threads=threads)
+    finally:
+        kernel_plan.CHAIN_LINEARS = True
+    assert not any(" -> " in n for n in apart._names[1])
+    x = torch.randn(1, tokens, 300)
+    with torch.no_grad():
+        want = m(x)
+        assert rel_err(prepared.run(x), want) <= 1e-5
+        assert rel_err(apart.run(x), want) <= 1e-5
+
+
+@needs_kernels
+def test_linear_chain_checks_its_ops() -> None:
+    from sparsebench.errors import SparsebenchError
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((300, 270)).astype(np.float32) * (rng.random((300, 270)) < 0.2)
+    w2 = rng.standard_normal((33, 300)).astype(np.float32) * (rng.random((33, 300)) < 0.2)
+    a = native.CSRLinear.from_dense(w1, act="gelu", threads=2)
+    b = native.CSRLinear.from_dense(w2, bias=np.arange(33, dtype=np.float32))
+    with pytest.raises(SparsebenchError, match="first op's 33 outputs are not the second's 270 inputs"):
+        native.CSRLinearChain(b, a)
+    with pytest.raises(SparsebenchError, match="two CSRLinear ops"):
+        native.CSRLinearChain(a, "b")  # type: ignore[arg-type]
+    with pytest.raises(SparsebenchError, match="share the thread count"):
+        native.CSRLinearChain(a, b)
+    b = native.CSRLinear.from_dense(w2, bias=np.arange(33, dtype=np.float32), threads=2)
+    chain = native.CSRLinearChain(a, b)
+    x = rng.standard_normal((70, 270)).astype(np.float32)
+    with pytest.raises(SparsebenchError, match="out must be a float32 array of shape"):
+        chain.bind(x, np.empty((70, 300), np.float32))
+    with pytest.raises(SparsebenchError, match="must be .batch, features."):
+        chain.bind(x[0].copy(), np.empty(33, np.float32))
+    for rows in (1, 7, 70, 130):  # the row path, then the K-panel path (AVX-512)
+        out = np.full((rows, 33), np.nan, np.float32)
+        chain.bind(x[:rows].copy() if rows <= 70 else np.tile(x, (2, 1))[:rows], out)()
+        xin = x[:rows] if rows <= 70 else np.tile(x, (2, 1))[:rows]
+        np.testing.assert_allclose(out, b.run(a.run(xin)), rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels

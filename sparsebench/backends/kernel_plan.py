@@ -24,6 +24,7 @@ modules instead (each layer a native call inside the original module), and the i
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import ctypes
 import dataclasses
@@ -64,6 +65,7 @@ _KIND_LABELS = {"global_avgpool": "gap", "relu": "relu", "gelu": "gelu", "maxpoo
 
 
 MERGE_PROJECTIONS = True  # merge_projections on (a switch for benchmarks and tests)
+CHAIN_LINEARS = True  # _chain_linears on (likewise)
 
 
 @dataclass
@@ -452,6 +454,9 @@ class NativePrepared(Prepared):
         calls: list[Callable[[], Any]] = []
         names: list[str] = []
         linears: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}  # call index: op, x, y
+        sole: set[int] = set()  # linears (call index) whose output only the next step reads
+        readers = collections.Counter(v for s in steps for v in (*s.ins, s.residual) if v)
+        viewed = {s.ins[0] for s in steps if s.kind == "view"}
         kernels, torch_ops, traffic = [], [], 0
         self.blocks: list[str] = []  # the plan_blocks steps' labels (the impl names them)
         static = planner.static_values()
@@ -495,11 +500,14 @@ class NativePrepared(Prepared):
             res = bufs[s.residual] if s.residual is not None else None
             if isinstance(op, native.CSRLinear) and res is None:
                 linears[len(calls)] = (op, x, y)
+                if readers[s.out] == 1 and s.out not in viewed and s.out != planner.output:
+                    sole.add(len(calls))
             calls.append(_bind(op, sw, x, y, res))
             kernels.append(op)
             traffic += (op.values.nbytes + op.col_idx.nbytes + op.row_ptr.nbytes
                         + (op.bias.nbytes if op.bias is not None else 0)
                         + x.nbytes + y.nbytes + (res.nbytes if res is not None else 0))
+        calls, names, linears = _chain_linears(calls, names, linears, sole)
         calls, names = _group_linears(calls, names, linears)
         out_t = tviews[planner.output] if planner.output in tviews else None
         if out_t is None:
@@ -692,6 +700,37 @@ def _bind(op: Any, sw: SparseWeight, x: np.ndarray, y: np.ndarray,
     if res is not None:
         return functools.partial(op.run, x, y, res)
     return functools.partial(op.run, x, y)
+
+
+def _chain_linears(calls: list[Callable[[], Any]], names: list[str],
+                   linears: dict[int, tuple[Any, np.ndarray, np.ndarray]], sole: set[int]
+                   ) -> tuple[list[Callable[[], Any]], list[str],
+                              dict[int, tuple[Any, np.ndarray, np.ndarray]]]:
+    """A CSR Linear step whose output only the next CSR Linear step reads (a transformer's
+    feed-forward pair), both on their K-panel copies, becomes one ``CSRLinearChain`` call named
+    by both steps joined with " -> " (the intermediate buffer is then never written). Returns
+    the calls, names and the remaining linears at their new call indices."""
+    out_calls: list[Callable[[], Any]] = []
+    out_names: list[str] = []
+    left: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
+    i = 0
+    while i < len(calls):
+        a, b = linears.get(i), linears.get(i + 1)
+        if (CHAIN_LINEARS and a is not None and b is not None and i in sole
+                and b[1].shape == a[2].shape
+                and b[1].ctypes.data == a[2].ctypes.data and a[0].threads == b[0].threads
+                and native.ops.panel_path(a[1].shape[0], a[0].shape[1])
+                and native.ops.panel_path(b[1].shape[0], b[0].shape[1])):
+            out_calls.append(native.CSRLinearChain(a[0], b[0]).bind(a[1], b[2]))
+            out_names.append(f"{names[i]} -> {names[i + 1]}")
+            i += 2
+            continue
+        if a is not None:
+            left[len(out_calls)] = a
+        out_calls.append(calls[i])
+        out_names.append(names[i])
+        i += 1
+    return out_calls, out_names, left
 
 
 def _group_linears(calls: list[Callable[[], Any]], names: list[str],

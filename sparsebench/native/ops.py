@@ -440,6 +440,39 @@ class CSRLinearGroup:
         return _checked(load().sb_csr_linear_group, args, self.impl, (self.ops, x, outs))
 
 
+class CSRLinearChain:
+    """Two ``CSRLinear`` ops in sequence, y = second(first(x)), in one kernel call
+    (``sb_csr_linear_chain``): at 64 or more rows on AVX-512, with both on their K-panel
+    copies, first's output stays in the kernel's transposed layout, which is second's input, and
+    is never written as (batch, features) (a transformer's feed-forward pair); otherwise the
+    same as running the two ops."""
+
+    def __init__(self, first: CSRLinear, second: CSRLinear) -> None:
+        if not (isinstance(first, CSRLinear) and isinstance(second, CSRLinear)):
+            raise SparsebenchError("CSRLinearChain: give two CSRLinear ops")
+        if first.shape[0] != second.shape[1]:
+            raise SparsebenchError(f"CSRLinearChain: the first op's {first.shape[0]} outputs are "
+                                   f"not the second's {second.shape[1]} inputs")
+        if first.threads != second.threads:
+            raise SparsebenchError("CSRLinearChain: the ops must share the thread count")
+        self.ops, self.threads = [first, second], first.threads
+        self.impl = f"{first.impl}>{second.impl}"
+
+    def bind(self, x: np.ndarray, out: np.ndarray) -> Any:
+        """The call on these arrays (checked now, as the ops' ``run`` would)."""
+        first, second = self.ops
+        xc = first._input(x)
+        if len(xc[1]) != 2:
+            raise SparsebenchError("CSRLinearChain: the input must be (batch, features)")
+        second._output(out, second._input(np.empty((x.shape[0], first.shape[0]), np.float32)))
+        if np.may_share_memory(out, x):
+            raise SparsebenchError("CSRLinearChain: out must not overlap the input")
+        args = (first._desc_ptr, second._desc_ptr, ctypes.c_void_p(int(x.ctypes.data)),
+                _I64(x.shape[0]), ctypes.c_void_p(int(out.ctypes.data)),
+                ctypes.c_int(self.threads))
+        return _checked(load().sb_csr_linear_chain, args, self.impl, (self.ops, x, out))
+
+
 class BSRLinear(_Linear):
     """y = act(x @ W.T (+ bias)) with W an (M, K) block-sparse-row matrix of R x C blocks.
 
