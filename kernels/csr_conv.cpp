@@ -81,7 +81,7 @@ struct Nz {
 };
 
 int g_conv_layout = 3;    // 0 shift, 1 kx-copy, 2 taps, 3 auto
-int g_conv_l1_kb = 32;    // input KB per channel block
+int g_conv_l1_kb = 64;    // input KB per channel block (48 KB L1d here: 64 measured best)
 int g_conv_prefetch = 128;  // weight-stream prefetch distance in nonzeros (0: off)
 int g_conv_chunks = 2;      // output-channel chunks per thread
 int g_conv_pack_min = 32768;  // packed floats below which packing stays on the caller

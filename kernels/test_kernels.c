@@ -446,7 +446,7 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
                          s.rp, s.c32, s.v, bias, 32, act};
     for (int layout = 0; layout < 4; ++layout) {
       sb_tuning("conv_layout", layout);
-      sb_tuning("conv_l1_kb", variant & 8 ? 1 : 32); /* 1 KB: many channel blocks */
+      sb_tuning("conv_l1_kb", variant & 8 ? 1 : 64); /* 1 KB: many channel blocks */
       const int row_out = (variant >> 1) % 3 != 2;   /* else extended rows + compaction */
       sb_tuning("conv_row_out", row_out);
       sb_conv_plan *plan = NULL;
@@ -476,7 +476,7 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
       sb_conv2d_plan_free(plan);
     }
     sb_tuning("conv_layout", 3);
-    sb_tuning("conv_l1_kb", 32);
+    sb_tuning("conv_l1_kb", 64);
     sb_tuning("conv_row_out", 1);
   }
   free(bias);
