@@ -999,6 +999,9 @@ int main(void) {
   test_maxpool(1, 5, 8, 8, 2, 2, 2, 2, 0, 0, 0);
   test_maxpool(1, 4, 5, 6, 3, 2, 1, 2, 1, 0, 1);
   test_maxpool(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0);
+  test_maxpool(1, 256, 56, 56, 1, 1, 2, 2, 0, 0, 0); /* a subsample (ResNet's merged shortcuts) */
+  test_maxpool(2, 3, 9, 67, 1, 1, 2, 2, 0, 0, 1);    /* 1-row windows, odd width past 2 vectors */
+  test_maxpool(1, 2, 6, 65, 3, 3, 2, 2, 1, 1, 0);    /* the vector split and its scalar tail */
   if (sb_maxpool2d(y0, 1, 1, 2, 2, 2, 2, 1, 1, 2, 0, 0, y0, 1) != SB_EINVAL) ++failures;
   if (sb_maxpool2d(y0, 1, 1, 2, 2, 2, 2, 1, 1, 0, 0, 0, y0, 0) != SB_ETHREADS) ++failures;
   if (sb_pool_out_size(112, 3, 2, 1, 0) != 56 || sb_pool_out_size(7, 3, 2, 1, 1) != 4) ++failures;
