@@ -126,7 +126,8 @@ int sb_csr_linear_group(const sb_linear *const *ws, int64_t n, const float *x, i
 /* y = act2(act1(x W1^T + b1) W2^T + b2) for two CSR weights with first->rows ==
  * second->cols, y of shape (batch, second->rows): a transformer's feed-forward pair. When both
  * have K-panel copies and batch >= 64 (AVX-512) the intermediate stays in the kernel's
- * transposed layout and is never written; otherwise the same as two sb_csr_linear calls. */
+ * transposed layout and is never written; otherwise the same as two sb_csr_linear calls.
+ * y may be x itself (second->rows == first->cols), not a partial overlap of it. */
 int sb_csr_linear_chain(const sb_linear *first, const sb_linear *second, const float *x,
                         int64_t batch, float *y, int num_threads);
 

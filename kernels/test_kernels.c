@@ -252,6 +252,12 @@ static void test_csr_chain(int64_t K, int64_t M1, int64_t M2, int64_t B, int64_t
            (long long)K, (long long)M1, (long long)M2, (long long)B, (long long)panel_cols,
            threads, act1, act2);
   compare(what, y, r, B * M2);
+  if (M2 == K) { /* in place: y is x (a plan reuses a dead input's buffer) */
+    memcpy(y, x, (size_t)(B * K) * sizeof(float));
+    expect_ok(sb_csr_linear_chain(&e1, &e2, y, B, y, threads), "sb_csr_linear_chain in place");
+    strncat(what, " in place", sizeof what - strlen(what) - 1);
+    compare(what, y, r, B * M2);
+  }
   free_panels(&p1), free_panels(&p2);
   free_csr(s1), free_csr(s2);
   free(w1), free(w2), free(b1), free(b2), free(x), free(mid), free(r), free(y);
@@ -982,6 +988,9 @@ int main(void) {
     test_csr_group(300, 70, -1, threads);   /* one weight without a copy */
     test_csr_chain(700, 300, 45, 130, 256, threads, SB_ACT_GELU, SB_ACT_NONE, 0.2, 0);
     test_csr_chain(700, 300, 45, 256, 256, threads, SB_ACT_GELU, SB_ACT_NONE, 0.2, 0);
+    test_csr_chain(300, 520, 300, 130, 256, threads, SB_ACT_GELU, SB_ACT_NONE, 0.2, 0);
+    test_csr_chain(300, 520, 300, 256, 256, threads, SB_ACT_GELU, SB_ACT_NONE, 0.2, 0);
+    test_csr_chain(300, 520, 300, 70, 0, threads, SB_ACT_GELU, SB_ACT_NONE, 0.2, 0);
     test_csr_chain(300, 333, 17, 64, 7, threads, SB_ACT_RELU, SB_ACT_RELU, 0.3, 3);
     test_csr_chain(300, 48, 20, 200, 256, threads, SB_ACT_NONE, SB_ACT_GELU, 1.0, 0); /* dense */
     test_csr_chain(300, 48, 20, 70, 256, threads, SB_ACT_GELU, SB_ACT_NONE, 0.0, 0); /* empty */

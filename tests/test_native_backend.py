@@ -521,33 +521,40 @@ def test_linear_group_checks_its_ops() -> None:
 class _FeedForward(nn.Module):
     """A transformer's feed-forward pair, optionally with a second reader of the hidden layer."""
 
-    def __init__(self, width: int = 300, hidden: int = 520, tap: bool = False) -> None:
+    def __init__(self, width: int = 300, hidden: int = 520, tap: bool = False,
+                 prenorm: bool = False) -> None:
         super().__init__()
         self.up, self.down, self.tap = nn.Linear(width, hidden), nn.Linear(hidden, width), tap
+        self.norm = nn.LayerNorm(width) if prenorm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:  # read by `up` only: the plan reuses its buffer for `down`
+            x = self.norm(x)
         h = nn.functional.gelu(self.up(x))
         y = self.down(h)
-        return y + h[..., :1] if self.tap else y
+        return y + h[..., :1] if self.tap else torch.relu(y) if self.norm is not None else y
 
 
 @needs_kernels
-@pytest.mark.parametrize("tokens,tap,threads,chained", [
-    (130, False, 1, True), (130, False, 2, True), (64, False, 2, True), (256, False, 2, True),
-    (130, True, 1, False),  # the hidden layer has a second reader: it must be stored
-    (8, False, 1, False),   # too few rows for the K-panel path
+@pytest.mark.parametrize("tokens,tap,threads,chained,prenorm", [
+    (130, False, 1, True, False), (130, False, 2, True, False), (64, False, 2, True, False),
+    (256, False, 2, True, False),
+    (130, False, 1, True, True), (256, False, 2, True, True),  # in place: out is the input
+    (130, True, 1, False, False),  # the hidden layer has a second reader: it must be stored
+    (8, False, 1, False, False),   # too few rows for the K-panel path
 ])
 def test_feed_forward_pair_runs_as_one_chain_call(tokens: int, tap: bool, threads: int,
-                                                  chained: bool) -> None:
+                                                  chained: bool, prenorm: bool) -> None:
     """csr/native: a Linear whose output only the next Linear reads, both on the K-panel path,
-    is one CSRLinearChain call named "first -> second"; the output matches the dense model and
-    the plan with the chain switched off."""
+    is one CSRLinearChain call named "first -> second" (also when the plan gives the pair's
+    output the buffer of its dead input, as a pre-norm block does); the output matches the
+    dense model and the plan with the chain switched off."""
     from sparsebench.backends import get_backend, kernel_plan
 
     if chained and native.isa() != "avx512":
         chained = False  # no K-panel path: the steps stay apart
     torch.manual_seed(2)
-    m = _FeedForward(tap=tap).eval()
+    m = _FeedForward(tap=tap, prenorm=prenorm).eval()
     with torch.no_grad():  # 90% sparse, the last layer too (magnitude_prune keeps it dense)
         for layer in (m.up, m.down):
             layer.weight.mul_((torch.rand_like(layer.weight) < 0.1).float())
@@ -591,6 +598,15 @@ def test_linear_chain_checks_its_ops() -> None:
         chain.bind(x, np.empty((70, 300), np.float32))
     with pytest.raises(SparsebenchError, match="must be .batch, features."):
         chain.bind(x[0].copy(), np.empty(33, np.float32))
+    square = native.CSRLinearChain(a, native.CSRLinear.from_dense(w1.T.copy(), threads=2))
+    flat = np.zeros(70 * 270 + 16, np.float32)  # x and out 16 floats apart in one buffer
+    with pytest.raises(SparsebenchError, match="the input itself or not overlap it"):
+        square.bind(flat[:70 * 270].reshape(70, 270), flat[16:].reshape(70, 270))
+    for rows in (7, 130):  # in place: the plan's buffer reuse
+        xin = np.tile(x, (2, 1))[:rows].copy()
+        want = square.ops[1].run(a.run(xin))
+        square.bind(xin, xin)()
+        np.testing.assert_allclose(xin, want, rtol=1e-5, atol=1e-5)
     for rows in (1, 7, 70, 130):  # the row path, then the K-panel path (AVX-512)
         out = np.full((rows, 33), np.nan, np.float32)
         chain.bind(x[:rows].copy() if rows <= 70 else np.tile(x, (2, 1))[:rows], out)()

@@ -459,14 +459,16 @@ class CSRLinearChain:
         self.impl = f"{first.impl}>{second.impl}"
 
     def bind(self, x: np.ndarray, out: np.ndarray) -> Any:
-        """The call on these arrays (checked now, as the ops' ``run`` would)."""
+        """The call on these arrays (checked now, as the ops' ``run`` would); ``out`` may be
+        ``x`` itself (a plan reuses a dead input's buffer)."""
         first, second = self.ops
         xc = first._input(x)
         if len(xc[1]) != 2:
             raise SparsebenchError("CSRLinearChain: the input must be (batch, features)")
         second._output(out, second._input(np.empty((x.shape[0], first.shape[0]), np.float32)))
-        if np.may_share_memory(out, x):
-            raise SparsebenchError("CSRLinearChain: out must not overlap the input")
+        same = out.shape == x.shape and out.ctypes.data == x.ctypes.data
+        if np.may_share_memory(out, x) and not same:  # in place is fine, a partial overlap not
+            raise SparsebenchError("CSRLinearChain: out must be the input itself or not overlap it")
         args = (first._desc_ptr, second._desc_ptr, ctypes.c_void_p(int(x.ctypes.data)),
                 _I64(x.shape[0]), ctypes.c_void_p(int(out.ctypes.data)),
                 ctypes.c_int(self.threads))
