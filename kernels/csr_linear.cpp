@@ -278,11 +278,12 @@ void panels_accumulate(int64_t lo, int64_t hi, const sb_linear *w, const float *
 // Bias and activation applied in place to rows [lo, hi) of panels_accumulate's sums: the
 // result is the next layer's transposed input (row m = feature m of 64 batch elements).
 void panels_finish(int64_t lo, int64_t hi, const sb_linear *w, float *acc) {
+  constexpr int64_t LD = 64;
   for (int64_t m = lo; m < hi; ++m) {
     const __m512 bb = _mm512_set1_ps(w->bias ? w->bias[m] : 0.f);
-    float *o = acc + (m - lo) * 64;
-    for (int q = 0; q < 4; ++q)
-      _mm512_store_ps(o + 16 * q, act_ps(_mm512_add_ps(_mm512_load_ps(o + 16 * q), bb), (int)w->act));
+    float *o = acc + (m - lo) * LD;
+    for (int64_t q = 0; q < LD; q += 16)
+      _mm512_store_ps(o + q, act_ps(_mm512_add_ps(_mm512_load_ps(o + q), bb), (int)w->act));
   }
 }
 

@@ -718,7 +718,7 @@ def _chain_linears(calls: list[Callable[[], Any]], names: list[str],
         a, b = linears.get(i), linears.get(i + 1)
         if (CHAIN_LINEARS and a is not None and b is not None and i in sole
                 and b[1].shape == a[2].shape
-                and b[1].ctypes.data == a[2].ctypes.data and a[0].threads == b[0].threads
+                and b[1].ctypes.data == a[2].ctypes.data
                 and native.ops.panel_path(a[1].shape[0], a[0].shape[1])
                 and native.ops.panel_path(b[1].shape[0], b[0].shape[1])):
             out_calls.append(native.CSRLinearChain(a[0], b[0]).bind(a[1], b[2]))
