@@ -81,7 +81,9 @@ bool pool_tuning(const char *key, int value, int *old);
 // and slot (contents undefined), freed when the thread exits; nullptr when allocation fails.
 // glibc serves the linears' large per-call buffers (0.2-1.5 MB) with mmap and page faults:
 // 0.2 ms of a 0.45 ms BERT-base 768 x 768 linear (128 tokens) in a C driver.
-enum ScratchSlot { kScratchTransposed, kScratchSums, kScratchChain, kScratchSlots };
+enum ScratchSlot {
+  kScratchTransposed, kScratchSums, kScratchChain, kScratchConvRows, kScratchSlots
+};
 float *scratch(ScratchSlot slot, size_t bytes);
 
 template <typename F>

@@ -63,6 +63,7 @@ struct sb_conv_plan_impl {
   int64_t band_pos[sb_kMaxBands + 1];  // first output position of each band (+ positions)
   int64_t band_floats;  // packed floats per band (copies x Cin x plane)
   int64_t row_out;      // 1: tiles write their output runs straight to y (no ext, no compaction)
+  int64_t quads;        // 1: rows with the same taps run four at a time (tiles of at most 96)
   int32_t *gmap;        // gather packing: source index in a channel plane per packed float
   sb::Nz *stream;       // nnz (offset, value) pairs in traversal order (window, block, row)
   int32_t *seg;         // Cout x ncb x 2: [start, end) of each (row, block) in the stream
@@ -85,7 +86,8 @@ int g_conv_l1_kb = 64;    // input KB per channel block (48 KB L1d here: 64 meas
 int g_conv_prefetch = 128;  // weight-stream prefetch distance in nonzeros (0: off)
 int g_conv_chunks = 2;      // output-channel chunks per thread
 int g_conv_pack_min = 32768;  // packed floats below which packing stays on the caller
-int g_conv_pairs = 1;         // new plans: rows with the same taps computed in pairs
+int g_conv_pairs = 2;         // new plans: rows with the same taps computed in pairs (1) or
+                              // fours, in tiles of at most 96 positions (2)
 int g_conv_bands = 0;         // new plans: position bands (0: sb_conv2d_plan's argument)
 int g_conv_row_out = 1;       // new plans: row-scatter epilogue instead of ext + compaction
 
@@ -210,7 +212,21 @@ void pack_copy(const sb_conv2d *w, const sb_conv_plan_impl *pl, const float *x, 
       if (sw == 1) {
         std::memcpy(d + jlo, src + jlo + shift, (size_t)(jhi - jlo) * sizeof(float));
       } else {
-        for (int64_t j = jlo; j < jhi; ++j) d[j] = src[sw * j + shift];
+        int64_t j = jlo;
+#if SB_AVX512
+        // stride 2: the even lanes of two vectors (the second one's last lane is never read,
+        // so the row's last element is the furthest read)
+        if (sw == 2) {
+          const __m512i ev =
+              _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+          for (; j + 16 <= jhi; j += 16) {
+            const float *s2 = src + 2 * j + shift;
+            const __m512 lo = _mm512_loadu_ps(s2), hi = _mm512_maskz_loadu_ps(0x7fff, s2 + 16);
+            _mm512_storeu_ps(d + j, _mm512_permutex2var_ps(lo, ev, hi));
+          }
+        }
+#endif
+        for (; j < jhi; ++j) d[j] = src[sw * j + shift];
       }
       for (int64_t j = jhi; j < pitch; ++j) d[j] = 0.f;
     }
@@ -522,6 +538,35 @@ SB_INLINE void tile_acc2(const float *SB_RESTRICT xp, const Nz *SB_RESTRICT nz0,
   for (int q = 0; q < NV; ++q) acc0[q] = a[q], acc1[q] = b[q];
 }
 
+// Four output channels with the same taps (a dense weight): each input vector is loaded once
+// for four FMAs; 4 x NV accumulators, so NV <= 6.
+template <int W, int NV, bool Tail>
+SB_INLINE void tile_acc4(const float *SB_RESTRICT xp, const Nz *const *nz, int64_t n,
+                         const typename V<W>::M *mk, typename V<W>::T (*acc)[NV], int64_t pf) {
+  using Vt = V<W>;
+  typename Vt::T a[4][NV];
+  for (int r = 0; r < 4; ++r)
+    for (int q = 0; q < NV; ++q) a[r][q] = acc[r][q];
+  const Nz *SB_RESTRICT z0 = nz[0], *SB_RESTRICT z1 = nz[1], *SB_RESTRICT z2 = nz[2],
+                        *SB_RESTRICT z3 = nz[3];
+  for (int64_t j = 0; j < n; ++j) {
+    if (pf && (j & 7) == 0)
+      for (int r = 0; r < 4; ++r) _mm_prefetch((const char *)(nz[r] + j + pf), _MM_HINT_T0);
+    const typename Vt::T v0 = Vt::set1(z0[j].val), v1 = Vt::set1(z1[j].val),
+                         v2 = Vt::set1(z2[j].val), v3 = Vt::set1(z3[j].val);
+    const float *s = xp + z0[j].off;
+    for (int q = 0; q < NV; ++q) {
+      const typename Vt::T x = Tail ? Vt::loadm(mk[q], s + W * q) : Vt::load(s + W * q);
+      a[0][q] = Vt::fma(v0, x, a[0][q]);
+      a[1][q] = Vt::fma(v1, x, a[1][q]);
+      a[2][q] = Vt::fma(v2, x, a[2][q]);
+      a[3][q] = Vt::fma(v3, x, a[3][q]);
+    }
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int q = 0; q < NV; ++q) acc[r][q] = a[r][q];
+}
+
 // Output channels [c0, c1) at output positions [pa, pb), in tiles of T from pa.
 template <int W, int NV>
 void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
@@ -585,6 +630,21 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
           for (int q = 0; q < NV; ++q) acc[q] = first ? Vt::zero() : Vt::load(part + W * q);
         };
         int64_t co = a0;
+        if constexpr (NV <= 6) {
+          if (p.rows_paired && pl->quads)
+            for (; co + 3 < a1; co += 4) {
+              const Nz *nz[4];
+              typename Vt::T acc[4][NV];
+              for (int r = 0; r < 4; ++r) {
+                nz[r] = stream + seg[2 * ((co + r) * ncb + cb)];
+                start(co + r, acc[r]);
+              }
+              const int64_t n = seg[2 * (co * ncb + cb) + 1] - seg[2 * (co * ncb + cb)];
+              if (valid == T) tile_acc4<W, NV, false>(xt, nz, n, mk, acc, k.prefetch);
+              else tile_acc4<W, NV, true>(xt, nz, n, mk, acc, k.prefetch);
+              for (int r = 0; r < 4; ++r) finish_row(co + r, acc[r]);
+            }
+        }
         if (p.rows_paired)
           for (; co + 1 < a1; co += 2) {
             const int64_t s0 = seg[2 * (co * ncb + cb)], n = seg[2 * (co * ncb + cb) + 1] - s0;
@@ -721,6 +781,17 @@ int64_t column(const sb_conv2d *w, int64_t j) {
                              : (int64_t)((const int32_t *)w->col_idx)[j];
 }
 
+// Every row has the same columns (a dense weight, or one pruned alike in every row).
+bool same_taps(const sb_conv2d *w) {
+  const int64_t len = w->row_ptr[1] - w->row_ptr[0];
+  for (int64_t co = 1; co < w->out_channels; ++co) {
+    if (w->row_ptr[co + 1] - w->row_ptr[co] != len) return false;
+    for (int64_t j = 0; j < len; ++j)
+      if (column(w, w->row_ptr[co] + j) != column(w, j + w->row_ptr[0])) return false;
+  }
+  return true;
+}
+
 }  // namespace
 }  // namespace sb
 
@@ -773,7 +844,10 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
              : hw <= 4 ? sb::kShift
              : wo <= 16 || (wo % 16 == 0 && n == 1) ? sb::kKxCopy : sb::kShift;
   }
-  const sb::Geo g = sb::layout_geometry(w, n, h, width, ho, wo, pool, layout);
+  sb::Geo g = sb::layout_geometry(w, n, h, width, ho, wo, pool, layout);
+  // a dense weight's rows run four at a time: 4 x NV accumulators fit the registers at NV <= 6
+  const bool quads = sb::g_conv_pairs >= 2 && Cout >= 4 && sb::same_taps(w);
+  if (quads && g.tile > 96) g.tile = 96;
 
   // Position bands (see sb_conv2d_run): equal runs of output positions, each packed into its
   // own region with the rows it reads (its halo included); without a pool.
@@ -922,6 +996,7 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
       for (int32_t j = 0; pl->pub.rows_paired && j < a[1] - a[0]; ++j)
         if (pl->stream[a[0] + j].off != pl->stream[b[0] + j].off) pl->pub.rows_paired = 0;
     }
+  pl->quads = quads && pl->pub.rows_paired;
   std::free(off);
   *out = &pl->pub;
   return SB_OK;

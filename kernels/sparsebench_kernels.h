@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define SB_ABI_VERSION 7
+#define SB_ABI_VERSION 8
 
 #define SB_ACT_NONE 0
 #define SB_ACT_RELU 1
@@ -61,7 +61,8 @@ const char *sb_isa(void);
  *   "conv_chunks"        conv work chunks per thread (default 2)
  *   "conv_bands"         new conv plans: position bands instead of sb_conv2d_plan's `bands`
  *                        argument (0 = the argument, default)
- *   "conv_pairs"         new conv plans: rows of a dense weight run in pairs (default 1)
+ *   "conv_pairs"         new conv plans: rows of a dense weight run four at a time (2, default),
+ *                        in pairs (1) or alone (0)
  *   "conv_pack_min"      packed floats below which conv packing is not split across threads
  *                        (default 32768)
  *   "pool_backoff_us"    thread pool straggler guard: base back-off period in us (default
@@ -198,6 +199,25 @@ int64_t sb_pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int
 int sb_maxpool2d(const float *x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
                  int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t ceil_mode,
                  float *y, int num_threads);
+
+/* Dense convolution of few input channels (an image model's stem, dense_conv.cpp): output
+ * channels in vector lanes, optional fused max-pool. weight is Cout x Cin x kh x kw (copied and
+ * repacked; Cout a multiple of 16), bias Cout floats or NULL, act SB_ACT_NONE or SB_ACT_RELU.
+ * pool_kh 0: no pool; else y = maxpool(act(conv(x) + bias)) with the window, stride, pads (at
+ * most half the window, read as -inf) and ceil mode of sb_maxpool2d. */
+typedef struct sb_dense_conv sb_dense_conv;
+int sb_dense_conv_create(const float *weight, const float *bias, int64_t cout, int64_t cin,
+                         int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                         int act, int64_t pool_kh, int64_t pool_kw, int64_t pool_sh,
+                         int64_t pool_sw, int64_t pool_ph, int64_t pool_pw, int64_t pool_ceil,
+                         sb_dense_conv **out);
+void sb_dense_conv_free(sb_dense_conv *c);
+/* y's spatial size (pooled, or the conv's) for an h x w input; SB_EINVAL if it is empty. */
+int sb_dense_conv_out_size(const sb_dense_conv *c, int64_t h, int64_t w, int64_t *yh,
+                           int64_t *yw);
+/* x is n x Cin x h x w, y n x Cout x yh x yw (NCHW, not overlapping x). */
+int sb_dense_conv_run(const sb_dense_conv *c, const float *x, int64_t n, int64_t h, int64_t w,
+                      float *y, int num_threads);
 
 /* ---- transformer blocks (transformer.cpp) ------------------------------------------------ */
 

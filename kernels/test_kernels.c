@@ -496,6 +496,102 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
   free(w);
 }
 
+/* Naive max-pool of `planes` H x W maps into ho x wo (pads read as -inf). */
+static void ref_maxpool(const float *x, int64_t planes, int64_t H, int64_t W, int64_t kh,
+                        int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t ho,
+                        int64_t wo, float *r) {
+  for (int64_t p = 0; p < planes; ++p)
+    for (int64_t oy = 0; oy < ho; ++oy)
+      for (int64_t ox = 0; ox < wo; ++ox) {
+        float m = -INFINITY;
+        for (int64_t ky = 0; ky < kh; ++ky)
+          for (int64_t kx = 0; kx < kw; ++kx) {
+            const int64_t iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
+            if (iy >= 0 && iy < H && ix >= 0 && ix < W && x[(p * H + iy) * W + ix] > m)
+              m = x[(p * H + iy) * W + ix];
+          }
+        r[(p * ho + oy) * wo + ox] = m;
+      }
+}
+
+/* sb_dense_conv (dense_conv.cpp) against the reference conv, then a reference max-pool (pk 0:
+ * none) with pads read as -inf; 1, 2 and 4 threads, with and without bias and ReLU. */
+static void test_dense_conv(int64_t N, int64_t Cin, int64_t Cout, int64_t H, int64_t W,
+                            int64_t k, int64_t stride, int64_t pad, int64_t pk, int64_t ps,
+                            int64_t pp, int64_t ceil_mode) {
+  const int64_t K = Cin * k * k;
+  const int64_t Ho = sb_conv_out_size(H, k, stride, pad), Wo = sb_conv_out_size(W, k, stride, pad);
+  const int64_t Yh = pk ? sb_pool_out_size(Ho, pk, ps, pp, ceil_mode) : Ho;
+  const int64_t Yw = pk ? sb_pool_out_size(Wo, pk, ps, pp, ceil_mode) : Wo;
+  float *w = sparse_dense(Cout, K, 0.9, 0), *bias = falloc(Cout), *x = falloc(N * Cin * H * W);
+  float *full = falloc(N * Cout * Ho * Wo), *r = falloc(N * Cout * Yh * Yw);
+  float *y = falloc(N * Cout * Yh * Yw);
+  for (int variant = 0; variant < 6; ++variant) {
+    const int relu = variant & 1, threads = variant < 2 ? 1 : variant < 4 ? 2 : 4;
+    const float *bp = variant % 3 == 2 ? NULL : bias;
+    ref_conv(w, Cout, Cin, k, k, stride, stride, pad, pad, bp, relu, x, N, H, W, Ho, Wo, full);
+    if (!pk) memcpy(r, full, (size_t)(N * Cout * Ho * Wo) * sizeof(float));
+    else ref_maxpool(full, N * Cout, Ho, Wo, pk, pk, ps, ps, pp, pp, Yh, Yw, r);
+    sb_dense_conv *c = NULL;
+    expect_ok(sb_dense_conv_create(w, bp, Cout, Cin, k, k, stride, stride, pad, pad, relu, pk, pk,
+                                   ps, ps, pp, pp, ceil_mode, &c),
+              "sb_dense_conv_create");
+    if (!c) continue;
+    int64_t yh = 0, yw = 0;
+    expect_ok(sb_dense_conv_out_size(c, H, W, &yh, &yw), "sb_dense_conv_out_size");
+    if (yh != Yh || yw != Yw) ++failures;
+    memset(y, 0xff, (size_t)(N * Cout * Yh * Yw) * sizeof(float));
+    expect_ok(sb_dense_conv_run(c, x, N, H, W, y, threads), "sb_dense_conv_run");
+    char what[200];
+    snprintf(what, sizeof what,
+             "dense conv N=%lld %lld->%lld %lldx%lld k=%lld s=%lld p=%lld pool %lld/%lld/%lld "
+             "ceil=%lld var=%d",
+             (long long)N, (long long)Cin, (long long)Cout, (long long)H, (long long)W,
+             (long long)k, (long long)stride, (long long)pad, (long long)pk, (long long)ps,
+             (long long)pp, (long long)ceil_mode, variant);
+    compare(what, y, r, N * Cout * Yh * Yw);
+    sb_dense_conv_free(c);
+  }
+  free(w);
+  free(bias);
+  free(x);
+  free(full);
+  free(r);
+  free(y);
+}
+
+/* sb_dense_conv's argument checks. */
+static void test_dense_conv_errors(void) {
+  float w[16 * 2 * 9] = {0}, x[2 * 4 * 4] = {0}, y[16 * 4 * 4];
+  sb_dense_conv *c = NULL;
+  ++checks;
+  if (sb_dense_conv_create(w, NULL, 15, 2, 3, 3, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, &c) !=
+          SB_EINVAL || c)  /* Cout not a multiple of 16 */
+    ++failures;
+  if (sb_dense_conv_create(w, NULL, 16, 2, 3, 3, 1, 1, 1, 1, SB_ACT_GELU, 0, 0, 0, 0, 0, 0, 0,
+                           &c) != SB_EINVAL)
+    ++failures;
+  if (sb_dense_conv_create(w, NULL, 16, 2, 3, 3, 1, 1, 1, 1, 1, 3, 3, 2, 2, 2, 2, 0, &c) !=
+      SB_EINVAL)  /* pool pads over half the window */
+    ++failures;
+  if (sb_dense_conv_create(NULL, NULL, 16, 2, 3, 3, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, &c) !=
+      SB_EINVAL)
+    ++failures;
+  expect_ok(sb_dense_conv_create(w, NULL, 16, 2, 3, 3, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, &c),
+            "sb_dense_conv_create");
+  int64_t yh, yw;
+  if (sb_dense_conv_run(c, x, 1, 4, 4, y, 0) != SB_ETHREADS) ++failures;
+  if (sb_dense_conv_run(c, x, 0, 4, 4, y, 1) != SB_EINVAL) ++failures;
+  if (sb_dense_conv_run(c, NULL, 1, 4, 4, y, 1) != SB_EINVAL) ++failures;
+  if (sb_dense_conv_out_size(c, 4, 4, NULL, &yw) != SB_EINVAL) ++failures;
+  sb_dense_conv_free(c);
+  expect_ok(sb_dense_conv_create(w, NULL, 16, 2, 3, 3, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, &c),
+            "sb_dense_conv_create");
+  if (sb_dense_conv_out_size(c, 2, 2, &yh, &yw) != SB_EINVAL || yh != 0) ++failures;
+  if (sb_dense_conv_run(c, x, 1, 2, 2, y, 1) != SB_EINVAL) ++failures; /* smaller than the kernel */
+  sb_dense_conv_free(c);
+}
+
 /* Many back-to-back multi-threaded calls: exercises the pool's job hand-over (late workers,
  * sleeping/waking) and checks every result is identical. */
 static void test_pool_stress(void) {
@@ -528,18 +624,7 @@ static void test_maxpool(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh,
   const int64_t ho = sb_pool_out_size(H, kh, sh, ph, ceil_mode);
   const int64_t wo = sb_pool_out_size(W, kw, sw, pw, ceil_mode);
   float *x = falloc(N * C * H * W), *y = falloc(N * C * ho * wo), *r = falloc(N * C * ho * wo);
-  for (int64_t p = 0; p < N * C; ++p)
-    for (int64_t oy = 0; oy < ho; ++oy)
-      for (int64_t ox = 0; ox < wo; ++ox) {
-        float m = -INFINITY;
-        for (int64_t ky = 0; ky < kh; ++ky)
-          for (int64_t kx = 0; kx < kw; ++kx) {
-            const int64_t iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
-            if (iy >= 0 && iy < H && ix >= 0 && ix < W && x[(p * H + iy) * W + ix] > m)
-              m = x[(p * H + iy) * W + ix];
-          }
-        r[(p * ho + oy) * wo + ox] = m;
-      }
+  ref_maxpool(x, N * C, H, W, kh, kw, sh, sw, ph, pw, ho, wo, r);
   for (int threads = 1; threads <= 2; ++threads) {
     memset(y, 0xff, (size_t)(N * C * ho * wo) * sizeof(float));
     expect_ok(sb_maxpool2d(x, N, C, H, W, kh, kw, sh, sw, ph, pw, ceil_mode, y, threads),
@@ -1039,6 +1124,18 @@ int main(void) {
   /* dense weights: rows with the same taps run in pairs (odd Cout: one row alone) */
   test_conv(1, 3, 8, 30, 30, 7, 7, 2, 3, 1.0); /* a small 7x7 / 2 stem */
   test_conv(2, 40, 7, 11, 11, 3, 3, 1, 1, 1.0);
+  test_conv(1, 3, 12, 64, 64, 7, 7, 2, 3, 1.0); /* rows in fours, tiles of 96 positions */
+
+  /* the dense stem kernel: ResNet's 7x7 / 2 stem with its 3x3 / 2 pool (a smaller map), odd
+   * widths (tails of 1-5 positions), several channel groups, batch, ceil mode, no pool */
+  test_dense_conv(1, 3, 64, 60, 60, 7, 2, 3, 3, 2, 1, 0);
+  test_dense_conv(2, 3, 48, 37, 29, 7, 2, 3, 3, 2, 1, 1);
+  test_dense_conv(1, 2, 80, 15, 17, 3, 1, 1, 2, 2, 0, 1);
+  test_dense_conv(1, 4, 16, 9, 11, 5, 1, 2, 0, 0, 0, 0);
+  test_dense_conv(3, 1, 128, 8, 7, 3, 2, 1, 3, 1, 1, 0);
+  test_dense_conv(1, 3, 32, 5, 5, 1, 1, 0, 0, 0, 0, 0);
+  test_dense_conv(1, 3, 16, 1, 1, 3, 3, 1, 0, 0, 0, 0); /* 1x1 input, padded */
+  test_dense_conv_errors();
 
   test_conv_planned(1, 6, 10, 8, 8, 3, 1, 1, 0.4, 0);
   test_conv_planned(1, 6, 10, 8, 8, 3, 1, 1, 0.4, 2); /* fused 2x2 max-pool */

@@ -319,25 +319,89 @@ def test_conv_property(cin, cout, kh, kw, sh, sw, ph, pw, h, w_, n, density, idx
     assert_close(op.run(x), conv_ref(x, w, bias, (sh, sw), (ph, pw), relu))
 
 
-@pytest.mark.parametrize("cout", [8, 7])
-def test_dense_conv_rows_in_pairs_match(cout: int) -> None:
-    """A dense weight (every row the same taps) runs two output channels per pass over the
-    input; the result matches torch and the one-row-at-a-time plan (knob conv_pairs=0)."""
+@pytest.mark.parametrize("cout", [8, 7, 12])
+def test_dense_conv_rows_in_fours_and_pairs_match(cout: int) -> None:
+    """A dense weight (every row the same taps) runs four output channels per pass over the
+    input (then a pair, then one row: odd Cout), in tiles of at most 96 positions; the result
+    matches torch, the pairs-only plan (knob conv_pairs=1) and the one-row plan (0)."""
     rng = np.random.default_rng(12)
     w = rng.standard_normal((cout, 3, 7, 7)).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
-    x = rng.standard_normal((1, 3, 40, 36)).astype(np.float32)
-    paired = native.CSRConv2d.from_dense(w, bias=bias, stride=2, padding=3, relu=True)
-    old = native.tuning("conv_pairs", 0)
-    try:
-        single = native.CSRConv2d.from_dense(w, bias=bias, stride=2, padding=3, relu=True)
-        want_single = single.run(x)
-    finally:
-        native.tuning("conv_pairs", old)
-    got = paired.run(x)
-    assert paired.plan(x.shape)["rows_paired"] == 1 and single.plan(x.shape)["rows_paired"] == 0
-    assert_close(got, conv_ref(x, w, bias, (2, 2), (3, 3), True))
-    np.testing.assert_allclose(got, want_single, rtol=1e-5, atol=1e-4)
+    x = rng.standard_normal((1, 3, 80, 72)).astype(np.float32)
+    got = {}
+    for pairs in (2, 1, 0):
+        old = native.tuning("conv_pairs", pairs)
+        try:
+            op = native.CSRConv2d.from_dense(w, bias=bias, stride=2, padding=3, relu=True)
+            got[pairs] = (op.run(x), op.plan(x.shape))
+        finally:
+            native.tuning("conv_pairs", old)
+    assert got[2][1]["rows_paired"] == got[1][1]["rows_paired"] == 1
+    assert got[0][1]["rows_paired"] == 0
+    assert got[2][1]["tile"] == 96 and got[1][1]["tile"] == 128  # 40 x 36 outputs: wide tiles
+    assert_close(got[2][0], conv_ref(x, w, bias, (2, 2), (3, 3), True))
+    for pairs in (1, 0):
+        np.testing.assert_allclose(got[2][0], got[pairs][0], rtol=1e-5, atol=1e-4)
+
+
+def _stem_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, stride: int, pad: int,
+              relu: bool, pool: dict | None) -> np.ndarray:
+    import torch
+
+    y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                   None if bias is None else torch.from_numpy(bias),
+                                   stride=stride, padding=pad)
+    if relu:
+        y = torch.relu(y)
+    if pool is not None:
+        y = torch.nn.functional.max_pool2d(y, pool["kernel"], pool["stride"],
+                                           pool.get("padding", 0),
+                                           ceil_mode=pool.get("ceil_mode", False))
+    return y.numpy()
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,pad,size,pool,threads", [
+    (3, 64, 7, 2, 3, 64, {"kernel": 3, "stride": 2, "padding": 1}, 1),  # ResNet's stem + pool
+    (3, 64, 7, 2, 3, 61, {"kernel": 3, "stride": 2, "padding": 1}, 2),
+    (3, 48, 3, 2, 1, 33, None, 2),  # no pool, a group of 3 vectors
+    (1, 80, 5, 1, 2, 19, {"kernel": 2, "stride": 2, "ceil_mode": True}, 2),  # 64 + 16 channels
+    (4, 16, 3, 1, 1, 7, {"kernel": 3, "stride": 1, "padding": 1}, 1),
+])
+def test_dense_stem_conv_matches_torch(cin, cout, k, stride, pad, size, pool, threads) -> None:
+    """DenseConv2d (channels in lanes, the max-pool fused) against torch's conv, ReLU and
+    max_pool2d, at batch 1 and 2, with and without a bias; 10% of the weights zero."""
+    rng = np.random.default_rng(cin * 100 + cout)
+    w = sparse_weight(rng, (cout, cin, k, k), 0.1)
+    for n, bias in ((1, rng.standard_normal(cout).astype(np.float32)), (2, None)):
+        x = rng.standard_normal((n, cin, size, size + 3)).astype(np.float32)
+        op = native.DenseConv2d(w, stride, pad, bias=bias, relu=True, pool=pool, threads=threads)
+        want = _stem_ref(x, w, bias, stride, pad, True, pool)
+        got = op.run(x)
+        assert got.shape == want.shape
+        assert_close(got, want)
+        out = np.full_like(got, np.nan)
+        assert op.run(x, out) is out
+        assert_close(out, want)
+
+
+def test_dense_stem_conv_errors() -> None:
+    from sparsebench.errors import SparsebenchError
+
+    w = np.ones((64, 3, 7, 7), np.float32)
+    with pytest.raises(SparsebenchError, match="Cout a multiple of 16"):
+        native.DenseConv2d(w[:24])
+    with pytest.raises(SparsebenchError, match="act must be 'relu' or none"):
+        native.DenseConv2d(w, act="gelu")
+    with pytest.raises(SparsebenchError, match="exceeds half the window"):
+        native.DenseConv2d(w, pool={"kernel": 3, "stride": 2, "padding": 2})
+    op = native.DenseConv2d(w, 2, 3, pool={"kernel": 3, "stride": 2, "padding": 1})
+    with pytest.raises(SparsebenchError, match=r"does not match \(N >= 1, 3, H, W\)"):
+        op.run(np.zeros((1, 4, 32, 32), np.float32))
+    with pytest.raises(SparsebenchError, match="smaller than the kernel"):
+        native.DenseConv2d(w).run(np.zeros((1, 3, 5, 5), np.float32))  # 7x7, no padding
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    with pytest.raises(SparsebenchError, match=r"out must be a float32 array of shape \(1, 64, 8, 8\)"):
+        op.run(x, np.zeros((1, 64, 16, 16), np.float32))
 
 
 @pytest.mark.parametrize("shape,k,stride,pad", [

@@ -403,6 +403,59 @@ def test_onnx_resnet_blocks_run_natively_with_sum_and_pools() -> None:
             assert rel_err(prepared.run(x), m(x)) <= 1e-4
 
 
+class _Stem(nn.Module):
+    """An ImageNet stem: a dense 7x7 / 2 conv of 3 -> 32 channels, BatchNorm, ReLU and the
+    3x3 / 2 / pad-1 max-pool, then a sparse 3x3 conv and a global average pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_shape = (3, 45, 40)
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 7, 2, 3, bias=False), nn.BatchNorm2d(32),
+                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.conv = nn.Conv2d(32, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(self.stem(x)))
+        return self.fc(y.mean((2, 3)))
+
+
+@needs_kernels
+@pytest.mark.parametrize("stem_sparsity,fused", [(0.0, True), (0.3, True), (0.9, False)])
+def test_dense_stem_and_its_pool_run_as_one_call(stem_sparsity: float, fused: bool) -> None:
+    """A stem conv with few input channels, mostly nonzero, and the overlapping max-pool after
+    its ReLU run as one DenseConv2d call (the impl says ``denseconv``); a sparse stem stays on
+    the CSR kernel with a separate pool. Outputs match the dense model and the plan with the
+    switch off, at batch 1 and 2, on 1 and 2 threads."""
+    from sparsebench.backends import get_backend, kernel_plan
+
+    torch.manual_seed(3)
+    m = randomize_bn(_Stem().eval())
+    with torch.no_grad():
+        m.conv.weight[torch.rand_like(m.conv.weight) < 0.8] = 0
+        w = m.stem[0].weight
+        w[torch.rand_like(w) < stem_sparsity] = 0
+    cv = convert(m, "csr")
+    for threads in (1, 2):
+        prepared = get_backend("native").prepare(cv, batch=2, threads=threads)
+        kernel_plan.STEM_POOL = False
+        try:
+            apart = get_backend("native").prepare(cv, batch=2, threads=threads)
+        finally:
+            kernel_plan.STEM_POOL = True
+        assert ("denseconv" in prepared.impl) == fused, prepared.impl
+        assert "denseconv" not in apart.impl
+        for batch in (1, 2):
+            x = torch.randn(batch, 3, 45, 40)
+            names = prepared.steps(x)[0]
+            assert names[:2] == (["stem.0+relu+maxpool", "conv+relu+avgpool"] if fused
+                                 else ["stem.0+relu", "stem.3"]), names  # stem.3: the pool
+            with torch.no_grad():
+                want = m(x)
+                assert rel_err(prepared.run(x), want) <= 1e-5
+                assert rel_err(apart.run(x), want) <= 1e-5
+
+
 @needs_kernels
 @pytest.mark.parametrize("kernel,stride,padding,ceil", [(3, 2, 1, False), (3, 2, 1, True),
                                                         (2, 2, 0, False), ((3, 2), (1, 2),

@@ -66,6 +66,9 @@ _KIND_LABELS = {"global_avgpool": "gap", "relu": "relu", "gelu": "gelu", "maxpoo
 
 MERGE_PROJECTIONS = True  # merge_projections on (a switch for benchmarks and tests)
 CHAIN_LINEARS = True  # _chain_linears on (likewise)
+STEM_POOL = True  # a dense stem conv and its max-pool as one DenseConv2d call (likewise)
+# DenseConv2d computes every tap: below this nonzero fraction the CSR kernel does less work
+STEM_MIN_DENSITY = 0.5
 
 
 @dataclass
@@ -83,6 +86,7 @@ class _Step:
     params: dict[str, Any] | None = None  # a plan_blocks block's kernel parameters
     weight: SparseWeight | None = None    # a merged weight replacing the layer's (merge_projections)
     merged: str | None = None             # the projection layer merged into this one
+    maxpool: dict[str, Any] | None = None  # an overlapping max-pool fused by DenseConv2d
 
     def name(self) -> str:
         """The layer and what was fused into it, e.g. ``features.0+relu+maxpool2``."""
@@ -94,6 +98,7 @@ class _Step:
         parts += [self.act] if self.act else []
         parts += ["scale"] if self.scale is not None else []
         parts += [f"maxpool{self.pool}"] if self.pool > 1 else []
+        parts += ["maxpool"] if self.maxpool is not None else []
         parts += ["avgpool"] if self.pool == _GLOBAL_AVG else []
         return "+".join(parts)
 
@@ -370,7 +375,22 @@ class _Planner:
                 and _pool_size(nxt.attrs, self.shape(step.out)):
             step.pool = _pool_size(nxt.attrs, self.shape(step.out))
             absorb(nxt)
+        elif nxt is not None and nxt.kind == "maxpool" and self.stem_conv(step, sw) \
+                and self.native_pool(nxt, step.out) and nxt.attrs["kernel"][0] <= 16:
+            step.maxpool = dict(nxt.attrs)
+            absorb(nxt)
         return step
+
+    def stem_conv(self, step: _Step, sw: SparseWeight) -> bool:
+        """A conv that ``DenseConv2d`` runs with the max-pool after it fused: few input
+        channels (an image model's stem), output channels in vectors of 16, mostly nonzero,
+        no residual or channel scale, ReLU or no activation."""
+        taps = (sw.in_channels or 0) * int(np.prod(sw.kernel_size or (1, 1)))
+        return (STEM_POOL and sw.layer == "conv" and step.residual is None
+                and step.scale is None and step.act in (None, "relu")
+                and 0 < (sw.in_channels or 0) <= native.DenseConv2d.MAX_IN_CHANNELS
+                and (sw.out_channels or 0) % 16 == 0 and sw.kind in ("csr", "bsr")
+                and sw.nnz >= STEM_MIN_DENSITY * (sw.out_channels or 0) * taps)
 
     # ------------------------------------------------------------------ buffers
 
@@ -504,6 +524,10 @@ class NativePrepared(Prepared):
                     sole.add(len(calls))
             calls.append(_bind(op, sw, x, y, res))
             kernels.append(op)
+            if isinstance(op, native.DenseConv2d):
+                self.blocks.append("denseconv")  # the impl says a dense kernel ran it
+                traffic += op.weight_bytes + x.nbytes + y.nbytes
+                continue
             traffic += (op.values.nbytes + op.col_idx.nbytes + op.row_ptr.nbytes
                         + (op.bias.nbytes if op.bias is not None else 0)
                         + x.nbytes + y.nbytes + (res.nbytes if res is not None else 0))
@@ -649,7 +673,7 @@ def _repeat(call: Callable[[], Any], times: int) -> None:
 
 def _impl(label: str, kernels: list[Any], threads: int, torch_ops: list[str],
           blocks: list[str] | tuple[str, ...] = ()) -> str:
-    bits = sorted({k.index_bits for k in kernels})
+    bits = sorted({k.index_bits for k in kernels if hasattr(k, "index_bits")})
     idx = "+".join(f"i{b}" for b in bits) or "i32"
     impl = f"native-{label}-{native.isa()}-{idx}-t{threads}"
     if blocks:
@@ -661,6 +685,12 @@ def _impl(label: str, kernels: list[Any], threads: int, torch_ops: list[str],
 
 def _kernel(sw: SparseWeight, s: _Step, threads: int) -> Any:
     """The prepared native op for one fused step."""
+    if s.maxpool is not None:  # a dense stem and its pool (_Planner.stem_conv)
+        kh, kw = sw.kernel_size
+        dense = sw.to_dense()[: sw.out_channels, : sw.in_channels * kh * kw]
+        return native.DenseConv2d(dense.reshape(sw.out_channels, sw.in_channels, kh, kw),
+                                  sw.stride, sw.padding, bias=sw.bias, act=s.act,
+                                  pool=s.maxpool, threads=threads)
     if sw.layer == "linear":
         if sw.kind == "csr":
             return native.CSRLinear(sw.values, sw.indices, sw.indptr, sw.shape, bias=sw.bias,

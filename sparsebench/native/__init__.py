@@ -16,13 +16,13 @@ from sparsebench.native.abi import ABI_VERSION, ACTS
 from sparsebench.native.build import (CXXFLAGS, KERNEL_SRC, LIB_NAME, available, build,
                                       build_dir, build_info, isa, load, reset, tuning)
 from sparsebench.native.ops import (BSRLinear, CSRConv2d, CSRLinear, CSRLinearChain,
-                                    CSRLinearGroup, MaxPool2d, bsr_from_dense, csr_from_dense,
+                                    CSRLinearGroup, DenseConv2d, MaxPool2d, bsr_from_dense, csr_from_dense,
                                     self_test)
 from sparsebench.native.transformer import (AddLayerNorm, Attention, GatherRows, KeyMask,
                                             ScaleAdd, Softmax, suffix_of)
 
 __all__ = ["ABI_VERSION", "ACTS", "AddLayerNorm", "Attention", "BSRLinear", "CSRConv2d",
-           "CSRLinear", "CSRLinearChain", "CSRLinearGroup", "CXXFLAGS", "GatherRows",
+           "CSRLinear", "CSRLinearChain", "CSRLinearGroup", "CXXFLAGS", "DenseConv2d", "GatherRows",
            "KERNEL_SRC", "KeyMask", "LIB_NAME", "MaxPool2d", "ScaleAdd", "Softmax", "available",
            "build", "build_dir", "build_info", "bsr_from_dense", "csr_from_dense", "isa", "load",
            "reset", "self_test", "suffix_of", "tuning"]

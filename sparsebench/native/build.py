@@ -21,8 +21,8 @@ from sparsebench.native.abi import _SIGNATURES, ABI_VERSION
 from sparsebench.shipped import KERNEL_SOURCES
 
 KERNEL_SRC = KERNEL_SOURCES  # the checkout's kernels/, or the copy a wheel ships
-SOURCES = ("api.cpp", "csr_linear.cpp", "bsr_linear.cpp", "csr_conv.cpp", "pool.cpp",
-           "threadpool.cpp", "transformer.cpp")
+SOURCES = ("api.cpp", "csr_linear.cpp", "bsr_linear.cpp", "csr_conv.cpp", "dense_conv.cpp",
+           "pool.cpp", "threadpool.cpp", "transformer.cpp")
 HEADERS = ("sparsebench_kernels.h", "common.hpp")
 CXXFLAGS = ("-O3", "-march=native", "-pthread", "-fPIC", "-shared", "-std=c++17")
 LIB_NAME = "libsparsebench_kernels.so"

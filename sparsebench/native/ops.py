@@ -217,7 +217,8 @@ class _Prepared:
     impl: str
     threads: int
 
-    def _bind(self, fn_name: str, desc: ctypes.Structure) -> None:
+    def _bind(self, fn_name: str, desc: ctypes.Structure | ctypes.c_void_p) -> None:
+        """Bind ``fn_name`` with its first argument: a weight struct or a library handle."""
         lib = load()
         self._isa = lib.sb_isa().decode()
         fn = getattr(lib, fn_name)
@@ -226,7 +227,8 @@ class _Prepared:
         self._fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(fn, ctypes.c_void_p).value)
         self._fn.argtypes = None
         self._desc = desc  # keeps the struct alive; the numpy arrays it points to are on self
-        self._desc_ptr = ctypes.c_void_p(ctypes.addressof(desc))
+        self._desc_ptr = (desc if isinstance(desc, ctypes.c_void_p)
+                          else ctypes.c_void_p(ctypes.addressof(desc)))
         self._nt = ctypes.c_int(self.threads)
         # Caches as immutable tuples, so concurrent run() calls from several Python threads
         # each see a consistent snapshot: (x, x.shape, x pointer, out shape, size args) and
@@ -729,6 +731,72 @@ class CSRConv2d(_Prepared):
         return oc[0]
 
     __call__ = run
+
+
+class DenseConv2d(_Prepared):
+    """Dense NCHW convolution of few input channels (an image model's stem) with an optional
+    fused max-pool: ``run(x, out=None)`` returns ``maxpool(act(conv(x) + bias))``.
+
+    Output channels are the kernel's vector lanes (``Cout`` a multiple of 16); the input is read
+    in place, and with ``pool`` (a dict of ``kernel``, ``stride``, ``padding``, ``ceil_mode`` as
+    torch's max_pool2d) the conv's map is pooled row by row and never stored. ``act``: ``relu``
+    or none. Built for ``Cin <= MAX_IN_CHANNELS``; any sparsity runs densely.
+    """
+
+    MAX_IN_CHANNELS = 4
+
+    def __init__(self, weight: Any, stride: Any = 1, padding: Any = 0, bias: Any = None,
+                 relu: bool = False, act: str | None = None, pool: dict[str, Any] | None = None,
+                 threads: int = 1) -> None:
+        w = np.ascontiguousarray(_numpy(weight), np.float32)
+        if w.ndim != 4 or w.shape[0] < 16 or w.shape[0] % 16:
+            raise SparsebenchError(f"DenseConv2d: weight must be (Cout, Cin, kh, kw) with Cout a "
+                                   f"multiple of 16, got {w.shape}")
+        self.out_channels, self.in_channels = int(w.shape[0]), int(w.shape[1])
+        self.kernel_size = (int(w.shape[2]), int(w.shape[3]))
+        self.stride, self.padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+        self.act = _check_act(relu, act)
+        if self.act not in (0, 1):
+            raise SparsebenchError("DenseConv2d: act must be 'relu' or none")
+        self.threads = _check_threads(threads)
+        self.bias = _check_bias(bias, self.out_channels, "DenseConv2d")
+        pk = ps = pp = (0, 0)
+        ceil = 0
+        if pool is not None:
+            pk, ps = _pair(pool["kernel"], "pool kernel", 1), _pair(pool["stride"], "pool stride", 1)
+            pp, ceil = _pair(pool.get("padding", 0), "pool padding", 0), int(bool(pool.get("ceil_mode")))
+            if 2 * pp[0] > pk[0] or 2 * pp[1] > pk[1] or pk[0] > 16:
+                raise SparsebenchError(f"DenseConv2d: pool padding {pp} exceeds half the window "
+                                       f"{pk} (or the window is over 16 rows)")
+        self.pool = pool
+        self.nnz = int(np.count_nonzero(w))
+        self.weight_bytes = w.nbytes + (self.bias.nbytes if self.bias is not None else 0)
+        lib = load()
+        handle = ctypes.c_void_p()
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        status = lib.sb_dense_conv_create(
+            w.ctypes.data, _addr(self.bias), self.out_channels, self.in_channels, kh, kw, sh, sw,
+            ph, pw, self.act, pk[0], pk[1], ps[0], ps[1], pp[0], pp[1], ceil,
+            ctypes.byref(handle))
+        if status or not handle:
+            raise SparsebenchError(f"DenseConv2d: cannot build the kernel: "
+                                   f"{_STATUS.get(status, 'error')} (status {status})")
+        weakref.finalize(self, lib.sb_dense_conv_free, ctypes.c_void_p(handle.value))
+        self.impl = f"native-denseconv-t{self.threads}"
+        self._bind("sb_dense_conv_run", handle)
+        self.impl = f"native-denseconv-{self._isa}-t{self.threads}"
+
+    def _io_shapes(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+        if len(shape) != 4 or shape[1] != self.in_channels or shape[0] < 1:
+            raise SparsebenchError(
+                f"{self.impl}: input shape {shape} does not match (N >= 1, {self.in_channels}, H, W)")
+        n, _, h, w = shape
+        yh, yw = ctypes.c_int64(), ctypes.c_int64()
+        if load().sb_dense_conv_out_size(self._desc, h, w, ctypes.byref(yh), ctypes.byref(yw)):
+            raise SparsebenchError(f"{self.impl}: input {h}x{w} is smaller than the kernel "
+                                   f"{self.kernel_size} (padding {self.padding}) or the pool")
+        dims = (ctypes.c_int64(n), ctypes.c_int64(h), ctypes.c_int64(w))
+        return (n, self.out_channels, yh.value, yw.value), dims
 
 
 class MaxPool2d:
