@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 
 import numpy as np
@@ -656,3 +657,53 @@ def test_straggler_guard_runs_delayed_jobs_on_the_caller() -> None:
         native.tuning("pool_test_delay_us", old_delay)
         native.tuning("pool_confirm_us", old_confirm)
         native.tuning("pool_backoff_us", old_backoff)
+
+
+def _anon_huge_kb() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        return int(re.search(r"AnonHugePages:\s+(\d+)", f.read()).group(1))
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except OSError:
+        return "never"
+
+
+def test_huge_page_arena_gives_zeroed_aligned_separate_arrays() -> None:
+    from sparsebench.native.memory import HugePageArena
+
+    arena = HugePageArena()
+    shapes = [(3, 5), (1, 256, 56, 56), (7,), (40 << 20 >> 2,)]  # the last gets its own region
+    arrays = [arena.zeros(s) for s in shapes]
+    arrays.append(arena.zeros((9,), np.uint8))
+    for a, s in zip(arrays, shapes):
+        assert a.shape == s and a.dtype == np.float32 and a.flags.c_contiguous
+        assert a.ctypes.data % 64 == 0 and not a.any()
+    assert arrays[-1].dtype == np.uint8 and arrays[-1].ctypes.data % 64 == 0
+    for i, a in enumerate(arrays):  # no two share memory
+        a.fill(i + 1)
+    for i, a in enumerate(arrays):
+        assert (a == i + 1).all()
+    assert all(arena.owns(a) for a in arrays) and not arena.owns(np.zeros(4))
+    assert arena.mapped >= sum(a.nbytes for a in arrays)
+    del arena  # the arrays keep their memory
+    assert (arrays[1] == 2).all()
+    plain = HugePageArena(huge=False)
+    assert not plain.zeros((4, 4)).any() and plain.mapped == 0
+
+
+@pytest.mark.skipif(_thp_mode() == "never" or not os.path.exists("/proc/self/smaps_rollup"),
+                    reason="transparent huge pages are off here")
+def test_huge_page_arena_is_backed_by_huge_pages() -> None:
+    """The arena's mappings are private and advised: the kernel backs them with 2 MB pages
+    (a shared anonymous mapping would be shmem and get none)."""
+    from sparsebench.native.memory import HugePageArena
+
+    before = _anon_huge_kb()
+    arena = HugePageArena()
+    keep = [arena.zeros((1 << 18,)) for _ in range(32)]  # 32 MB of 1 MB buffers
+    assert _anon_huge_kb() - before >= 16 << 10, "less than half of 32 MB on huge pages"
+    assert len(keep) == 32

@@ -630,6 +630,38 @@ def test_feed_forward_pair_runs_as_one_chain_call(tokens: int, tap: bool, thread
 
 
 @needs_kernels
+def test_plan_buffers_and_panel_copies_live_on_the_plans_huge_pages() -> None:
+    """The plan's activation buffers and its linears' K-panel copies come from the plan's
+    HugePageArena (switch kernel_plan.HUGE_PAGES); outputs do not depend on it."""
+    from sparsebench.backends import get_backend, kernel_plan
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(300, 400), nn.GELU(), nn.Linear(400, 300)).eval()
+    with torch.no_grad():
+        for lin in (m[0], m[2]):
+            lin.weight[torch.rand_like(lin.weight) < 0.8] = 0
+    m.input_shape = (128, 300)
+    cv = convert(m, "csr")
+    prepared = get_backend("native").prepare(cv, batch=1)
+    kernel_plan.HUGE_PAGES = False
+    try:
+        plain = get_backend("native").prepare(cv, batch=1)
+    finally:
+        kernel_plan.HUGE_PAGES = True
+    x = torch.randn(1, 128, 300)
+    with torch.no_grad():
+        want = m(x)
+        assert rel_err(prepared.run(x), want) <= 1e-5 and rel_err(plain.run(x), want) <= 1e-5
+    arena = prepared._arena
+    feeds = prepared._plans[1][0]
+    assert arena.mapped > 0 and all(arena.owns(f[1].numpy()) for f in feeds if f[1] is not None)
+    linears = [k for k in prepared.kernels if isinstance(k, native.CSRLinear)]
+    if native.isa() == "avx512":  # the K-panel path (and its copy) is AVX-512 only
+        assert linears and all(k.panels is not None and arena.owns(k.panels[2]) for k in linears)
+    assert plain._arena.mapped == 0
+
+
+@needs_kernels
 def test_linear_chain_checks_its_ops() -> None:
     from sparsebench.errors import SparsebenchError
 

@@ -42,6 +42,7 @@ from sparsebench.backends.base import Backend, Prepared, Unsupported, swap_layer
 from sparsebench.errors import SparsebenchError
 from sparsebench.graph import Graph, Node, from_module, run
 from sparsebench.graph.execute import bind
+from sparsebench.native.memory import HugePageArena
 from sparsebench.formats import ConvertedModel, SparseWeight, convert, format_family
 from sparsebench.formats.fold import fold_batchnorm
 from sparsebench.measure.timing import fastest_seconds
@@ -67,6 +68,7 @@ _KIND_LABELS = {"global_avgpool": "gap", "relu": "relu", "gelu": "gelu", "maxpoo
 MERGE_PROJECTIONS = True  # merge_projections on (a switch for benchmarks and tests)
 CHAIN_LINEARS = True  # _chain_linears on (likewise)
 STEM_POOL = True  # a dense stem conv and its max-pool as one DenseConv2d call (likewise)
+HUGE_PAGES = True  # activation buffers on transparent huge pages (native.memory; likewise)
 # DenseConv2d computes every tap: below this nonzero fraction the CSR kernel does less work
 STEM_MIN_DENSITY = 0.5
 
@@ -394,8 +396,9 @@ class _Planner:
 
     # ------------------------------------------------------------------ buffers
 
-    def buffers(self, steps: list[_Step]) -> dict[str, np.ndarray]:
-        """A float32 buffer (or a view of one) per tensor value, reused once dead."""
+    def buffers(self, steps: list[_Step], arena: HugePageArena) -> dict[str, np.ndarray]:
+        """A float32 buffer (or a view of one) per tensor value, reused once dead; new ones
+        from ``arena``."""
         storage: dict[str, str] = {v: cat for v, (cat, _, _) in self.parts.items()}
         last: dict[str, int] = {}
         for n, s in enumerate(steps):
@@ -411,7 +414,7 @@ class _Planner:
         bufs: dict[str, np.ndarray] = {}
         for inp in inputs:  # input buffers are written by run(): never reused
             last[inp] = len(steps)
-            bufs[inp] = np.zeros(self.shape(inp), np.float32)
+            bufs[inp] = arena.zeros(self.shape(inp))
         free: dict[tuple[int, ...], list[np.ndarray]] = {}
         for n, s in enumerate(steps):
             if s.kind == "view":
@@ -420,12 +423,12 @@ class _Planner:
                 cat, c0, c1 = self.parts[s.out]
                 if cat not in bufs:
                     pool = free.get(self.shape(cat))
-                    bufs[cat] = pool.pop() if pool else np.zeros(self.shape(cat), np.float32)
+                    bufs[cat] = pool.pop() if pool else arena.zeros(self.shape(cat))
                 bufs[s.out] = bufs[cat][:, c0:c1]
             elif self.is_buffer(s.out) and s.out not in bufs:
                 shape = self.shape(s.out)
                 pool = free.get(shape)
-                bufs[s.out] = pool.pop() if pool else np.zeros(shape, np.float32)
+                bufs[s.out] = pool.pop() if pool else arena.zeros(shape)
             for st, end in list(last.items()):
                 if end == n and st in bufs and st != out_store and st not in inputs:
                     free.setdefault(bufs[st].shape, []).append(bufs[st])
@@ -447,6 +450,8 @@ class NativePrepared(Prepared):
         # per-sample batches split across `threads` 1-thread batch-1 plans run concurrently
         self._lanes: list[NativePrepared] = []
         self._lane_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # buffers and K-panel copies on transparent huge pages (native.memory)
+        self._arena = HugePageArena(huge=HUGE_PAGES)
         self.kernels, self.torch_ops, self.traffic_bytes = self._build(batch)
         self.impl = _impl(label, self.kernels, threads, self.torch_ops, self.blocks)
         if batch > 1 and self._choose_per_sample(batch):  # before the +native/+torch parts
@@ -464,7 +469,7 @@ class NativePrepared(Prepared):
         planner = _Planner(self.graph, self.converted, self.threads, batch,
                            dense_choice=self.label == "csr")
         steps = planner.steps()
-        bufs = planner.buffers(steps)
+        bufs = planner.buffers(steps, self._arena)
         env: dict[str, Any] = dict(self.graph.consts)
         tviews = {v: torch.from_numpy(b) for v, b in bufs.items()}
         env.update(tviews)
@@ -512,6 +517,8 @@ class NativePrepared(Prepared):
             if s.merged:
                 self._native_layers.add(s.merged)
             op = _kernel(sw, s, self.threads)
+            if isinstance(op, native.CSRLinear):
+                op.arena = self._arena  # its K-panel copy, if any, on the plan's huge pages
             x, y = bufs[s.ins[0]], bufs[s.out]
             if sw.layer == "linear" and x.ndim > 2:  # a transformer Linear: (B*T, features)
                 x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])

@@ -341,6 +341,7 @@ class CSRLinear(_Linear):
     """
 
     panels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    arena: Any = None  # where the K-panel copy is allocated (a native.memory.HugePageArena)
 
     def __init__(
         self,
@@ -384,8 +385,9 @@ class CSRLinear(_Linear):
             if self.panels is not None:
                 return
             m, k = self.shape
-            ptr = np.empty(-(-k // PANEL_COLS) * (m + 1), np.int32)
-            off, val = np.empty(self.nnz, np.uint8), np.empty(self.nnz, np.float32)
+            alloc = self.arena.zeros if self.arena is not None else np.zeros
+            ptr = alloc((-(-k // PANEL_COLS) * (m + 1),), np.int32)
+            off, val = alloc((self.nnz,), np.uint8), alloc((self.nnz,), np.float32)
             status = load().sb_csr_panels(ctypes.byref(self._desc), PANEL_COLS, _addr(ptr),
                                           _addr(off), _addr(val))
             if status:
