@@ -1,12 +1,45 @@
-// Library identity (ABI version, compiled ISA), benchmark tuning knobs, per-thread scratch.
+// Library identity (ABI version, compiled ISA), benchmark tuning knobs, per-thread scratch,
+// plan memory.
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "common.hpp"
 #include "sparsebench_kernels.h"
 
 namespace sb {
 namespace {
+
+constexpr size_t kHugePage = 2u << 20;
+constexpr size_t kPlanChunk = 16u << 20;  // plan memory is carved from chunks this large
+
+// `bytes` (a multiple of kHugePage) at a 2 MB boundary, advised for transparent huge pages.
+void *huge_alloc(size_t bytes) {
+  void *p = std::aligned_alloc(kHugePage, bytes);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (p) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: 4 KB pages if it is refused
+#endif
+  return p;
+}
+
+SB_INLINE size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
+
+// Plan memory: chunks bump-allocated in order; a chunk is released with its last block.
+struct PlanChunk {
+  char *base;
+  size_t size, used;
+  int64_t live;  // blocks not yet freed
+};
+std::mutex g_plan_mu;
+// the chunks, the last one taking new blocks; never destroyed (plans may be freed at exit)
+std::vector<PlanChunk> &plan_chunks() {
+  static std::vector<PlanChunk> *chunks = new std::vector<PlanChunk>();
+  return *chunks;
+}
 struct ScratchCache {
   void *ptr[kScratchSlots] = {};
   size_t cap[kScratchSlots] = {};
@@ -20,14 +53,52 @@ thread_local ScratchCache t_scratch;
 float *scratch(ScratchSlot slot, size_t bytes) {
   ScratchCache &c = t_scratch;
   if (bytes > c.cap[slot] || !c.ptr[slot]) {
-    const size_t rounded = (bytes + 4095) / 4096 * 4096;
-    void *p = std::aligned_alloc(64, rounded);
+    // from 1 MB up on huge pages (2 MB rounding costs at most one page per slot and thread)
+    const size_t rounded = bytes >= (1u << 20) ? round_up(bytes, kHugePage) : round_up(bytes, 4096);
+    void *p = rounded >= kHugePage ? huge_alloc(rounded) : std::aligned_alloc(64, rounded);
     if (!p) return nullptr;
     std::free(c.ptr[slot]);
     c.ptr[slot] = p;
     c.cap[slot] = rounded;
   }
   return static_cast<float *>(c.ptr[slot]);
+}
+
+void *plan_alloc(size_t bytes) {
+  bytes = round_up(bytes > 0 ? bytes : 1, 64);
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  std::vector<PlanChunk> &chunks = plan_chunks();
+  if (bytes > kPlanChunk / 4) {  // a large block gets a chunk of its own, kept out of the way
+    const size_t size = round_up(bytes, kHugePage);
+    char *base = static_cast<char *>(huge_alloc(size));
+    if (!base) return nullptr;
+    chunks.insert(chunks.empty() ? chunks.end() : chunks.end() - 1, PlanChunk{base, size, size, 1});
+    return base;
+  }
+  if (chunks.empty() || chunks.back().size - chunks.back().used < bytes) {
+    char *base = static_cast<char *>(huge_alloc(kPlanChunk));
+    if (!base) return nullptr;
+    chunks.push_back(PlanChunk{base, kPlanChunk, 0, 0});
+  }
+  PlanChunk &c = chunks.back();
+  void *p = c.base + c.used;
+  c.used += bytes;
+  ++c.live;
+  return p;
+}
+
+void plan_free(void *p) {
+  if (!p) return;
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  std::vector<PlanChunk> &chunks = plan_chunks();
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    PlanChunk &c = chunks[i];
+    if (static_cast<char *>(p) < c.base || static_cast<char *>(p) >= c.base + c.size) continue;
+    if (--c.live > 0) return;
+    std::free(c.base);
+    chunks.erase(chunks.begin() + (std::ptrdiff_t)i);
+    return;
+  }
 }
 }  // namespace sb
 

@@ -804,7 +804,7 @@ extern "C" void sb_conv2d_plan_free(sb_conv_plan *p) {
   if (!p) return;
   sb_conv_plan_impl *pl = (sb_conv_plan_impl *)p;
   pl->magic = 0;
-  std::free(pl->mem);
+  sb::plan_free(pl->mem);
   std::free(pl);
 }
 
@@ -897,7 +897,7 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   const size_t ints = 2 * (size_t)nnz + (size_t)Cout * (size_t)(ncb + 1) + 2 * (size_t)Cout * ncb +
                       gints;
   const size_t bytes = (size_t)(pack + ext) * sizeof(float) + ints * sizeof(int32_t) + 64;
-  pl->mem = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  pl->mem = sb::plan_alloc(bytes);
   if (!pl->mem) {
     std::free(pl);
     return SB_ENOMEM;

@@ -269,7 +269,7 @@ extern "C" int sb_dense_conv_create(const float *weight, const float *bias, int6
   if (!c) return SB_ENOMEM;
   const int64_t groups = (cout + sb::kGroup - 1) / sb::kGroup, taps = cin * kh * kw;
   const size_t wfloats = (size_t)(groups * taps * sb::kGroup), bfloats = (size_t)(groups * sb::kGroup);
-  float *mem = (float *)std::aligned_alloc(64, (wfloats + bfloats) * sizeof(float));
+  float *mem = (float *)sb::plan_alloc((wfloats + bfloats) * sizeof(float));
   if (!mem) {
     std::free(c);
     return SB_ENOMEM;
@@ -290,7 +290,7 @@ extern "C" int sb_dense_conv_create(const float *weight, const float *bias, int6
 extern "C" void sb_dense_conv_free(sb_dense_conv *c) {
   if (!c) return;
   c->magic = 0;
-  std::free(c->wt);
+  sb::plan_free(c->wt);
   std::free(c);
 }
 
