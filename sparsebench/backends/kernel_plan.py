@@ -42,10 +42,10 @@ from sparsebench.backends.base import Backend, Prepared, Unsupported, swap_layer
 from sparsebench.errors import SparsebenchError
 from sparsebench.graph import Graph, Node, from_module, run
 from sparsebench.graph.execute import bind
-from sparsebench.native.memory import HugePageArena
 from sparsebench.formats import ConvertedModel, SparseWeight, convert, format_family
 from sparsebench.formats.fold import fold_batchnorm
 from sparsebench.measure.timing import fastest_seconds
+from sparsebench.native.memory import HugePageArena
 from sparsebench.model_io import make_inputs
 
 _ACTS = ("relu", "gelu")

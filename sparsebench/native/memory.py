@@ -23,8 +23,8 @@ _ALIGN = 64           # buffers start on cache lines
 
 
 class HugePageArena:
-    """A bump allocator of zeroed float32 arrays in huge-page-advised regions; the arrays stay
-    valid as long as the arena (or any of them) lives. Regions are never reused or unmapped
+    """A bump allocator of zeroed arrays in huge-page-advised regions; the arrays stay valid
+    as long as the arena (or any of them) lives. Regions are never reused or unmapped
     before then: a plan allocates its buffers once."""
 
     def __init__(self, huge: bool = True) -> None:
