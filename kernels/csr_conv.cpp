@@ -631,7 +631,7 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
         };
         int64_t co = a0;
         if constexpr (NV <= 6) {
-          if (p.rows_paired && pl->quads)
+          if (pl->quads)
             for (; co + 3 < a1; co += 4) {
               const Nz *nz[4];
               typename Vt::T acc[4][NV];
@@ -846,7 +846,8 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   }
   sb::Geo g = sb::layout_geometry(w, n, h, width, ho, wo, pool, layout);
   // a dense weight's rows run four at a time: 4 x NV accumulators fit the registers at NV <= 6
-  const bool quads = sb::g_conv_pairs >= 2 && Cout >= 4 && sb::same_taps(w);
+  const bool same = sb::same_taps(w);
+  const bool quads = sb::g_conv_pairs >= 2 && Cout >= 4 && same;
   if (quads && g.tile > 96) g.tile = 96;
 
   // Position bands (see sb_conv2d_run): equal runs of output positions, each packed into its
@@ -987,16 +988,9 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
           pl->stream[pos++] = sb::Nz{off[j], w->values[j]};
         pl->seg[2 * (co * ncb + cb) + 1] = (int32_t)pos;
       }
-  // same taps in every row and block (a dense weight): conv_rows may take rows in pairs
-  pl->pub.rows_paired = sb::g_conv_pairs != 0 && Cout > 1;
-  for (int64_t co = 1; co < Cout && pl->pub.rows_paired; ++co)
-    for (int64_t cb = 0; cb < ncb && pl->pub.rows_paired; ++cb) {
-      const int32_t *a = pl->seg + 2 * (co * ncb + cb), *b = pl->seg + 2 * cb;
-      if (a[1] - a[0] != b[1] - b[0]) pl->pub.rows_paired = 0;
-      for (int32_t j = 0; pl->pub.rows_paired && j < a[1] - a[0]; ++j)
-        if (pl->stream[a[0] + j].off != pl->stream[b[0] + j].off) pl->pub.rows_paired = 0;
-    }
-  pl->quads = quads && pl->pub.rows_paired;
+  // same taps in every row (a dense weight): conv_rows may take rows in fours and pairs
+  pl->pub.rows_paired = sb::g_conv_pairs != 0 && Cout > 1 && same;
+  pl->quads = quads;
   std::free(off);
   *out = &pl->pub;
   return SB_OK;

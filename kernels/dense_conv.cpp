@@ -206,15 +206,13 @@ size_t scratch_bytes(const sb_dense_conv *c, const Shape &s) {
   return (size_t)floats * sizeof(float);
 }
 
-// Output rows [r0, r1) of image n, channel group g.
+// Output rows [r0, r1) of image n, channel group g; mem: scratch_bytes of this thread's.
 void run_rows(const sb_dense_conv *c, const Shape &s, const float *x, float *y, int64_t n,
-              int64_t g, int64_t r0, int64_t r1) {
+              int64_t g, int64_t r0, int64_t r1, float *mem) {
   const float *xn = x + n * c->cin * s.h * s.w;
   const int64_t lanes = (c->cout - g * kGroup) < kGroup ? c->cout - g * kGroup : kGroup;
   float *yg = y + (n * c->cout + g * kGroup) * s.yh * s.yw;
   const int64_t rowf = round16(s.wo) * kGroup;  // floats per NHWC conv row
-  float *mem = scratch(kScratchConvRows, scratch_bytes(c, s));
-  if (!mem) return;
   float *xpad = mem + (c->pool_kh ? c->pool_kh : 1) * rowf + round16(s.yw) * kGroup;
   if (!c->pool_kh) {
     for (int64_t oy = r0; oy < r1; ++oy) {
@@ -331,11 +329,12 @@ extern "C" int sb_dense_conv_run(const sb_dense_conv *c, const float *x, int64_t
   sb::parallel_for(num_threads, units * per, [&](int64_t k) {
     const int64_t u = k / per, part = k % per, ni = u / c->groups, g = u % c->groups;
     const int64_t r0 = rows * part / per, r1 = rows * (part + 1) / per;
-    if (!sb::scratch(sb::kScratchConvRows, bytes)) {
+    float *mem = sb::scratch(sb::kScratchConvRows, bytes);
+    if (!mem) {
       failed.store(1);
       return;
     }
-    sb::run_rows(c, s, x, y, ni, g, r0, r1);
+    sb::run_rows(c, s, x, y, ni, g, r0, r1, mem);
   });
   return failed.load() ? SB_ENOMEM : SB_OK;
 }
