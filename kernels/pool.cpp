@@ -56,6 +56,32 @@ void hmax_stride2(const PoolJob &j, const float *SB_RESTRICT row, float *SB_REST
   }
 }
 
+// A 1-column window at stride 2 without padding (ResNet's subsample for its merged strided
+// shortcuts): y[ox] = row[2 * ox], one permute from the row straight into y. The even/odd split
+// took three passes: 256x56x56 0.20 -> 0.07 ms alone; ResNet-50's three subsamples in the model
+// 0.51 -> 0.21 ms at one thread, 0.66 -> 0.23 ms at two.
+void take_even(const float *SB_RESTRICT row, int64_t wo, float *SB_RESTRICT y) {
+  int64_t ox = 0;
+#if SB_AVX512
+  const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  for (; ox + 16 <= wo; ox += 16) {  // reads row[2 * ox .. 2 * ox + 30] only
+    const __m512 a = _mm512_loadu_ps(row + 2 * ox);
+    const __m512 b = _mm512_maskz_loadu_ps((__mmask16)0x7fff, row + 2 * ox + 16);
+    _mm512_storeu_ps(y + ox, _mm512_permutex2var_ps(a, ie, b));
+  }
+  if (ox < wo) {  // r < 16 outputs left: 2r - 1 inputs from row[2 * ox]
+    const int64_t r = wo - ox, need = 2 * r - 1;
+    const __mmask16 ma = (__mmask16)(need >= 16 ? 0xffff : (1u << need) - 1u);
+    const __mmask16 mb = (__mmask16)(need > 16 ? (1u << (need - 16)) - 1u : 0u);
+    const __m512 a = _mm512_maskz_loadu_ps(ma, row + 2 * ox);
+    const __m512 b = _mm512_maskz_loadu_ps(mb, row + 2 * ox + 16);
+    _mm512_mask_storeu_ps(y + ox, (__mmask16)((1u << r) - 1u), _mm512_permutex2var_ps(a, ie, b));
+    return;
+  }
+#endif
+  for (; ox < wo; ++ox) y[ox] = row[2 * ox];
+}
+
 // Planes [p0, p1), output rows [r0, r1) of each.
 void pool_planes(const PoolJob &j, int64_t p0, int64_t p1, int64_t r0, int64_t r1, float *row) {
   const float lowest = -std::numeric_limits<float>::infinity();
@@ -75,6 +101,10 @@ void pool_planes(const PoolJob &j, int64_t p0, int64_t p1, int64_t r0, int64_t r
           for (int64_t ix = 0; ix < j.w; ++ix) row[ix] = xr[ix] > row[ix] ? xr[ix] : row[ix];
         }
         vmax = row;
+      }
+      if (j.sw == 2 && j.kw == 1 && j.pw == 0) {
+        take_even(vmax, j.wo, yp + oy * j.wo);
+        continue;
       }
       if (j.sw == 2) {
         hmax_stride2(j, vmax, even, odd, pad, yp + oy * j.wo);

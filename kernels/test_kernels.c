@@ -452,7 +452,7 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
                          s.rp, s.c32, s.v, bias, 32, act};
     for (int layout = 0; layout < 4; ++layout) {
       sb_tuning("conv_layout", layout);
-      sb_tuning("conv_l1_kb", variant & 8 ? 1 : 64); /* 1 KB: many channel blocks */
+      sb_tuning("conv_l1_kb", variant & 8 ? 1 : 0); /* 1 KB: many channel blocks; 0 auto */
       const int row_out = (variant >> 1) % 3 != 2;   /* else extended rows + compaction */
       sb_tuning("conv_row_out", row_out);
       sb_conv_plan *plan = NULL;
@@ -482,7 +482,7 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
       sb_conv2d_plan_free(plan);
     }
     sb_tuning("conv_layout", 3);
-    sb_tuning("conv_l1_kb", 64);
+    sb_tuning("conv_l1_kb", 0);
     sb_tuning("conv_row_out", 1);
   }
   free(bias);
@@ -1095,6 +1095,11 @@ int main(void) {
   test_maxpool(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0);
   test_maxpool(1, 256, 56, 56, 1, 1, 2, 2, 0, 0, 0); /* a subsample (ResNet's merged shortcuts) */
   test_maxpool(2, 3, 9, 67, 1, 1, 2, 2, 0, 0, 1);    /* 1-row windows, odd width past 2 vectors */
+  /* 1-column windows at stride 2 (take_even): every tail length, a whole vector, past two */
+  for (int64_t w = 1; w <= 34; ++w) test_maxpool(1, 2, 3, w, 1, 1, 2, 2, 0, 0, w % 2);
+  test_maxpool(1, 3, 5, 64, 1, 1, 2, 2, 0, 0, 0);
+  test_maxpool(1, 3, 5, 97, 1, 1, 1, 2, 0, 0, 0);   /* stride 1 down, 2 across */
+  test_maxpool(2, 3, 9, 40, 3, 1, 2, 2, 1, 0, 0);   /* 3x1 window: vertical max, then take_even */
   test_maxpool(1, 2, 6, 65, 3, 3, 2, 2, 1, 1, 0);    /* the vector split and its scalar tail */
   if (sb_maxpool2d(y0, 1, 1, 2, 2, 2, 2, 1, 1, 2, 0, 0, y0, 1) != SB_EINVAL) ++failures;
   if (sb_maxpool2d(y0, 1, 1, 2, 2, 2, 2, 1, 1, 0, 0, 0, y0, 0) != SB_ETHREADS) ++failures;
