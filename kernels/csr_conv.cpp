@@ -126,11 +126,12 @@ int64_t pick_tile(int64_t positions) {
 }
 
 // Input KB per channel block (knob conv_l1_kb; 0: auto). Auto: 64 for 1x1 kernels, whose tile
-// reads each channel's run of positions once per nonzero, so a block past L1 still streams
-// from L2 (Zen 4, 32 KB L1d: 64 vs 32 KB even on ResNet-50's 1x1s); for larger kernels, whose
-// taps re-read overlapping runs, the L1d size (clamped to 16..64 KB): there 32 KB rather than
-// 64 made ResNet-50's 3x3s at 56x56 and 28x28 9-15% faster, 14x14 and 7x7 unchanged. (64 was
-// measured best on a 48 KB L1d Xeon, on the whole model.)
+// reads each channel's run of positions once per nonzero, so a block past L1 still streams well
+// from L2 (ResNet-50's 1x1s on Zen 4's 32 KB L1d: as fast or faster with 64 KB than with 32);
+// for larger kernels, whose taps re-read overlapping runs, the L1d size clamped to 16..64 KB
+// (there 32 KB rather than 64 made ResNet-50's 3x3s at 56x56 and 28x28 9-15% faster, 14x14 and
+// 7x7 unchanged). On a Xeon with a 48 KB L1d, 64 had been measured best on the whole model;
+// there this rule gives its spatial kernels 48 (not measured: that machine is gone).
 int64_t l1_budget_kb(int64_t kernel_taps) {
   if (g_conv_l1_kb > 0) return g_conv_l1_kb;
   if (kernel_taps == 1) return 64;
