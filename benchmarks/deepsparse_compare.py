@@ -591,7 +591,8 @@ def native_row(subject: Subject, threads: int, batch: int, xs: tuple[Any, ...],
 
 # ----------------------------------------------------------------------------- report
 HEAD = ["model", "threads", "batch", "ORT dense ms", "DeepSparse ms", "sparsebench ms",
-        "sparsebench impl (short)", "speedup vs DeepSparse", "speedup vs ORT", "max rel err"]
+        "sparsebench impl (short)", "speedup vs DeepSparse", "rounds' speedup p25-p75",
+        "speedup vs ORT", "max rel err"]
 
 
 def _p50(part: dict[str, Any]) -> float | None:
@@ -609,19 +610,40 @@ def _ratio(slow: float | None, fast: float | None) -> str:
     return f"{slow / fast:.2f}x" if slow and fast else "n/a"
 
 
+def round_speedups(slow: dict[str, Any], fast: dict[str, Any]) -> list[float]:
+    """Per alternating round, the median of ``slow``'s calls over the median of ``fast``'s: how
+    much the speedup moves with the machine's state during one run."""
+    import statistics
+
+    return [statistics.median(a) / statistics.median(b)
+            for a, b in zip(slow.get("samples_ns") or [], fast.get("samples_ns") or [])
+            if a and b]
+
+
+def _spread(slow: dict[str, Any], fast: dict[str, Any]) -> str:
+    import statistics
+
+    ratios = round_speedups(slow, fast)
+    if len(ratios) < 2:
+        return "n/a"
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return f"{q1:.2f}-{q3:.2f}x"
+
+
 def _err(sb: dict[str, Any]) -> str:
     err = sb.get("max_rel_err")
     return "n/a" if err is None else f"{err:.1e}" + (" FAIL" if sb["status"] == "failed" else "")
 
 
 def table_lines(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:
-    lines = ["| " + " | ".join(HEAD) + " |", "|---|" + "---:|" * 5 + "---|" + "---:|" * 3]
+    lines = ["| " + " | ".join(HEAD) + " |", "|---|" + "---:|" * 5 + "---|" + "---:|" * 4]
     for r in rows:
         sb, ds, ort = r["sparsebench"], r["deepsparse"], r["ort"]
         lines.append("| " + " | ".join([
             labels.get(r["model"], r["model"]), str(r["threads"]), str(r["batch"]), _ms(ort),
             _ms(ds), _ms(sb), short_impl(sb.get("impl")) or "-",
-            _ratio(_p50(ds), _p50(sb)), _ratio(_p50(ort), _p50(sb)), _err(sb)]) + " |")
+            _ratio(_p50(ds), _p50(sb)), _spread(ds, sb), _ratio(_p50(ort), _p50(sb)),
+            _err(sb)]) + " |")
     return lines
 
 
@@ -691,7 +713,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Medians of per-call latencies over {s['rounds']} alternating rounds "
         f"(calls per round: {s['calls'] or 'auto'}); speedups are ratios of those medians; max "
         f"rel err is sparsebench's output against the dense torch reference (limit "
-        f"{MAX_REL_ERR:g}).", "",
+        f"{MAX_REL_ERR:g}); the rounds' speedup p25-p75 is the spread of the speedup computed "
+        f"round by round (median over median), the machine's drift during the run.", "",
         *table_lines(doc["rows"], doc["labels"]), ""]
     roof = roofline_lines(doc["rows"], doc["labels"])
     if roof:

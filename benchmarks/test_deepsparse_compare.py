@@ -63,9 +63,9 @@ def test_without_deepsparse(tmp_path: Path, workdir: Path) -> None:
         ("BERT 1x64 seq 16", "1", "1"), ("BERT 1x64 seq 16", "1", "2"),
         ("ffn 64-256-64", "1", "1"), ("ffn 64-256-64", "1", "2")]
     for r in rows:
-        ort_ms, ds_ms, sb_ms, impl, vs_ds, vs_ort, err = r[3:]
+        ort_ms, ds_ms, sb_ms, impl, vs_ds, spread, vs_ort, err = r[3:]
         assert float(ort_ms) > 0 and float(sb_ms) > 0
-        assert ds_ms == "n/a" and vs_ds == "n/a"
+        assert ds_ms == "n/a" and vs_ds == "n/a" and spread == "n/a"
         assert impl.startswith("csr-") and "-t1" not in impl
         assert re.fullmatch(r"\d+\.\d\dx", vs_ort)
         assert 0 <= float(err) <= dc.MAX_REL_ERR
@@ -87,9 +87,9 @@ def test_without_deepsparse(tmp_path: Path, workdir: Path) -> None:
             assert [len(r) for r in row[engine]["samples_ns"]] == [3, 3]  # 2 rounds x 3 calls
         assert row["sparsebench"]["impl"].startswith("native-csr-")
         assert row["sparsebench"]["achieved_gflops"] > 0
-        assert cells[9] == f"{row['sparsebench']['max_rel_err']:.1e}"
+        assert cells[10] == f"{row['sparsebench']['max_rel_err']:.1e}"
         ort, sb = row["ort"]["latency_ms"]["p50"], row["sparsebench"]["latency_ms"]["p50"]
-        assert cells[8] == f"{ort / sb:.2f}x"
+        assert cells[9] == f"{ort / sb:.2f}x"
 
 
 def test_error_check_fails_the_row(tmp_path: Path, workdir: Path,
@@ -103,7 +103,7 @@ def test_error_check_fails_the_row(tmp_path: Path, workdir: Path,
     assert code == 1
     assert "FAILED ffn@90 t1 b1: sparsebench max relative error" in capsys.readouterr().err
     (row,) = table_rows(md.read_text())
-    assert row[5] == "FAILED" and row[9].endswith(" FAIL") and row[8] == "n/a"
+    assert row[5] == "FAILED" and row[10].endswith(" FAIL") and row[9] == "n/a"
     assert float(row[3]) > 0  # ORT is still timed
 
 
@@ -132,6 +132,16 @@ def test_existing_output_needs_force(tmp_path: Path) -> None:
     assert md.read_text() == "keep me" and not (tmp_path / "w").exists()
 
 
+def test_round_speedups_and_their_spread() -> None:
+    """The speedup round by round (median over median) and its interquartile range."""
+    ds = {"samples_ns": [[30, 10, 20], [40, 40], [90, 60, 30], [10, 20]]}  # medians 20 40 60 15
+    sb = {"samples_ns": [[10, 10, 10], [20, 20], [20, 30, 40], [10, 10]]}  # medians 10 20 30 10
+    assert dc.round_speedups(ds, sb) == [2.0, 2.0, 2.0, 1.5]
+    assert dc._spread(ds, sb) == "1.88-2.00x"
+    assert dc._spread({"status": "unavailable"}, sb) == "n/a"
+    assert dc._spread({"samples_ns": [[4]]}, {"samples_ns": [[2]]}) == "n/a"  # one round
+
+
 def test_short_impl() -> None:
     assert dc.short_impl("native-csr-avx512-i16-t2") == "csr-avx512-i16"
     assert dc.short_impl("native-csr-avx2-i16+i32-t1+torch(Div,Erf)") == \
@@ -157,4 +167,6 @@ def test_with_deepsparse(tmp_path: Path, workdir: Path) -> None:
     assert ds["engine"]["num_cores"] == 1 and ds["max_rel_err"] < 1e-4  # the same model
     assert [len(r) for r in ds["samples_ns"]] == [3, 3]
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ffn")]
-    assert re.fullmatch(r"\d+\.\d\dx", line.strip("| ").split(" | ")[7])
+    cells = line.strip("| ").split(" | ")
+    assert re.fullmatch(r"\d+\.\d\dx", cells[7])
+    assert re.fullmatch(r"\d+\.\d\d-\d+\.\d\dx", cells[8])  # two rounds: their spread
