@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import re
 
 import numpy as np
@@ -746,6 +747,40 @@ def test_sample_parallel_execution_matches_the_batch_plan(batch: int) -> None:
         got = prepared.run(x)
         assert got.shape == want.shape
         assert rel_err(got, want) <= 1e-4
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_samples_that_are_not_independent_keep_the_batch_plan(
+        threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-sample execution is chosen only when it gives the batch plan's output: a model that
+    mixes its samples (each output minus the batch mean) keeps the batch plan even when the
+    per-sample modes time faster (the clock is rigged: the batch plan, timed first, is slowest)."""
+    from sparsebench.backends import get_backend, kernel_plan
+
+    times = itertools.cycle([1.0, 0.5, 0.25][:threads + 1])  # batch, per-sample, lanes
+    monkeypatch.setattr(kernel_plan, "fastest_seconds", lambda fn, reps=5: next(times))
+
+    class BatchMix(nn.Module):
+        input_shape = (16,)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(16, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.fc(x)
+            return y - y.mean(0, keepdim=True)
+
+    m = BatchMix().eval()
+    prepared = get_backend("native").prepare(convert(m, "csr"), threads=threads, batch=4)
+    assert "per-sample" not in prepared.impl and "sample-parallel" not in prepared.impl
+    assert prepared._per_sample == set() and prepared._lanes == []
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        want = m(x)
+    assert float(want.abs().max()) > 0.1  # the per-sample answer (all zeros) would differ
+    assert rel_err(prepared.run(x), want) <= 1e-4
 
 
 class _ProjectionBlock(nn.Module):

@@ -567,3 +567,48 @@ def test_dynamic_batch_bert_runs_at_batch_2(tmp_path: Any) -> None:
     # the export's shape arithmetic is fixed once the batch is: stored, not run per call; the
     # two sequences' masks are one native key-mask step
     assert prepared.torch_ops == [], prepared.torch_ops
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bert_batch_runs_per_sample_or_as_one_batch_alike(tmp_path: Any, threads: int) -> None:
+    """A transformer at batch > 1 may run its batch-1 plan per sample (or on 1-thread lanes at
+    2 threads), chosen by timing at prepare time: every mode, forced, matches the dense module
+    sample for sample, with a mask that differs between the samples."""
+    transformers = pytest.importorskip("transformers")
+    from sparsebench.backends import get_backend
+    from sparsebench.formats import convert
+    from sparsebench.loading import load_model
+    from sparsebench.model_io import compare
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=128, vocab_size=100,
+                                  max_position_embeddings=32, attn_implementation="eager")
+    bert = _LastHidden(transformers.BertModel(cfg, add_pooling_layer=False).eval()).eval()
+    ids, mask = torch.randint(0, 100, (1, SEQ)), torch.ones(1, SEQ, dtype=torch.int64)
+    path = tmp_path / "bert-dyn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(bert, (ids, mask), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"],
+                          dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}})
+    loaded = load_model(path)
+    batch = 3
+    prepared = get_backend("native").prepare(convert(loaded.module, "csr"), batch=batch,
+                                             threads=threads)
+    assert "attention" in prepared.impl and prepared.torch_ops == [], prepared.impl
+    ids = torch.randint(0, 100, (batch, SEQ))
+    mask = torch.ones(batch, SEQ, dtype=torch.int64)
+    mask[1, 9:] = 0
+    mask[2, 3:] = 0
+    with torch.inference_mode():
+        want = loaded.module(ids, mask)
+    assert compare(prepared.run(ids, mask), want)[1] <= 1e-4, prepared.impl  # the chosen mode
+    prepared._build(1)
+    prepared._build(batch)
+    lanes = [type(prepared)(prepared.converted, prepared.graph, 1, 1, prepared.label)
+             for _ in range(2)]
+    for per_sample, lane in ((set(), []), ({batch}, []), ({batch}, lanes)):
+        prepared._per_sample, prepared._lanes = per_sample, lane
+        assert compare(prepared.run(ids, mask), want)[1] <= 1e-4, (per_sample, len(lane))
