@@ -163,6 +163,25 @@ def test_output_is_a_copy() -> None:
         assert rel_err(first, m(x)) <= 1e-4
 
 
+@pytest.mark.parametrize("src,dst", [
+    (torch.arange(24.0).reshape(2, 3, 4), torch.zeros(2, 3, 4)),             # raw memmove
+    (torch.arange(24.0).reshape(2, 4, 3).transpose(1, 2), torch.zeros(2, 3, 4)),  # strided src
+    (torch.arange(24.0).reshape(3, 8), torch.zeros(8, 3).t()),               # strided dst
+    (torch.arange(4.0), torch.zeros(2, 3, 4)),                               # broadcast
+    (torch.arange(24, dtype=torch.int64).reshape(2, 3, 4), torch.zeros(2, 3, 4)),  # other dtype
+    (torch.arange(24.0, dtype=torch.float64).reshape(2, 3, 4), torch.zeros(2, 3, 4)),
+])
+def test_copy_into_is_copy_(src: torch.Tensor, dst: torch.Tensor) -> None:
+    from sparsebench.backends.kernel_plan import copied, copy_into
+
+    want = dst.clone().copy_(src)
+    copy_into(dst, src)
+    assert torch.equal(dst, want)
+    if src.dtype is torch.float32 and src.is_contiguous():
+        fresh = copied(src)
+        assert torch.equal(fresh, src) and fresh.data_ptr() != src.data_ptr()
+
+
 @needs_kernels
 def test_untraceable_model_runs_as_swapped_modules() -> None:
     from sparsebench.backends import get_backend
