@@ -35,6 +35,7 @@ extern int g_conv_pack_min;
 extern int g_conv_pairs;
 extern int g_conv_bands;
 extern int g_conv_row_out;
+extern int g_conv_tile_nv;
 extern int g_linear_split;
 
 constexpr int kMaxThreads = 255;      // thread count fits the pool's job word

@@ -520,6 +520,53 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
   free(w);
 }
 
+/* Every tile width: conv_tile_nv forces 1..8 vectors (0: pick_tile) on maps whose positions
+ * leave a partial tile, on 1 and 2 threads (two bands), with a residual and ReLU; the auto
+ * choice is checked where it is known: 112 positions for 28x28 and 14x14 1x1 maps, 80 for
+ * 10x16, 128 for 1 x 8 x 128. */
+static void test_conv_tiles(int64_t Cin, int64_t Cout, int64_t H, int64_t W, int64_t k,
+                            int64_t auto_tile) {
+  const int64_t pad = k / 2, K = Cin * k * k, n = Cout * H * W;
+  float *w = sparse_dense(Cout, K, 0.3, 5);
+  csr_t s = to_csr(w, Cout, K);
+  float *bias = falloc(Cout), *x = falloc(Cin * H * W), *res = falloc(n), *y = falloc(n);
+  float *r = falloc(n);
+  ref_conv(w, Cout, Cin, k, k, 1, 1, pad, pad, bias, SB_ACT_NONE, x, 1, H, W, H, W, r);
+  for (int64_t i = 0; i < n; ++i) r[i] = (float)ref_act((double)r[i] + res[i], SB_ACT_RELU);
+  const sb_conv2d d = {Cout, Cin, k, k, 1, 1, pad, pad, s.rp, s.c32, s.v, bias, 32, SB_ACT_RELU};
+  for (int nv = 0; nv <= 8; ++nv)
+    for (int threads = 1; threads <= 2; ++threads) {
+      sb_tuning("conv_tile_nv", nv);
+      sb_conv_plan *plan = NULL;
+      expect_ok(sb_conv2d_plan(&d, 1, H, W, 0, NULL, threads, &plan), "sb_conv2d_plan");
+      sb_tuning("conv_tile_nv", 0);
+      if (!plan) continue;
+      ++checks;
+      const int64_t want = nv ? 16 * nv : auto_tile;
+      if (want && plan->tile != want) {
+        fprintf(stderr, "FAIL conv %lldx%lld k=%lld nv=%d: tile %lld, expected %lld\n",
+                (long long)H, (long long)W, (long long)k, nv, (long long)plan->tile,
+                (long long)want);
+        ++failures;
+      }
+      memset(y, 0xff, (size_t)n * sizeof(float));
+      expect_ok(sb_conv2d_run(&d, plan, x, res, y, threads), "sb_conv2d_run");
+      char what[160];
+      snprintf(what, sizeof what, "conv tiles %lld->%lld %lldx%lld k=%lld nv=%d tile=%lld t%d",
+               (long long)Cin, (long long)Cout, (long long)H, (long long)W, (long long)k, nv,
+               (long long)plan->tile, threads);
+      compare(what, y, r, n);
+      sb_conv2d_plan_free(plan);
+    }
+  free(bias);
+  free(x);
+  free(res);
+  free(y);
+  free(r);
+  free_csr(s);
+  free(w);
+}
+
 /* Naive max-pool of `planes` H x W maps into ho x wo (pads read as -inf). */
 static void ref_maxpool(const float *x, int64_t planes, int64_t H, int64_t W, int64_t kh,
                         int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t ho,
@@ -1187,6 +1234,11 @@ int main(void) {
   test_conv_planned(1, 8, 12, 40, 40, 1, 1, 0, 0.5, 0);
   test_conv_planned(1, 3, 4, 61, 60, 7, 2, 3, 1.0, 0);
   test_conv_planned(1, 4, 3, 33, 33, 3, 1, 1, 0.0, 0);
+  test_conv_tiles(9, 7, 28, 28, 1, 112);
+  test_conv_tiles(6, 5, 14, 14, 1, 112);
+  test_conv_tiles(5, 6, 10, 16, 1, 80);
+  test_conv_tiles(4, 5, 8, 128, 1, 128);
+  test_conv_tiles(5, 4, 13, 17, 3, 0); /* a padded 3x3: its layout decides the positions */
   ++checks;
   printf("planned convs cut into position bands: %d, with row-scatter output: %d\n", banded_plans,
          row_out_plans);

@@ -339,7 +339,7 @@ def test_dense_conv_rows_in_fours_and_pairs_match(cout: int) -> None:
             native.tuning("conv_pairs", old)
     assert got[2][1]["rows_paired"] == got[1][1]["rows_paired"] == 1
     assert got[0][1]["rows_paired"] == 0
-    assert got[2][1]["tile"] == 96 and got[1][1]["tile"] == 128  # 40 x 36 outputs: wide tiles
+    assert got[2][1]["tile"] == 96 and got[1][1]["tile"] > 96  # 40 x 36 outputs: wide tiles
     assert_close(got[2][0], conv_ref(x, w, bias, (2, 2), (3, 3), True))
     for pairs in (1, 0):
         np.testing.assert_allclose(got[2][0], got[pairs][0], rtol=1e-5, atol=1e-4)
