@@ -36,6 +36,7 @@ extern int g_conv_pairs;
 extern int g_conv_bands;
 extern int g_conv_row_out;
 extern int g_conv_tile_nv;
+extern int g_conv_aligned_1x1;
 extern int g_linear_split;
 
 constexpr int kMaxThreads = 255;      // thread count fits the pool's job word

@@ -567,6 +567,47 @@ static void test_conv_tiles(int64_t Cin, int64_t Cout, int64_t H, int64_t W, int
   free(w);
 }
 
+/* A plain 1x1 reads x in place unless its planes are not 64-byte aligned (H * W % 16): then
+ * they are copied to aligned planes, on 2+ threads only when every input channel feeds at
+ * least 128 nonzeros; conv_aligned_1x1=0 always reads in place. Results on 1 and 2 threads. */
+static void test_conv_planes(int64_t Cin, int64_t Cout, int64_t H, int64_t W, double density,
+                             int64_t bands, int knob, int64_t direct_in) {
+  const int64_t n = Cout * H * W;
+  float *w = sparse_dense(Cout, Cin, density, 6);
+  csr_t s = to_csr(w, Cout, Cin);
+  float *bias = falloc(Cout), *x = falloc(Cin * H * W), *y = falloc(n), *r = falloc(n);
+  ref_conv(w, Cout, Cin, 1, 1, 1, 1, 0, 0, bias, SB_ACT_RELU, x, 1, H, W, H, W, r);
+  const sb_conv2d d = {Cout, Cin, 1, 1, 1, 1, 0, 0, s.rp, s.c32, s.v, bias, 32, SB_ACT_RELU};
+  const int old = sb_tuning("conv_aligned_1x1", knob);
+  sb_conv_plan *plan = NULL;
+  expect_ok(sb_conv2d_plan(&d, 1, H, W, 0, NULL, bands, &plan), "sb_conv2d_plan");
+  sb_tuning("conv_aligned_1x1", old);
+  ++checks;
+  if (plan && plan->direct_in != direct_in) {
+    fprintf(stderr, "FAIL conv planes %lld->%lld %lldx%lld nnz %lld bands %lld knob %d: "
+            "direct_in %lld, expected %lld\n", (long long)Cin, (long long)Cout, (long long)H,
+            (long long)W, (long long)s.rp[Cout], (long long)bands, knob,
+            (long long)plan->direct_in, (long long)direct_in);
+    ++failures;
+  }
+  for (int threads = 1; plan && threads <= 2; ++threads) {
+    memset(y, 0xff, (size_t)n * sizeof(float));
+    expect_ok(sb_conv2d_run(&d, plan, x, NULL, y, threads), "sb_conv2d_run");
+    char what[160];
+    snprintf(what, sizeof what, "conv planes %lld->%lld %lldx%lld bands %lld direct_in %lld t%d",
+             (long long)Cin, (long long)Cout, (long long)H, (long long)W, (long long)bands,
+             (long long)plan->direct_in, threads);
+    compare(what, y, r, n);
+  }
+  sb_conv2d_plan_free(plan);
+  free(bias);
+  free(x);
+  free(y);
+  free(r);
+  free_csr(s);
+  free(w);
+}
+
 /* Naive max-pool of `planes` H x W maps into ho x wo (pads read as -inf). */
 static void ref_maxpool(const float *x, int64_t planes, int64_t H, int64_t W, int64_t kh,
                         int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t ho,
@@ -1239,6 +1280,12 @@ int main(void) {
   test_conv_tiles(5, 6, 10, 16, 1, 80);
   test_conv_tiles(4, 5, 8, 128, 1, 128);
   test_conv_tiles(5, 4, 13, 17, 3, 0); /* a padded 3x3: its layout decides the positions */
+  test_conv_planes(24, 40, 14, 14, 0.3, 1, 1, 0);  /* 196 positions: copied to aligned planes */
+  test_conv_planes(24, 40, 7, 7, 0.3, 1, 1, 0);    /* 49 */
+  test_conv_planes(24, 40, 14, 14, 0.3, 2, 1, 1);  /* 2 threads, ~12 nonzeros per channel */
+  test_conv_planes(3, 160, 7, 7, 1.0, 2, 1, 0);    /* 2 threads, 160 nonzeros per channel */
+  test_conv_planes(24, 40, 14, 14, 0.3, 1, 0, 1);  /* knob off */
+  test_conv_planes(24, 40, 16, 16, 0.3, 1, 1, 1);  /* aligned planes: in place */
   ++checks;
   printf("planned convs cut into position bands: %d, with row-scatter output: %d\n", banded_plans,
          row_out_plans);
