@@ -520,6 +520,15 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
   free(w);
 }
 
+/* Runs a planned conv into y (pre-filled with NaNs) and compares it with r[0, n). */
+static void run_compare(const sb_conv2d *d, const sb_conv_plan *plan, const float *x,
+                        const float *res, float *y, const float *r, int64_t n, int threads,
+                        const char *what) {
+  memset(y, 0xff, (size_t)n * sizeof(float));
+  expect_ok(sb_conv2d_run(d, plan, x, res, y, threads), "sb_conv2d_run");
+  compare(what, y, r, n);
+}
+
 /* Every tile width: conv_tile_nv forces 1..8 vectors (0: pick_tile) on maps whose positions
  * leave a partial tile, on 1 and 2 threads (two bands), with a residual and ReLU; the auto
  * choice is checked where it is known: 112 positions for 28x28 and 14x14 1x1 maps, 80 for
@@ -549,13 +558,11 @@ static void test_conv_tiles(int64_t Cin, int64_t Cout, int64_t H, int64_t W, int
                 (long long)want);
         ++failures;
       }
-      memset(y, 0xff, (size_t)n * sizeof(float));
-      expect_ok(sb_conv2d_run(&d, plan, x, res, y, threads), "sb_conv2d_run");
       char what[160];
       snprintf(what, sizeof what, "conv tiles %lld->%lld %lldx%lld k=%lld nv=%d tile=%lld t%d",
                (long long)Cin, (long long)Cout, (long long)H, (long long)W, (long long)k, nv,
                (long long)plan->tile, threads);
-      compare(what, y, r, n);
+      run_compare(&d, plan, x, res, y, r, n, threads, what);
       sb_conv2d_plan_free(plan);
     }
   free(bias);
@@ -591,13 +598,11 @@ static void test_conv_planes(int64_t Cin, int64_t Cout, int64_t H, int64_t W, do
     ++failures;
   }
   for (int threads = 1; plan && threads <= 2; ++threads) {
-    memset(y, 0xff, (size_t)n * sizeof(float));
-    expect_ok(sb_conv2d_run(&d, plan, x, NULL, y, threads), "sb_conv2d_run");
     char what[160];
     snprintf(what, sizeof what, "conv planes %lld->%lld %lldx%lld bands %lld direct_in %lld t%d",
              (long long)Cin, (long long)Cout, (long long)H, (long long)W, (long long)bands,
              (long long)plan->direct_in, threads);
-    compare(what, y, r, n);
+    run_compare(&d, plan, x, NULL, y, r, n, threads, what);
   }
   sb_conv2d_plan_free(plan);
   free(bias);
