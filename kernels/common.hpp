@@ -37,6 +37,8 @@ extern int g_conv_bands;
 extern int g_conv_row_out;
 extern int g_conv_tile_nv;
 extern int g_conv_aligned_1x1;
+extern int g_conv_gather;
+extern int g_conv_shared_pack;
 extern int g_linear_split;
 
 constexpr int kMaxThreads = 255;      // thread count fits the pool's job word
@@ -84,7 +86,8 @@ bool pool_tuning(const char *key, int value, int *old);
 // glibc serves the linears' large per-call buffers (0.2-1.5 MB) with mmap and page faults:
 // 0.2 ms of a 0.45 ms BERT-base 768 x 768 linear (128 tokens) in a C driver.
 enum ScratchSlot {
-  kScratchTransposed, kScratchSums, kScratchChain, kScratchConvRows, kScratchSlots
+  kScratchTransposed, kScratchSums, kScratchChain, kScratchConvRows, kScratchConvPack,
+  kScratchSlots
 };
 float *scratch(ScratchSlot slot, size_t bytes);
 // Long-lived plan memory (weight streams, packed inputs), 64-byte aligned, nullptr on failure:

@@ -474,6 +474,10 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
           }
     const sb_conv2d d = {Cout, Cin, k, k, stride, stride, pad, pad,
                          s.rp, s.c32, s.v, bias, 32, act};
+    /* narrow maps' packing: row copies, gathers, permutes (+ gathers); each plan's own packed
+     * region or the thread's shared one, which holds an earlier plan's data */
+    sb_tuning("conv_gather", variant % 3);
+    sb_tuning("conv_shared_pack", (variant >> 2) & 1);
     for (int layout = 0; layout < 4; ++layout) {
       sb_tuning("conv_layout", layout);
       sb_tuning("conv_l1_kb", variant & 8 ? 1 : 0); /* 1 KB: many channel blocks; 0 auto */
@@ -508,6 +512,8 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
     sb_tuning("conv_layout", 3);
     sb_tuning("conv_l1_kb", 0);
     sb_tuning("conv_row_out", 1);
+    sb_tuning("conv_gather", 2);
+    sb_tuning("conv_shared_pack", 1);
   }
   free(bias);
   free(scale);
