@@ -139,6 +139,7 @@ extern "C" int sb_tuning(const char *key, int value) {
   else if (std::strcmp(key, "conv_aligned_1x1") == 0) knob = &sb::g_conv_aligned_1x1;
   else if (std::strcmp(key, "conv_gather") == 0) knob = &sb::g_conv_gather;
   else if (std::strcmp(key, "conv_shared_pack") == 0) knob = &sb::g_conv_shared_pack;
+  else if (std::strcmp(key, "conv_ksplit") == 0) knob = &sb::g_conv_ksplit;
   else if (std::strcmp(key, "linear_split") == 0) knob = &sb::g_linear_split;
   if (!knob) return -1;
   const int old = *knob;

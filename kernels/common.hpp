@@ -39,6 +39,7 @@ extern int g_conv_tile_nv;
 extern int g_conv_aligned_1x1;
 extern int g_conv_gather;
 extern int g_conv_shared_pack;
+extern int g_conv_ksplit;
 extern int g_linear_split;
 
 constexpr int kMaxThreads = 255;      // thread count fits the pool's job word
@@ -87,7 +88,7 @@ bool pool_tuning(const char *key, int value, int *old);
 // 0.2 ms of a 0.45 ms BERT-base 768 x 768 linear (128 tokens) in a C driver.
 enum ScratchSlot {
   kScratchTransposed, kScratchSums, kScratchChain, kScratchConvRows, kScratchConvPack,
-  kScratchSlots
+  kScratchConvSplit, kScratchSlots
 };
 float *scratch(ScratchSlot slot, size_t bytes);
 // Long-lived plan memory (weight streams, packed inputs), 64-byte aligned, nullptr on failure:

@@ -99,6 +99,7 @@ int g_conv_bands = 0;         // new plans: position bands (0: sb_conv2d_plan's 
 int g_conv_row_out = 1;       // new plans: row-scatter epilogue instead of ext + compaction
 int g_conv_tile_nv = 0;       // new plans: vectors per tile, 1..8 (else auto: pick_tile)
 int g_conv_shared_pack = 1;  // new plans pack into the calling thread's scratch, not their own
+int g_conv_ksplit = 1;       // small maps on 2+ threads: split by input-channel blocks
 int g_conv_gather = 2;        // new plans, narrow maps: 0 row copies, 1 gathers, 2 permutes
                               // where 16 packed floats come from 32 consecutive ones, else gathers
 int g_conv_aligned_1x1 = 1;   // new plans: pack a 1x1's map whose planes are not 64-byte aligned
@@ -201,6 +202,9 @@ struct Job {
   float *y;
   int act;
   int64_t prefetch;  // nonzeros ahead to prefetch in the weight stream (0: off)
+  int64_t cb0 = 0, cb1 = -1;  // input-channel blocks [cb0, cb1) (cb1 < 0: to the last)
+  float *raw = nullptr;       // not NULL: the blocks' sums go here, [Cout][positions], with no
+                              // bias or epilogue (a split over input channels, sb_conv2d_run)
 };
 
 // Stacked packed rows [r0, r1) (row R = n * hq + i) of copy (a, u) of channel c into its plane
@@ -672,13 +676,19 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
     // output-channel windows are aligned to multiples of `win`, as the stream is ordered
     for (int64_t w0 = c0 / win * win; w0 < c1; w0 += win) {
       const int64_t a0 = w0 > c0 ? w0 : c0, a1 = w0 + win < c1 ? w0 + win : c1;
-      for (int64_t cb = 0; cb < ncb; ++cb) {
-        const bool first = cb == 0, last = cb == ncb - 1;
+      const int64_t cbe = k.cb1 < 0 ? ncb : k.cb1;
+      for (int64_t cb = k.cb0; cb < cbe; ++cb) {
+        const bool first = cb == k.cb0, last = cb == cbe - 1;
         // the sums of row co for this block are in acc: keep them or run the epilogue
         auto finish_row = [&](int64_t co, typename Vt::T *acc) {
           float *part = partial + (co - w0) * T;
           if (!last) {
             for (int q = 0; q < NV; ++q) Vt::store(part + W * q, acc[q]);
+            return;
+          }
+          if (k.raw) {
+            float *ro = k.raw + co * P + p0;
+            for (int q = 0; q < NV; ++q) Vt::storem(ro + W * q, mk[q], acc[q]);
             return;
           }
           const typename Vt::T bb = Vt::set1(w->bias ? w->bias[co] : 0.f);
@@ -787,10 +797,11 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
     const int nrun = pl->row_out ? tile_runs(pl, w->out_channels, p0, valid, runs) : 0;
     for (int64_t w0 = c0 / win * win; w0 < c1; w0 += win) {
       const int64_t a0 = w0 > c0 ? w0 : c0, a1 = w0 + win < c1 ? w0 + win : c1;
-      for (int64_t cb = 0; cb < ncb; ++cb) {
+      const int64_t cbe = k.cb1 < 0 ? ncb : k.cb1;
+      for (int64_t cb = k.cb0; cb < cbe; ++cb) {
         for (int64_t co = a0; co < a1; ++co) {
           float *acc = partial + (co - w0) * T;
-          if (cb == 0)
+          if (cb == k.cb0)
             for (int64_t i = 0; i < T; ++i) acc[i] = 0.f;
           for (int64_t j = seg[2 * (co * ncb + cb)]; j < seg[2 * (co * ncb + cb) + 1]; ++j) {
             const float v = stream[j].val;
@@ -801,7 +812,11 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
               for (int64_t i = 0; i < valid; ++i) acc[i] += v * s[i];
             }
           }
-          if (cb != ncb - 1) continue;
+          if (cb != cbe - 1) continue;
+          if (k.raw) {
+            for (int64_t i = 0; i < valid; ++i) k.raw[co * P + p0 + i] = acc[i];
+            continue;
+          }
           const float b = w->bias ? w->bias[co] : 0.f;
           if (p.direct_out) {
             float *yo = k.y + co * P + p0;
@@ -1161,6 +1176,43 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
       const sb::Job job = job_of(b);
       sb::run_tiles(p.tile, job, 0, Cout, pos(b), pos(b + 1));
       if (!p.direct_out && !pl->row_out) sb::compact(job, 0, Cout, pos(b), pos(b + 1));
+    });
+    return SB_OK;
+  }
+  // Input channels (small maps at batch 1, written straight to y): chunk t packs the input
+  // channels of its channel blocks and sums them for every output channel into its own
+  // [Cout][P] buffer; then chunks of output channels add the buffers and run the epilogue. A
+  // thread reads only what it packed (no packed line crosses between cores, and each thread
+  // streams only its blocks' weights); the buffers' halves cross once, in the second job.
+  const int64_t kparts = std::min<int64_t>(num_threads, pl->ncb);
+  if (sb::g_conv_ksplit && kparts > 1 && nb == 1 && !p.direct_in && p.direct_out && p.n == 1 &&
+      p.pool == 0) {
+    float *parts = sb::scratch(sb::kScratchConvSplit, (size_t)(kparts * Cout * P) * sizeof(float));
+    if (!parts) return SB_ENOMEM;
+    const int64_t planes = pl->gmap ? 1 : pl->ncopies;  // pack_band planes per channel run
+    sb::parallel_for(num_threads, kparts, [&](int64_t t) {
+      const int64_t b0 = pl->ncb * t / kparts, b1 = pl->ncb * (t + 1) / kparts;
+      const int64_t c0 = b0 * pl->cbs, c1 = std::min(b1 * pl->cbs, Cin);
+      for (int64_t q = 0; q < planes; ++q) pack_band(0, q * Cin + c0, q * Cin + c1);
+      sb::Job job = job_of(0);
+      job.cb0 = b0, job.cb1 = b1, job.raw = parts + t * Cout * P;
+      sb::run_tiles(p.tile, job, 0, Cout, 0, P);
+    });
+    const int64_t nc = sb::chunk_count(Cout, num_threads, 1);
+    sb::parallel_for(num_threads, nc, [&](int64_t c) {
+      const int64_t lo = Cout * c / nc, hi = Cout * (c + 1) / nc;
+      for (int64_t co = lo; co < hi; ++co) {
+        float *yo = y + co * P;
+        const float *ro = residual ? residual + co * P : nullptr;
+        const float b = w->bias ? w->bias[co] : 0.f;
+        const float *p0 = parts + co * P;
+        for (int64_t i = 0; i < P; ++i) yo[i] = p0[i] + b + (ro ? ro[i] : 0.f);
+        for (int64_t t = 1; t < kparts; ++t) {
+          const float *pt = parts + (t * Cout + co) * P;
+          for (int64_t i = 0; i < P; ++i) yo[i] += pt[i];
+        }
+        sb::post_range(yo, P, (int)w->act, pl->scale != nullptr, pl->scale ? pl->scale[co] : 1.f);
+      }
     });
     return SB_OK;
   }

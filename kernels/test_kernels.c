@@ -478,6 +478,8 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
      * region or the thread's shared one, which holds an earlier plan's data */
     sb_tuning("conv_gather", variant % 3);
     sb_tuning("conv_shared_pack", (variant >> 2) & 1);
+    /* 2+ threads on small maps: split by output channels or by input-channel blocks */
+    sb_tuning("conv_ksplit", ((variant >> 1) ^ (variant >> 2)) & 1); /* not tied to res/scale */
     for (int layout = 0; layout < 4; ++layout) {
       sb_tuning("conv_layout", layout);
       sb_tuning("conv_l1_kb", variant & 8 ? 1 : 0); /* 1 KB: many channel blocks; 0 auto */
@@ -514,6 +516,7 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
     sb_tuning("conv_row_out", 1);
     sb_tuning("conv_gather", 2);
     sb_tuning("conv_shared_pack", 1);
+    sb_tuning("conv_ksplit", 1);
   }
   free(bias);
   free(scale);
