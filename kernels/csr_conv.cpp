@@ -35,9 +35,16 @@
 // rows below it that its taps read), so one chunk packs a band and computes every output
 // channel on it: no barrier between packing and compute, no packed line read by two cores,
 // and each thread writes its own part of y, which the next layer banded the same way reads
-// from the same core's cache. Otherwise (one band, or more threads than bands) threads pack
-// planes, then claim chunks of output channels (balanced by nnz) over the whole map.
-// Narrow maps are packed with AVX-512 gathers from a precomputed index map.
+// from the same core's cache. Small maps at batch 1 written straight to y, with two or more
+// channel blocks, split the input-channel blocks instead (each chunk packs and sums its own
+// blocks into a buffer; a second job adds the buffers and runs the epilogue). Otherwise (one
+// band, or more threads than bands) threads pack planes, then claim chunks of output channels
+// (balanced by nnz) over the whole map.
+// Packing. Every plan packs into one grow-only region of the calling thread (unless
+// conv_shared_pack was 0 when it was planned), so a layer's packed input is written where the
+// previous layer's was, still in cache. Narrow maps are packed from a precomputed index map:
+// a permute of two loads per 16 floats whose sources lie within 32 consecutive floats, an
+// AVX-512 gather otherwise.
 #include <unistd.h>
 
 #include <cstdint>
@@ -298,7 +305,7 @@ void pack_copy(const sb_conv2d *w, const sb_conv_plan_impl *pl, const float *x, 
 // instead of a gather. Channels are the inner loop, in blocks of kGatherBlock whose planes
 // stay in L1: a vector's indices and masks are computed once for the block.
 // 1 thread, 3x3 at 90%: 512 channels of 4x4 (taps) 25.9 -> 9.0 us, 256 of 8x8 (kx-copy)
-// 17 -> 7.9, 256 of 14x14 (shift) 37 -> 20, 512 of 7x7 28 -> 12.
+// 17 -> 7.7, 256 of 14x14 (shift) 37 -> 20, 512 of 7x7 28 -> 12.
 constexpr int64_t kGatherBlock = 16;
 
 void pack_gather(const sb_conv2d *w, const sb_conv_plan_impl *pl, const float *x, int64_t c0,
@@ -993,10 +1000,10 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
 
   sb_conv_plan_impl *pl = (sb_conv_plan_impl *)std::calloc(1, sizeof(sb_conv_plan_impl));
   if (!pl) return SB_ENOMEM;
-  // narrow maps are packed with gathers from a precomputed map (AVX-512 builds)
+  // narrow maps are packed from a precomputed map (AVX-512 builds; a plain 1x1: memcpy)
   const int64_t img = g.hq * g.pitch;
 #if SB_AVX512
-  const bool gather = sb::g_conv_gather && !g.direct_in && !sb::plain_1x1(w) && g.pitch < 32 &&  // plain: memcpy
+  const bool gather = sb::g_conv_gather && !g.direct_in && !sb::plain_1x1(w) && g.pitch < 32 &&
                       (double)w->stride_w * g.copies * img < 1e6;
 #else
   const bool gather = false;
