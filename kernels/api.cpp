@@ -104,6 +104,8 @@ void plan_free(void *p) {
 
 extern "C" int sb_abi_version(void) { return SB_ABI_VERSION; }
 
+extern "C" int sb_pool_hold(int delta) { return sb::pool_hold(delta); }
+
 extern "C" const char *sb_isa(void) {
 #if SB_AVX512
   return "avx512";

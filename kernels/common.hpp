@@ -81,6 +81,8 @@ void run_chunks(int num_threads, int64_t nchunks, void (*fn)(void *, int64_t), v
 
 // sb_tuning's "pool_*" keys (threadpool.cpp): false when `key` is not one of them.
 bool pool_tuning(const char *key, int value, int *old);
+// sb_pool_hold: the holder count after adding delta (-1: it would go below 0).
+int pool_hold(int delta);
 
 // Per-call scratch kept between calls: a grow-only, 64-byte-aligned buffer per calling thread
 // and slot (contents undefined), freed when the thread exits; nullptr when allocation fails.

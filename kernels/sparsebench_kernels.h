@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define SB_ABI_VERSION 8
+#define SB_ABI_VERSION 9
 
 #define SB_ACT_NONE 0
 #define SB_ACT_RELU 1
@@ -70,13 +70,24 @@ const char *sb_isa(void);
  *   "pool_spin_us"       us a waiting pool thread (worker or caller) spins before sleeping (50)
  *   "pool_confirm_us"    straggler guard: a second straggle within this many us (or 4x the
  *                        first wait) engages it (default 5000; 0 = the first one does)
+ *   "pool_hold_us"       us a waiting pool thread spins before sleeping while the pool is held
+ *                        (sb_pool_hold; default 2000, never less than pool_spin_us)
+ *   "pool_hold_yield"    1 (default): past pool_spin_us a held spin calls sched_yield each round
  *   "pool_test_delay_us" tests only: pool worker 1 sleeps this long before each chunk it claims
  * Counters (value >= 0 resets them): "pool_jobs" multi-threaded jobs the pool ran,
  *   "pool_degraded_jobs" multi-threaded jobs (a kernel call runs one or more) that the
  *   straggler guard ran on the caller alone,
- *   "pool_straggles" times the guard engaged, "pool_worker_chunks" chunks run by workers.
+ *   "pool_straggles" times the guard engaged, "pool_worker_chunks" chunks run by workers,
+ *   "pool_sleeps" times a worker stopped spinning and slept.
  * Returns the previous value, or -1 for an unknown key (value < 0 only queries). */
 int sb_tuning(const char *key, int value);
+
+/* Hold the thread pool (delta +1) for a run of kernel calls that come back to back, release it
+ * (-1) after; 0 queries. While any caller holds it, waiting pool threads spin up to
+ * "pool_hold_us" before sleeping instead of "pool_spin_us" (waking a sleeping thread costs tens
+ * of us on a VM). Thread-safe; returns the holder count after the change, or -1 (and no
+ * change) when it would go below 0. */
+int sb_pool_hold(int delta);
 
 /* A sparse linear weight W (M x K); y = x @ W^T (+ bias) (relu). All fields are 8 bytes,
  * so the layout has no padding (mirrored by ctypes.Structure in sparsebench/native.py). */

@@ -20,6 +20,12 @@
 //    that the thread finishing the last chunk wakes. A spinning thread on a busy machine burns
 //    its scheduler share and gets preempted later, mid-chunk; and when the straggler shares
 //    the caller's CPU, a sleeping caller hands it the CPU at once.
+//    Except while a plan run holds the pool (sb_pool_hold): its kernels come back to back,
+//    and waking a sleeping thread costs tens of us on a VM (its idle vCPU was halted), so
+//    waiting threads then spin up to pool_hold_us, and past pool_spin_us call sched_yield
+//    each round (at once back on an idle CPU; a competing process gets a busy one). The spin
+//    limit is re-read while spinning: a release ends the long spins at once. ResNet-50 90%
+//    at 2 threads slept its worker 12 times per call without the hold, once with it.
 //  - the straggler guard: when the caller waited for workers' chunks more than twice its own
 //    working time and more than kStraggleMinNs twice within pool_confirm_us (5 ms) or four
 //    times the first wait (once may be a hiccup: an interrupt, a kernel thread, a slow
@@ -62,10 +68,26 @@ std::atomic<int> g_straggles{0};        // jobs after which the guard engaged
 std::atomic<int> g_unconfirmed{0};      // straggles that only opened a confirmation window
 std::atomic<int> g_guard_resets{0};     // bumped by setting pool_backoff_us: the guard restarts
 std::atomic<int> g_worker_chunks{0};    // chunks run by workers (the rest: by callers)
+std::atomic<int> g_hold_us{2000};       // spinning before sleeping while the pool is held
+std::atomic<int> g_hold_yield{1};       // 1: past pool_spin_us a held spin yields the CPU
+std::atomic<int> g_holders{0};          // plan runs holding the pool (sb_pool_hold)
+std::atomic<int> g_sleeps{0};           // times a worker went to sleep
 // Until when (CLOCK_MONOTONIC ns) jobs run on the caller alone; 0: not degraded.
 std::atomic<int64_t> g_degraded_until{0};
 
 SB_INLINE int knob(const std::atomic<int> &k) { return k.load(std::memory_order_relaxed); }
+
+// How long a waiting thread spins before it sleeps: pool_spin_us, or pool_hold_us while held.
+SB_INLINE int64_t spin_limit_ns() {
+  const int spin = knob(g_spin_us);
+  return (int64_t)(knob(g_holders) > 0 ? std::max(spin, knob(g_hold_us)) : spin) * 1000;
+}
+
+// Past pool_spin_us a held spin offers the CPU to other runnable threads (a competing process
+// on a busy machine); on an idle one sched_yield returns at once and the CPU stays awake.
+SB_INLINE void yield_held() {
+  if (knob(g_hold_yield)) sched_yield();
+}
 
 constexpr uint64_t kNextBits = 16, kChunkBits = 16, kThreadBits = 8;
 constexpr uint64_t kMask16 = 0xffff;
@@ -168,15 +190,17 @@ struct Pool {
       }
       // Spin briefly (back-to-back kernel calls), then sleep until a new job is published.
       bool changed = false;
-      const int64_t spin_ns = (int64_t)knob(g_spin_us) * 1000;
       for (int64_t t0 = now_ns(); !changed;) {
         for (int i = 0; i < 64 && !changed; ++i) {
           cpu_relax();
           changed = gen_of(state.load(std::memory_order_acquire)) != seen_gen;
         }
-        if (now_ns() - t0 >= spin_ns) break;
+        const int64_t spun = now_ns() - t0;
+        if (spun >= spin_limit_ns()) break;
+        if (spun >= (int64_t)knob(g_spin_us) * 1000) yield_held();
       }
       if (changed) continue;
+      bump(g_sleeps);
       std::unique_lock<std::mutex> lk(sleep_mu);
       sleepers.fetch_add(1, std::memory_order_seq_cst);
       wake.wait(lk, [&] { return gen_of(state.load(std::memory_order_seq_cst)) != seen_gen; });
@@ -196,15 +220,16 @@ struct Pool {
     }
   }
 
-  // Wait until all `nchunks` chunks are done: spin ~pool_spin_us, then sleep on the futex.
+  // Wait until all `nchunks` chunks are done: spin (spin_limit_ns), then sleep on the futex.
   void wait_done(int32_t nchunks) {
-    const int64_t spin_ns = (int64_t)knob(g_spin_us) * 1000;
     for (int64_t t0 = now_ns();;) {
       for (int i = 0; i < 64; ++i) {
         if (done.load(std::memory_order_acquire) >= nchunks) return;
         cpu_relax();
       }
-      if (now_ns() - t0 >= spin_ns) break;
+      const int64_t spun = now_ns() - t0;
+      if (spun >= spin_limit_ns()) break;
+      if (spun >= (int64_t)knob(g_spin_us) * 1000) yield_held();
     }
     caller_waiting.store(1, std::memory_order_seq_cst);
     for (int32_t d; (d = done.load(std::memory_order_seq_cst)) < nchunks;) futex_wait(&done, d);
@@ -301,7 +326,9 @@ bool pool_tuning(const char *key, int value, int *old) {
     const char *name;
     std::atomic<int> *value;
   } keys[] = {{"pool_backoff_us", &g_backoff_us},   {"pool_spin_us", &g_spin_us},
-              {"pool_confirm_us", &g_confirm_us},
+              {"pool_confirm_us", &g_confirm_us},   {"pool_hold_us", &g_hold_us},
+              {"pool_hold_yield", &g_hold_yield},
+              {"pool_sleeps", &g_sleeps},
               {"pool_test_delay_us", &g_test_delay_us}, {"pool_jobs", &g_jobs},
               {"pool_degraded_jobs", &g_degraded_jobs}, {"pool_straggles", &g_straggles},
               {"pool_worker_chunks", &g_worker_chunks},
@@ -319,6 +346,16 @@ bool pool_tuning(const char *key, int value, int *old) {
     return true;
   }
   return false;
+}
+
+int pool_hold(int delta) {
+  int cur = g_holders.load(std::memory_order_relaxed);
+  for (;;) {
+    const int next = cur + delta;
+    if (next < 0) return -1;  // more releases than holds
+    if (delta == 0 || g_holders.compare_exchange_weak(cur, next, std::memory_order_relaxed))
+      return next;
+  }
 }
 
 }  // namespace sb

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import time
 
 import numpy as np
 import pytest
@@ -657,6 +658,46 @@ def test_straggler_guard_runs_delayed_jobs_on_the_caller() -> None:
         native.tuning("pool_test_delay_us", old_delay)
         native.tuning("pool_confirm_us", old_confirm)
         native.tuning("pool_backoff_us", old_backoff)
+
+
+def test_pool_hold_keeps_workers_spinning_between_calls() -> None:
+    """While a run holds the pool, its workers spin between kernel calls that come a few ms
+    apart (pool_hold_us) instead of sleeping; releasing the hold ends those spins at once; holds
+    are counted and never go below zero."""
+    lib = native.load()
+    rng = np.random.default_rng(17)
+    w = sparse_weight(rng, (600, 800), 0.7)
+    x = rng.standard_normal((8, 800)).astype(np.float32)
+    op = native.CSRLinear.from_dense(w, threads=2)
+    want = op.run(x)
+    assert lib.sb_pool_hold(0) == 0 and lib.sb_pool_hold(-1) == -1 and lib.sb_pool_hold(0) == 0
+    old = native.tuning("pool_hold_us", 5_000_000)
+    try:
+        jobs = native.tuning("pool_jobs")
+        with native.pool_held(2):
+            assert lib.sb_pool_hold(0) == 1
+            with native.pool_held(1):  # one thread: no hold
+                assert lib.sb_pool_hold(0) == 1
+            np.testing.assert_array_equal(op.run(x), want)
+            native.tuning("pool_sleeps", 0)
+            for _ in range(5):
+                time.sleep(0.003)
+                np.testing.assert_array_equal(op.run(x), want)
+            held = native.tuning("pool_sleeps")
+        assert lib.sb_pool_hold(0) == 0
+        assert native.tuning("pool_jobs") >= jobs + 6  # the calls did run on the pool
+        time.sleep(0.1)  # far less than pool_hold_us: only the release can end the spins
+        released = native.tuning("pool_sleeps")
+        for _ in range(5):
+            time.sleep(0.003)
+            op.run(x)
+        time.sleep(0.01)
+        unheld = native.tuning("pool_sleeps")
+    finally:
+        native.tuning("pool_hold_us", old)
+    assert held == 0
+    assert released >= 1
+    assert unheld >= released + 4  # without the hold, each 3 ms gap ends in a sleep
 
 
 def _anon_huge_kb() -> int:

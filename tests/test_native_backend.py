@@ -869,3 +869,22 @@ def test_projection_shortcut_is_merged_into_the_block_conv(threads: int, stride:
         kernel_plan.MERGE_PROJECTIONS = True
     assert "c" in off._names[1] and "proj+residual+relu" in off._names[1], off._names[1]
     assert rel_err(off.run(x), want) <= 1e-5
+
+
+@needs_kernels
+def test_native_plan_run_holds_the_pool_on_two_threads() -> None:
+    """A plan's run() holds the pool while its steps run (2 threads), and releases it after."""
+    from sparsebench.backends.kernel_plan import NativeBackend
+
+    lib = native.load()
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    seen = []
+    for threads in (1, 2):
+        x = torch.randn(4, 64)
+        prepared = NativeBackend().prepare(convert(model, "csr", example=x), threads=threads)
+        prepared.run(x)
+        feeds, calls, out, env = prepared._plans[4]
+        prepared._plans[4] = (feeds, (*calls, lambda: seen.append(lib.sb_pool_hold(0))), out, env)
+        prepared.run(x)
+        assert lib.sb_pool_hold(0) == 0
+    assert seen == [0, 1]

@@ -643,8 +643,9 @@ class NativePrepared(Prepared):
             return self._run_per_sample(batch, xs)
         feeds, calls, out, env = self._plan(batch)
         self._feed(feeds, env, xs)
-        for call in calls:
-            call()
+        with native.pool_held(self.threads):
+            for call in calls:
+                call()
         return copied(out)
 
     def _run_per_sample(self, batch: int, xs: tuple[torch.Tensor, ...],
@@ -653,11 +654,12 @@ class NativePrepared(Prepared):
         feeds, calls, out, env = self._plan(1)
         if result is None:
             result = torch.empty((batch, *out.shape[1:]), dtype=out.dtype)
-        for i in range(batch):
-            self._feed(feeds, env, tuple(x[i:i + 1] for x in xs))
-            for call in calls:
-                call()
-            copy_into(result[i], out[0])
+        with native.pool_held(self.threads):
+            for i in range(batch):
+                self._feed(feeds, env, tuple(x[i:i + 1] for x in xs))
+                for call in calls:
+                    call()
+                copy_into(result[i], out[0])
         return result
 
     def _run_sample_parallel(self, batch: int, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:

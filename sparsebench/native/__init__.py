@@ -14,7 +14,8 @@ loading, ``SPARSEBENCH_KERNEL_DIR`` to move the build cache.
 
 from sparsebench.native.abi import ABI_VERSION, ACTS
 from sparsebench.native.build import (CXXFLAGS, KERNEL_SRC, LIB_NAME, available, build,
-                                      build_dir, build_info, isa, load, reset, tuning)
+                                      build_dir, build_info, isa, load, pool_held, reset,
+                                      tuning)
 from sparsebench.native.ops import (BSRLinear, CSRConv2d, CSRLinear, CSRLinearChain,
                                     CSRLinearGroup, DenseConv2d, MaxPool2d, bsr_from_dense, csr_from_dense,
                                     self_test)
@@ -25,4 +26,4 @@ __all__ = ["ABI_VERSION", "ACTS", "AddLayerNorm", "Attention", "BSRLinear", "CSR
            "CSRLinear", "CSRLinearChain", "CSRLinearGroup", "CXXFLAGS", "DenseConv2d", "GatherRows",
            "KERNEL_SRC", "KeyMask", "LIB_NAME", "MaxPool2d", "ScaleAdd", "Softmax", "available",
            "build", "build_dir", "build_info", "bsr_from_dense", "csr_from_dense", "isa", "load",
-           "reset", "self_test", "suffix_of", "tuning"]
+           "pool_held", "reset", "self_test", "suffix_of", "tuning"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-ABI_VERSION = 8  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
+ABI_VERSION = 9  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
 
 _STATUS = {
     1: "invalid argument",
@@ -62,6 +62,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "sb_abi_version": (_INT, []),
     "sb_isa": (ctypes.c_char_p, []),
     "sb_tuning": (_INT, [ctypes.c_char_p, _INT]),
+    "sb_pool_hold": (_INT, [_INT]),
     "sb_csr_linear": (_INT, [ctypes.POINTER(_LinearDesc), _PTR, _I64, _PTR, _INT]),
     "sb_csr_linear_group": (_INT, [_PTR, _I64, _PTR, _I64, _PTR, _INT]),
     "sb_csr_linear_chain": (_INT, [_PTR, _PTR, _PTR, _I64, _PTR, _INT]),

@@ -5,6 +5,7 @@ compiler and CPU, ctypes loading with the ABI check, and the status of the libra
 from __future__ import annotations
 
 import ctypes
+import contextlib
 import hashlib
 import os
 import platform
@@ -14,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from sparsebench.errors import SparsebenchError
 from sparsebench.native.abi import _SIGNATURES, ABI_VERSION
@@ -192,11 +193,29 @@ def isa() -> str:
     return load().sb_isa().decode()
 
 
+@contextlib.contextmanager
+def pool_held(threads: int) -> Iterator[None]:
+    """Hold the kernels' thread pool while a plan calls its kernels back to back (threads > 1):
+    waiting pool threads then spin up to the "pool_hold_us" knob instead of "pool_spin_us"
+    before they sleep, since waking a sleeping thread costs tens of us on a VM. A no-op for one
+    thread. Thread-safe (holds are counted)."""
+    if threads <= 1:
+        yield
+        return
+    lib = load()
+    lib.sb_pool_hold(1)
+    try:
+        yield
+    finally:
+        lib.sb_pool_hold(-1)
+
+
 def tuning(key: str, value: int = -1) -> int:
     """Set a benchmark-only kernel knob ("spmv_gather", "transpose_batch", "batch_chunk", the
-    thread pool's "pool_backoff_us" / "pool_spin_us"; see kernels/README.md) or reset a counter
-    ("pool_jobs", "pool_degraded_jobs", "pool_straggles", "pool_worker_chunks") and return its
-    old value; a negative value only queries."""
+    thread pool's "pool_backoff_us" / "pool_spin_us" / "pool_hold_us"; see kernels/README.md)
+    or reset a counter ("pool_jobs", "pool_degraded_jobs", "pool_straggles",
+    "pool_worker_chunks", "pool_sleeps") and return its old value; a negative value only
+    queries."""
     old = load().sb_tuning(key.encode(), int(value))
     if old < 0:
         raise SparsebenchError(f"unknown kernel tuning key {key!r}")
