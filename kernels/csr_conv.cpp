@@ -26,7 +26,9 @@
 // Epilogue: bias in registers; then either the final epilogue in registers (when the
 // extended layout is y itself: batch 1, no wasted columns, no pool), or without a pool each
 // tile's runs of real outputs written straight to y ("row_out"), or a compaction pass per
-// output channel adding the residual, activation, channel scale and fused max-pool.
+// output channel adding the residual, activation, channel scale and fused max-pool. The first
+// two prefetch the lines of y and of the residual that they will store a few output channels
+// later (one stream per channel: too many for the hardware prefetchers).
 // A band's or the map's last partial tile runs in the narrowest tile that holds it.
 //
 // Threads. A plan made for T threads (sb_conv2d_plan's `bands`) cuts the map into T position
@@ -110,6 +112,8 @@ int g_conv_ksplit = 1;       // small maps on 2+ threads: split by input-channel
 int g_conv_gather = 2;        // new plans, narrow maps: 0 row copies, 1 gathers, 2 permutes
                               // where 16 packed floats come from 32 consecutive ones, else gathers
 int g_conv_aligned_1x1 = 1;   // new plans: pack a 1x1's map whose planes are not 64-byte aligned
+int g_conv_out_prefetch = 8;  // direct-output epilogue: prefetch y (and the residual) this many
+                              // output channels ahead (0: off)
 
 namespace {
 
@@ -209,6 +213,7 @@ struct Job {
   float *y;
   int act;
   int64_t prefetch;  // nonzeros ahead to prefetch in the weight stream (0: off)
+  int64_t out_prefetch = g_conv_out_prefetch;  // output channels ahead to prefetch y lines
   int64_t cb0 = 0, cb1 = -1;  // input-channel blocks [cb0, cb1) (cb1 < 0: to the last)
   float *raw = nullptr;       // not NULL: the blocks' sums go here, [Cout][positions], with no
                               // bias or epilogue (a split over input channels, sb_conv2d_run)
@@ -406,6 +411,14 @@ void store_runs(const Job &k, int64_t co, const float *SB_RESTRICT tb, const Out
   const sb_conv_plan &p = k.pl->pub;
   const int64_t at = co * p.ho * p.wo;
   const float *scale = k.pl->scale;
+  if (k.out_prefetch && co + k.out_prefetch < k.w->out_channels) {  // as in conv_rows
+    const int64_t ahead = at + k.out_prefetch * p.ho * p.wo;
+    for (int i = 0; i < nrun; ++i)
+      for (int64_t x = 0; x < runs[i].len; x += 16) {
+        __builtin_prefetch(k.y + ahead + runs[i].yoff + x, 1, 3);
+        if (k.residual) __builtin_prefetch(k.residual + ahead + runs[i].yoff + x, 0, 3);
+      }
+  }
   for (int i = 0; i < nrun; ++i) {
     float *SB_RESTRICT dst = k.y + at + runs[i].yoff;
     const float *src = tb + runs[i].t0;
@@ -702,6 +715,16 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
           if (p.direct_out) {
             float *yo = k.y + co * P + p0;
             const float *ro = k.residual ? k.residual + co * P + p0 : nullptr;
+            // each output channel's run of y (and of the residual) is its own stream, one
+            // plane apart: too many for the hardware prefetchers, so ask for the lines of the
+            // channel `ahead` rows on (for writing: no read-for-ownership stall later)
+            if (k.out_prefetch && co + k.out_prefetch < w->out_channels) {
+              const int64_t at = (co + k.out_prefetch) * P + p0;
+              for (int64_t q = 0; q < valid; q += 16) {
+                __builtin_prefetch(k.y + at + q, 1, 3);
+                if (k.residual) __builtin_prefetch(k.residual + at + q, 0, 3);
+              }
+            }
             const typename Vt::T sc = Vt::set1(pl->scale ? pl->scale[co] : 1.f);
             for (int q = 0; q < NV; ++q) {
               typename Vt::T v = Vt::add(acc[q], bb);
@@ -828,6 +851,16 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
           if (p.direct_out) {
             float *yo = k.y + co * P + p0;
             const float *ro = k.residual ? k.residual + co * P + p0 : nullptr;
+            // each output channel's run of y (and of the residual) is its own stream, one
+            // plane apart: too many for the hardware prefetchers, so ask for the lines of the
+            // channel `ahead` rows on (for writing: no read-for-ownership stall later)
+            if (k.out_prefetch && co + k.out_prefetch < w->out_channels) {
+              const int64_t at = (co + k.out_prefetch) * P + p0;
+              for (int64_t q = 0; q < valid; q += 16) {
+                __builtin_prefetch(k.y + at + q, 1, 3);
+                if (k.residual) __builtin_prefetch(k.residual + at + q, 0, 3);
+              }
+            }
             const float sc = pl->scale ? pl->scale[co] : 1.f;
             for (int64_t i = 0; i < valid; ++i) {
               const float v = act_scalar(acc[i] + b + (ro ? ro[i] : 0.f), k.act);

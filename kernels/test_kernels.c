@@ -480,6 +480,8 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
     sb_tuning("conv_shared_pack", (variant >> 2) & 1);
     /* 2+ threads on small maps: split by output channels or by input-channel blocks */
     sb_tuning("conv_ksplit", ((variant >> 1) ^ (variant >> 2)) & 1); /* not tied to res/scale */
+    /* the output prefetch only reads ahead: off, the default, or past every channel */
+    sb_tuning("conv_out_prefetch", variant % 3 == 1 ? 0 : variant % 3 == 2 ? 1000 : 8);
     for (int layout = 0; layout < 4; ++layout) {
       sb_tuning("conv_layout", layout);
       sb_tuning("conv_l1_kb", variant & 8 ? 1 : 0); /* 1 KB: many channel blocks; 0 auto */
@@ -517,6 +519,7 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
     sb_tuning("conv_gather", 2);
     sb_tuning("conv_shared_pack", 1);
     sb_tuning("conv_ksplit", 1);
+    sb_tuning("conv_out_prefetch", 8);
   }
   free(bias);
   free(scale);
