@@ -219,6 +219,17 @@ struct Job {
                               // bias or epilogue (a split over input channels, sb_conv2d_run)
 };
 
+// The lines of y[at, at + n) (for writing: no read-for-ownership stall when the tile stores
+// them) and of the residual's same range, which a tile stores k.out_prefetch output channels
+// later: each channel's run is its own stream, a plane apart, too many for the hardware
+// prefetchers.
+SB_INLINE void prefetch_out(const Job &k, int64_t at, int64_t n) {
+  for (int64_t q = 0; q < n; q += 16) {
+    __builtin_prefetch(k.y + at + q, 1, 3);
+    if (k.residual) __builtin_prefetch(k.residual + at + q, 0, 3);
+  }
+}
+
 // Stacked packed rows [r0, r1) (row R = n * hq + i) of copy (a, u) of channel c into its plane
 // dst, row R at dst + (R - row0) * pitch; with row0 == 0 and r1 == n * hq (one band) this also
 // zeroes the plane's alignment tail.
@@ -411,14 +422,9 @@ void store_runs(const Job &k, int64_t co, const float *SB_RESTRICT tb, const Out
   const sb_conv_plan &p = k.pl->pub;
   const int64_t at = co * p.ho * p.wo;
   const float *scale = k.pl->scale;
-  if (k.out_prefetch && co + k.out_prefetch < k.w->out_channels) {  // as in conv_rows
-    const int64_t ahead = at + k.out_prefetch * p.ho * p.wo;
+  if (k.out_prefetch && co + k.out_prefetch < k.w->out_channels)
     for (int i = 0; i < nrun; ++i)
-      for (int64_t x = 0; x < runs[i].len; x += 16) {
-        __builtin_prefetch(k.y + ahead + runs[i].yoff + x, 1, 3);
-        if (k.residual) __builtin_prefetch(k.residual + ahead + runs[i].yoff + x, 0, 3);
-      }
-  }
+      prefetch_out(k, at + k.out_prefetch * p.ho * p.wo + runs[i].yoff, runs[i].len);
   for (int i = 0; i < nrun; ++i) {
     float *SB_RESTRICT dst = k.y + at + runs[i].yoff;
     const float *src = tb + runs[i].t0;
@@ -715,16 +721,8 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
           if (p.direct_out) {
             float *yo = k.y + co * P + p0;
             const float *ro = k.residual ? k.residual + co * P + p0 : nullptr;
-            // each output channel's run of y (and of the residual) is its own stream, one
-            // plane apart: too many for the hardware prefetchers, so ask for the lines of the
-            // channel `ahead` rows on (for writing: no read-for-ownership stall later)
-            if (k.out_prefetch && co + k.out_prefetch < w->out_channels) {
-              const int64_t at = (co + k.out_prefetch) * P + p0;
-              for (int64_t q = 0; q < valid; q += 16) {
-                __builtin_prefetch(k.y + at + q, 1, 3);
-                if (k.residual) __builtin_prefetch(k.residual + at + q, 0, 3);
-              }
-            }
+            if (k.out_prefetch && co + k.out_prefetch < w->out_channels)
+              prefetch_out(k, (co + k.out_prefetch) * P + p0, valid);
             const typename Vt::T sc = Vt::set1(pl->scale ? pl->scale[co] : 1.f);
             for (int q = 0; q < NV; ++q) {
               typename Vt::T v = Vt::add(acc[q], bb);
@@ -851,16 +849,8 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
           if (p.direct_out) {
             float *yo = k.y + co * P + p0;
             const float *ro = k.residual ? k.residual + co * P + p0 : nullptr;
-            // each output channel's run of y (and of the residual) is its own stream, one
-            // plane apart: too many for the hardware prefetchers, so ask for the lines of the
-            // channel `ahead` rows on (for writing: no read-for-ownership stall later)
-            if (k.out_prefetch && co + k.out_prefetch < w->out_channels) {
-              const int64_t at = (co + k.out_prefetch) * P + p0;
-              for (int64_t q = 0; q < valid; q += 16) {
-                __builtin_prefetch(k.y + at + q, 1, 3);
-                if (k.residual) __builtin_prefetch(k.residual + at + q, 0, 3);
-              }
-            }
+            if (k.out_prefetch && co + k.out_prefetch < w->out_channels)
+              prefetch_out(k, (co + k.out_prefetch) * P + p0, valid);
             const float sc = pl->scale ? pl->scale[co] : 1.f;
             for (int64_t i = 0; i < valid; ++i) {
               const float v = act_scalar(acc[i] + b + (ro ? ro[i] : 0.f), k.act);
