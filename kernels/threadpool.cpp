@@ -83,12 +83,6 @@ SB_INLINE int64_t spin_limit_ns() {
   return (int64_t)(knob(g_holders) > 0 ? std::max(spin, knob(g_hold_us)) : spin) * 1000;
 }
 
-// Past pool_spin_us a held spin offers the CPU to other runnable threads (a competing process
-// on a busy machine); on an idle one sched_yield returns at once and the CPU stays awake.
-SB_INLINE void yield_held() {
-  if (knob(g_hold_yield)) sched_yield();
-}
-
 constexpr uint64_t kNextBits = 16, kChunkBits = 16, kThreadBits = 8;
 constexpr uint64_t kMask16 = 0xffff;
 constexpr int64_t kStraggleMinNs = 50000;      // waits shorter than this are never straggles
@@ -113,6 +107,22 @@ SB_INLINE int64_t now_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+// Spin until ready() (true) or spin_limit_ns() has passed (false). Past pool_spin_us a held
+// spin offers the CPU to other runnable threads each round (a competing process on a busy
+// machine; on an idle one sched_yield returns at once and the CPU stays awake).
+template <class Ready>
+bool spin_until(Ready ready) {
+  for (const int64_t t0 = now_ns();;) {
+    for (int i = 0; i < 64; ++i) {
+      if (ready()) return true;
+      cpu_relax();
+    }
+    const int64_t spun = now_ns() - t0;
+    if (spun >= spin_limit_ns()) return false;
+    if (spun >= (int64_t)knob(g_spin_us) * 1000 && knob(g_hold_yield)) sched_yield();
+  }
 }
 
 // Sleep while *word == expected (spurious returns are fine: callers re-check); wake sleepers.
@@ -189,17 +199,8 @@ struct Pool {
         continue;
       }
       // Spin briefly (back-to-back kernel calls), then sleep until a new job is published.
-      bool changed = false;
-      for (int64_t t0 = now_ns(); !changed;) {
-        for (int i = 0; i < 64 && !changed; ++i) {
-          cpu_relax();
-          changed = gen_of(state.load(std::memory_order_acquire)) != seen_gen;
-        }
-        const int64_t spun = now_ns() - t0;
-        if (spun >= spin_limit_ns()) break;
-        if (spun >= (int64_t)knob(g_spin_us) * 1000) yield_held();
-      }
-      if (changed) continue;
+      if (spin_until([&] { return gen_of(state.load(std::memory_order_acquire)) != seen_gen; }))
+        continue;
       bump(g_sleeps);
       std::unique_lock<std::mutex> lk(sleep_mu);
       sleepers.fetch_add(1, std::memory_order_seq_cst);
@@ -222,15 +223,7 @@ struct Pool {
 
   // Wait until all `nchunks` chunks are done: spin (spin_limit_ns), then sleep on the futex.
   void wait_done(int32_t nchunks) {
-    for (int64_t t0 = now_ns();;) {
-      for (int i = 0; i < 64; ++i) {
-        if (done.load(std::memory_order_acquire) >= nchunks) return;
-        cpu_relax();
-      }
-      const int64_t spun = now_ns() - t0;
-      if (spun >= spin_limit_ns()) break;
-      if (spun >= (int64_t)knob(g_spin_us) * 1000) yield_held();
-    }
+    if (spin_until([&] { return done.load(std::memory_order_acquire) >= nchunks; })) return;
     caller_waiting.store(1, std::memory_order_seq_cst);
     for (int32_t d; (d = done.load(std::memory_order_seq_cst)) < nchunks;) futex_wait(&done, d);
     caller_waiting.store(0, std::memory_order_relaxed);

@@ -202,12 +202,12 @@ def pool_held(threads: int) -> Iterator[None]:
     if threads <= 1:
         yield
         return
-    lib = load()
-    lib.sb_pool_hold(1)
+    hold = (_lib or load()).sb_pool_hold  # once loaded (and checked), no lock per run
+    hold(1)
     try:
         yield
     finally:
-        lib.sb_pool_hold(-1)
+        hold(-1)
 
 
 def tuning(key: str, value: int = -1) -> int:
