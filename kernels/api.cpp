@@ -140,6 +140,7 @@ extern "C" int sb_tuning(const char *key, int value) {
   else if (std::strcmp(key, "conv_tile_nv") == 0) knob = &sb::g_conv_tile_nv;
   else if (std::strcmp(key, "conv_aligned_1x1") == 0) knob = &sb::g_conv_aligned_1x1;
   else if (std::strcmp(key, "conv_out_prefetch") == 0) knob = &sb::g_conv_out_prefetch;
+  else if (std::strcmp(key, "conv_private_pack") == 0) knob = &sb::g_conv_private_pack;
   else if (std::strcmp(key, "conv_gather") == 0) knob = &sb::g_conv_gather;
   else if (std::strcmp(key, "conv_shared_pack") == 0) knob = &sb::g_conv_shared_pack;
   else if (std::strcmp(key, "conv_ksplit") == 0) knob = &sb::g_conv_ksplit;

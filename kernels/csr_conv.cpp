@@ -53,6 +53,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <atomic>
 #include <initializer_list>
 
 #include "common.hpp"
@@ -84,6 +85,7 @@ struct sb_conv_plan_impl {
   int32_t *seg;         // Cout x ncb x 2: [start, end) of each (row, block) in the stream
   float *pack;          // packed input (NULL when x is used in place or shared_pack)
   int64_t shared_pack;  // 1: packed into the calling thread's scratch (kScratchConvPack)
+  int64_t private_pack;  // 1: on 2+ threads every thread packs the whole map into its own scratch
   float *ext;           // extended output (NULL when direct)
   const float *scale;
   void *mem;
@@ -112,6 +114,8 @@ int g_conv_ksplit = 1;       // small maps on 2+ threads: split by input-channel
 int g_conv_gather = 2;        // new plans, narrow maps: 0 row copies, 1 gathers, 2 permutes
                               // where 16 packed floats come from 32 consecutive ones, else gathers
 int g_conv_aligned_1x1 = 1;   // new plans: pack a 1x1's map whose planes are not 64-byte aligned
+int g_conv_private_pack = 64;  // new plans, 2+ threads: per-thread aligned planes from this many
+                               // nonzeros per input channel (0: off; see sb_conv2d_run)
 int g_conv_out_prefetch = 8;  // direct-output epilogue: prefetch y (and the residual) this many
                               // output channels ahead (0: off)
 
@@ -977,9 +981,14 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   // split two cache lines; copying them to aligned planes (one memcpy each) was 3-22% faster
   // on 1 thread for ResNet-50's shapes. On 2 threads the copy (split by planes, then read by
   // both cores) cost more than it saved unless each input channel feeds many nonzeros
-  // (512 -> 2048 at 7x7: 144 -> 133 us; 1024 -> 256 at 14x14: 125 -> 176 us).
-  const bool pack_planes = sb::g_conv_aligned_1x1 && sb::plain_1x1(w) && (h * width) % 16 != 0 &&
-                           (bands <= 1 || nnz >= 128 * Cin);
+  // (512 -> 2048 at 7x7: 144 -> 133 us; 1024 -> 256 at 14x14: 125 -> 176 us). At batch 1 each
+  // thread now makes its own copy instead ("private", from conv_private_pack nonzeros per input
+  // channel): alone on a Xeon, 1024 -> 512 at 14x14 220 -> 192 us, 512 -> 2048 at 7x7 119 ->
+  // 106, but 1024 -> 256 (26 per channel) 110 -> 116.
+  const bool unaligned_1x1 = sb::g_conv_aligned_1x1 && sb::plain_1x1(w) && (h * width) % 16 != 0;
+  const bool private_pack = unaligned_1x1 && bands > 1 && n == 1 && sb::g_conv_private_pack > 0 &&
+                            nnz >= sb::g_conv_private_pack * Cin;
+  const bool pack_planes = unaligned_1x1 && (bands <= 1 || nnz >= 128 * Cin || private_pack);
   sb::Geo g = sb::layout_geometry(w, n, h, width, ho, wo, pool, layout, pack_planes);
   // a dense weight's rows run four at a time: 4 x NV accumulators fit the registers at NV <= 6
   const bool same = sb::same_taps(w);
@@ -1046,6 +1055,7 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   float *f = (float *)pl->mem;
   pl->pack = own_pack ? f : nullptr;
   pl->shared_pack = shared_pack;
+  pl->private_pack = private_pack && pack > 0;
   pl->ext = ext ? f + own_pack : nullptr;
   pl->stream = (sb::Nz *)(f + own_pack + ext);
   int32_t *blk = (int32_t *)(pl->stream + nnz);  // CSR position of each (row, block) start
@@ -1167,13 +1177,14 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
     pack = sb::scratch(sb::kScratchConvPack, (size_t)(nb * pl->band_floats) * sizeof(float));
     if (!pack) return SB_ENOMEM;
   }
-  auto band_x = [&](int64_t b) {  // where output position row0(b) * pitch reads tap 0
-    return pack + b * pl->band_floats + row0(b) * pitch % 16;
+  auto band_in = [&](float *base, int64_t b) {  // where output position row0(b) * pitch reads tap 0
+    return base + b * pl->band_floats + row0(b) * pitch % 16;
   };
-  auto pack_band = [&](int64_t b, int64_t i0, int64_t i1) {  // planes [i0, i1) of band b
+  auto band_x = [&](int64_t b) { return band_in(pack, b); };
+  auto pack_into = [&](float *base, int64_t b, int64_t i0, int64_t i1) {  // planes [i0, i1) of band b
     const int64_t r0 = row0(b);
     const int64_t r1 = std::min((pos(b + 1) + pitch - 1) / pitch + halo, rows);
-    float *dst = band_x(b);
+    float *dst = band_in(base, b);
 #if SB_AVX512
     if (pl->gmap) {  // planes: channels (every copy at once)
       for (int64_t n = r0 / p.hq; n < p.n && n * p.hq < r1; ++n) {
@@ -1190,6 +1201,7 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
                     r1);
     }
   };
+  auto pack_band = [&](int64_t b, int64_t i0, int64_t i1) { pack_into(pack, b, i0, i1); };
   const int64_t planes = pl->gmap ? Cin : pl->ncopies * Cin;
   auto job_of = [&](int64_t b) {
     if (p.direct_in) return sb::Job{w, pl, x, 0, residual, y, (int)w->act, sb::g_conv_prefetch};
@@ -1208,6 +1220,35 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
       if (!p.direct_out && !pl->row_out) sb::compact(job, 0, Cout, pos(b), pos(b + 1));
     });
     return SB_OK;
+  }
+  // Private packing (a 1x1 whose planes are not 64-byte aligned, on 2+ threads): every thread
+  // copies the whole map into aligned planes in its own scratch, once per run, and reads only
+  // that copy; a copy shared between the cores would be read half from the other core's cache.
+  if (pl->private_pack && num_threads > 1 && nb == 1) {
+    static std::atomic<uint64_t> runs{0};
+    const uint64_t run = runs.fetch_add(1, std::memory_order_relaxed) + 1;
+    const int64_t nc = sb::chunk_count(Cout, num_threads, sb::g_conv_chunks);
+    std::atomic<int> status{SB_OK};
+    sb::parallel_for(num_threads, nc, [&](int64_t c) {
+      int64_t lo, hi;
+      sb::balanced_range(w->row_ptr, Cout, 4, c, nc, &lo, &hi);
+      if (lo >= hi) return;
+      thread_local uint64_t packed_run = 0;
+      thread_local float *packed_at = nullptr;
+      float *mine = sb::scratch(sb::kScratchConvPack, (size_t)pl->band_floats * sizeof(float));
+      if (!mine) {
+        status.store(SB_ENOMEM, std::memory_order_relaxed);
+        return;
+      }
+      if (packed_run != run || packed_at != mine) {
+        pack_into(mine, 0, 0, planes);
+        packed_run = run, packed_at = mine;
+      }
+      sb::Job job{w, pl, band_in(mine, 0), 0, residual, y, (int)w->act, sb::g_conv_prefetch};
+      sb::run_tiles(p.tile, job, lo, hi, 0, P);
+      if (!p.direct_out && !pl->row_out) sb::compact(job, lo, hi, 0, P);
+    });
+    return status.load();
   }
   // Input channels (small maps at batch 1, written straight to y): chunk t packs the input
   // channels of its channel blocks and sums them for every output channel into its own

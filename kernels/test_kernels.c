@@ -588,7 +588,8 @@ static void test_conv_tiles(int64_t Cin, int64_t Cout, int64_t H, int64_t W, int
 
 /* A plain 1x1 reads x in place unless its planes are not 64-byte aligned (H * W % 16): then
  * they are copied to aligned planes, on 2+ threads only when every input channel feeds at
- * least 128 nonzeros; conv_aligned_1x1=0 always reads in place. Results on 1 and 2 threads. */
+ * least 128 nonzeros, or conv_private_pack (64) at batch 1, where each thread makes its own
+ * copy; conv_aligned_1x1=0 always reads in place. Results on 1, 2, 3 and 4 threads. */
 static void test_conv_planes(int64_t Cin, int64_t Cout, int64_t H, int64_t W, double density,
                              int64_t bands, int knob, int64_t direct_in) {
   const int64_t n = Cout * H * W;
@@ -609,7 +610,7 @@ static void test_conv_planes(int64_t Cin, int64_t Cout, int64_t H, int64_t W, do
             (long long)plan->direct_in, (long long)direct_in);
     ++failures;
   }
-  for (int threads = 1; plan && threads <= 2; ++threads) {
+  for (int threads = 1; plan && threads <= 4; ++threads) {
     char what[160];
     snprintf(what, sizeof what, "conv planes %lld->%lld %lldx%lld bands %lld direct_in %lld t%d",
              (long long)Cin, (long long)Cout, (long long)H, (long long)W, (long long)bands,
@@ -1301,6 +1302,14 @@ int main(void) {
   test_conv_planes(24, 40, 7, 7, 0.3, 1, 1, 0);    /* 49 */
   test_conv_planes(24, 40, 14, 14, 0.3, 2, 1, 1);  /* 2 threads, ~12 nonzeros per channel */
   test_conv_planes(3, 160, 7, 7, 1.0, 2, 1, 0);    /* 2 threads, 160 nonzeros per channel */
+  test_conv_planes(8, 100, 14, 14, 0.8, 2, 1, 0);  /* ~80 per channel: a copy per thread */
+  {
+    const int old = sb_tuning("conv_private_pack", 0);
+    test_conv_planes(8, 100, 14, 14, 0.8, 2, 1, 1); /* per-thread copies off: in place */
+    sb_tuning("conv_private_pack", 200);
+    test_conv_planes(3, 160, 7, 7, 1.0, 2, 1, 0);  /* 160 < 200: one copy shared by the threads */
+    sb_tuning("conv_private_pack", old);
+  }
   test_conv_planes(24, 40, 14, 14, 0.3, 1, 0, 1);  /* knob off */
   test_conv_planes(24, 40, 16, 16, 0.3, 1, 1, 1);  /* aligned planes: in place */
   ++checks;
