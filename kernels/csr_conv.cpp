@@ -1181,7 +1181,6 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
   auto band_in = [&](float *base, int64_t b) {  // where output position row0(b) * pitch reads tap 0
     return base + b * pl->band_floats + row0(b) * pitch % 16;
   };
-  auto band_x = [&](int64_t b) { return band_in(pack, b); };
   auto pack_into = [&](float *base, int64_t b, int64_t i0, int64_t i1) {  // planes [i0, i1) of band b
     const int64_t r0 = row0(b);
     const int64_t r1 = std::min((pos(b + 1) + pitch - 1) / pitch + halo, rows);
@@ -1204,11 +1203,12 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
   };
   auto pack_band = [&](int64_t b, int64_t i0, int64_t i1) { pack_into(pack, b, i0, i1); };
   const int64_t planes = pl->gmap ? Cin : pl->ncopies * Cin;
-  auto job_of = [&](int64_t b) {
+  auto job_in = [&](float *base, int64_t b) {  // band b's job on the packing at base
     if (p.direct_in) return sb::Job{w, pl, x, 0, residual, y, (int)w->act, sb::g_conv_prefetch};
-    return sb::Job{w, pl, band_x(b), row0(b) * pitch, residual, y, (int)w->act,
+    return sb::Job{w, pl, band_in(base, b), row0(b) * pitch, residual, y, (int)w->act,
                    sb::g_conv_prefetch};
   };
+  auto job_of = [&](int64_t b) { return job_in(pack, b); };
   // Bands: each chunk packs its band and runs every output channel on it, so a thread packs and
   // reads only its own rows (no barrier between packing and compute, no lines shared between
   // cores) and writes its own part of y, which the next layer banded the same way reads from
@@ -1222,43 +1222,18 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
     });
     return SB_OK;
   }
-  // Private packing (a 1x1 whose planes are not 64-byte aligned, on 2+ threads): every thread
-  // copies the whole map into aligned planes in its own scratch, once per run, and reads only
-  // that copy; a copy shared between the cores would be read half from the other core's cache.
-  if (pl->private_pack && num_threads > 1 && nb == 1) {
-    static std::atomic<uint64_t> runs{0};
-    const uint64_t run = runs.fetch_add(1, std::memory_order_relaxed) + 1;
-    const int64_t nc = sb::chunk_count(Cout, num_threads, sb::g_conv_chunks);
-    std::atomic<int> status{SB_OK};
-    sb::parallel_for(num_threads, nc, [&](int64_t c) {
-      int64_t lo, hi;
-      sb::balanced_range(w->row_ptr, Cout, 4, c, nc, &lo, &hi);
-      if (lo >= hi) return;
-      thread_local uint64_t packed_run = 0;
-      thread_local float *packed_at = nullptr;
-      float *mine = sb::scratch(sb::kScratchConvPack, (size_t)pl->band_floats * sizeof(float));
-      if (!mine) {
-        status.store(SB_ENOMEM, std::memory_order_relaxed);
-        return;
-      }
-      if (packed_run != run || packed_at != mine) {
-        pack_into(mine, 0, 0, planes);
-        packed_run = run, packed_at = mine;
-      }
-      sb::Job job{w, pl, band_in(mine, 0), 0, residual, y, (int)w->act, sb::g_conv_prefetch};
-      sb::run_tiles(p.tile, job, lo, hi, 0, P);
-      if (!p.direct_out && !pl->row_out) sb::compact(job, lo, hi, 0, P);
-    });
-    return status.load();
-  }
   // Input channels (small maps at batch 1, written straight to y): chunk t packs the input
   // channels of its channel blocks and sums them for every output channel into its own
   // [Cout][P] buffer; then chunks of output channels add the buffers and run the epilogue. A
   // thread reads only what it packed (no packed line crosses between cores, and each thread
   // streams only its blocks' weights); the buffers' halves cross once, in the second job.
   const int64_t kparts = std::min<int64_t>(num_threads, pl->ncb);
+  // Private packing (a 1x1 whose planes are not 64-byte aligned, on 2+ threads): every thread
+  // copies the whole map into aligned planes in its own scratch, once per run, and reads only
+  // that copy; a copy shared between the cores would be read half from the other core's cache.
+  const bool private_pack = pl->private_pack && num_threads > 1 && nb == 1;
   if (sb::g_conv_ksplit && kparts > 1 && nb == 1 && !p.direct_in && p.direct_out && p.n == 1 &&
-      p.pool == 0) {
+      p.pool == 0 && !private_pack) {
     float *parts = sb::scratch(sb::kScratchConvSplit, (size_t)(kparts * Cout * P) * sizeof(float));
     if (!parts) return SB_ENOMEM;
     const int64_t planes = pl->gmap ? 1 : pl->ncopies;  // pack_band planes per channel run
@@ -1288,8 +1263,9 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
     });
     return SB_OK;
   }
-  // Channels: pack every band (split by planes), then chunks of output channels over all bands.
-  if (!p.direct_in) {
+  // Channels: pack every band (split by planes; privately: in each chunk, once per thread and
+  // run), then chunks of output channels over all bands.
+  if (!p.direct_in && !private_pack) {
     const int64_t items = nb * planes;
     const int pack_threads = pl->ncopies * Cin * p.plane * nb < sb::g_conv_pack_min ? 1 : num_threads;
     const int64_t nc = sb::chunk_count(items, pack_threads, 4);
@@ -1302,18 +1278,32 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
       }
     });
   }
+  static std::atomic<uint64_t> runs{0};
+  const uint64_t run = private_pack ? runs.fetch_add(1, std::memory_order_relaxed) + 1 : 0;
+  std::atomic<int> status{SB_OK};
   const int64_t nc = sb::chunk_count(Cout, num_threads, sb::g_conv_chunks);
   sb::parallel_for(num_threads, nc, [&](int64_t c) {
     int64_t lo, hi;
     sb::balanced_range(w->row_ptr, Cout, 4, c, nc, &lo, &hi);
     if (lo >= hi) return;
-    for (int64_t b = 0; b < nb; ++b) {
-      const sb::Job job = job_of(b);
-      sb::run_tiles(p.tile, job, lo, hi, pos(b), pos(b + 1));
+    float *src = pack;
+    if (private_pack) {
+      thread_local uint64_t packed_run = 0;
+      thread_local float *packed_at = nullptr;
+      src = sb::scratch(sb::kScratchConvPack, (size_t)pl->band_floats * sizeof(float));
+      if (!src) {
+        status.store(SB_ENOMEM, std::memory_order_relaxed);
+        return;
+      }
+      if (packed_run != run || packed_at != src) {
+        pack_into(src, 0, 0, planes);
+        packed_run = run, packed_at = src;
+      }
     }
-    if (!p.direct_out && !pl->row_out) sb::compact(job_of(0), lo, hi, 0, P);
+    for (int64_t b = 0; b < nb; ++b) sb::run_tiles(p.tile, job_in(src, b), lo, hi, pos(b), pos(b + 1));
+    if (!p.direct_out && !pl->row_out) sb::compact(job_in(src, 0), lo, hi, 0, P);
   });
-  return SB_OK;
+  return status.load();
 }
 
 extern "C" int sb_csr_conv2d(const sb_conv2d *w, const float *x, int64_t N, int64_t H,
