@@ -131,6 +131,7 @@ extern "C" int sb_tuning(const char *key, int value) {
   else if (std::strcmp(key, "linear_prefetch") == 0) knob = &sb::g_linear_prefetch;
   else if (std::strcmp(key, "conv_layout") == 0) knob = &sb::g_conv_layout;
   else if (std::strcmp(key, "conv_l1_kb") == 0) knob = &sb::g_conv_l1_kb;
+  else if (std::strcmp(key, "conv_block_nnz") == 0) knob = &sb::g_conv_block_nnz;
   else if (std::strcmp(key, "conv_prefetch") == 0) knob = &sb::g_conv_prefetch;
   else if (std::strcmp(key, "conv_chunks") == 0) knob = &sb::g_conv_chunks;
   else if (std::strcmp(key, "conv_pack_min") == 0) knob = &sb::g_conv_pack_min;
@@ -140,6 +141,7 @@ extern "C" int sb_tuning(const char *key, int value) {
   else if (std::strcmp(key, "conv_tile_nv") == 0) knob = &sb::g_conv_tile_nv;
   else if (std::strcmp(key, "conv_aligned_1x1") == 0) knob = &sb::g_conv_aligned_1x1;
   else if (std::strcmp(key, "conv_out_prefetch") == 0) knob = &sb::g_conv_out_prefetch;
+  else if (std::strcmp(key, "conv_gap_direct") == 0) knob = &sb::g_conv_gap_direct;
   else if (std::strcmp(key, "conv_private_pack") == 0) knob = &sb::g_conv_private_pack;
   else if (std::strcmp(key, "conv_gather") == 0) knob = &sb::g_conv_gather;
   else if (std::strcmp(key, "conv_shared_pack") == 0) knob = &sb::g_conv_shared_pack;

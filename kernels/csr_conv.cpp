@@ -49,6 +49,7 @@
 // AVX-512 gather otherwise.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -76,6 +77,10 @@ struct sb_conv_plan_impl {
   int64_t band_pos[sb_kMaxBands + 1];  // first output position of each band (+ positions)
   int64_t band_floats;  // packed floats per band (copies x Cin x plane)
   int64_t row_out;      // 1: tiles write their output runs straight to y (no ext, no compaction)
+  int64_t gap_direct;   // 1: a global average pool summed from the registers (batch 1, pitch Wo)
+  int32_t *sub_tab;     // direct output: per 16 positions, the mask of those with even row and
+                        // column and how many such positions precede them (sb_conv2d_run_sub)
+  int64_t sub_plane;    // floats per channel of the subsample, ceil(Ho/2) x ceil(Wo/2)
   int64_t quads;        // 1: rows with the same taps run four at a time (tiles of at most 96)
   int32_t *gmap;        // gather packing: source index in a channel plane per packed float
   int32_t *gbase;       // per packed float k: the lowest source index s of the 16 from k when
@@ -101,6 +106,8 @@ struct Nz {
 
 int g_conv_layout = 3;    // 0 shift, 1 kx-copy, 2 taps, 3 auto
 int g_conv_l1_kb = 0;     // input KB per channel block (0: auto, see l1_budget_kb)
+int g_conv_block_nnz = 32;  // new 1x1 plans: channel blocks of at least this many nonzeros per
+                            // row on average (0: the L1 budget alone)
 int g_conv_prefetch = 128;  // weight-stream prefetch distance in nonzeros (0: off)
 int g_conv_chunks = 2;      // output-channel chunks per thread
 int g_conv_pack_min = 32768;  // packed floats below which packing stays on the caller
@@ -116,6 +123,8 @@ int g_conv_gather = 2;        // new plans, narrow maps: 0 row copies, 1 gathers
 int g_conv_aligned_1x1 = 1;   // new plans: pack a 1x1's map whose planes are not 64-byte aligned
 int g_conv_private_pack = 64;  // new plans, 2+ threads: per-thread aligned planes from this many
                                // nonzeros per input channel (0: off; see sb_conv2d_run)
+int g_conv_gap_direct = 1;    // new plans: a batch-1 global average pool from the tile's
+                              // registers (0: extended rows and the compaction pass)
 int g_conv_out_prefetch = 8;  // direct-output epilogue: prefetch y (and the residual) this many
                               // output channels ahead (0: off)
 
@@ -222,7 +231,20 @@ struct Job {
   int64_t cb0 = 0, cb1 = -1;  // input-channel blocks [cb0, cb1) (cb1 < 0: to the last)
   float *raw = nullptr;       // not NULL: the blocks' sums go here, [Cout][positions], with no
                               // bias or epilogue (a split over input channels, sb_conv2d_run)
+  float *sub = nullptr;       // not NULL: y[:, :, ::2, ::2] is also written here (direct output)
 };
+
+// Output positions [p0, p0 + n) of channel co, at src[0, n), into the subsample sub (the
+// positions of even row and column, in order; see sub_tab).
+SB_INLINE void sub_run(const sb_conv_plan_impl *pl, float *sub, int64_t co, const float *src,
+                       int64_t p0, int64_t n) {
+  float *SB_RESTRICT dst = sub + co * pl->sub_plane;
+  for (int64_t p = p0; p < p0 + n; ++p) {
+    const uint32_t m = (uint32_t)pl->sub_tab[2 * (p >> 4)], bit = (uint32_t)(p & 15);
+    if (m >> bit & 1u)
+      dst[pl->sub_tab[2 * (p >> 4) + 1] + __builtin_popcount(m & ((1u << bit) - 1u))] = src[p - p0];
+  }
+}
 
 // The lines of y[at, at + n) (for writing: no read-for-ownership stall when the tile stores
 // them) and of the residual's same range, which a tile stores k.out_prefetch output channels
@@ -233,6 +255,14 @@ SB_INLINE void prefetch_out(const Job &k, int64_t at, int64_t n) {
     __builtin_prefetch(k.y + at + q, 1, 3);
     if (k.residual) __builtin_prefetch(k.residual + at + q, 0, 3);
   }
+}
+
+// The lines of the subsample that channel co's positions [p0, p0 + n) write (as prefetch_out).
+SB_INLINE void prefetch_sub(const Job &k, int64_t co, int64_t p0, int64_t n) {
+  const int32_t *t = k.pl->sub_tab;
+  const float *at = k.sub + co * k.pl->sub_plane;
+  const int64_t a = t[2 * (p0 >> 4) + 1], e = t[2 * ((p0 + n - 1) >> 4) + 1] + 16;
+  for (int64_t q = a; q < e; q += 16) __builtin_prefetch(at + q, 1, 3);
 }
 
 // Stacked packed rows [r0, r1) (row R = n * hq + i) of copy (a, u) of channel c into its plane
@@ -470,6 +500,13 @@ void pool2(const float *SB_RESTRICT a, const float *SB_RESTRICT b, float *SB_RES
   }
 }
 
+// A tile's sum of one output channel's pooled values into the global average y[co] (batch 1):
+// the first tile (position 0) sets it, later ones add; one chunk runs all tiles of a channel.
+SB_INLINE void gap_add(const Job &k, int64_t co, int64_t p0, float sum) {
+  const float v = sum / (float)k.pl->pub.positions;
+  k.y[co] = p0 == 0 ? v : k.y[co] + v;
+}
+
 // Residual, activation, channel scale and max-pool (or global average) from the extended
 // rows to NCHW y: channels [c0, c1), extended positions [pa, pb) (a part of the map only
 // without a pool).
@@ -557,6 +594,7 @@ struct V<16> {
   static SB_INLINE T relu(T a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
   static SB_INLINE void store(float *p, T v) { _mm512_storeu_ps(p, v); }
   static SB_INLINE void storem(float *p, M m, T v) { _mm512_mask_storeu_ps(p, m, v); }
+  static SB_INLINE T addm(T a, M m, T b) { return _mm512_mask_add_ps(a, m, a, b); }
   static SB_INLINE M mask(int64_t lanes) {
     return lanes >= 16 ? (M)0xffff : lanes <= 0 ? (M)0 : (M)((1u << lanes) - 1u);
   }
@@ -575,6 +613,7 @@ struct V<8> {
   static SB_INLINE T relu(T a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
   static SB_INLINE void store(float *p, T v) { _mm256_storeu_ps(p, v); }
   static SB_INLINE void storem(float *p, M m, T v) { _mm256_mask_storeu_ps(p, m, v); }
+  static SB_INLINE T addm(T a, M m, T b) { return _mm256_mask_add_ps(a, m, a, b); }
   static SB_INLINE M mask(int64_t lanes) {
     return lanes >= 8 ? (M)0xff : lanes <= 0 ? (M)0 : (M)((1u << lanes) - 1u);
   }
@@ -593,6 +632,7 @@ struct V<4> {
   static SB_INLINE T relu(T a) { return _mm_max_ps(a, _mm_setzero_ps()); }
   static SB_INLINE void store(float *p, T v) { _mm_storeu_ps(p, v); }
   static SB_INLINE void storem(float *p, M m, T v) { _mm_mask_storeu_ps(p, m, v); }
+  static SB_INLINE T addm(T a, M m, T b) { return _mm_mask_add_ps(a, m, a, b); }
   static SB_INLINE M mask(int64_t lanes) {
     return lanes >= 4 ? (M)0xf : lanes <= 0 ? (M)0 : (M)((1u << lanes) - 1u);
   }
@@ -723,11 +763,31 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
             return;
           }
           const typename Vt::T bb = Vt::set1(w->bias ? w->bias[co] : 0.f);
+          if (pl->gap_direct) {  // y[co] = mean of scale * act(conv + bias + residual)
+            const float *ro = k.residual ? k.residual + co * P + p0 : nullptr;
+            const typename Vt::T sc = Vt::set1(pl->scale ? pl->scale[co] : 1.f);
+            typename Vt::T s = Vt::zero();
+            for (int q = 0; q < NV; ++q) {
+              typename Vt::T v = Vt::add(acc[q], bb);
+              if (ro) v = Vt::add(v, Vt::loadm(mk[q], ro + W * q));
+              if (k.act == kActRelu) v = Vt::relu(v);
+              if (pl->scale) v = Vt::mul(v, sc);
+              s = Vt::addm(s, mk[q], v);
+            }
+            alignas(64) float lanes[W];
+            Vt::store(lanes, s);
+            float sum = 0.f;
+            for (int i = 0; i < W; ++i) sum += lanes[i];
+            gap_add(k, co, p0, sum);
+            return;
+          }
           if (p.direct_out) {
             float *yo = k.y + co * P + p0;
             const float *ro = k.residual ? k.residual + co * P + p0 : nullptr;
-            if (k.out_prefetch && co + k.out_prefetch < w->out_channels)
+            if (k.out_prefetch && co + k.out_prefetch < w->out_channels) {
               prefetch_out(k, (co + k.out_prefetch) * P + p0, valid);
+              if (k.sub) prefetch_sub(k, co + k.out_prefetch, p0, valid);
+            }
             const typename Vt::T sc = Vt::set1(pl->scale ? pl->scale[co] : 1.f);
             for (int q = 0; q < NV; ++q) {
               typename Vt::T v = Vt::add(acc[q], bb);
@@ -735,6 +795,15 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
               if (k.act == kActRelu) v = Vt::relu(v);
               if (pl->scale && k.act != kActGelu) v = Vt::mul(v, sc);
               Vt::storem(yo + W * q, mk[q], v);
+              if constexpr (W == 16) {  // its even-row, even-column lanes, packed, into sub
+                if (k.sub && k.act != kActGelu) {  // branch-free: a vector of an odd row
+                  const int32_t *t = pl->sub_tab + 2 * ((p0 >> 4) + q);  // stores nothing
+                  const __mmask16 m = (__mmask16)t[0];
+                  _mm512_mask_storeu_ps(k.sub + co * pl->sub_plane + t[1],
+                                        (__mmask16)((1u << __builtin_popcount(m)) - 1u),
+                                        _mm512_maskz_compress_ps(m, v));
+                }
+              }
             }
             if (k.act == kActGelu) {  // rare for convolutions: scalar
               for (int64_t i = 0; i < valid; ++i) {
@@ -742,6 +811,7 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
                 yo[i] = pl->scale ? g * pl->scale[co] : g;
               }
             }
+            if (k.sub && (W != 16 || k.act == kActGelu)) sub_run(pl, k.sub, co, yo, p0, valid);
           } else if (pl->row_out) {
             alignas(64) float tb[T];
             for (int q = 0; q < NV; ++q) Vt::store(tb + W * q, Vt::add(acc[q], bb));
@@ -851,6 +921,15 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
             continue;
           }
           const float b = w->bias ? w->bias[co] : 0.f;
+          if (pl->gap_direct) {
+            const float *ro = k.residual ? k.residual + co * P + p0 : nullptr;
+            const float sc = pl->scale ? pl->scale[co] : 1.f;
+            float sum = 0.f;
+            for (int64_t i = 0; i < valid; ++i)
+              sum += act_scalar(acc[i] + b + (ro ? ro[i] : 0.f), k.act) * sc;
+            gap_add(k, co, p0, sum);
+            continue;
+          }
           if (p.direct_out) {
             float *yo = k.y + co * P + p0;
             const float *ro = k.residual ? k.residual + co * P + p0 : nullptr;
@@ -861,6 +940,7 @@ void conv_rows(const Job &k, int64_t c0, int64_t c1, int64_t pa, int64_t pb) {
               const float v = act_scalar(acc[i] + b + (ro ? ro[i] : 0.f), k.act);
               yo[i] = pl->scale ? v * sc : v;
             }
+            if (k.sub) sub_run(pl, k.sub, co, yo, p0, valid);
           } else if (pl->row_out) {
             float tb[T];
             for (int64_t i = 0; i < valid; ++i) tb[i] = acc[i] + b;
@@ -1022,6 +1102,15 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   const int64_t per_channel =
       g.copies * (g.tile + ((kh - 1) / w->stride_h) * g.pitch) * (int64_t)sizeof(float);
   int64_t cbs = sb::l1_budget_kb(kh * kw) * 1024 / (per_channel > 0 ? per_channel : 1);
+  // A 1x1's block must also hold conv_block_nnz nonzeros of a row on average: at 95% a 64 KB
+  // block of ResNet-50's 14x14 1024 -> 256 held 7, so each row's partial sums made a round
+  // trip per 7 nonzeros; ResNet-50 95% 0.960x at 1 thread with 32 (90%: 0.996-1.001x, there
+  // 64 KB held 15). 3x3s were 1.013-1.10x slower with such a rule (their taps re-read the
+  // block; 32-128 nonzeros).
+  if (kh * kw == 1 && sb::g_conv_block_nnz > 0 && nnz > 0) {
+    const double per_channel_nnz = (double)nnz / ((double)Cout * (double)Cin);
+    cbs = std::max(cbs, (int64_t)std::ceil(sb::g_conv_block_nnz / per_channel_nnz));
+  }
   if (cbs < 1) cbs = 1;
   if (cbs > Cin) cbs = Cin;
   const int64_t ncb = (Cin + cbs - 1) / cbs;
@@ -1029,7 +1118,13 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   const int64_t pack = g.direct_in ? 0 : g.copies * Cin * bplane * nbands;
   const bool row_out = !g.direct_out && !(pool > 1 || pool == sb::kGlobalAvg) &&
                        sb::g_conv_row_out != 0;
-  const int64_t ext = g.direct_out || row_out ? 0 : Cout * ntiles * g.tile;
+  // a global average at batch 1 with pitch Wo (no wasted columns: the tiles' positions are the
+  // map's) is summed from the registers; the compaction pass cost a 512 -> 2048 1x1 at 7x7
+  // (ResNet-50's last conv) 251 us against 143 for the same shape without the pool
+  const bool gap_direct = pool == sb::kGlobalAvg && n == 1 && g.pitch == wo &&
+                          g.positions == ho * wo && w->act != SB_ACT_GELU &&
+                          sb::g_conv_gap_direct != 0;
+  const int64_t ext = g.direct_out || row_out || gap_direct ? 0 : Cout * ntiles * g.tile;
 
   sb_conv_plan_impl *pl = (sb_conv_plan_impl *)std::calloc(1, sizeof(sb_conv_plan_impl));
   if (!pl) return SB_ENOMEM;
@@ -1042,8 +1137,9 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   const bool gather = false;
 #endif
   const size_t gints = gather ? 2 * (size_t)(g.copies * img) : 0;  // gmap and gbase
+  const size_t sub_ints = g.direct_out ? 2 * (size_t)((g.positions + 15) / 16) : 0;
   const size_t ints = 2 * (size_t)nnz + (size_t)Cout * (size_t)(ncb + 1) + 2 * (size_t)Cout * ncb +
-                      gints;
+                      gints + sub_ints;
   // the packed input: the plan's own region, or the calling thread's scratch on each run
   const bool shared_pack = pack > 0 && sb::g_conv_shared_pack != 0;
   const int64_t own_pack = shared_pack ? 0 : pack;
@@ -1063,6 +1159,20 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   pl->seg = blk + Cout * (ncb + 1);
   pl->gmap = gather ? pl->seg + 2 * Cout * ncb : nullptr;
   pl->gbase = gather ? pl->gmap + g.copies * img : nullptr;
+  pl->sub_tab = sub_ints ? pl->seg + 2 * Cout * ncb + gints : nullptr;
+  if (pl->sub_tab) {  // direct output: position p is row p / Wo, column p % Wo of the one image
+    pl->sub_plane = ((ho + 1) / 2) * ((wo + 1) / 2);
+    int32_t before = 0;
+    for (int64_t v = 0; v < (g.positions + 15) / 16; ++v) {
+      uint32_t m = 0;
+      const int32_t first = before;
+      for (int64_t i = 0; i < 16 && 16 * v + i < g.positions; ++i) {
+        const int64_t q = 16 * v + i;
+        if ((q / wo) % 2 == 0 && (q % wo) % 2 == 0) m |= 1u << i, ++before;
+      }
+      pl->sub_tab[2 * v] = (int32_t)m, pl->sub_tab[2 * v + 1] = first;
+    }
+  }
   if (own_pack) std::memset(pl->pack, 0, (size_t)own_pack * sizeof(float));
   if (ext) std::memset(pl->ext, 0, (size_t)ext * sizeof(float));
 
@@ -1083,6 +1193,7 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   pl->ncopies = g.copies, pl->pitch = g.pitch, pl->ncb = ncb, pl->cbs = cbs;
   pl->nbands = nbands;
   pl->row_out = row_out;
+  pl->gap_direct = gap_direct;
   p.row_out = row_out;
   p.bands = nbands;
   pl->band_floats = g.direct_in ? 0 : g.copies * Cin * bplane;
@@ -1161,11 +1272,16 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
 
 extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const float *x,
                              const float *residual, float *y, int num_threads) {
+  return sb_conv2d_run_sub(w, plan, x, residual, y, nullptr, num_threads);
+}
+
+extern "C" int sb_conv2d_run_sub(const sb_conv2d *w, const sb_conv_plan *plan, const float *x,
+                                 const float *residual, float *y, float *sub, int num_threads) {
   if (num_threads < 1 || num_threads > sb::kMaxThreads) return SB_ETHREADS;
   const sb_conv_plan_impl *pl = (const sb_conv_plan_impl *)plan;
   if (!pl || pl->magic != sb::kMagic || pl->w != w || !sb::valid_weight(w)) return SB_EINVAL;
   const sb_conv_plan &p = pl->pub;
-  if (!x || !y) return SB_EINVAL;
+  if (!x || !y || (sub && !pl->sub_tab)) return SB_EINVAL;
   const int64_t Cin = w->in_channels, Cout = w->out_channels;
   const int64_t P = p.positions, pitch = pl->pitch, rows = p.n * p.hq, nb = pl->nbands;
   const int64_t halo = p.hq - p.ho;  // packed rows below an output row that its taps read
@@ -1204,9 +1320,11 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
   auto pack_band = [&](int64_t b, int64_t i0, int64_t i1) { pack_into(pack, b, i0, i1); };
   const int64_t planes = pl->gmap ? Cin : pl->ncopies * Cin;
   auto job_in = [&](float *base, int64_t b) {  // band b's job on the packing at base
-    if (p.direct_in) return sb::Job{w, pl, x, 0, residual, y, (int)w->act, sb::g_conv_prefetch};
-    return sb::Job{w, pl, band_in(base, b), row0(b) * pitch, residual, y, (int)w->act,
-                   sb::g_conv_prefetch};
+    sb::Job job = p.direct_in ? sb::Job{w, pl, x, 0, residual, y, (int)w->act, sb::g_conv_prefetch}
+                              : sb::Job{w, pl, band_in(base, b), row0(b) * pitch, residual, y,
+                                        (int)w->act, sb::g_conv_prefetch};
+    job.sub = sub;
+    return job;
   };
   auto job_of = [&](int64_t b) { return job_in(pack, b); };
   // Bands: each chunk packs its band and runs every output channel on it, so a thread packs and
@@ -1218,7 +1336,8 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
       if (!p.direct_in) pack_band(b, 0, planes);
       const sb::Job job = job_of(b);
       sb::run_tiles(p.tile, job, 0, Cout, pos(b), pos(b + 1));
-      if (!p.direct_out && !pl->row_out) sb::compact(job, 0, Cout, pos(b), pos(b + 1));
+      if (!p.direct_out && !pl->row_out && !pl->gap_direct)
+        sb::compact(job, 0, Cout, pos(b), pos(b + 1));
     });
     return SB_OK;
   }
@@ -1259,6 +1378,7 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
           for (int64_t i = 0; i < P; ++i) yo[i] += pt[i];
         }
         sb::post_range(yo, P, (int)w->act, pl->scale != nullptr, pl->scale ? pl->scale[co] : 1.f);
+        if (sub) sb::sub_run(pl, sub, co, yo, 0, P);
       }
     });
     return SB_OK;
@@ -1301,7 +1421,7 @@ extern "C" int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *plan, const
       }
     }
     for (int64_t b = 0; b < nb; ++b) sb::run_tiles(p.tile, job_in(src, b), lo, hi, pos(b), pos(b + 1));
-    if (!p.direct_out && !pl->row_out) sb::compact(job_in(src, 0), lo, hi, 0, P);
+    if (!p.direct_out && !pl->row_out && !pl->gap_direct) sb::compact(job_in(src, 0), lo, hi, 0, P);
   });
   return status.load();
 }

@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define SB_ABI_VERSION 9
+#define SB_ABI_VERSION 10
 
 #define SB_ACT_NONE 0
 #define SB_ACT_RELU 1
@@ -201,6 +201,11 @@ void sb_conv2d_plan_free(sb_conv_plan *p);
  * y is N x Cout x yh x yw. */
 int sb_conv2d_run(const sb_conv2d *w, const sb_conv_plan *p, const float *x,
                   const float *residual, float *y, int num_threads);
+/* sb_conv2d_run that also writes y[:, :, ::2, ::2] (Cout x ceil(Ho/2) x ceil(Wo/2)) into sub,
+ * from the registers: for plans whose output is direct (p->direct_out: batch 1, no pool), else
+ * SB_EINVAL. sub must not overlap x, y or the residual. (ResNet's strided projection reads it.) */
+int sb_conv2d_run_sub(const sb_conv2d *w, const sb_conv_plan *p, const float *x,
+                      const float *residual, float *y, float *sub, int num_threads);
 
 /* Max-pool over NCHW maps: y (N x C x Ho x Wo, Ho/Wo from sb_pool_out_size) = max over each
  * kh x kw window at stride (sh, sw) with pads (ph, pw) read as -inf; pads at most half the

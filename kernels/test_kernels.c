@@ -429,6 +429,37 @@ static void test_conv(int64_t N, int64_t Cin, int64_t Cout, int64_t H, int64_t W
 
 static int banded_plans = 0; /* planned convs whose map was cut into position bands */
 static int row_out_plans = 0; /* planned convs writing their output runs straight to y */
+static int subsample_plans = 0; /* planned convs whose subsample sb_conv2d_run_sub checked */
+
+/* sb_conv2d_run_sub at batch 1: y again and y[:, :, ::2, ::2] in sub against the reference
+ * output r (Cout x Ho x Wo); SB_EINVAL for plans without a direct output. */
+static void check_subsample(const sb_conv2d *d, const sb_conv_plan *plan, const float *x,
+                            const float *res, float *y, const float *r, int64_t Cout, int64_t Ho,
+                            int64_t Wo, int threads, const char *what) {
+  const int64_t sh = (Ho + 1) / 2, sw = (Wo + 1) / 2;
+  float *sub = falloc(Cout * sh * sw), *rsub = falloc(Cout * sh * sw);
+  const int st = sb_conv2d_run_sub(d, plan, x, res, y, sub, threads);
+  ++checks;
+  if (!plan->direct_out) {
+    if (st != SB_EINVAL) {
+      fprintf(stderr, "FAIL %s: sb_conv2d_run_sub without a direct output gave %d\n", what, st);
+      ++failures;
+    }
+  } else {
+    expect_ok(st, "sb_conv2d_run_sub");
+    for (int64_t co = 0; co < Cout; ++co)
+      for (int64_t i = 0; i < sh; ++i)
+        for (int64_t j = 0; j < sw; ++j)
+          rsub[(co * sh + i) * sw + j] = r[(co * Ho + 2 * i) * Wo + 2 * j];
+    char sub_what[300];
+    snprintf(sub_what, sizeof sub_what, "%s (subsample)", what);
+    compare(what, y, r, Cout * Ho * Wo);
+    compare(sub_what, sub, rsub, Cout * sh * sw);
+    ++subsample_plans;
+  }
+  free(sub);
+  free(rsub);
+}
 
 /* The planned API: residual add, channel scale, fused max-pool, every activation; position
  * bands (1-4) run on 1, 2 and 4 threads. */
@@ -487,6 +518,7 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
       sb_tuning("conv_l1_kb", variant & 8 ? 1 : 0); /* 1 KB: many channel blocks; 0 auto */
       const int row_out = (variant >> 1) % 3 != 2;   /* else extended rows + compaction */
       sb_tuning("conv_row_out", row_out);
+      sb_tuning("conv_gap_direct", variant % 5 != 4); /* else a global average by compaction */
       sb_conv_plan *plan = NULL;
       expect_ok(sb_conv2d_plan(&d, N, H, W, pool, use_scale ? scale : NULL, bands, &plan),
                 "sb_conv2d_plan");
@@ -508,6 +540,7 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
                (long long)plan->layout, (long long)plan->channel_blocks, (long long)plan->tile,
                (long long)plan->bands, threads);
       compare(what, y, r, N * Cout * Yh * Yw);
+      check_subsample(&d, plan, x, use_res ? res : NULL, y, r, Cout, Ho, Wo, threads, what);
       /* a plan is bound to its weight */
       const sb_conv2d other = d;
       if (sb_conv2d_run(&other, plan, x, NULL, y, 1) != SB_EINVAL) ++failures;
@@ -516,6 +549,7 @@ static void test_conv_planned(int64_t N, int64_t Cin, int64_t Cout, int64_t H, i
     sb_tuning("conv_layout", 3);
     sb_tuning("conv_l1_kb", 0);
     sb_tuning("conv_row_out", 1);
+    sb_tuning("conv_gap_direct", 1);
     sb_tuning("conv_gather", 2);
     sb_tuning("conv_shared_pack", 1);
     sb_tuning("conv_ksplit", 1);
@@ -616,6 +650,7 @@ static void test_conv_planes(int64_t Cin, int64_t Cout, int64_t H, int64_t W, do
              (long long)Cin, (long long)Cout, (long long)H, (long long)W, (long long)bands,
              (long long)plan->direct_in, threads);
     run_compare(&d, plan, x, NULL, y, r, n, threads, what);
+    check_subsample(&d, plan, x, NULL, y, r, Cout, H, W, threads, what);
   }
   sb_conv2d_plan_free(plan);
   free(bias);
@@ -1282,6 +1317,11 @@ int main(void) {
   test_conv_planned(1, 3, 4, 20, 20, 5, 1, 2, 0.7, 3);
   test_conv_planned(1, 16, 8, 4, 4, 3, 1, 1, 0.5, -1); /* global average pool */
   test_conv_planned(3, 6, 5, 7, 5, 3, 2, 1, 0.5, -1);
+  /* global averages summed from the registers: one partial tile (7x7), a full and a partial
+   * tile (15x15), kx-copy with halo (12x12 3x3) */
+  test_conv_planned(1, 8, 12, 7, 7, 1, 1, 0, 0.5, -1);
+  test_conv_planned(1, 4, 6, 15, 15, 1, 1, 0, 0.5, -1);
+  test_conv_planned(1, 5, 7, 12, 12, 3, 1, 1, 0.5, -1);
   /* maps large enough for position bands: kx-copy (direct out), shift with compaction (bands
    * end mid-row), gathered rows, strided and batch-stacked (bands across images), a 5x5 halo,
    * direct in/out 1x1, 0% and 100% nonzero */
@@ -1313,11 +1353,15 @@ int main(void) {
   test_conv_planes(24, 40, 14, 14, 0.3, 1, 0, 1);  /* knob off */
   test_conv_planes(24, 40, 16, 16, 0.3, 1, 1, 1);  /* aligned planes: in place */
   ++checks;
-  printf("planned convs cut into position bands: %d, with row-scatter output: %d\n", banded_plans,
-         row_out_plans);
+  printf("planned convs cut into position bands: %d, with row-scatter output: %d, with a "
+         "subsample: %d\n", banded_plans, row_out_plans, subsample_plans);
   ++checks;
   if (row_out_plans == 0) {
     fprintf(stderr, "FAIL no planned conv used the row-scatter output\n");
+    ++failures;
+  }
+  if (subsample_plans == 0) {
+    fprintf(stderr, "FAIL no planned conv wrote a subsample\n");
     ++failures;
   }
   if (banded_plans == 0) {

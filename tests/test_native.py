@@ -482,6 +482,41 @@ def test_conv_row_scatter_output_matches(shape, k: int, stride: int, pad: int, p
         np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape,k,pad,writes", [
+    ((1, 8, 28, 28), 1, 0, True),    # 1x1 on x in place, bands at 2 threads
+    ((1, 8, 14, 14), 1, 0, True),    # aligned planes: rows straddle vectors
+    ((1, 6, 7, 9), 3, 1, True),      # kx-copy, odd map
+    ((1, 6, 20, 20), 3, 1, False),   # shift layout (padded rows): no direct output
+    ((2, 8, 14, 14), 1, 0, False)])  # batch 2
+def test_conv_subsample_written_beside_the_output(shape, k: int, pad: int, writes: bool) -> None:
+    """``run(..., subsample=s)`` also writes ``out[:, :, ::2, ::2]`` into s (with a residual,
+    at 1 and 2 threads) where ``writes_subsample``; elsewhere it refuses with one message, as
+    it does a wrong shape or an array overlapping the output."""
+    rng = np.random.default_rng(19)
+    w = sparse_weight(rng, (6, shape[1], k, k), 0.5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    want = conv_ref(x, w, None, (1, 1), (pad, pad), False)
+    res = rng.standard_normal(want.shape).astype(np.float32)
+    full = np.maximum(want + res, 0).astype(np.float32)
+    ho, wo = full.shape[2:]
+    for threads in (1, 2):
+        op = native.CSRConv2d.from_dense(w, padding=pad, relu=True, threads=threads)
+        assert op.writes_subsample(x.shape) is writes
+        out = np.empty_like(full)
+        sub = np.full((1, 6, (ho + 1) // 2, (wo + 1) // 2), np.nan, np.float32)
+        if not writes:
+            with pytest.raises(SparsebenchError, match="subsample needs a plan that writes"):
+                op.run(x, out, res, subsample=sub)
+            continue
+        op.run(x, out, res, subsample=sub)
+        assert_close(out, full)
+        np.testing.assert_array_equal(sub, out[:, :, ::2, ::2])
+        with pytest.raises(SparsebenchError, match=r"subsample must be .* of shape \(1, 6, "):
+            op.run(x, out, res, subsample=sub[:, :3])
+        with pytest.raises(SparsebenchError, match="must not overlap"):
+            op.run(x, out, res, subsample=out.reshape(-1)[: sub.size].reshape(sub.shape))
+
+
 def test_conv_explicit_csr_and_impl_name() -> None:
     rng = np.random.default_rng(6)
     w = sparse_weight(rng, (4, 2, 3, 3), 0.5)

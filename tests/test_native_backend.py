@@ -810,11 +810,12 @@ class _ProjectionBlock(nn.Module):
 
     input_shape = (3, 16, 16)
 
-    def __init__(self, tap: bool = False, stride: int = 1) -> None:
+    def __init__(self, tap: bool = False, stride: int = 1, pool: bool = True,
+                 size: int = 16) -> None:
         super().__init__()
-        self.tap = tap
+        self.tap, self.input_shape = tap, (3, size, size)
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
         self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 4, 3, stride, padding=1)
         self.c, self.proj = nn.Conv2d(4, 16, 1), nn.Conv2d(8, 16, 1, stride)
 
@@ -868,6 +869,38 @@ def test_projection_shortcut_is_merged_into_the_block_conv(threads: int, stride:
     finally:
         kernel_plan.MERGE_PROJECTIONS = True
     assert "c" in off._names[1] and "proj+residual+relu" in off._names[1], off._names[1]
+    assert rel_err(off.run(x), want) <= 1e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size, written", [(16, True), (20, False)])
+def test_strided_shortcut_input_is_subsampled_by_its_producer(threads: int, size: int,
+                                                              written: bool) -> None:
+    """A stride-2 shortcut's subsampled input is written by the conv that makes it, from its
+    registers, when that conv's plan writes its output directly (16 wide: kx-copy rows of
+    pitch Wo); else (20 wide: padded rows) by a subsample step after it. Either way the
+    output matches the dense module, and the switch off gives the separate step."""
+    from sparsebench.backends import get_backend, kernel_plan
+
+    torch.manual_seed(1)
+    m = _ProjectionBlock(stride=2, pool=False, size=size).eval()
+    magnitude_prune(m, 0.5)
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        want = m(x)
+    prepared = get_backend("native").prepare(convert(m, "csr"), threads=threads, batch=1)
+    assert rel_err(prepared.run(x), want) <= 1e-5
+    names = prepared._names[1]
+    assert names[:2] == (["stem+relu+subsample", "a+relu"] if written
+                         else ["stem+relu", "subsample"]), names
+    assert names[-1] == "proj+c+relu", names
+    kernel_plan.SUBSAMPLE_IN_PRODUCER = False
+    try:
+        off = get_backend("native").prepare(convert(m, "csr"), threads=threads, batch=1)
+    finally:
+        kernel_plan.SUBSAMPLE_IN_PRODUCER = True
+    assert off._names[1][:2] == ["stem+relu", "a+relu"] and "subsample" in off._names[1]
     assert rel_err(off.run(x), want) <= 1e-5
 
 

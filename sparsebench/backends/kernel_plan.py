@@ -66,6 +66,8 @@ _KIND_LABELS = {"global_avgpool": "gap", "relu": "relu", "gelu": "gelu", "maxpoo
 
 
 MERGE_PROJECTIONS = True  # merge_projections on (a switch for benchmarks and tests)
+# a merged projection's subsample written by the conv that makes its input (likewise)
+SUBSAMPLE_IN_PRODUCER = True
 CHAIN_LINEARS = True  # _chain_linears on (likewise)
 STEM_POOL = True  # a dense stem conv and its max-pool as one DenseConv2d call (likewise)
 HUGE_PAGES = True  # activation buffers on transparent huge pages (native.memory; likewise)
@@ -91,6 +93,7 @@ class _Step:
     weight: SparseWeight | None = None    # a merged weight replacing the layer's (merge_projections)
     merged: str | None = None             # the projection layer merged into this one
     maxpool: dict[str, Any] | None = None  # an overlapping max-pool fused by DenseConv2d
+    sub: str | None = None                 # out[:, :, ::2, ::2] also written here (a conv step)
 
     def name(self) -> str:
         """The layer and what was fused into it, e.g. ``features.0+relu+maxpool2``."""
@@ -104,6 +107,7 @@ class _Step:
         parts += [f"maxpool{self.pool}"] if self.pool > 1 else []
         parts += ["maxpool"] if self.maxpool is not None else []
         parts += ["avgpool"] if self.pool == _GLOBAL_AVG else []
+        parts += ["subsample"] if self.sub else []
         return "+".join(parts)
 
 
@@ -118,6 +122,13 @@ def _pool_size(attrs: dict[str, Any], shape: tuple[int, ...]) -> int:
     if attrs["ceil_mode"] and (shape[2] % k[0] or shape[3] % k[0]):
         return 0
     return k[0]
+
+
+def _subsample_step(x: str, xs: str, pos: int) -> _Step:
+    """A step writing ``x[:, :, ::2, ::2]`` into ``xs`` (the native pool kernel, 1x1 / 2)."""
+    node = Node("maxpool", xs, (x,), xs, {"kernel": (1, 1), "stride": (2, 2),
+                                          "padding": (0, 0), "ceil_mode": False})
+    return _Step("pool", pos, xs, (x,), node, label="subsample")
 
 
 class _Planner:
@@ -257,10 +268,12 @@ class _Planner:
                     xs = f"{x}[::2]"
                     self.ref[xs] = self.ref[x][:, :, ::2, ::2].contiguous()
                     self.canon[xs] = xs
-                    node = Node("maxpool", xs, (x,), xs, {"kernel": (1, 1), "stride": (2, 2),
-                                                          "padding": (0, 0), "ceil_mode": False})
-                    steps.insert(steps.index(s), _Step("pool", s.pos, xs, (x,), node,
-                                                       label="subsample"))
+                    prod = made[x]
+                    if prod.kind == "conv" and prod.maxpool is None and prod.pool == 1 \
+                            and prod.sub is None and SUBSAMPLE_IN_PRODUCER:
+                        prod.sub = xs  # written by x's conv beside x (else: _make adds a step)
+                    else:
+                        steps.insert(steps.index(s), _subsample_step(x, xs, s.pos))
                     x = xs
                 ins.append(x)
             b, x0 = ins
@@ -418,19 +431,25 @@ class _Planner:
             last[inp] = len(steps)
             bufs[inp] = arena.zeros(self.shape(inp))
         free: dict[tuple[int, ...], list[np.ndarray]] = {}
+
+        def new(v: str) -> np.ndarray:  # a dead buffer of v's shape, or a new one
+            pool = free.get(self.shape(v))
+            return pool.pop() if pool else arena.zeros(self.shape(v))
+
+        def part(v: str) -> np.ndarray:  # a channel slice (batch 1: contiguous) of its buffer
+            cat, c0, c1 = self.parts[v]
+            if cat not in bufs:
+                bufs[cat] = new(cat)
+            return bufs[cat][:, c0:c1]
         for n, s in enumerate(steps):
             if s.kind == "view":
                 bufs[s.out] = bufs[s.ins[0]].reshape(self.shape(s.out))
-            elif s.out in self.parts:  # a channel slice (batch 1: contiguous) of its buffer
-                cat, c0, c1 = self.parts[s.out]
-                if cat not in bufs:
-                    pool = free.get(self.shape(cat))
-                    bufs[cat] = pool.pop() if pool else arena.zeros(self.shape(cat))
-                bufs[s.out] = bufs[cat][:, c0:c1]
+            elif s.out in self.parts:
+                bufs[s.out] = part(s.out)
             elif self.is_buffer(s.out) and s.out not in bufs:
-                shape = self.shape(s.out)
-                pool = free.get(shape)
-                bufs[s.out] = pool.pop() if pool else arena.zeros(shape)
+                bufs[s.out] = new(s.out)
+            if s.sub is not None:  # the subsample a conv writes beside its output
+                bufs[s.sub] = part(s.sub)
             for st, end in list(last.items()):
                 if end == n and st in bufs and st != out_store and st not in inputs:
                     free.setdefault(bufs[st].shape, []).append(bufs[st])
@@ -531,8 +550,16 @@ class NativePrepared(Prepared):
                 linears[len(calls)] = (op, x, y)
                 if readers[s.out] == 1 and s.out not in viewed and s.out != planner.output:
                     sole.add(len(calls))
-            calls.append(_bind(op, sw, x, y, res))
+            sub = bufs[s.sub] if s.sub is not None else None
+            own_step = sub is not None and not op.writes_subsample(x.shape)
+            calls.append(_bind(op, sw, x, y, res, None if own_step else sub))
             kernels.append(op)
+            if own_step:  # this plan cannot write it from its registers: a pool step after it
+                names[-1] = names[-1].removesuffix("+subsample")
+                names.append("subsample")
+                pool = native.MaxPool2d(y, sub, (1, 1), (2, 2), (0, 0), False, self.threads)
+                calls.append(pool.run)
+                traffic += y.nbytes + sub.nbytes
             if isinstance(op, native.DenseConv2d):
                 self.blocks.append("denseconv")  # the impl says a dense kernel ran it
                 traffic += op.weight_bytes + x.nbytes + y.nbytes
@@ -767,7 +794,7 @@ def _kernel(sw: SparseWeight, s: _Step, threads: int) -> Any:
 
 
 def _bind(op: Any, sw: SparseWeight, x: np.ndarray, y: np.ndarray,
-          res: np.ndarray | None) -> Callable[[], Any]:
+          res: np.ndarray | None, sub: np.ndarray | None = None) -> Callable[[], Any]:
     """The step callable; BSR linears with padded shapes pad the input / drop padded rows."""
     if sw.kind == "bsr" and sw.layer == "linear" and sw.stored_shape != sw.shape:
         (rows, cols), (prows, pcols) = sw.shape, sw.stored_shape
@@ -779,6 +806,8 @@ def _bind(op: Any, sw: SparseWeight, x: np.ndarray, y: np.ndarray,
             op.run(xp, yp)
             y[...] = yp[:, :rows]
         return padded
+    if sub is not None:
+        return functools.partial(op.run, x, y, res, sub)
     if res is not None:
         return functools.partial(op.run, x, y, res)
     return functools.partial(op.run, x, y)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-ABI_VERSION = 9  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
+ABI_VERSION = 10  # must equal SB_ABI_VERSION in kernels/sparsebench_kernels.h
 
 _STATUS = {
     1: "invalid argument",
@@ -75,6 +75,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "sb_conv2d_plan_free": (None, [ctypes.POINTER(_ConvPlan)]),
     "sb_conv2d_run": (_INT, [ctypes.POINTER(_ConvDesc), ctypes.POINTER(_ConvPlan), _PTR, _PTR,
                              _PTR, _INT]),
+    "sb_conv2d_run_sub": (_INT, [ctypes.POINTER(_ConvDesc), ctypes.POINTER(_ConvPlan), _PTR,
+                                 _PTR, _PTR, _PTR, _INT]),
     "sb_dense_conv_create": (_INT, [_PTR, _PTR, *[_I64] * 8, _INT, *[_I64] * 7,
                                      ctypes.POINTER(_PTR)]),
     "sb_dense_conv_free": (None, [_PTR]),

@@ -556,8 +556,11 @@ class BSRLinear(_Linear):
 class CSRConv2d(_Prepared):
     """Sparse NCHW convolution: weight (Cout, Cin*kh*kw) as CSR, column c*kh*kw + ky*kw + kx.
 
-    ``run(x, out=None, residual=None)`` takes float32 C-contiguous (N, Cin, H, W) and returns
-    ``pool(scale * act(conv(x) + bias + residual))`` of shape (N, Cout, Ho/pool, Wo/pool).
+    ``run(x, out=None, residual=None, subsample=None)`` takes float32 C-contiguous
+    (N, Cin, H, W) and returns ``pool(scale * act(conv(x) + bias + residual))`` of shape
+    (N, Cout, Ho/pool, Wo/pool); with ``subsample`` (an array of (1, Cout, ceil(Ho/2),
+    ceil(Wo/2))) it also writes ``out[:, :, ::2, ::2]`` there, from the kernel's registers,
+    where ``writes_subsample(x.shape)`` (batch 1, no pool).
     ``act``: ``relu=True`` or ``act="relu"``/``"gelu"``; ``scale``: per output channel, after
     the activation; ``pool``: a fused max-pool with window = stride = pool, or ``"avg"``: a
     global average pool (output (N, Cout, 1, 1)).
@@ -615,8 +618,12 @@ class CSRConv2d(_Prepared):
         lib = load()
         self._run_fn = ctypes.CFUNCTYPE(ctypes.c_int)(
             ctypes.cast(lib.sb_conv2d_run, ctypes.c_void_p).value)
+        self._run_sub_fn = ctypes.CFUNCTYPE(ctypes.c_int)(
+            ctypes.cast(lib.sb_conv2d_run_sub, ctypes.c_void_p).value)
         self._plans: dict[tuple[int, ...], tuple[Any, ...]] = {}
         self._rc: tuple[Any, ...] = (None, None, None, None)
+        # subsample, its pointer, and the out, input cache and residual it was checked against
+        self._sc: tuple[Any, ...] = (None, None, None, None, None)
         self._lock = threading.Lock()
         self.impl = f"native-csrconv-{self._isa}-i{bits}-t{self.threads}"
 
@@ -670,6 +677,32 @@ class CSRConv2d(_Prepared):
         self._plans[shape] = cached
         return cached
 
+    def writes_subsample(self, shape: tuple[int, ...]) -> bool:
+        """Whether ``run(x, out, subsample=...)`` works for inputs of this shape: the plan
+        writes its output directly (batch 1, no pool, no padded columns)."""
+        self._io_shapes(tuple(int(d) for d in shape))
+        return int(shape[0]) == 1 and self.plan(shape)["direct_out"] == 1
+
+    def _subsample(self, sub: Any, xc: tuple[Any, ...], out: np.ndarray,
+                   residual: Any) -> tuple[Any, ...]:
+        shape = xc[1]
+        ho, wo = self.conv_size(shape[2], shape[3])
+        want = (1, self.out_channels, (ho + 1) // 2, (wo + 1) // 2)
+        if not self.writes_subsample(shape):
+            raise SparsebenchError(f"{self.impl}: a subsample needs a plan that writes its "
+                                   f"output directly (batch 1, no pool, unpadded rows; input "
+                                   f"{shape}, pool {self.pool})")
+        if (not isinstance(sub, np.ndarray) or sub.shape != want or sub.dtype != _F32
+                or not sub.flags.c_contiguous or not sub.flags.writeable):
+            raise SparsebenchError(f"{self.impl}: subsample must be a writeable C-contiguous "
+                                   f"float32 array of shape {want}")
+        if any(a is not None and np.may_share_memory(sub, a) for a in (xc[0], out, residual)):
+            raise SparsebenchError(f"{self.impl}: subsample must not overlap x, out or the "
+                                   f"residual")
+        sc = (sub, _ptr(sub), out, xc, residual)
+        self._sc = sc
+        return sc
+
     def _io_shapes(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[Any, ...]]:
         if len(shape) != 4 or shape[1] != self.in_channels:
             raise SparsebenchError(
@@ -704,9 +737,10 @@ class CSRConv2d(_Prepared):
         return rc
 
     def run(self, x: np.ndarray, out: np.ndarray | None = None,
-            residual: np.ndarray | None = None) -> np.ndarray:
+            residual: np.ndarray | None = None,
+            subsample: np.ndarray | None = None) -> np.ndarray:
         """Apply the layer to ``x`` (see the class docstring); ~1 us of Python when the same
-        x, out and residual arrays are passed again."""
+        x, out, residual and subsample arrays are passed again."""
         with self._lock:
             xc = self._xc
             if (x is not xc[0] or x.shape != xc[1] or x.dtype is not _F32
@@ -725,7 +759,15 @@ class CSRConv2d(_Prepared):
                 res = rc[1]
             if xc[4][0] is None:
                 return oc[0]
-            status = self._run_fn(self._desc_ptr, xc[4][0], xc[2], res, oc[1], self._nt)
+            if subsample is None:
+                status = self._run_fn(self._desc_ptr, xc[4][0], xc[2], res, oc[1], self._nt)
+            else:
+                sc = self._sc
+                if (subsample is not sc[0] or sc[2] is not oc[0] or sc[3] is not xc
+                        or sc[4] is not residual):
+                    sc = self._subsample(subsample, xc, oc[0], residual)
+                status = self._run_sub_fn(self._desc_ptr, xc[4][0], xc[2], res, oc[1], sc[1],
+                                          self._nt)
         if status:
             raise SparsebenchError(
                 f"{self.impl}: kernel failed: {_STATUS.get(status, 'error')} (status {status})"
