@@ -132,6 +132,7 @@ extern "C" int sb_tuning(const char *key, int value) {
   else if (std::strcmp(key, "conv_layout") == 0) knob = &sb::g_conv_layout;
   else if (std::strcmp(key, "conv_l1_kb") == 0) knob = &sb::g_conv_l1_kb;
   else if (std::strcmp(key, "conv_block_nnz") == 0) knob = &sb::g_conv_block_nnz;
+  else if (std::strcmp(key, "conv_ksplit_share") == 0) knob = &sb::g_conv_ksplit_share;
   else if (std::strcmp(key, "conv_prefetch") == 0) knob = &sb::g_conv_prefetch;
   else if (std::strcmp(key, "conv_chunks") == 0) knob = &sb::g_conv_chunks;
   else if (std::strcmp(key, "conv_pack_min") == 0) knob = &sb::g_conv_pack_min;

@@ -30,6 +30,7 @@ extern int g_linear_prefetch;
 extern int g_conv_layout;
 extern int g_conv_l1_kb;
 extern int g_conv_block_nnz;
+extern int g_conv_ksplit_share;
 extern int g_conv_prefetch;
 extern int g_conv_chunks;
 extern int g_conv_pack_min;

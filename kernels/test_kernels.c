@@ -1352,6 +1352,15 @@ int main(void) {
   }
   test_conv_planes(24, 40, 14, 14, 0.3, 1, 0, 1);  /* knob off */
   test_conv_planes(24, 40, 16, 16, 0.3, 1, 1, 1);  /* aligned planes: in place */
+  /* a reduction (Cout < Cin) on 2+ threads: packed shares of the input channels (the split
+   * over input channels), 7 and 14 wide; knob off: read in place */
+  test_conv_planes(64, 24, 14, 14, 0.3, 2, 1, 0);
+  test_conv_planes(100, 12, 7, 7, 0.5, 4, 1, 0);
+  {
+    const int old = sb_tuning("conv_ksplit_share", 0);
+    test_conv_planes(64, 24, 14, 14, 0.3, 2, 1, 1);
+    sb_tuning("conv_ksplit_share", old);
+  }
   ++checks;
   printf("planned convs cut into position bands: %d, with row-scatter output: %d, with a "
          "subsample: %d\n", banded_plans, row_out_plans, subsample_plans);
