@@ -24,11 +24,12 @@
 // output channels stay in an L1 buffer between blocks.
 //
 // Epilogue: bias in registers; then either the final epilogue in registers (when the
-// extended layout is y itself: batch 1, no wasted columns, no pool), or without a pool each
-// tile's runs of real outputs written straight to y ("row_out"), or a compaction pass per
-// output channel adding the residual, activation, channel scale and fused max-pool. The first
-// two prefetch the lines of y and of the residual that they will store a few output channels
-// later (one stream per channel: too many for the hardware prefetchers).
+// extended layout is y itself: batch 1, no wasted columns, no pool; sb_conv2d_run_sub also
+// writes y[:, :, ::2, ::2] from there, and a batch-1 global average pool sums there), or
+// without a pool each tile's runs of real outputs written straight to y ("row_out"), or a
+// compaction pass per output channel adding the residual, activation, channel scale and fused
+// max-pool. The first two prefetch the lines of y and of the residual that they will store a
+// few output channels later (one stream per channel: too many for the hardware prefetchers).
 // A band's or the map's last partial tile runs in the narrowest tile that holds it.
 //
 // Threads. A plan made for T threads (sb_conv2d_plan's `bands`) cuts the map into T position
@@ -39,7 +40,9 @@
 // and each thread writes its own part of y, which the next layer banded the same way reads
 // from the same core's cache. Small maps at batch 1 written straight to y, with two or more
 // channel blocks, split the input-channel blocks instead (each chunk packs and sums its own
-// blocks into a buffer; a second job adds the buffers and runs the epilogue). Otherwise (one
+// blocks into a buffer; a second job adds the buffers and runs the epilogue); their blocks
+// are a multiple of the thread count, so thread t sums the t-th share of the input channels,
+// and 1x1 reductions on unaligned maps are split this way too. Otherwise (one
 // band, or more threads than bands) threads pack planes, then claim chunks of output channels
 // (balanced by nnz) over the whole map.
 // Packing. Every plan packs into one grow-only region of the calling thread (unless
