@@ -143,6 +143,7 @@ extern "C" int sb_tuning(const char *key, int value) {
   else if (std::strcmp(key, "conv_aligned_1x1") == 0) knob = &sb::g_conv_aligned_1x1;
   else if (std::strcmp(key, "conv_out_prefetch") == 0) knob = &sb::g_conv_out_prefetch;
   else if (std::strcmp(key, "conv_gap_direct") == 0) knob = &sb::g_conv_gap_direct;
+  else if (std::strcmp(key, "conv_ksplit_gap") == 0) knob = &sb::g_conv_ksplit_gap;
   else if (std::strcmp(key, "conv_private_pack") == 0) knob = &sb::g_conv_private_pack;
   else if (std::strcmp(key, "conv_gather") == 0) knob = &sb::g_conv_gather;
   else if (std::strcmp(key, "conv_shared_pack") == 0) knob = &sb::g_conv_shared_pack;

@@ -41,6 +41,7 @@ extern int g_conv_tile_nv;
 extern int g_conv_aligned_1x1;
 extern int g_conv_out_prefetch;
 extern int g_conv_gap_direct;
+extern int g_conv_ksplit_gap;
 extern int g_conv_private_pack;
 extern int g_conv_gather;
 extern int g_conv_shared_pack;

@@ -129,7 +129,8 @@ int g_conv_gather = 2;        // new plans, narrow maps: 0 row copies, 1 gathers
 int g_conv_aligned_1x1 = 1;   // new plans: pack a 1x1's map whose planes are not 64-byte aligned
 int g_conv_private_pack = 64;  // new plans, 2+ threads: per-thread aligned planes from this many
                                // nonzeros per input channel (0: off; see sb_conv2d_run)
-int g_conv_gap_direct = 1;    // new plans: a batch-1 global average pool from the tile's
+int g_conv_gap_direct = 1;
+int g_conv_ksplit_gap = 1;    // new plans: a batch-1 global average pool from the tile's
                               // registers (0: extended rows and the compaction pass)
 int g_conv_out_prefetch = 8;  // direct-output epilogue: prefetch y (and the residual) this many
                               // output channels ahead (0: off)
@@ -1126,13 +1127,20 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   }
   if (cbs < 1) cbs = 1;
   if (cbs > Cin) cbs = Cin;
+  // a global average at batch 1 with pitch Wo (no wasted columns: the tiles' positions are the
+  // map's) is summed from the registers; the compaction pass cost a 512 -> 2048 1x1 at 7x7
+  // (ResNet-50's last conv) 251 us against 143 for the same shape without the pool
+  const bool gap_direct = pool == sb::kGlobalAvg && n == 1 && g.pitch == wo &&
+                          g.positions == ho * wo && w->act != SB_ACT_GELU &&
+                          sb::g_conv_gap_direct != 0;
   int64_t ncb = (Cin + cbs - 1) / cbs;
   // Where 2+ threads split the input channels (batch 1, direct output: sb_conv2d_run), a
   // multiple of the thread count of equal blocks, so that thread t sums the t-th equal share
   // of the channels: the share the layer before wrote on that thread when it split its output
   // channels in halves. With reduce_split (above), ResNet-50 at 2 threads: 90% 0.951x, 95%
   // 0.974x (two instances per variant, 14 rounds).
-  if (sb::g_conv_ksplit_share && bands > 1 && n == 1 && g.direct_out && (ncb > 1 || reduce_split))
+  if (sb::g_conv_ksplit_share && bands > 1 && n == 1 && (g.direct_out || gap_direct) &&
+      (ncb > 1 || reduce_split))
     ncb = sb::round_up(std::max(ncb, bands), bands);
   cbs = (Cin + ncb - 1) / ncb;  // equal blocks
   ncb = (Cin + cbs - 1) / cbs;
@@ -1140,12 +1148,6 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   const int64_t pack = g.direct_in ? 0 : g.copies * Cin * bplane * nbands;
   const bool row_out = !g.direct_out && !(pool > 1 || pool == sb::kGlobalAvg) &&
                        sb::g_conv_row_out != 0;
-  // a global average at batch 1 with pitch Wo (no wasted columns: the tiles' positions are the
-  // map's) is summed from the registers; the compaction pass cost a 512 -> 2048 1x1 at 7x7
-  // (ResNet-50's last conv) 251 us against 143 for the same shape without the pool
-  const bool gap_direct = pool == sb::kGlobalAvg && n == 1 && g.pitch == wo &&
-                          g.positions == ho * wo && w->act != SB_ACT_GELU &&
-                          sb::g_conv_gap_direct != 0;
   const int64_t ext = g.direct_out || row_out || gap_direct ? 0 : Cout * ntiles * g.tile;
 
   sb_conv_plan_impl *pl = (sb_conv_plan_impl *)std::calloc(1, sizeof(sb_conv_plan_impl));
@@ -1373,8 +1375,9 @@ extern "C" int sb_conv2d_run_sub(const sb_conv2d *w, const sb_conv_plan *plan, c
   // copies the whole map into aligned planes in its own scratch, once per run, and reads only
   // that copy; a copy shared between the cores would be read half from the other core's cache.
   const bool private_pack = pl->private_pack && num_threads > 1 && nb == 1;
-  if (sb::g_conv_ksplit && kparts > 1 && nb == 1 && !p.direct_in && p.direct_out && p.n == 1 &&
-      p.pool == 0 && !private_pack) {
+  if (sb::g_conv_ksplit && kparts > 1 && nb == 1 && !p.direct_in && p.n == 1 &&
+      ((p.direct_out && p.pool == 0) || (pl->gap_direct && sb::g_conv_ksplit_gap)) &&
+      !private_pack) {
     float *parts = sb::scratch(sb::kScratchConvSplit, (size_t)(kparts * Cout * P) * sizeof(float));
     if (!parts) return SB_ENOMEM;
     const int64_t planes = pl->gmap ? 1 : pl->ncopies;  // pack_band planes per channel run
@@ -1390,10 +1393,21 @@ extern "C" int sb_conv2d_run_sub(const sb_conv2d *w, const sb_conv_plan *plan, c
     sb::parallel_for(num_threads, nc, [&](int64_t c) {
       const int64_t lo = Cout * c / nc, hi = Cout * (c + 1) / nc;
       for (int64_t co = lo; co < hi; ++co) {
-        float *yo = y + co * P;
         const float *ro = residual ? residual + co * P : nullptr;
         const float b = w->bias ? w->bias[co] : 0.f;
         const float *p0 = parts + co * P;
+        if (pl->gap_direct) {  // y[co]: the mean of the finished sums (y holds Cout floats)
+          const float sc = pl->scale ? pl->scale[co] : 1.f;
+          float sum = 0.f;
+          for (int64_t i = 0; i < P; ++i) {
+            float v = p0[i] + b + (ro ? ro[i] : 0.f);
+            for (int64_t t = 1; t < kparts; ++t) v += parts[(t * Cout + co) * P + i];
+            sum += sb::act_scalar(v, (int)w->act) * sc;
+          }
+          y[co] = sum / (float)P;
+          continue;
+        }
+        float *yo = y + co * P;
         for (int64_t i = 0; i < P; ++i) yo[i] = p0[i] + b + (ro ? ro[i] : 0.f);
         for (int64_t t = 1; t < kparts; ++t) {
           const float *pt = parts + (t * Cout + co) * P;
