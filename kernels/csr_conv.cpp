@@ -129,9 +129,9 @@ int g_conv_gather = 2;        // new plans, narrow maps: 0 row copies, 1 gathers
 int g_conv_aligned_1x1 = 1;   // new plans: pack a 1x1's map whose planes are not 64-byte aligned
 int g_conv_private_pack = 64;  // new plans, 2+ threads: per-thread aligned planes from this many
                                // nonzeros per input channel (0: off; see sb_conv2d_run)
-int g_conv_gap_direct = 1;
-int g_conv_ksplit_gap = 1;    // new plans: a batch-1 global average pool from the tile's
+int g_conv_gap_direct = 1;     // new plans: a batch-1 global average pool from the tile's
                               // registers (0: extended rows and the compaction pass)
+int g_conv_ksplit_gap = 1;    // such a plan on 2+ threads may split its input channels too
 int g_conv_out_prefetch = 8;  // direct-output epilogue: prefetch y (and the residual) this many
                               // output channels ahead (0: off)
 
@@ -1129,16 +1129,16 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   if (cbs > Cin) cbs = Cin;
   // a global average at batch 1 with pitch Wo (no wasted columns: the tiles' positions are the
   // map's) is summed from the registers; the compaction pass cost a 512 -> 2048 1x1 at 7x7
-  // (ResNet-50's last conv) 251 us against 143 for the same shape without the pool
+  // (ResNet-50's last conv) 276-286 us in sequence against 158 (ResNet-50 95%: 0.990x)
   const bool gap_direct = pool == sb::kGlobalAvg && n == 1 && g.pitch == wo &&
                           g.positions == ho * wo && w->act != SB_ACT_GELU &&
                           sb::g_conv_gap_direct != 0;
   int64_t ncb = (Cin + cbs - 1) / cbs;
-  // Where 2+ threads split the input channels (batch 1, direct output: sb_conv2d_run), a
-  // multiple of the thread count of equal blocks, so that thread t sums the t-th equal share
-  // of the channels: the share the layer before wrote on that thread when it split its output
-  // channels in halves. With reduce_split (above), ResNet-50 at 2 threads: 90% 0.951x, 95%
-  // 0.974x (two instances per variant, 14 rounds).
+  // Where 2+ threads split the input channels (batch 1, direct output or a global average:
+  // sb_conv2d_run), a multiple of the thread count of equal blocks, so that thread t sums the
+  // t-th equal share of the channels: the share the layer before wrote on that thread when it
+  // split its output channels in halves. With reduce_split (above), ResNet-50 at 2 threads:
+  // 90% 0.963x, 95% 0.988x (two instances per variant, 14 rounds).
   if (sb::g_conv_ksplit_share && bands > 1 && n == 1 && (g.direct_out || gap_direct) &&
       (ncb > 1 || reduce_split))
     ncb = sb::round_up(std::max(ncb, bands), bands);
