@@ -902,6 +902,10 @@ def test_strided_shortcut_input_is_subsampled_by_its_producer(threads: int, size
         kernel_plan.SUBSAMPLE_IN_PRODUCER = True
     assert off._names[1][:2] == ["stem+relu", "a+relu"] and "subsample" in off._names[1]
     assert rel_err(off.run(x), want) <= 1e-5
+    # bytes moved: the written subsample is one more output of the conv; the step also reads
+    # the conv's whole output (1 x 8 x size x size floats) again
+    stem_out = 8 * size * size * 4
+    assert off.traffic_bytes - prepared.traffic_bytes == (stem_out if written else 0)
 
 
 @needs_kernels

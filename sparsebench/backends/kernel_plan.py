@@ -566,7 +566,8 @@ class NativePrepared(Prepared):
                 continue
             traffic += (op.values.nbytes + op.col_idx.nbytes + op.row_ptr.nbytes
                         + (op.bias.nbytes if op.bias is not None else 0)
-                        + x.nbytes + y.nbytes + (res.nbytes if res is not None else 0))
+                        + x.nbytes + y.nbytes + (res.nbytes if res is not None else 0)
+                        + (sub.nbytes if sub is not None and not own_step else 0))
         calls, names, linears = _chain_linears(calls, names, linears, sole)
         calls, names = _group_linears(calls, names, linears)
         out_t = tviews[planner.output] if planner.output in tviews else None
