@@ -81,6 +81,7 @@ struct sb_conv_plan_impl {
   int64_t band_floats;  // packed floats per band (copies x Cin x plane)
   int64_t row_out;      // 1: tiles write their output runs straight to y (no ext, no compaction)
   int64_t gap_direct;   // 1: a global average pool summed from the registers (batch 1, pitch Wo)
+  int64_t compacts;     // 1: tiles write extended rows (ext) that a compaction pass finishes
   int32_t *sub_tab;     // direct output: per 16 positions, the mask of those with even row and
                         // column and how many such positions precede them (sb_conv2d_run_sub)
   int64_t sub_plane;    // floats per channel of the subsample, ceil(Ho/2) x ceil(Wo/2)
@@ -1148,7 +1149,8 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   const int64_t pack = g.direct_in ? 0 : g.copies * Cin * bplane * nbands;
   const bool row_out = !g.direct_out && !(pool > 1 || pool == sb::kGlobalAvg) &&
                        sb::g_conv_row_out != 0;
-  const int64_t ext = g.direct_out || row_out || gap_direct ? 0 : Cout * ntiles * g.tile;
+  const bool compacts = !g.direct_out && !row_out && !gap_direct;
+  const int64_t ext = compacts ? Cout * ntiles * g.tile : 0;
 
   sb_conv_plan_impl *pl = (sb_conv_plan_impl *)std::calloc(1, sizeof(sb_conv_plan_impl));
   if (!pl) return SB_ENOMEM;
@@ -1218,6 +1220,7 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   pl->nbands = nbands;
   pl->row_out = row_out;
   pl->gap_direct = gap_direct;
+  pl->compacts = compacts;
   p.row_out = row_out;
   p.bands = nbands;
   pl->band_floats = g.direct_in ? 0 : g.copies * Cin * bplane;
@@ -1360,8 +1363,7 @@ extern "C" int sb_conv2d_run_sub(const sb_conv2d *w, const sb_conv_plan *plan, c
       if (!p.direct_in) pack_band(b, 0, planes);
       const sb::Job job = job_of(b);
       sb::run_tiles(p.tile, job, 0, Cout, pos(b), pos(b + 1));
-      if (!p.direct_out && !pl->row_out && !pl->gap_direct)
-        sb::compact(job, 0, Cout, pos(b), pos(b + 1));
+      if (pl->compacts) sb::compact(job, 0, Cout, pos(b), pos(b + 1));
     });
     return SB_OK;
   }
@@ -1457,7 +1459,7 @@ extern "C" int sb_conv2d_run_sub(const sb_conv2d *w, const sb_conv_plan *plan, c
       }
     }
     for (int64_t b = 0; b < nb; ++b) sb::run_tiles(p.tile, job_in(src, b), lo, hi, pos(b), pos(b + 1));
-    if (!p.direct_out && !pl->row_out && !pl->gap_direct) sb::compact(job_in(src, 0), lo, hi, 0, P);
+    if (pl->compacts) sb::compact(job_in(src, 0), lo, hi, 0, P);
   });
   return status.load();
 }

@@ -124,10 +124,13 @@ def _pool_size(attrs: dict[str, Any], shape: tuple[int, ...]) -> int:
     return k[0]
 
 
+# ``x[:, :, ::2, ::2]`` as a max-pool (the native pool kernel's attributes)
+_SUBSAMPLE = {"kernel": (1, 1), "stride": (2, 2), "padding": (0, 0), "ceil_mode": False}
+
+
 def _subsample_step(x: str, xs: str, pos: int) -> _Step:
     """A step writing ``x[:, :, ::2, ::2]`` into ``xs`` (the native pool kernel, 1x1 / 2)."""
-    node = Node("maxpool", xs, (x,), xs, {"kernel": (1, 1), "stride": (2, 2),
-                                          "padding": (0, 0), "ceil_mode": False})
+    node = Node("maxpool", xs, (x,), xs, dict(_SUBSAMPLE))
     return _Step("pool", pos, xs, (x,), node, label="subsample")
 
 
@@ -557,7 +560,7 @@ class NativePrepared(Prepared):
             if own_step:  # this plan cannot write it from its registers: a pool step after it
                 names[-1] = names[-1].removesuffix("+subsample")
                 names.append("subsample")
-                pool = native.MaxPool2d(y, sub, (1, 1), (2, 2), (0, 0), False, self.threads)
+                pool = native.MaxPool2d(y, sub, threads=self.threads, **_SUBSAMPLE)
                 calls.append(pool.run)
                 traffic += y.nbytes + sub.nbytes
             if isinstance(op, native.DenseConv2d):
