@@ -7,9 +7,13 @@
 // finds nothing left and goes back to sleep. It also keeps the kernels independent of the
 // OpenMP runtime torch brings into the process.
 //
-// Job state is one 64-bit word [generation:24 | threads:8 | nchunks:16 | next:16]; a worker
-// claims chunk `next` with a CAS that also re-checks the generation, so a late worker can never
-// run a chunk of a job that has finished. The job's fn/ctx are read only after a successful
+// Job state is one 64-bit word [generation:24 | threads:8 | end:16 | next:16]; the caller
+// claims chunk `next` (next + 1), workers chunk `end - 1` (end - 1; pool_affinity 0: `next`
+// too), with a CAS that also re-checks the generation, so a late worker can never run a chunk
+// of a job that has finished. Claiming from both ends keeps the caller on the first chunks and
+// the workers on the last ones, job after job (on an idle 2-core machine: the caller the first
+// half, the worker the second), so the part of a layer's output a core writes is the part of
+// the next layer's input it reads. The job's fn/ctx are read only after a successful
 // claim, and the job cannot complete (so the caller cannot overwrite them) until that chunk
 // is reported done.
 //
@@ -72,6 +76,7 @@ std::atomic<int> g_hold_us{2000};       // spinning before sleeping while the po
 std::atomic<int> g_hold_yield{1};       // 1: past pool_spin_us a held spin yields the CPU
 std::atomic<int> g_holders{0};          // plan runs holding the pool (sb_pool_hold)
 std::atomic<int> g_sleeps{0};           // times a worker went to sleep
+std::atomic<int> g_affinity{1};         // 1: workers claim chunks from the back (see Pool::work)
 // Until when (CLOCK_MONOTONIC ns) jobs run on the caller alone; 0: not degraded.
 std::atomic<int64_t> g_degraded_until{0};
 
@@ -94,7 +99,9 @@ SB_INLINE uint64_t pack(uint64_t gen, uint64_t threads, uint64_t nchunks, uint64
 }
 SB_INLINE uint64_t gen_of(uint64_t s) { return s >> (kNextBits + kChunkBits + kThreadBits); }
 SB_INLINE uint64_t threads_of(uint64_t s) { return (s >> (kNextBits + kChunkBits)) & 0xff; }
-SB_INLINE uint64_t nchunks_of(uint64_t s) { return (s >> kNextBits) & kMask16; }
+// next: the first chunk not claimed from the front; end: one past the last chunk not claimed
+// from the back (a job starts with end = its chunk count; no chunks are left at next == end)
+SB_INLINE uint64_t end_of(uint64_t s) { return (s >> kNextBits) & kMask16; }
 SB_INLINE uint64_t next_of(uint64_t s) { return s & kMask16; }
 
 SB_INLINE void cpu_relax() {
@@ -159,6 +166,7 @@ struct Pool {
   int nworkers = 0;
   void (*fn)(void *, int64_t) = nullptr;  // valid while a chunk of the current job is claimed
   void *ctx = nullptr;
+  int32_t job_chunks = 0;  // chunks of the current job (valid with fn/ctx)
   // straggler guard state, under call_mu (the verdict: g_degraded_until)
   int64_t backoff_ns = 0, last_event_ns = 0;
   int guard_resets = -1;  // g_guard_resets when the state below was started (any set of
@@ -168,14 +176,17 @@ struct Pool {
 
   // Claim and run chunks of the job in `s` (as thread `rank`); false when none are left.
   bool work(uint64_t s, int rank) {
+    const bool from_back = rank != 0 && knob(g_affinity);
     for (;;) {
-      if ((uint64_t)rank >= threads_of(s) || next_of(s) >= nchunks_of(s)) return false;
-      if (state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
+      if ((uint64_t)rank >= threads_of(s) || next_of(s) >= end_of(s)) return false;
+      const uint64_t claimed = from_back ? s - (uint64_t{1} << kNextBits) : s + 1;
+      if (state.compare_exchange_weak(s, claimed, std::memory_order_acq_rel,
                                       std::memory_order_acquire)) {
+        const int32_t nchunks = job_chunks;  // the job cannot finish before this chunk does
         if (rank == 1 && knob(g_test_delay_us) > 0) usleep((useconds_t)knob(g_test_delay_us));
-        fn(ctx, (int64_t)next_of(s));
+        fn(ctx, (int64_t)(from_back ? end_of(s) - 1 : next_of(s)));
         const int32_t finished = done.fetch_add(1, std::memory_order_seq_cst) + 1;
-        if (finished == (int32_t)nchunks_of(s) && rank != 0 &&
+        if (finished == nchunks && rank != 0 &&
             caller_waiting.load(std::memory_order_seq_cst))
           futex_wake(&done);
         return true;
@@ -266,6 +277,7 @@ struct Pool {
     grow(threads - 1);
     fn = f;
     ctx = c;
+    job_chunks = (int32_t)nchunks;
     done.store(0, std::memory_order_relaxed);
     const uint64_t gen = (gen_of(state.load(std::memory_order_relaxed)) + 1) & 0xffffff;
     uint64_t s = pack(gen == 0 ? 1 : gen, (uint64_t)threads, (uint64_t)nchunks, 0);
@@ -320,7 +332,7 @@ bool pool_tuning(const char *key, int value, int *old) {
     std::atomic<int> *value;
   } keys[] = {{"pool_backoff_us", &g_backoff_us},   {"pool_spin_us", &g_spin_us},
               {"pool_confirm_us", &g_confirm_us},   {"pool_hold_us", &g_hold_us},
-              {"pool_hold_yield", &g_hold_yield},
+              {"pool_hold_yield", &g_hold_yield},   {"pool_affinity", &g_affinity},
               {"pool_sleeps", &g_sleeps},
               {"pool_test_delay_us", &g_test_delay_us}, {"pool_jobs", &g_jobs},
               {"pool_degraded_jobs", &g_degraded_jobs}, {"pool_straggles", &g_straggles},

@@ -115,14 +115,28 @@ def test_csr_linear_from_scipy_1d_input_and_large_k() -> None:
     assert_close(y, linear_ref(x[None], w, None, False)[0])
 
 
-def test_csr_threads_are_bitwise_identical() -> None:
+@pytest.mark.parametrize("affinity", [1, 0])
+@pytest.mark.parametrize("delay_us", [0, 2000])
+def test_csr_threads_are_bitwise_identical(affinity: int, delay_us: int) -> None:
+    """Whichever thread claims which chunk (workers from the back with pool_affinity=1, the
+    default, or all from the front; a worker delayed in every chunk, whose chunks the caller
+    then takes), every chunk runs once: the results equal one thread's bit for bit."""
     rng = np.random.default_rng(2)
     w = sparse_weight(rng, (300, 500), 0.9)
-    for batch in (1, 3, 40):
-        x = rng.standard_normal((batch, 500)).astype(np.float32)
-        y1 = native.CSRLinear.from_dense(w, threads=1).run(x)
-        y2 = native.CSRLinear.from_dense(w, threads=2).run(x)
-        np.testing.assert_array_equal(y1, y2)
+    old = native.tuning("pool_affinity", affinity)
+    old_delay = native.tuning("pool_test_delay_us", delay_us)
+    old_backoff = native.tuning("pool_backoff_us", 0)  # no straggler guard: keep the threads
+    try:
+        for batch in (1, 3, 40):
+            x = rng.standard_normal((batch, 500)).astype(np.float32)
+            y1 = native.CSRLinear.from_dense(w, threads=1).run(x)
+            for threads in (2, 3):
+                y2 = native.CSRLinear.from_dense(w, threads=threads).run(x)
+                np.testing.assert_array_equal(y1, y2)
+    finally:
+        native.tuning("pool_backoff_us", old_backoff)
+        native.tuning("pool_test_delay_us", old_delay)
+        assert native.tuning("pool_affinity", old) == affinity
 
 
 @pytest.mark.parametrize("threads", [1, 2])
