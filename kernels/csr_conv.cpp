@@ -128,7 +128,7 @@ int g_conv_ksplit = 1;       // small maps on 2+ threads: split by input-channel
 int g_conv_gather = 2;        // new plans, narrow maps: 0 row copies, 1 gathers, 2 permutes
                               // where 16 packed floats come from 32 consecutive ones, else gathers
 int g_conv_aligned_1x1 = 1;   // new plans: pack a 1x1's map whose planes are not 64-byte aligned
-int g_conv_private_pack = 64;  // new plans, 2+ threads: per-thread aligned planes from this many
+int g_conv_private_pack = 32;  // new plans, 2+ threads: per-thread aligned planes from this many
                                // nonzeros per input channel (0: off; see sb_conv2d_run)
 int g_conv_gap_direct = 1;     // new plans: a batch-1 global average pool from the tile's
                               // registers (0: extended rows and the compaction pass)
@@ -1073,7 +1073,8 @@ extern "C" int sb_conv2d_plan(const sb_conv2d *w, int64_t n, int64_t h, int64_t 
   // (512 -> 2048 at 7x7: 144 -> 133 us; 1024 -> 256 at 14x14: 125 -> 176 us). At batch 1 each
   // thread now makes its own copy instead ("private", from conv_private_pack nonzeros per input
   // channel): alone on a Xeon, 1024 -> 512 at 14x14 220 -> 192 us, 512 -> 2048 at 7x7 119 ->
-  // 106, but 1024 -> 256 (26 per channel) 110 -> 116.
+  // 106, but 1024 -> 256 (26 per channel) 110 -> 116 (a reduction: now split by input
+  // channels, below). From 32: ResNet-50 95%'s 256 -> 1024 1x1s at 14x14 (51 per channel).
   const bool unaligned_1x1 = sb::g_conv_aligned_1x1 && sb::plain_1x1(w) && (h * width) % 16 != 0;
   // On 2+ threads such a 1x1 with fewer outputs than inputs (1024 -> 256) splits its input
   // channels instead (conv_ksplit_share): each thread packs and reads only its share of x (half

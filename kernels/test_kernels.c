@@ -622,7 +622,7 @@ static void test_conv_tiles(int64_t Cin, int64_t Cout, int64_t H, int64_t W, int
 
 /* A plain 1x1 reads x in place unless its planes are not 64-byte aligned (H * W % 16): then
  * they are copied to aligned planes, on 2+ threads only when every input channel feeds at
- * least 128 nonzeros, or conv_private_pack (64) at batch 1, where each thread makes its own
+ * least 128 nonzeros, or conv_private_pack (32) at batch 1, where each thread makes its own
  * copy; conv_aligned_1x1=0 always reads in place. Results on 1, 2, 3 and 4 threads. */
 static void test_conv_planes(int64_t Cin, int64_t Cout, int64_t H, int64_t W, double density,
                              int64_t bands, int knob, int64_t direct_in) {
@@ -1343,6 +1343,8 @@ int main(void) {
   test_conv_planes(24, 40, 14, 14, 0.3, 2, 1, 1);  /* 2 threads, ~12 nonzeros per channel */
   test_conv_planes(3, 160, 7, 7, 1.0, 2, 1, 0);    /* 2 threads, 160 nonzeros per channel */
   test_conv_planes(8, 100, 14, 14, 0.8, 2, 1, 0);  /* ~80 per channel: a copy per thread */
+  test_conv_planes(8, 100, 14, 14, 0.4, 2, 1, 0);  /* ~40 per channel: a copy per thread */
+  test_conv_planes(8, 100, 14, 14, 0.2, 2, 1, 1);  /* ~20 per channel: in place */
   {
     const int old = sb_tuning("conv_private_pack", 0);
     test_conv_planes(8, 100, 14, 14, 0.8, 2, 1, 1); /* per-thread copies off: in place */
